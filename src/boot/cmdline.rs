@@ -1,0 +1,81 @@
+//! The kernel command line: defaults, the kernel's length limit, and writing it.
+
+use linux_loader::cmdline::Cmdline;
+use linux_loader::loader::load_cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+use crate::arch::x86_64::layout::CMDLINE_START;
+use crate::error::{Error, Result};
+
+/// A checked command line.
+#[derive(Debug, Clone)]
+pub struct KernelCmdline {
+    /// The text the guest sees.
+    pub text: String,
+    inner: Cmdline,
+}
+
+/// The console added when the user names none: the 16550A at 0x3f8.
+pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
+
+fn has_console(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w.starts_with("console="))
+}
+
+/// Builds the command line from the user's text, adding `console=ttyS0` when it has no
+/// `console=`, and checks it against `limit` (bytes including the NUL).
+pub fn build(user: &str, limit: usize) -> Result<KernelCmdline> {
+    let mut text = user.trim().to_string();
+    if !has_console(&text) {
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(DEFAULT_CONSOLE);
+    }
+    if text.len() + 1 > limit {
+        return Err(Error::invalid(
+            "cmdline",
+            format!("<{} bytes>", text.len()),
+            format!("this kernel accepts at most {} bytes of command line", limit - 1),
+        ));
+    }
+    let bad = |why: String| Error::invalid("cmdline", format!("{text:?}"), why);
+    if let Some(c) = text.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(bad(format!("expected printable ASCII, found {c:?}")));
+    }
+    let inner = Cmdline::try_from(&text, limit).map_err(|e| bad(format!("not a valid command line: {e}")))?;
+    Ok(KernelCmdline { text, inner })
+}
+
+/// Writes the command line at [`CMDLINE_START`].
+pub fn write(mem: &GuestMemoryMmap, cmdline: &KernelCmdline) -> Result<()> {
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline.inner)
+        .map_err(|e| Error::GuestMemory { what: "write the command line", detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_is_added_only_when_missing() {
+        assert_eq!(build("reboot=k", 2048).unwrap().text, "reboot=k console=ttyS0");
+        assert_eq!(build("", 2048).unwrap().text, "console=ttyS0");
+        assert_eq!(build("console=hvc0 quiet", 2048).unwrap().text, "console=hvc0 quiet");
+    }
+
+    #[test]
+    fn length_is_checked_against_the_limit() {
+        let long = "a".repeat(2034);
+        // 2034 + " console=ttyS0" (14) = 2048 bytes + NUL > 2048
+        let err = build(&long, 2048).unwrap_err().to_string();
+        assert!(err.contains("at most 2047 bytes"), "{err}");
+        assert!(build(&"a".repeat(2033), 2048).is_ok());
+    }
+
+    #[test]
+    fn non_ascii_is_refused() {
+        let err = build("quiet é", 2048).unwrap_err().to_string();
+        assert!(err.starts_with("invalid cmdline="), "{err}");
+    }
+}

@@ -1,0 +1,65 @@
+//! Putting the guest's boot images in memory: kernel, initrd, command line, zero page.
+//!
+//! [`load`] is the whole step: it reads the kernel's headers ([`image`]), checks
+//! `himem_start` and the command line against them, loads the kernel with linux-loader
+//! ([`kernel`]), places the initrd ([`initrd`]), writes the command line ([`cmdline`]) and
+//! finally the zero page with the e820 map ([`zero_page`]).
+
+pub mod cmdline;
+pub mod image;
+pub mod initrd;
+pub mod kernel;
+pub mod zero_page;
+
+use vm_memory::GuestMemoryMmap;
+
+use crate::arch::x86_64::layout::low_ram_end;
+use crate::config::VmConfig;
+use crate::error::Result;
+
+/// Where things ended up, for the vCPUs and for anyone inspecting the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootInfo {
+    /// The kernel's format.
+    pub format: image::KernelFormat,
+    /// The 64-bit entry point (`rip` of the boot vCPU).
+    pub entry: u64,
+    /// First byte past the loaded kernel.
+    pub kernel_end: u64,
+    /// The command line as the guest sees it.
+    pub cmdline: String,
+    /// Guest address and size of the initrd, if any.
+    pub initrd: Option<(u64, u64)>,
+    /// The e820 map given to the guest.
+    pub e820: Vec<zero_page::E820Entry>,
+}
+
+/// Loads everything `config` names into `mem`.
+pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
+    let kc = &config.kernel;
+    let mem_bytes = config.memory_bytes();
+    let low_end = low_ram_end(mem_bytes);
+
+    let mut file = image::open_readable("kernel", &kc.path)?;
+    let img = image::inspect(&mut file, &kc.path)?;
+    kernel::check_himem_start(&img, kc.himem_start, low_end, config.memory_mib)?;
+    let cmdline = cmdline::build(&kc.cmdline, img.cmdline_limit())?;
+    let loaded = kernel::load(mem, &img, &mut file, kc.himem_start)?;
+
+    let initrd = match &kc.initrd {
+        Some(path) => Some(initrd::load(mem, path, loaded.end, low_end, img.initrd_addr_max())?),
+        None => None,
+    };
+    cmdline::write(mem, &cmdline)?;
+    let e820 = zero_page::e820_map(mem_bytes, kc.himem_start);
+    zero_page::write(mem, &img, &cmdline, initrd, &e820)?;
+
+    Ok(BootInfo {
+        format: img.format,
+        entry: loaded.entry,
+        kernel_end: loaded.end,
+        cmdline: cmdline.text,
+        initrd,
+        e820,
+    })
+}

@@ -1,0 +1,135 @@
+//! What a VM is made of, as the user describes it, and the checks that do not need KVM.
+//!
+//! Checks that depend on the kernel image (command-line limit, `himem_start` range, whether
+//! the kernel fits) happen in [`crate::boot`] once the image has been read.
+
+use std::path::PathBuf;
+
+use crate::arch::x86_64::layout::HIMEM_START_MIN;
+use crate::error::{Error, Result};
+
+/// The default guest RAM, in MiB.
+pub const DEFAULT_MEMORY_MIB: u64 = 256;
+/// The default kernel command line: reboot through the i8042 so that a guest `reboot` ends
+/// the VM, reboot at once on panic, and no PCI bus to probe.
+pub const DEFAULT_CMDLINE: &str = "reboot=k panic=-1 pci=off";
+/// The default bound on retained console output, in bytes (see [`crate::console`]).
+pub const DEFAULT_CONSOLE_LIMIT: usize = 8 << 20;
+/// The smallest accepted console bound.
+pub const MIN_CONSOLE_LIMIT: usize = 4096;
+/// APIC ids are 8 bits in the xAPIC topology the boot CPUID describes; 255 is broadcast.
+pub const MAX_VCPUS_XAPIC: u32 = 254;
+
+/// The kernel and how to boot it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelConfig {
+    /// An ELF vmlinux or a bzImage; the format is detected from the file.
+    pub path: PathBuf,
+    /// The kernel command line. `console=ttyS0` is appended when it has no `console=`.
+    pub cmdline: String,
+    /// Guest-physical address where the kernel is loaded and high memory starts.
+    pub himem_start: u64,
+    /// An optional initramfs, loaded at the top of low RAM.
+    pub initrd: Option<PathBuf>,
+}
+
+impl KernelConfig {
+    /// A kernel at `path` with the default command line and `himem_start`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        KernelConfig {
+            path: path.into(),
+            cmdline: DEFAULT_CMDLINE.to_string(),
+            himem_start: HIMEM_START_MIN,
+            initrd: None,
+        }
+    }
+}
+
+/// Everything needed to build a VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// The kernel.
+    pub kernel: KernelConfig,
+    /// Console output retained, in bytes; older output is dropped beyond this.
+    pub console_limit: usize,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            memory_mib: DEFAULT_MEMORY_MIB,
+            vcpus: 1,
+            kernel: KernelConfig::new(""),
+            console_limit: DEFAULT_CONSOLE_LIMIT,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.memory_mib << 20
+    }
+
+    /// Checks the values that need no kernel image: `host_mib` is the host's RAM and
+    /// `max_vcpus` KVM's vCPU limit.
+    pub fn validate(&self, host_mib: u64, max_vcpus: u32) -> Result<()> {
+        if self.memory_mib == 0 || self.memory_mib > host_mib {
+            return Err(Error::invalid(
+                "memory_mib",
+                self.memory_mib,
+                format!("expected 1 to {host_mib} (this host's RAM in MiB)"),
+            ));
+        }
+        let max = max_vcpus.min(MAX_VCPUS_XAPIC);
+        if self.vcpus == 0 || self.vcpus > max {
+            return Err(Error::invalid(
+                "vcpus",
+                self.vcpus,
+                format!("expected 1 to {max} (KVM's limit on this host)"),
+            ));
+        }
+        if self.console_limit < MIN_CONSOLE_LIMIT {
+            return Err(Error::invalid(
+                "console_limit",
+                self.console_limit,
+                format!("expected at least {MIN_CONSOLE_LIMIT} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(memory_mib: u64, vcpus: u32) -> VmConfig {
+        VmConfig { memory_mib, vcpus, ..VmConfig::default() }
+    }
+
+    #[test]
+    fn accepts_sane_values() {
+        config(256, 1).validate(1024, 64).unwrap();
+        config(1024, 64).validate(1024, 64).unwrap();
+    }
+
+    #[test]
+    fn refuses_zero_and_too_much_memory() {
+        let err = config(0, 1).validate(1024, 64).unwrap_err().to_string();
+        assert_eq!(err, "invalid memory_mib=0: expected 1 to 1024 (this host's RAM in MiB)");
+        assert!(config(1025, 1).validate(1024, 64).is_err());
+    }
+
+    #[test]
+    fn refuses_bad_vcpu_counts() {
+        let err = config(256, 0).validate(1024, 64).unwrap_err().to_string();
+        assert!(err.contains("vcpus=0") && err.contains("1 to 64"), "{err}");
+        assert!(config(256, 65).validate(1024, 64).is_err());
+        assert!(config(256, 255).validate(1024, 1024).is_err());
+    }
+}

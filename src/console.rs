@@ -1,0 +1,197 @@
+//! The guest console's output, buffered with a bound.
+//!
+//! The serial device appends what the guest prints; readers (the Python iterator, the CLI,
+//! tests) read from a byte offset of their own, so none of them takes bytes from another.
+//! Offsets count every byte the guest ever printed. At most `limit` bytes are retained:
+//! beyond that the oldest are dropped, so a guest flooding its console costs the host a
+//! fixed amount of memory, and a reader that fell behind sees the gap in
+//! [`ConsoleChunk::start`].
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The console buffer. Shared between the serial device and readers.
+#[derive(Debug)]
+pub struct Console {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    buf: VecDeque<u8>,
+    /// Offset one past the last byte ever written.
+    end: u64,
+    /// No more output will come (the VM has stopped).
+    closed: bool,
+}
+
+/// Bytes read from the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleChunk {
+    /// Offset of `data[0]`; larger than the offset asked for if those bytes were dropped.
+    pub start: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The console is closed and `start + data.len()` is its end.
+    pub eof: bool,
+}
+
+impl Console {
+    /// A console retaining at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Console { inner: Mutex::new(Inner::default()), changed: Condvar::new(), limit: limit.max(1) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a reader panicked; the buffer itself stays consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The retention bound in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Appends guest output.
+    pub fn push(&self, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.end += data.len() as u64;
+        let keep = &data[data.len().saturating_sub(self.limit)..];
+        let overflow = (inner.buf.len() + keep.len()).saturating_sub(self.limit);
+        inner.buf.drain(..overflow);
+        inner.buf.extend(keep);
+        drop(inner);
+        self.changed.notify_all();
+    }
+
+    /// Marks the end of output and wakes every reader.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Whether the console is closed.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Total bytes the guest has printed.
+    pub fn total(&self) -> u64 {
+        self.lock().end
+    }
+
+    /// Up to `max` bytes from `offset` (or from the oldest retained byte, if later).
+    pub fn read(&self, offset: u64, max: usize) -> ConsoleChunk {
+        let inner = self.lock();
+        Self::chunk(&inner, offset, max)
+    }
+
+    fn chunk(inner: &Inner, offset: u64, max: usize) -> ConsoleChunk {
+        let first = inner.end - inner.buf.len() as u64;
+        let start = offset.clamp(first, inner.end);
+        let skip = (start - first) as usize;
+        let data: Vec<u8> = inner.buf.iter().skip(skip).take(max).copied().collect();
+        let eof = inner.closed && start + data.len() as u64 == inner.end;
+        ConsoleChunk { start, data, eof }
+    }
+
+    /// Like [`Console::read`], but first waits up to `timeout` for output past `offset` or
+    /// for the console to close.
+    pub fn read_wait(&self, offset: u64, max: usize, timeout: Duration) -> ConsoleChunk {
+        let deadline = Instant::now() + timeout;
+        let mut inner = self.lock();
+        while inner.end <= offset && !inner.closed {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            inner = self
+                .changed
+                .wait_timeout(inner, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        Self::chunk(&inner, offset, max)
+    }
+
+    /// Everything retained: the offset of its first byte, and the bytes.
+    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+        let inner = self.lock();
+        (inner.end - inner.buf.len() as u64, inner.buf.iter().copied().collect())
+    }
+}
+
+/// An [`io::Write`] that appends to a [`Console`]; the serial device's output.
+#[derive(Debug, Clone)]
+pub struct ConsoleWriter(pub Arc<Console>);
+
+impl io::Write for ConsoleWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.push(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_keep_their_own_offsets() {
+        let c = Console::new(1024);
+        c.push(b"hello ");
+        c.push(b"world");
+        let a = c.read(0, 100);
+        assert_eq!((a.start, a.data.as_slice(), a.eof), (0, &b"hello world"[..], false));
+        let b = c.read(6, 3);
+        assert_eq!((b.start, b.data.as_slice()), (6, &b"wor"[..]));
+        assert_eq!(c.total(), 11);
+    }
+
+    #[test]
+    fn flooding_keeps_memory_bounded() {
+        let c = Console::new(8);
+        for _ in 0..1000 {
+            c.push(b"0123456789");
+        }
+        let (start, data) = c.snapshot();
+        assert_eq!(data.len(), 8);
+        assert_eq!(start, 10_000 - 8);
+        assert_eq!(data, b"23456789");
+        // A reader that fell behind resumes at the oldest retained byte.
+        assert_eq!(c.read(0, 100).start, 10_000 - 8);
+        c.push(&[b'x'; 100]);
+        assert_eq!(c.snapshot().1, vec![b'x'; 8]);
+    }
+
+    #[test]
+    fn read_wait_returns_on_data_close_or_timeout() {
+        let c = Arc::new(Console::new(64));
+        let t0 = Instant::now();
+        let empty = c.read_wait(0, 10, Duration::from_millis(50));
+        assert!(empty.data.is_empty() && !empty.eof);
+        assert!(t0.elapsed() >= Duration::from_millis(50));
+
+        let writer = c.clone();
+        let h = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            writer.push(b"x");
+            writer.close();
+        });
+        let got = c.read_wait(0, 10, Duration::from_secs(10));
+        assert_eq!(got.data, b"x");
+        h.join().unwrap();
+        assert!(c.read_wait(1, 10, Duration::from_secs(10)).eof);
+    }
+}

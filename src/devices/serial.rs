@@ -1,0 +1,144 @@
+//! The 16550A UART at 0x3f8 (COM1, IRQ 4), from vm-superio.
+//!
+//! Output goes to the [`Console`](crate::console::Console). Input arrives from the host
+//! through [`SerialDevice::queue_input`] and waits in a bounded queue until the UART's
+//! receive FIFO has room; the FIFO is topped up each time the guest reads a byte.
+
+use std::collections::VecDeque;
+
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::bus::PioDevice;
+use crate::console::ConsoleWriter;
+
+/// COM1's base port.
+pub const COM1_PORT: u16 = 0x3f8;
+/// COM1's register count.
+pub const COM1_LEN: u16 = 8;
+/// COM1's interrupt line.
+pub const COM1_IRQ: u32 = 4;
+/// Host input waiting for the guest beyond this is refused.
+pub const INPUT_QUEUE_LIMIT: usize = 1 << 20;
+
+const RBR_OFFSET: u8 = 0;
+
+/// Raises the UART's interrupt through an irqfd.
+#[derive(Debug)]
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// The serial port.
+pub struct SerialDevice {
+    uart: Serial<IrqTrigger, NoEvents, ConsoleWriter>,
+    pending: VecDeque<u8>,
+}
+
+impl SerialDevice {
+    /// A UART raising `irq` and printing into `out`.
+    pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
+        SerialDevice { uart: Serial::new(IrqTrigger(irq), out), pending: VecDeque::new() }
+    }
+
+    /// Queues host input for the guest; returns how many bytes were accepted (fewer than
+    /// `data.len()` once [`INPUT_QUEUE_LIMIT`] bytes are waiting).
+    pub fn queue_input(&mut self, data: &[u8]) -> usize {
+        let room = INPUT_QUEUE_LIMIT.saturating_sub(self.pending.len());
+        let n = data.len().min(room);
+        self.pending.extend(&data[..n]);
+        self.refill();
+        n
+    }
+
+    /// Bytes waiting for room in the receive FIFO.
+    pub fn pending_input(&self) -> usize {
+        self.pending.len()
+    }
+
+    fn refill(&mut self) {
+        let n = self.uart.fifo_capacity().min(self.pending.len());
+        if n == 0 {
+            return;
+        }
+        let bytes: Vec<u8> = self.pending.drain(..n).collect();
+        // Only the interrupt can fail to be raised; the bytes are in the FIFO regardless.
+        let _ = self.uart.enqueue_raw_bytes(&bytes);
+    }
+}
+
+impl PioDevice for SerialDevice {
+    fn read(&mut self, offset: u16, data: &mut [u8]) {
+        if let (Ok(reg), Some(first)) = (u8::try_from(offset), data.first_mut()) {
+            *first = self.uart.read(reg);
+            if reg == RBR_OFFSET {
+                self.refill();
+            }
+        }
+    }
+
+    fn write(&mut self, offset: u16, data: &[u8]) {
+        if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
+            // A failed interrupt injection is not the guest's fault and cannot be reported
+            // to it; the byte itself has been handled.
+            let _ = self.uart.write(reg, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::console::Console;
+    use std::sync::Arc;
+
+    fn device() -> (SerialDevice, Arc<Console>) {
+        let console = Arc::new(Console::new(1024));
+        let evt = EventFd::new(0).unwrap();
+        (SerialDevice::new(evt, ConsoleWriter(console.clone())), console)
+    }
+
+    #[test]
+    fn guest_output_reaches_the_console() {
+        let (mut s, console) = device();
+        for b in b"hi\n" {
+            s.write(0, &[*b]);
+        }
+        assert_eq!(console.snapshot().1, b"hi\n");
+    }
+
+    #[test]
+    fn input_beyond_the_fifo_waits_and_is_delivered_in_order() {
+        let (mut s, _) = device();
+        let input: Vec<u8> = (0..200u8).collect();
+        assert_eq!(s.queue_input(&input), 200);
+        assert!(s.pending_input() > 0, "the FIFO holds 64 bytes");
+        let mut got = Vec::new();
+        let mut lsr = [0u8];
+        loop {
+            s.read(5, &mut lsr);
+            if lsr[0] & 1 == 0 {
+                break;
+            }
+            let mut b = [0u8];
+            s.read(0, &mut b);
+            got.push(b[0]);
+        }
+        assert_eq!(got, input);
+    }
+
+    #[test]
+    fn input_queue_is_bounded() {
+        let (mut s, _) = device();
+        let big = vec![b'a'; INPUT_QUEUE_LIMIT + 1000];
+        assert_eq!(s.queue_input(&big), INPUT_QUEUE_LIMIT);
+        s.queue_input(&big);
+        assert!(s.pending_input() <= INPUT_QUEUE_LIMIT);
+    }
+}

@@ -1,0 +1,124 @@
+//! How a VM ends, and the signal every part of the VM uses to end it.
+//!
+//! The first party to call [`ExitSignal::request`] decides the [`ExitStatus`]: a vCPU that
+//! saw a triple fault, the i8042 on a CPU-reset command, or the host calling `kill`. The
+//! request raises a stop flag that vCPU threads check between exits, and wakes the event
+//! loop, which stops the remaining vCPUs.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// Why a VM stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitReason {
+    /// The guest reset the machine (i8042 CPU-reset command, e.g. `reboot` with `reboot=k`).
+    Reset,
+    /// A vCPU triple-faulted (KVM shutdown exit).
+    Shutdown,
+    /// The host killed the VM.
+    Killed,
+    /// KVM failed to run a vCPU (internal error, failed entry, an unexpected exit).
+    Error,
+}
+
+impl ExitReason {
+    /// The reason's name, as the Python API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Reset => "reset",
+            ExitReason::Shutdown => "shutdown",
+            ExitReason::Killed => "killed",
+            ExitReason::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stopped VM's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Why it stopped.
+    pub reason: ExitReason,
+    /// Details for humans: which vCPU, KVM's error, the guest's instruction pointer.
+    pub detail: Option<String>,
+}
+
+impl ExitStatus {
+    /// A status without details.
+    pub fn new(reason: ExitReason) -> Self {
+        ExitStatus { reason, detail: None }
+    }
+
+    /// A status with details.
+    pub fn with_detail(reason: ExitReason, detail: impl Into<String>) -> Self {
+        ExitStatus { reason, detail: Some(detail.into()) }
+    }
+}
+
+/// Shared by everything that can end the VM.
+#[derive(Debug)]
+pub struct ExitSignal {
+    status: Mutex<Option<ExitStatus>>,
+    stop: AtomicBool,
+    event: EventFd,
+}
+
+impl ExitSignal {
+    /// A signal nobody has raised yet.
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal { status: Mutex::new(None), stop: AtomicBool::new(false), event: EventFd::new(EFD_NONBLOCK)? })
+    }
+
+    /// Ends the VM with `status`, unless something ended it first. Returns whether this
+    /// call decided the status.
+    pub fn request(&self, status: ExitStatus) -> bool {
+        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let first = slot.is_none();
+        if first {
+            *slot = Some(status);
+        }
+        drop(slot);
+        self.stop.store(true, Ordering::SeqCst);
+        // Failing to wake the event loop only delays the stop until its next timeout.
+        let _ = self.event.write(1);
+        first
+    }
+
+    /// Whether the VM has been asked to stop; vCPUs check this between exits.
+    pub fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The status, once decided.
+    pub fn status(&self) -> Option<ExitStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The eventfd the event loop waits on.
+    pub fn event(&self) -> &EventFd {
+        &self.event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_request_wins() {
+        let s = ExitSignal::new().unwrap();
+        assert!(!s.stop_requested());
+        assert!(s.request(ExitStatus::new(ExitReason::Reset)));
+        assert!(!s.request(ExitStatus::new(ExitReason::Killed)));
+        assert!(s.stop_requested());
+        assert_eq!(s.status().unwrap().reason, ExitReason::Reset);
+        assert_eq!(s.event().read().unwrap(), 2);
+    }
+}

@@ -1,0 +1,282 @@
+//! A whole virtual machine: built from a [`VmConfig`], started, waited on, killed.
+//!
+//! [`Vm::new`] does everything that can fail because of the configuration — it opens KVM,
+//! maps memory, loads the kernel and creates the vCPUs — so that [`Vm::start`] only spawns
+//! threads. Every method takes `&self`: one thread may block in [`Vm::wait`] while another
+//! calls [`Vm::kill`] or reads the console.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
+use crate::boot::{self, BootInfo};
+use crate::config::VmConfig;
+use crate::console::{Console, ConsoleWriter};
+use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::{DeviceStats, PioBus};
+use crate::error::{Error, Result};
+use crate::event_loop::{ConsoleInput, EventLoop, Finished};
+pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+use crate::memory::{create_guest_memory, register_guest_memory};
+use crate::vcpu::{register_kick_handler, Vcpu};
+
+/// Where a VM is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, not started.
+    Created,
+    /// vCPUs are running (or stopping).
+    Running,
+    /// Every vCPU has stopped; the exit status is known.
+    Exited,
+}
+
+impl VmState {
+    /// The state's name, as the Python API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Running => "running",
+            VmState::Exited => "exited",
+        }
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Counters describing a VM's activity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmStats {
+    /// Port-I/O exits.
+    pub pio_exits: u64,
+    /// Port-I/O accesses that no device claimed.
+    pub pio_unhandled: u64,
+    /// MMIO exits.
+    pub mmio_exits: u64,
+    /// Bytes the guest printed on its console.
+    pub console_bytes: u64,
+    /// Time since [`Vm::start`].
+    pub uptime: Duration,
+}
+
+/// Parts that only exist between [`Vm::new`] and [`Vm::start`].
+struct Unstarted {
+    vcpus: Vec<Vcpu>,
+}
+
+/// A virtual machine.
+pub struct Vm {
+    config: VmConfig,
+    boot: BootInfo,
+    console: Arc<Console>,
+    serial: Arc<Mutex<SerialDevice>>,
+    input: Arc<ConsoleInput>,
+    exit: Arc<ExitSignal>,
+    finished: Arc<Finished>,
+    stats: Arc<DeviceStats>,
+    unstarted: Mutex<Option<Unstarted>>,
+    event_loop: Mutex<Option<JoinHandle<()>>>,
+    started_at: Mutex<Option<Instant>>,
+    // Dropped last (fields drop in order): guest memory must outlive the vCPU threads,
+    // which `Drop` joins first.
+    _vm_fd: VmFd,
+    _kvm: Kvm,
+    _memory: Arc<GuestMemoryMmap>,
+}
+
+impl Vm {
+    /// Builds a VM: validates `config`, creates the KVM VM with its in-kernel irqchip and
+    /// PIT, maps and registers guest memory, loads the boot images and creates the vCPUs.
+    pub fn new(config: VmConfig) -> Result<Vm> {
+        let kvm = crate::kvm::open_kvm()?;
+        config.validate(crate::kvm::host_memory_mib(), kvm.get_max_vcpus() as u32)?;
+        register_kick_handler()?;
+
+        let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDRESS as usize)
+            .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+        vm_fd.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
+        vm_fd.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+
+        let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
+        let boot = boot::load(&memory, &config)?;
+        register_guest_memory(&vm_fd, &memory)?;
+
+        let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit eventfd"))?);
+        let console = Arc::new(Console::new(config.console_limit));
+        let serial_irq = EventFd::new(0).map_err(io_err("cannot create the serial irqfd"))?;
+        vm_fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, ConsoleWriter(console.clone()))));
+        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+
+        let mut bus = PioBus::new();
+        let overlap = |e: crate::devices::bus::Overlap| Error::Io {
+            what: e.to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        };
+        bus.insert(COM1_PORT, COM1_LEN, 0, serial.clone()).map_err(overlap)?;
+        bus.insert(I8042_DATA_PORT, 1, 0, i8042.clone()).map_err(overlap)?;
+        bus.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042).map_err(overlap)?;
+        let bus = Arc::new(bus);
+
+        let stats = Arc::new(DeviceStats::default());
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let count = config.vcpus as u8;
+        let vcpus = (0..count)
+            .map(|id| {
+                Vcpu::new(&vm_fd, id, count, &supported, &memory, boot.entry, bus.clone(), exit.clone(), stats.clone())
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        Ok(Vm {
+            config,
+            boot,
+            console,
+            serial,
+            input: Arc::new(ConsoleInput::new().map_err(io_err("cannot create the input eventfd"))?),
+            exit,
+            finished: Arc::new(Finished::default()),
+            stats,
+            unstarted: Mutex::new(Some(Unstarted { vcpus })),
+            event_loop: Mutex::new(None),
+            started_at: Mutex::new(None),
+            _vm_fd: vm_fd,
+            _kvm: kvm,
+            _memory: memory,
+        })
+    }
+
+    /// Starts the vCPU threads and the event loop. A VM starts once.
+    pub fn start(&self) -> Result<()> {
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(parts) = unstarted.take() else {
+            return Err(Error::InvalidState { operation: "start", state: self.state() });
+        };
+        *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let mut threads = Vec::with_capacity(parts.vcpus.len());
+        for vcpu in parts.vcpus {
+            let name = format!("vcpu{}", vcpu.id());
+            match std::thread::Builder::new().name(name).spawn(move || vcpu.run()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.exit.request(ExitStatus::with_detail(ExitReason::Error, format!("cannot start a vCPU thread: {e}")));
+                    break;
+                }
+            }
+        }
+        let event_loop = EventLoop {
+            exit: self.exit.clone(),
+            input: self.input.clone(),
+            serial: self.serial.clone(),
+            console: self.console.clone(),
+            finished: self.finished.clone(),
+            vcpus: threads,
+        };
+        let handle = event_loop.spawn().map_err(io_err("cannot start the event loop thread"))?;
+        *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        Ok(())
+    }
+
+    /// Waits up to `timeout` (forever with `None`) for the VM to stop; returns its status,
+    /// or `None` on timeout or if the VM was never started.
+    pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
+        if self.state() == VmState::Created {
+            return None;
+        }
+        self.finished.wait(timeout)
+    }
+
+    /// Stops the VM with reason `killed` (unless it already stopped for another reason).
+    /// Returns at once; [`Vm::wait`] returns when every vCPU has stopped. Killing a VM that
+    /// was never started makes it exited.
+    pub fn kill(&self) {
+        self.exit.request(ExitStatus::new(ExitReason::Killed));
+        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
+        if unstarted.take().is_some() {
+            self.console.close();
+            self.finished.set(ExitStatus::new(ExitReason::Killed));
+        }
+    }
+
+    /// The VM's state.
+    pub fn state(&self) -> VmState {
+        if self.finished.get().is_some() {
+            VmState::Exited
+        } else if self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+            VmState::Created
+        } else {
+            VmState::Running
+        }
+    }
+
+    /// The exit status, once the VM has stopped.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.finished.get()
+    }
+
+    /// The console output buffer.
+    pub fn console(&self) -> &Arc<Console> {
+        &self.console
+    }
+
+    /// Sends `data` to the guest's serial input; returns how many bytes were accepted
+    /// (input waiting for the guest is bounded).
+    pub fn write_input(&self, data: &[u8]) -> Result<usize> {
+        if self.state() == VmState::Exited {
+            return Err(Error::InvalidState { operation: "write to the console", state: VmState::Exited });
+        }
+        Ok(self.input.push(data))
+    }
+
+    /// Where the boot images went.
+    pub fn boot_info(&self) -> &BootInfo {
+        &self.boot
+    }
+
+    /// The configuration the VM was built from.
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// Activity counters; cheap enough to call in a loop.
+    pub fn stats(&self) -> VmStats {
+        let (pio_exits, pio_unhandled, mmio_exits) = self.stats.snapshot();
+        let started = *self.started_at.lock().unwrap_or_else(|e| e.into_inner());
+        VmStats {
+            pio_exits,
+            pio_unhandled,
+            mmio_exits,
+            console_bytes: self.console.total(),
+            uptime: started.map(|t| t.elapsed()).unwrap_or_default(),
+        }
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+        let handle = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what: what.into(), source }
+}
