@@ -163,8 +163,8 @@ impl Vm {
 
     /// Starts the vCPU threads and the event loop. A VM starts once.
     pub fn start(&self) -> Result<()> {
-        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(parts) = unstarted.take() else {
+        let parts = self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(parts) = parts else {
             return Err(Error::InvalidState { operation: "start", state: self.state() });
         };
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
@@ -206,8 +206,8 @@ impl Vm {
     /// was never started makes it exited.
     pub fn kill(&self) {
         self.exit.request(ExitStatus::new(ExitReason::Killed));
-        let mut unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner());
-        if unstarted.take().is_some() {
+        let unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if unstarted.is_some() {
             self.console.close();
             self.finished.set(ExitStatus::new(ExitReason::Killed));
         }

@@ -1,0 +1,193 @@
+/* The probe guest: a freestanding program entered like a Linux kernel, which reports over the
+ * serial port what the VMM gave it, then ends as its command line asks (`probe.end=`).
+ *
+ * Report lines all start with "PROBE: " so tests can pick them out; see tests/probe.py for the
+ * parser. Everything is reached RIP-relative and nothing needs relocation, so the same code
+ * runs from the ELF image (linked at 2 MiB) and from the bzImage (loaded at himem_start). */
+#include <stdint.h>
+
+#define COM1 0x3f8
+#define LSR_DATA_READY 0x01
+#define LSR_THR_EMPTY 0x20
+
+static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint8_t inb(uint16_t port) { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline uint32_t inl(uint16_t port) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
+static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+
+static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d) {
+    __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
+}
+
+static void putc_(char c) {
+    while (!(inb(COM1 + 5) & LSR_THR_EMPTY)) {}
+    outb(COM1, (uint8_t)c);
+}
+static void puts_(const char *s) { while (*s) putc_(*s++); }
+static void put_hex(uint64_t v) {
+    puts_("0x");
+    for (int i = 60; i >= 0; i -= 4) putc_("0123456789abcdef"[(v >> i) & 0xf]);
+}
+static void put_dec(uint64_t v) {
+    char buf[24];
+    int n = 0;
+    do { buf[n++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (n) putc_(buf[--n]);
+}
+static char getc_(void) {
+    while (!(inb(COM1 + 5) & LSR_DATA_READY)) {}
+    return (char)inb(COM1);
+}
+
+static const char *cmdline_arg(const char *cmdline, const char *key) {
+    /* Returns the value of "key=" in the command line, or 0. */
+    for (const char *p = cmdline; *p; p++) {
+        if (p != cmdline && p[-1] != ' ') continue;
+        const char *k = key, *q = p;
+        while (*k && *q == *k) { k++; q++; }
+        if (!*k && *q == '=') return q + 1;
+    }
+    return 0;
+}
+static int word_is(const char *v, const char *word) {
+    if (!v) return 0;
+    while (*word && *v == *word) { v++; word++; }
+    return !*word && (*v == 0 || *v == ' ');
+}
+
+static void reset(void) {
+    puts_("PROBE: reset\n");
+    outb(0x64, 0xfe);
+    for (;;) __asm__ volatile("hlt");
+}
+
+static void triple_fault(void) {
+    struct { uint16_t limit; uint64_t base; } __attribute__((packed)) idt = {0, 0};
+    puts_("PROBE: triple fault\n");
+    __asm__ volatile("lidt %0" ::"m"(idt));
+    /* A page fault (nothing is mapped above 4 GiB) with no IDT: #PF, then #DF, then shutdown. */
+    (void)*(volatile uint64_t *)(uintptr_t)0x100000000000ull;
+}
+
+static void echo(void) {
+    char line[128];
+    puts_("PROBE: echo ready\n");
+    for (;;) {
+        int n = 0;
+        for (;;) {
+            char c = getc_();
+            if (c == '\r' || c == '\n') break;
+            if (n < (int)sizeof(line) - 1) line[n++] = c;
+        }
+        line[n] = 0;
+        puts_("PROBE: got ");
+        puts_(line);
+        putc_('\n');
+        if (word_is(line, "reset")) reset();
+    }
+}
+
+static void touch_unknown_hardware(void) {
+    /* Ports and MMIO where no device lives must read as zero and swallow writes. */
+    uint32_t pci = inl(0xcfc);
+    outl(0xcf8, 0x80000000u);
+    outb(0x80, 0x42);
+    uint8_t cmos = inb(0x71);
+    volatile uint32_t *gap = (volatile uint32_t *)(uintptr_t)0xd0000000u;
+    uint32_t mmio = *gap;
+    *gap = 0xdeadbeef;
+    puts_("PROBE: unknown pci=");
+    put_hex(pci);
+    puts_(" cmos=");
+    put_hex(cmos);
+    puts_(" mmio=");
+    put_hex(mmio);
+    putc_('\n');
+}
+
+void probe_main(const uint8_t *zp) {
+    uint64_t entry;
+    __asm__ volatile("lea _start(%%rip), %0" : "=r"(entry));
+    puts_("PROBE: hello\n");
+    puts_("PROBE: entry=");
+    put_hex(entry);
+    puts_(" zero_page=");
+    put_hex((uint64_t)(uintptr_t)zp);
+    putc_('\n');
+
+    uint8_t loader = zp[0x210];
+    uint16_t boot_flag = *(const uint16_t *)(zp + 0x1fe);
+    uint32_t cmd_ptr = *(const uint32_t *)(zp + 0x228);
+    uint32_t cmd_size = *(const uint32_t *)(zp + 0x238);
+    const char *cmdline = (const char *)(uintptr_t)cmd_ptr;
+    puts_("PROBE: loader=");
+    put_hex(loader);
+    puts_(" boot_flag=");
+    put_hex(boot_flag);
+    puts_(" cmdline_ptr=");
+    put_hex(cmd_ptr);
+    puts_(" cmdline_size=");
+    put_dec(cmd_size);
+    putc_('\n');
+    puts_("PROBE: cmdline=");
+    if (cmd_ptr) puts_(cmdline);
+    putc_('\n');
+
+    uint8_t n = zp[0x1e8];
+    puts_("PROBE: e820 count=");
+    put_dec(n);
+    putc_('\n');
+    for (int i = 0; i < n && i < 128; i++) {
+        const uint8_t *e = zp + 0x2d0 + 20 * i;
+        puts_("PROBE: e820 ");
+        put_hex(*(const uint64_t *)e);
+        putc_(' ');
+        put_hex(*(const uint64_t *)(e + 8));
+        putc_(' ');
+        put_dec(*(const uint32_t *)(e + 16));
+        putc_('\n');
+    }
+
+    uint32_t rd_addr = *(const uint32_t *)(zp + 0x218);
+    uint32_t rd_size = *(const uint32_t *)(zp + 0x21c);
+    uint64_t fnv = 0xcbf29ce484222325ull;
+    for (uint32_t i = 0; i < rd_size; i++) {
+        fnv ^= ((const volatile uint8_t *)(uintptr_t)rd_addr)[i];
+        fnv *= 0x100000001b3ull;
+    }
+    puts_("PROBE: initrd addr=");
+    put_hex(rd_addr);
+    puts_(" size=");
+    put_dec(rd_size);
+    puts_(" fnv=");
+    put_hex(rd_size ? fnv : 0);
+    putc_('\n');
+
+    uint32_t a, b, c, d;
+    cpuid(1, &a, &b, &c, &d);
+    uint32_t apic_id = b >> 24, logical = (b >> 16) & 0xff, hv = (c >> 31) & 1;
+    char sig[13];
+    cpuid(0x40000000, &a, (uint32_t *)&sig[0], (uint32_t *)&sig[4], (uint32_t *)&sig[8]);
+    sig[12] = 0;
+    puts_("PROBE: cpuid hypervisor_bit=");
+    put_dec(hv);
+    puts_(" signature=");
+    puts_(hv ? sig : "none");
+    puts_(" apic_id=");
+    put_dec(apic_id);
+    puts_(" logical=");
+    put_dec(logical);
+    putc_('\n');
+
+    const char *end = cmd_ptr ? cmdline_arg(cmdline, "probe.end") : 0;
+    if (word_is(end, "unknown")) { touch_unknown_hardware(); reset(); }
+    puts_("PROBE: done\n");
+    if (word_is(end, "echo")) echo();
+    if (word_is(end, "triple")) triple_fault();
+    if (word_is(end, "halt")) { puts_("PROBE: halting\n"); for (;;) __asm__ volatile("cli; hlt"); }
+    if (word_is(end, "spin")) { puts_("PROBE: spinning\n"); for (;;) __asm__ volatile("pause"); }
+    if (word_is(end, "flood")) {
+        for (uint64_t i = 0;; i++) { puts_("PROBE: flood "); put_dec(i); putc_('\n'); }
+    }
+    reset();
+}
