@@ -1,0 +1,53 @@
+"""Type stubs of the Rust extension module; use :mod:`vmm_reference` instead."""
+
+from os import PathLike
+from typing import Any, Optional, Union
+
+DEFAULT_CMDLINE: str
+DEFAULT_CONSOLE_LIMIT: int
+DEFAULT_MEMORY_MIB: int
+HIMEM_START_DEFAULT: int
+
+def max_vcpus() -> Optional[int]:
+    """KVM's vCPU limit on this host, or None when KVM is unavailable."""
+
+class NativeVm:
+    """The Rust VM object behind :class:`vmm_reference.Vm`."""
+
+    def __init__(
+        self,
+        memory_mib: int,
+        vcpus: int,
+        kernel: Union[str, PathLike[str]],
+        cmdline: str,
+        himem_start: int,
+        initrd: Optional[Union[str, PathLike[str]]],
+        console_limit: int,
+    ) -> None: ...
+    def start(self) -> None:
+        """Start the vCPUs."""
+    def wait(self, timeout: Optional[float] = None) -> Optional[tuple[str, Optional[str]]]:
+        """Wait for the VM to stop; None on timeout."""
+    def kill(self) -> None:
+        """Stop the VM with reason ``killed``."""
+    @property
+    def state(self) -> str:
+        """``created``, ``running`` or ``exited``."""
+    @property
+    def exit_status(self) -> Optional[tuple[str, Optional[str]]]:
+        """``(reason, detail)`` once stopped."""
+    @property
+    def console_limit(self) -> int:
+        """Retained console bytes."""
+    def read_console(
+        self, offset: int, max: int, timeout: Optional[float] = None
+    ) -> tuple[int, bytes, bool]:
+        """Read console bytes from ``offset``: ``(start, data, eof)``."""
+    def console_snapshot(self) -> tuple[int, bytes]:
+        """All retained console bytes and the offset of the first."""
+    def write(self, data: bytes) -> int:
+        """Queue serial input; returns bytes accepted."""
+    def boot_info(self) -> dict[str, Any]:
+        """Where the boot images went."""
+    def stats(self) -> dict[str, Any]:
+        """Activity counters."""

@@ -1,0 +1,46 @@
+"""The exceptions vmm_reference raises, all rooted at :class:`VmError`.
+
+Each also derives from the built-in exception that fits, so ``except ValueError`` or
+``except FileNotFoundError`` work as expected. Messages name the argument, the value given
+and what is accepted.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "KvmUnavailableError",
+    "VmConfigError",
+    "VmError",
+    "VmFileNotFoundError",
+    "VmPermissionError",
+    "VmStateError",
+    "VmTimeoutError",
+]
+
+
+class VmError(Exception):
+    """Base class of every error raised by vmm_reference."""
+
+
+class VmConfigError(VmError, ValueError):
+    """A configuration value is out of range or malformed."""
+
+
+class VmFileNotFoundError(VmError, FileNotFoundError):
+    """A kernel or initrd file does not exist."""
+
+
+class VmPermissionError(VmError, PermissionError):
+    """A file, or ``/dev/kvm``, exists but cannot be opened by this user."""
+
+
+class KvmUnavailableError(VmError, OSError):
+    """KVM is missing or unusable on this host."""
+
+
+class VmStateError(VmError, RuntimeError):
+    """The call is not allowed in the VM's current state (e.g. ``start()`` twice)."""
+
+
+class VmTimeoutError(VmError, TimeoutError):
+    """A wait ran out of time; the message shows the last console lines."""

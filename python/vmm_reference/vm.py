@@ -1,0 +1,311 @@
+"""The :class:`Vm` class: build a KVM virtual machine, boot a kernel, read its console."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Optional, Union
+
+from . import _native
+from .errors import VmConfigError, VmTimeoutError
+
+__all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
+
+PathArg = Union[str, "os.PathLike[str]"]
+
+#: The command line used when none is given: reboot through the i8042 (so a guest ``reboot``
+#: ends the VM), reboot at once on panic, no PCI. ``console=ttyS0`` is always added when the
+#: command line names no console.
+DEFAULT_CMDLINE: str = _native.DEFAULT_CMDLINE
+
+_READ_CHUNK = 64 * 1024
+_U64_MAX = 2**64 - 1
+
+
+def max_vcpus() -> Optional[int]:
+    """Return KVM's vCPU limit on this host, or None when KVM is unavailable."""
+    return _native.max_vcpus()
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a VM ended.
+
+    ``reason`` is one of ``"reset"`` (the guest rebooted, e.g. ``reboot -f`` with ``reboot=k``),
+    ``"shutdown"`` (a triple fault), ``"killed"`` (:meth:`Vm.kill`, or the ``with`` block
+    ended first) or ``"error"`` (KVM could not run the guest; ``detail`` says why).
+    """
+
+    reason: str
+    detail: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the guest ended the VM itself, by reset or shutdown."""
+        return self.reason in ("reset", "shutdown")
+
+
+@dataclass(frozen=True)
+class BootInfo:
+    """Where the VMM put the guest's boot images."""
+
+    format: str
+    """``"ELF vmlinux"`` or ``"bzImage"``."""
+    entry: int
+    """The 64-bit entry point."""
+    kernel_end: int
+    """First byte past the loaded kernel."""
+    cmdline: str
+    """The command line as the guest sees it."""
+    initrd: Optional[tuple[int, int]]
+    """Guest address and size of the initrd."""
+    e820: list[tuple[int, int, int]]
+    """The e820 map: ``(address, size, type)``, type 1 is RAM and 2 reserved."""
+
+
+def _check_int(name: str, value: object, minimum: int, maximum: int = _U64_MAX) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VmConfigError(f"invalid {name}={value!r}: expected an integer")
+    if not minimum <= value <= maximum:
+        raise VmConfigError(f"invalid {name}={value}: expected {minimum} to {maximum}")
+    return value
+
+
+def _check_path(name: str, value: object, optional: bool = False) -> Optional[str]:
+    if value is None and optional:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        if isinstance(path, str) and path:
+            return path
+    raise VmConfigError(f"invalid {name}={value!r}: expected a path to a file")
+
+
+class Serial:
+    """The guest's serial console (COM1), as lines or raw bytes.
+
+    Iterating yields ``str`` lines (without their newline) from the oldest retained output;
+    the iteration ends once the VM has exited and all output has been read. Each iteration
+    starts afresh, so a console can be read more than once. :meth:`read` returns raw bytes
+    incrementally, keeping its own position. Output is retained up to the VM's
+    ``console_limit`` bytes; beyond that the oldest bytes are dropped.
+    """
+
+    def __init__(self, native: _native.NativeVm) -> None:
+        self._native = native
+        self._offset = 0
+        self._eof = False
+
+    def __iter__(self) -> Iterator[str]:
+        """Yield console lines until the VM has exited and the output is drained."""
+        return self.lines()
+
+    def lines(self, timeout: Optional[float] = None) -> Iterator[str]:
+        """Yield console lines; raise :class:`VmTimeoutError` if ``timeout`` seconds pass first.
+
+        A final line without a newline is yielded when the console ends.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset = 0
+        pending = ""
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            start, data, eof = self._native.read_console(offset, _READ_CHUNK, remaining)
+            offset = start + len(data)
+            pending += decoder.decode(data, final=eof)
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                yield line.rstrip("\r")
+            if eof:
+                if pending:
+                    yield pending.rstrip("\r")
+                return
+            if deadline is not None and time.monotonic() >= deadline and not data:
+                raise VmTimeoutError(
+                    f"no end of console output within timeout={timeout}s; last lines:\n"
+                    + self._tail()
+                )
+
+    def read(self, timeout: Optional[float] = 0.0) -> bytes:
+        """Return console bytes printed since the previous :meth:`read`.
+
+        Waits up to ``timeout`` seconds (forever if None) for at least one byte; returns
+        ``b""`` when none arrived or the console has ended (see :attr:`at_eof`).
+        """
+        start, data, eof = self._native.read_console(self._offset, _READ_CHUNK, timeout)
+        self._offset = start + len(data)
+        self._eof = eof
+        return data
+
+    @property
+    def at_eof(self) -> bool:
+        """Whether :meth:`read` has returned everything the guest will ever print."""
+        return self._eof
+
+    @property
+    def log_bytes(self) -> bytes:
+        """All retained console output, as bytes."""
+        return self._native.console_snapshot()[1]
+
+    @property
+    def log(self) -> str:
+        """All retained console output, decoded as UTF-8 (invalid bytes replaced)."""
+        return self.log_bytes.decode("utf-8", errors="replace")
+
+    def _tail(self, n: int = 10) -> str:
+        return "\n".join(self.log.splitlines()[-n:])
+
+
+class Vm:
+    """A KVM virtual machine booting a Linux kernel (an ELF vmlinux or a bzImage).
+
+    Building the object checks every argument and loads the kernel; :meth:`start` runs it.
+    Use it as a context manager so the VM is killed however the block ends::
+
+        with Vm(memory_mib=256, kernel="vmlinux", initrd="initrd.gz") as vm:
+            vm.start()
+            for line in vm.serial:
+                print(line)
+            status = vm.wait(timeout=30)
+
+    Args:
+        memory_mib: guest RAM in MiB. Beyond 3 GiB, the rest is placed above 4 GiB.
+        vcpus: number of vCPUs, 1 to KVM's limit.
+        kernel: path to an ELF vmlinux or a bzImage (detected from the file).
+        cmdline: the kernel command line; ``console=ttyS0`` is added if it names no console.
+        himem_start: guest-physical address where the kernel is loaded and high memory
+            starts; a multiple of 4 KiB from 1 MiB (0x100000, the default) up.
+        initrd: optional initramfs, loaded at the top of low RAM.
+        console_limit: console bytes retained (default 8 MiB); older output is dropped.
+
+    Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
+    interrupt) raises ``KeyboardInterrupt`` promptly.
+    """
+
+    def __init__(
+        self,
+        memory_mib: int = _native.DEFAULT_MEMORY_MIB,
+        vcpus: int = 1,
+        kernel: Optional[PathArg] = None,
+        cmdline: str = DEFAULT_CMDLINE,
+        himem_start: int = _native.HIMEM_START_DEFAULT,
+        initrd: Optional[PathArg] = None,
+        console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
+    ) -> None:
+        if not isinstance(cmdline, str):
+            raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
+        kernel_path = _check_path("kernel", kernel)
+        assert kernel_path is not None
+        self._native = _native.NativeVm(
+            memory_mib=_check_int("memory_mib", memory_mib, 1),
+            vcpus=_check_int("vcpus", vcpus, 1, 2**32 - 1),
+            kernel=kernel_path,
+            cmdline=cmdline,
+            himem_start=_check_int("himem_start", himem_start, 0),
+            initrd=_check_path("initrd", initrd, optional=True),
+            console_limit=_check_int("console_limit", console_limit, 0, 2**62),
+        )
+        self._serial = Serial(self._native)
+        self.memory_mib = memory_mib
+        self.vcpus = vcpus
+
+    def start(self) -> None:
+        """Start the guest. A VM starts once; a second call raises :class:`VmStateError`."""
+        self._native.start()
+
+    def wait(self, timeout: Optional[float] = None) -> ExitStatus:
+        """Wait for the VM to stop and return how it ended.
+
+        Raises :class:`VmTimeoutError` (a ``TimeoutError``) after ``timeout`` seconds, with
+        the last console lines in its message; :class:`VmStateError` if never started.
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout < 0):
+            raise VmConfigError(f"invalid timeout={timeout!r}: expected None or seconds >= 0")
+        result = self._native.wait(timeout)
+        if result is None:
+            raise VmTimeoutError(
+                f"the VM did not stop within timeout={timeout}s; last console lines:\n"
+                + self._serial._tail()
+            )
+        return ExitStatus(*result)
+
+    def kill(self) -> None:
+        """Stop the VM now (reason ``killed`` unless it already stopped). Does not block."""
+        self._native.kill()
+
+    def write(self, data: Union[bytes, str]) -> int:
+        """Send ``data`` to the guest's serial input; returns how many bytes were accepted.
+
+        Input waiting for the guest is bounded (1 MiB); beyond that bytes are refused.
+        """
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise VmConfigError(f"invalid data={data!r}: expected bytes or str")
+        return self._native.write(bytes(data))
+
+    @property
+    def state(self) -> str:
+        """``"created"``, ``"running"`` or ``"exited"``."""
+        return self._native.state
+
+    @property
+    def exit_status(self) -> Optional[ExitStatus]:
+        """How the VM ended, or None while it has not."""
+        result = self._native.exit_status
+        return None if result is None else ExitStatus(*result)
+
+    @property
+    def serial(self) -> Serial:
+        """The serial console."""
+        return self._serial
+
+    @property
+    def console_log(self) -> str:
+        """All retained console output so far."""
+        return self._serial.log
+
+    @property
+    def console_limit(self) -> int:
+        """How many console bytes are retained."""
+        return self._native.console_limit
+
+    @property
+    def boot_info(self) -> BootInfo:
+        """Where the kernel, command line and initrd went, and the e820 map."""
+        info: dict[str, Any] = self._native.boot_info()
+        return BootInfo(**info)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``pio_exits``, ``pio_unhandled``, ``mmio_exits``, ``console_bytes``, ``uptime``."""
+        return self._native.stats()
+
+    def __enter__(self) -> Vm:
+        """Return the VM itself."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        """Kill the VM and wait for its threads to stop."""
+        self.close()
+
+    def close(self) -> None:
+        """Kill the VM if it is running and wait until every vCPU has stopped."""
+        self._native.kill()
+        if self._native.state != "created":
+            self._native.wait(None)
+
+    def __repr__(self) -> str:
+        """Show size and state."""
+        return f"<Vm memory_mib={self.memory_mib} vcpus={self.vcpus} state={self.state}>"
+

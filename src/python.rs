@@ -1,0 +1,231 @@
+//! The PyO3 layer: a thin class over [`crate::Vm`], used by `python/vmm_reference/vm.py`.
+//!
+//! Conventions that hold for every method here:
+//! - blocking happens with the GIL released ([`Python::detach`]) in short slices, between
+//!   which pending signals are checked, so Ctrl-C and Jupyter's interrupt button work;
+//! - a Rust panic is caught and becomes a `VmError`, never a `PanicException` or an abort;
+//! - errors become the classes of `vmm_reference.errors`, chosen by [`ErrorKind`].
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::config::{KernelConfig, VmConfig};
+use crate::error::{Error, ErrorKind};
+use crate::exit::ExitStatus;
+use crate::vm::Vm;
+
+/// How long one GIL-free wait lasts before signals are checked again.
+const SLICE: Duration = Duration::from_millis(50);
+
+fn error_class(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidArgument => "VmConfigError",
+        ErrorKind::FileNotFound => "VmFileNotFoundError",
+        ErrorKind::PermissionDenied => "VmPermissionError",
+        ErrorKind::KvmUnavailable => "KvmUnavailableError",
+        ErrorKind::InvalidState => "VmStateError",
+        ErrorKind::Internal => "VmError",
+    }
+}
+
+fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
+    let made = py
+        .import("vmm_reference.errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|cls| cls.call1((message.clone(),)));
+    match made {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(_) => PyRuntimeError::new_err(message),
+    }
+}
+
+fn to_py(py: Python<'_>, e: Error) -> PyErr {
+    raise(py, error_class(e.kind()), e.to_string())
+}
+
+/// Runs `f`, turning a panic into a `VmError`.
+fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResult<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(to_py(py, e)),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(raise(py, "VmError", format!("internal error in the VMM: {what}")))
+        }
+    }
+}
+
+fn deadline(timeout: Option<f64>) -> Option<Instant> {
+    timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
+}
+
+fn next_slice(deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+        None => SLICE,
+    }
+}
+
+fn status_tuple(s: ExitStatus) -> (&'static str, Option<String>) {
+    (s.reason.as_str(), s.detail)
+}
+
+/// A VM owned by Python. See `vmm_reference.Vm` for the documented API.
+#[pyclass(frozen, module = "vmm_reference._native", name = "NativeVm")]
+struct NativeVm {
+    vm: Vm,
+}
+
+#[pymethods]
+impl NativeVm {
+    #[new]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        memory_mib: u64,
+        vcpus: u32,
+        kernel: PathBuf,
+        cmdline: String,
+        himem_start: u64,
+        initrd: Option<PathBuf>,
+        console_limit: usize,
+    ) -> PyResult<Self> {
+        let config = VmConfig {
+            memory_mib,
+            vcpus,
+            kernel: KernelConfig { path: kernel, cmdline, himem_start, initrd },
+            console_limit,
+        };
+        let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
+        match result {
+            Ok(r) => guarded(py, || r).map(|vm| NativeVm { vm }),
+            Err(_) => Err(raise(py, "VmError", "internal error in the VMM while building the VM".into())),
+        }
+    }
+
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || self.vm.start())
+    }
+
+    /// Waits up to `timeout` seconds (forever if None); None on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<(&'static str, Option<String>)>> {
+        if self.vm.state() == crate::VmState::Created {
+            return Err(to_py(py, Error::InvalidState { operation: "wait", state: crate::VmState::Created }));
+        }
+        let end = deadline(timeout);
+        loop {
+            let slice = next_slice(end);
+            if let Some(s) = py.detach(|| self.vm.wait(Some(slice))) {
+                return Ok(Some(status_tuple(s)));
+            }
+            py.check_signals()?;
+            if end.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    fn kill(&self) {
+        self.vm.kill();
+    }
+
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.vm.state().as_str()
+    }
+
+    #[getter]
+    fn exit_status(&self) -> Option<(&'static str, Option<String>)> {
+        self.vm.exit_status().map(status_tuple)
+    }
+
+    /// Reads up to `max` console bytes from `offset`, waiting up to `timeout` seconds
+    /// (forever if None) for some to arrive. Returns (start, data, eof).
+    #[pyo3(signature = (offset, max, timeout=None))]
+    fn read_console<'py>(
+        &self,
+        py: Python<'py>,
+        offset: u64,
+        max: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<(u64, Bound<'py, PyBytes>, bool)> {
+        let end = deadline(timeout);
+        let console = self.vm.console().clone();
+        loop {
+            let slice = next_slice(end);
+            let chunk = py.detach(|| console.read_wait(offset, max, slice));
+            let expired = end.is_some_and(|d| Instant::now() >= d);
+            if !chunk.data.is_empty() || chunk.eof || expired {
+                return Ok((chunk.start, PyBytes::new(py, &chunk.data), chunk.eof));
+            }
+            py.check_signals()?;
+        }
+    }
+
+    /// Everything retained: (offset of the first byte, bytes).
+    fn console_snapshot<'py>(&self, py: Python<'py>) -> (u64, Bound<'py, PyBytes>) {
+        let (start, data) = self.vm.console().snapshot();
+        (start, PyBytes::new(py, &data))
+    }
+
+    fn write(&self, py: Python<'_>, data: &[u8]) -> PyResult<usize> {
+        guarded(py, || self.vm.write_input(data))
+    }
+
+    fn boot_info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.vm.boot_info();
+        let d = PyDict::new(py);
+        d.set_item("format", info.format.to_string())?;
+        d.set_item("entry", info.entry)?;
+        d.set_item("kernel_end", info.kernel_end)?;
+        d.set_item("cmdline", &info.cmdline)?;
+        d.set_item("initrd", info.initrd)?;
+        let e820: Vec<(u64, u64, u32)> = info.e820.iter().map(|e| (e.addr, e.size, e.kind)).collect();
+        d.set_item("e820", e820)?;
+        Ok(d)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.vm.stats();
+        let d = PyDict::new(py);
+        d.set_item("pio_exits", s.pio_exits)?;
+        d.set_item("pio_unhandled", s.pio_unhandled)?;
+        d.set_item("mmio_exits", s.mmio_exits)?;
+        d.set_item("console_bytes", s.console_bytes)?;
+        d.set_item("uptime", s.uptime.as_secs_f64())?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn console_limit(&self) -> usize {
+        self.vm.console().limit()
+    }
+}
+
+/// KVM's vCPU limit on this host, or None when KVM is unavailable.
+#[pyfunction]
+fn max_vcpus() -> Option<usize> {
+    crate::kvm::open_kvm().ok().map(|k| k.get_max_vcpus())
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<NativeVm>()?;
+    m.add_function(wrap_pyfunction!(max_vcpus, m)?)?;
+    m.add("DEFAULT_CMDLINE", crate::config::DEFAULT_CMDLINE)?;
+    m.add("DEFAULT_CONSOLE_LIMIT", crate::config::DEFAULT_CONSOLE_LIMIT)?;
+    m.add("DEFAULT_MEMORY_MIB", crate::config::DEFAULT_MEMORY_MIB)?;
+    m.add("HIMEM_START_DEFAULT", crate::arch::x86_64::layout::HIMEM_START_MIN)?;
+    Ok(())
+}
