@@ -1,0 +1,251 @@
+"""Guest assets from Debian's packages: a kernel (bzImage and ELF vmlinux) and an initramfs.
+
+Run ``python -m vmm_reference.assets`` to fetch them into the cache and print their paths.
+Packages are fetched with ``apt-get download`` (no root needed, nothing is installed) and
+unpacked with ``dpkg-deb``. Results are keyed by package version, so a second run is instant.
+
+The cache is ``$VMM_REFERENCE_CACHE`` or ``~/.cache/vmm-reference``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Union
+
+from .initramfs import build_initramfs
+from .kernel_image import extract_vmlinux
+
+__all__ = [
+    "GUEST_DONE_MARKER",
+    "GUEST_READY_MARKER",
+    "AssetError",
+    "GuestAssets",
+    "LabAssets",
+    "cache_dir",
+    "fetch_guest",
+    "fetch_lab",
+    "main",
+]
+
+#: Printed by the initramfs's /init once userspace runs.
+GUEST_READY_MARKER = "VMM-REFERENCE-GUEST-READY"
+#: Printed by /init just before it reboots.
+GUEST_DONE_MARKER = "VMM-REFERENCE-GUEST-DONE"
+
+_INIT_SCRIPT = f"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev 2>/dev/null
+echo "{GUEST_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
+case " $(cat /proc/cmdline) " in
+  *" vmm.init=shell "*) setsid cttyhack sh ;;
+esac
+echo "{GUEST_DONE_MARKER}"
+reboot -f
+"""
+
+
+class AssetError(RuntimeError):
+    """Assets could not be fetched or built; the message says what to provide instead."""
+
+
+@dataclass(frozen=True)
+class GuestAssets:
+    """A Debian cloud kernel and a busybox initramfs, ready to boot."""
+
+    kernel_package: str
+    kernel_version: str
+    vmlinux: Path
+    """The uncompressed ELF kernel (the fast one to boot)."""
+    bzimage: Path
+    """The compressed bzImage, as Debian ships it."""
+    modules: Path
+    """The kernel's ``lib/modules/<release>`` directory."""
+    initrd: Path
+    """A gzip-compressed cpio initramfs whose /init prints :data:`GUEST_READY_MARKER` and reboots."""
+    busybox: Path
+    """The static busybox binary inside the initramfs."""
+
+
+@dataclass(frozen=True)
+class LabAssets:
+    """Debian's generic kernel, whose modules include kvm and kvm-amd: the nested-KVM lab's."""
+
+    kernel_package: str
+    kernel_version: str
+    bzimage: Path
+    modules: Path
+    busybox: Path
+
+
+def cache_dir(override: Optional[Union[str, Path]] = None) -> Path:
+    """Return the asset cache directory: ``override``, ``$VMM_REFERENCE_CACHE`` or ``~/.cache/vmm-reference``."""
+    if override is not None:
+        return Path(override)
+    env = os.environ.get("VMM_REFERENCE_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmm-reference"
+
+
+_NO_APT = (
+    "apt-get and dpkg-deb are needed to fetch Debian's kernel and busybox. On other hosts, "
+    "provide the files yourself: an x86-64 Linux kernel (ELF vmlinux or bzImage) with "
+    "CONFIG_SERIAL_8250_CONSOLE, and optionally an initramfs, then run "
+    "`vmm-reference --kernel path=VMLINUX,initrd=INITRD`."
+)
+
+
+def _run(args: list[str], cwd: Optional[Path] = None) -> str:
+    try:
+        done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as e:
+        raise AssetError(_NO_APT) from e
+    if done.returncode != 0:
+        raise AssetError(f"`{' '.join(args)}` failed: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+def _resolve(metapackage: str) -> tuple[str, str]:
+    """Return (unsigned image package, version) that Debian's ``metapackage`` points at."""
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise AssetError(_NO_APT)
+    deps = _run(["apt-cache", "depends", metapackage])
+    match = re.search(r"Depends: (linux-image-[\w.+-]+)", deps)
+    if not match:
+        raise AssetError(
+            f"apt knows no {metapackage}; run `apt-get update` (Debian's main archive must be a source)"
+        )
+    package = match.group(1)
+    if not package.endswith("-unsigned"):
+        package += "-unsigned"
+    return package, _version(package)
+
+
+def _version(package: str) -> str:
+    show = _run(["apt-cache", "show", "--no-all-versions", package])
+    match = re.search(r"^Version: (\S+)", show, re.M)
+    if not match:
+        raise AssetError(f"apt has no version of {package}; run `apt-get update`")
+    return match.group(1)
+
+
+def _download(packages: list[str], into: Path) -> dict[str, Path]:
+    into.mkdir(parents=True, exist_ok=True)
+    _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages], cwd=into)
+    found: dict[str, Path] = {}
+    for name in packages:
+        debs = sorted(into.glob(f"{name}_*.deb"))
+        if not debs:
+            raise AssetError(f"apt-get download did not produce {name}_*.deb")
+        target = into / f"{name}.unpacked"
+        _run(["dpkg-deb", "-x", str(debs[-1]), str(target)])
+        found[name] = target
+    return found
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^\w.+-]", "_", text)
+
+
+def _busybox(cache: Path) -> Path:
+    version = _version("busybox-static")
+    dest = cache / f"busybox-static_{_safe(version)}" / "busybox"
+    if not dest.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            unpacked = _download(["busybox-static"], Path(tmp))["busybox-static"]
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(unpacked / "bin" / "busybox", dest.with_suffix(".tmp"))
+            dest.with_suffix(".tmp").replace(dest)
+    return dest
+
+
+def _kernel_package(cache: Path, metapackage: str) -> tuple[str, str, Path]:
+    """Download and unpack a kernel package once; return (package, version, directory)."""
+    package, version = _resolve(metapackage)
+    root = cache / f"{package}_{_safe(version)}"
+    done = root / ".complete"
+    if not done.exists():
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            unpacked = _download([package], Path(tmp))[package]
+            if root.exists():
+                shutil.rmtree(root)
+            unpacked.rename(root)
+        done.touch()
+    return package, version, root
+
+
+def _only(paths: list[Path], what: str) -> Path:
+    if len(paths) != 1:
+        raise AssetError(f"expected one {what} in the package, found {len(paths)}")
+    return paths[0]
+
+
+def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
+    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached)."""
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
+    bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
+    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
+    vmlinux = root / "vmlinux"
+    if not vmlinux.exists():
+        vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
+        vmlinux.with_suffix(".tmp").replace(vmlinux)
+    busybox = _busybox(base)
+    initrd = busybox.parent / "initramfs.cpio.gz"
+    if not initrd.exists():
+        build_initramfs(busybox, _INIT_SCRIPT, initrd)
+    return GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
+
+
+def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
+    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab."""
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    package, version, root = _kernel_package(base, "linux-image-amd64")
+    bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
+    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
+    return LabAssets(package, version, bzimage, modules, _busybox(base))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Command line: fetch the assets and print their paths (``--json`` for machines)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m vmm_reference.assets",
+        description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs.",
+    )
+    parser.add_argument("--cache-dir", help="cache directory (default: $VMM_REFERENCE_CACHE or "
+                        "~/.cache/vmm-reference)")
+    parser.add_argument("--lab", action="store_true", help="also fetch the nested-KVM lab's generic kernel")
+    parser.add_argument("--json", action="store_true", help="print the paths as JSON")
+    args = parser.parse_args(argv)
+    try:
+        result: dict[str, object] = {"guest": asdict(fetch_guest(args.cache_dir))}
+        if args.lab:
+            result["lab"] = asdict(fetch_lab(args.cache_dir))
+    except AssetError as e:
+        print(f"vmm_reference.assets: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(result, default=str, indent=2))
+    else:
+        for group, values in result.items():
+            assert isinstance(values, dict)
+            for key, value in values.items():
+                print(f"{group}.{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
