@@ -1,0 +1,7 @@
+"""``python -m vmm_reference``: the same as the ``vmm-reference`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

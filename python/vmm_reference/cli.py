@@ -1,0 +1,226 @@
+"""The ``vmm-reference`` command: boot a kernel and attach the terminal to its serial console.
+
+The syntax is the original vmm-reference's::
+
+    vmm-reference --memory mem_size_mib=1024 --vcpus num_vcpus=1 \\
+        --kernel path=/path/to/vmlinux,himem_start=1048576,cmdline="console=ttyS0 pci=off"
+
+Each option takes comma-separated ``key=value`` pairs. An empty value means the default; an
+unknown key is an error. The guest's console goes to stdout and stdin goes to the guest
+(the terminal is put in raw mode and restored on every exit path). Press Ctrl-A then x to end
+the VM from a terminal. The exit status is 0 when the guest reset or shut down the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import select
+import sys
+import threading
+from typing import Callable, Optional, TextIO
+
+from . import __version__
+from .errors import VmError
+from .vm import DEFAULT_CMDLINE, Vm
+
+__all__ = ["CliError", "main", "parse_key_values"]
+
+_KERNEL_KEYS = ("path", "himem_start", "cmdline", "initrd")
+_CTRL_A = 0x01
+
+
+class CliError(ValueError):
+    """A command-line option is malformed."""
+
+
+def parse_key_values(option: str, text: str, keys: tuple[str, ...]) -> dict[str, str]:
+    """Parse ``key=value,key=value`` for ``--option``; keys must be among ``keys``.
+
+    Pairs are separated by a comma followed by ``word=``. Inside a ``cmdline`` value, a
+    comma followed by anything but a known key stays part of the command line, so
+    ``cmdline=console=ttyS0,115200 quiet`` works. Values may be wrapped in double quotes.
+    Empty values are dropped (the default applies).
+    """
+    parts = [p for p in re.split(r",(?=[A-Za-z_]\w*=)", text) if p]
+    merged: list[str] = []
+    for part in parts:
+        key = part.partition("=")[0]
+        if merged and key not in keys and merged[-1].startswith("cmdline="):
+            merged[-1] += "," + part
+        else:
+            merged.append(part)
+    result: dict[str, str] = {}
+    for part in merged:
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise CliError(f"--{option}: expected key=value, got {part!r} (keys: {', '.join(keys)})")
+        if key not in keys:
+            raise CliError(f"--{option}: unknown key {key!r} (keys: {', '.join(keys)})")
+        if key in result:
+            raise CliError(f"--{option}: {key} given twice")
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = value[1:-1]
+        if value:
+            result[key] = value
+    return result
+
+
+def _int(option: str, key: str, value: str) -> int:
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise CliError(f"--{option}: invalid {key}={value!r}: expected an integer (decimal or 0x hex)") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="vmm-reference",
+        description="Boot a Linux kernel on KVM with its serial console on this terminal.",
+        epilog="Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset "
+               "or shut down the machine, 1 when the VM failed or was killed, 2 on a usage error.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--memory", default="", metavar="mem_size_mib=N",
+                   help="mem_size_mib: guest RAM in MiB (default 256)")
+    p.add_argument("--vcpus", default="", metavar="num_vcpus=N",
+                   help="num_vcpus: number of vCPUs (default 1)")
+    p.add_argument("--kernel", required=True, metavar="path=PATH[,KEY=VALUE...]",
+                   help="path: ELF vmlinux or bzImage (required); "
+                        "himem_start: load address of the kernel and start of high memory, bytes "
+                        "(decimal or 0x hex, multiple of 4096, at least 1048576; default 1048576); "
+                        f'cmdline: kernel command line (default "{DEFAULT_CMDLINE}"; console=ttyS0 is '
+                        "added when it names no console); initrd: an initramfs to load")
+    p.add_argument("--version", action="version", version=f"vmm-reference {__version__}")
+    return p
+
+
+def _build_vm(args: argparse.Namespace) -> Vm:
+    memory = parse_key_values("memory", args.memory, ("mem_size_mib",))
+    vcpus = parse_key_values("vcpus", args.vcpus, ("num_vcpus",))
+    kernel = parse_key_values("kernel", args.kernel, _KERNEL_KEYS)
+    if "path" not in kernel:
+        raise CliError("--kernel: path=PATH is required")
+    return Vm(
+        memory_mib=_int("memory", "mem_size_mib", memory.get("mem_size_mib", "256")),
+        vcpus=_int("vcpus", "num_vcpus", vcpus.get("num_vcpus", "1")),
+        kernel=kernel["path"],
+        cmdline=kernel.get("cmdline", DEFAULT_CMDLINE),
+        himem_start=_int("kernel", "himem_start", kernel.get("himem_start", "1048576")),
+        initrd=kernel.get("initrd"),
+    )
+
+
+class _StdinForwarder:
+    """Copies stdin to the guest on a thread; Ctrl-A x asks the VM to end."""
+
+    def __init__(self, vm: Vm, fd: int, on_quit: Callable[[], None]) -> None:
+        self._vm, self._fd, self._on_quit = vm, fd, on_quit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vmm-stdin", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=1)
+
+    def _run(self) -> None:
+        escape = False
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self._fd], [], [], 0.1)
+            if not ready:
+                continue
+            try:
+                data = os.read(self._fd, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            out = bytearray()
+            for b in data:
+                if escape:
+                    escape = False
+                    if b in (ord("x"), ord("X")):
+                        self._on_quit()
+                        return
+                    if b != _CTRL_A:
+                        out.append(_CTRL_A)
+                    out.append(b)
+                elif b == _CTRL_A:
+                    escape = True
+                else:
+                    out.append(b)
+            if out and self._vm.state == "running":
+                self._vm.write(bytes(out))
+
+
+def _run(vm: Vm, stdout: TextIO) -> int:
+    stdin_fd: Optional[int] = None
+    try:
+        stdin_fd = sys.stdin.fileno()
+    except (OSError, ValueError, AttributeError):
+        stdin_fd = None
+    saved = None
+    if stdin_fd is not None and os.isatty(stdin_fd):
+        import termios
+        import tty
+
+        saved = termios.tcgetattr(stdin_fd)
+        tty.setraw(stdin_fd)
+    forwarder = _StdinForwarder(vm, stdin_fd, vm.kill) if stdin_fd is not None else None
+    out = stdout.buffer if hasattr(stdout, "buffer") else None
+    try:
+        vm.start()
+        if forwarder:
+            forwarder.start()
+        while True:
+            data = vm.serial.read(timeout=0.2)
+            if data:
+                if out is not None:
+                    out.write(data)
+                    out.flush()
+                else:
+                    stdout.write(data.decode("utf-8", errors="replace"))
+                    stdout.flush()
+            elif vm.serial.at_eof:
+                break
+        status = vm.wait()
+    finally:
+        if forwarder:
+            forwarder.stop()
+        if saved is not None and stdin_fd is not None:
+            import termios
+
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        vm.close()
+    if status.ok:
+        return 0
+    detail = f": {status.detail}" if status.detail else ""
+    print(f"\nvmm-reference: the VM ended with reason {status.reason}{detail}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``vmm-reference`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        vm = _build_vm(args)
+    except (CliError, VmError) as e:
+        print(f"vmm-reference: error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, CliError) else 1
+    try:
+        return _run(vm, sys.stdout)
+    except KeyboardInterrupt:
+        vm.close()
+        print("\nvmm-reference: interrupted", file=sys.stderr)
+        return 130
+    except VmError as e:
+        print(f"vmm-reference: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
