@@ -1,0 +1,223 @@
+"""The probe guest, entered like Linux, reports what the VMM gave it; compare with the config."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import fnv1a64, parse_probe
+
+from vmm_reference import Vm, VmStateError
+
+GAP_START = 0xC000_0000
+MIB = 1 << 20
+
+
+def expected_e820(memory_mib: int, himem_start: int = 0x100000) -> list[tuple[int, int, int]]:
+    mem = memory_mib * MIB
+    low = min(mem, GAP_START)
+    e = [(0, 0x9FC00, 1), (0x9FC00, 0x100000 - 0x9FC00, 2), (himem_start, low - himem_start, 1)]
+    if mem > GAP_START:
+        e.append((1 << 32, mem - GAP_START, 1))
+    return e
+
+
+def boot(vm_factory, **kwargs) -> tuple[Vm, str]:
+    vm = vm_factory(**kwargs)
+    vm.start()
+    status = vm.wait(timeout=60)
+    return vm, status, vm.console_log
+
+
+@pytest.mark.parametrize("memory_mib", [64, 256, 3072, 3584, 4096, 6144])
+def test_e820_matches_memory_size(vm_factory, probe_elf, memory_mib):
+    vm, status, log = boot(vm_factory, memory_mib=memory_mib, kernel=probe_elf)
+    assert status.reason == "reset", log
+    report = parse_probe(log)
+    assert report.done
+    assert report.e820 == expected_e820(memory_mib)
+    assert [tuple(e) for e in vm.boot_info.e820] == report.e820
+    assert sum(s for _, s, t in report.e820 if t == 1) == memory_mib * MIB - (0x100000 - 0x9FC00)
+
+
+@pytest.mark.parametrize(
+    "cmdline, seen",
+    [
+        ("", "console=ttyS0"),
+        ("reboot=k panic=-1", "reboot=k panic=-1 console=ttyS0"),
+        ("console=ttyS0,115200 quiet", "console=ttyS0,115200 quiet"),
+        ("a=" + "x" * 1900, "a=" + "x" * 1900 + " console=ttyS0"),
+    ],
+)
+def test_cmdline_reaches_the_guest(vm_factory, probe_elf, cmdline, seen):
+    vm, status, log = boot(vm_factory, kernel=probe_elf, cmdline=cmdline)
+    report = parse_probe(log)
+    assert report.cmdline == seen
+    assert vm.boot_info.cmdline == seen
+    assert report.loader == 0xFF
+    assert report.zero_page == 0x7000
+
+
+def test_initrd_is_loaded_high_and_intact(vm_factory, probe_elf, tmp_path):
+    data = os.urandom(300_000)
+    initrd = tmp_path / "initrd.bin"
+    initrd.write_bytes(data)
+    vm, status, log = boot(vm_factory, memory_mib=128, kernel=probe_elf, initrd=initrd)
+    report = parse_probe(log)
+    assert report.initrd_size == len(data)
+    assert report.initrd_fnv == fnv1a64(data)
+    assert report.initrd_addr % 4096 == 0
+    assert report.initrd_addr + len(data) <= 128 * MIB
+    assert report.initrd_addr >= 128 * MIB - len(data) - 4096
+    assert vm.boot_info.initrd == (report.initrd_addr, len(data))
+
+
+def test_initrd_above_3g_stays_below_the_gap(vm_factory, probe_elf, tmp_path):
+    initrd = tmp_path / "initrd.bin"
+    initrd.write_bytes(b"x" * 5000)
+    _, _, log = boot(vm_factory, memory_mib=4096, kernel=probe_elf, initrd=initrd)
+    report = parse_probe(log)
+    assert report.initrd_addr + 5000 <= GAP_START
+    assert report.initrd_fnv == fnv1a64(b"x" * 5000)
+
+
+@pytest.mark.parametrize("himem_start", [0x100000, 0x400000, 0x1234000])
+def test_bzimage_loads_at_himem_start(vm_factory, probe_bzimage, himem_start):
+    vm, status, log = boot(vm_factory, memory_mib=128, kernel=probe_bzimage, himem_start=himem_start)
+    assert status.reason == "reset", log
+    report = parse_probe(log)
+    assert report.entry == himem_start + 0x200
+    assert vm.boot_info.format == "bzImage"
+    assert report.e820[2] == (himem_start, 128 * MIB - himem_start, 1)
+
+
+def test_cpuid_announces_kvm(vm_factory, probe_elf):
+    _, _, log = boot(vm_factory, kernel=probe_elf, vcpus=2)
+    report = parse_probe(log)
+    assert report.hypervisor_bit == 1
+    assert report.signature == "KVMKVMKVM"
+    assert report.apic_id == 0
+    assert report.logical == 2
+
+
+def test_triple_fault_is_shutdown(vm_factory, probe_elf):
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=triple")
+    assert "PROBE: triple fault" in log
+    assert status.reason == "shutdown"
+    assert "triple-faulted" in status.detail
+
+
+def test_unknown_ports_and_mmio_are_ignored(vm_factory, probe_elf):
+    vm, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=unknown")
+    assert status.reason == "reset", log
+    assert "PROBE: unknown pci=0x0000000000000000 cmos=0x0000000000000000 mmio=0x0000000000000000" in log
+    stats = vm.stats()
+    assert stats["pio_unhandled"] >= 4 and stats["mmio_exits"] >= 2
+
+
+def test_serial_input_is_echoed(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=echo")
+    vm.start()
+    lines = vm.serial.lines(timeout=30)
+    assert "PROBE: echo ready" in list(_until(lines, "PROBE: echo ready"))
+    long = "y" * 100  # longer than the UART's 64-byte FIFO
+    assert vm.write(f"hello\n{long}\n") == 6 + 101
+    assert next(lines) == "PROBE: got hello"
+    assert next(lines) == f"PROBE: got {long}"
+    vm.write(b"reset\n")
+    assert vm.wait(timeout=30).reason == "reset"
+
+
+def _until(lines, marker):
+    for line in lines:
+        yield line
+        if line == marker:
+            return
+
+
+def test_states_kill_and_start_twice(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=halt")
+    assert vm.state == "created"
+    assert vm.exit_status is None
+    with pytest.raises(VmStateError):
+        vm.wait(timeout=1)
+    vm.start()
+    assert vm.state == "running"
+    with pytest.raises(VmStateError, match="cannot start: the VM is running"):
+        vm.start()
+    with pytest.raises(TimeoutError, match="PROBE: halting"):
+        vm.wait(timeout=0.5)
+    vm.kill()
+    assert vm.wait(timeout=10).reason == "killed"
+    assert vm.state == "exited"
+    with pytest.raises(VmStateError):
+        vm.start()
+    assert vm.serial.log.endswith("PROBE: halting\n")
+
+
+def test_iteration_ends_when_the_vm_exits(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf)
+    vm.start()
+    lines = list(vm.serial)
+    assert lines[0] == "PROBE: hello" and lines[-1] == "PROBE: reset"
+    assert list(vm.serial) == lines  # a second iteration reads it all again
+
+
+def test_raw_reads_are_incremental_and_lossless(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf)
+    vm.start()
+    chunks = []
+    while True:
+        data = vm.serial.read(timeout=5)
+        if not data and vm.serial.at_eof:
+            break
+        chunks.append(data)
+    assert b"".join(chunks) == vm.serial.log_bytes
+
+
+def test_console_flood_keeps_memory_bounded(vm_factory, probe_elf):
+    limit = 4096
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=flood", console_limit=limit)
+    vm.start()
+    deadline = time.monotonic() + 60
+    while vm.stats()["console_bytes"] <= 4 * limit and time.monotonic() < deadline:
+        vm.serial.read(timeout=1)
+    vm.kill()
+    vm.wait(timeout=10)
+    assert vm.stats()["console_bytes"] > 4 * limit
+    assert len(vm.serial.log_bytes) == limit
+    assert vm.serial.log.splitlines()[-1].startswith("PROBE: flood")
+
+
+def test_several_vms_run_at_once(probe_elf):
+    results = {}
+
+    def run(i: int) -> None:
+        with Vm(memory_mib=64, kernel=probe_elf, cmdline=f"id={i}") as vm:
+            vm.start()
+            status = vm.wait(timeout=60)
+            results[i] = (status.reason, parse_probe(vm.console_log).cmdline)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: ("reset", f"id={i} console=ttyS0") for i in range(6)}
+
+
+def test_context_manager_kills_on_exception(probe_elf):
+    with pytest.raises(RuntimeError):
+        with Vm(kernel=probe_elf, cmdline="probe.end=spin") as vm:
+            vm.start()
+            raise RuntimeError("boom")
+    assert vm.state == "exited"
+    assert vm.exit_status.reason == "killed"
+
+
+def test_probe_files_exist(probe_elf, probe_bzimage):
+    assert Path(probe_elf).read_bytes()[:4] == b"\x7fELF"
+    assert Path(probe_bzimage).read_bytes()[0x202:0x206] == b"HdrS"
