@@ -1,0 +1,98 @@
+"""The vmm-reference command, in the original project's syntax."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vmm_reference.cli import CliError, parse_key_values
+
+KEYS = ("path", "himem_start", "cmdline", "initrd")
+
+
+def cli(*args: str, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vmm_reference", *args], input=stdin, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_boots_the_probe_and_streams_its_console(probe_elf):
+    r = cli("--memory", "mem_size_mib=512", "--vcpus", "num_vcpus=2", "--kernel",
+            f'path={probe_elf},himem_start=1048576,cmdline="console=ttyS0 pci=off"')
+    assert r.returncode == 0, r.stderr
+    assert "PROBE: cmdline=console=ttyS0 pci=off\n" in r.stdout
+    assert "PROBE: e820 0x0000000000100000 0x000000001ff00000 1" in r.stdout
+    assert "logical=2" in r.stdout
+    assert r.stdout.endswith("PROBE: reset\n")
+
+
+def test_stdin_reaches_the_guest(probe_elf):
+    r = cli("--kernel", f"path={probe_elf},cmdline=probe.end=echo", stdin="ping\nreset\n")
+    assert r.returncode == 0, r.stderr
+    assert "PROBE: got ping\nPROBE: got reset\n" in r.stdout
+
+
+def test_ctrl_a_x_ends_the_vm(probe_elf):
+    r = cli("--kernel", f"path={probe_elf},cmdline=probe.end=echo", stdin="\x01x")
+    assert r.returncode == 1
+    assert "reason killed" in r.stderr
+
+
+def test_shutdown_is_success_and_errors_are_one_line(probe_elf, tmp_path):
+    assert cli("--kernel", f"path={probe_elf},cmdline=probe.end=triple").returncode == 0
+    r = cli("--kernel", f"path={tmp_path}/missing")
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "no such file" in r.stderr
+
+
+def test_original_readme_himem_start_is_refused(probe_bzimage):
+    r = cli("--memory", "mem_size_mib=1024", "--kernel", f"path={probe_bzimage},himem_start=1024")
+    assert r.returncode == 1
+    assert "invalid himem_start=0x400 (1024): expected a multiple of 0x1000 from 0x100000" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kernel", "path=/x,bogus=1"], "unknown key 'bogus'"),
+        (["--kernel", "himem_start=1"], "path=PATH is required"),
+        (["--memory", "mem_size_mib=lots", "--kernel", "path=/x"], "invalid mem_size_mib='lots'"),
+        (["--vcpus", "vcpus=2", "--kernel", "path=/x"], "unknown key 'vcpus'"),
+        (["--kernel", "path=/x,path=/y"], "path given twice"),
+    ],
+)
+def test_usage_errors(args, message):
+    r = cli(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+
+
+def test_vm_errors_from_the_cli(probe_elf):
+    r = cli("--memory", "mem_size_mib=0", "--kernel", f"path={probe_elf}")
+    assert r.returncode == 1 and "invalid memory_mib=0: expected 1 to" in r.stderr
+    r = cli("--vcpus", "num_vcpus=0", "--kernel", f"path={probe_elf}")
+    assert r.returncode == 1 and "invalid vcpus=0" in r.stderr
+    r = cli("--kernel", f"path={probe_elf},cmdline={'x' * 3000}")
+    assert r.returncode == 1 and "at most 2047 bytes" in r.stderr
+
+
+def test_help_documents_every_key():
+    r = cli("--help")
+    for key in ("mem_size_mib", "num_vcpus", "path", "himem_start", "cmdline", "initrd", "Ctrl-A"):
+        assert key in r.stdout
+
+
+def test_empty_value_means_default(probe_elf):
+    r = cli("--memory", "mem_size_mib=", "--kernel", f"path={probe_elf},himem_start=,cmdline=")
+    assert r.returncode == 0, r.stderr
+    assert "PROBE: e820 0x0000000000100000 0x000000000ff00000 1" in r.stdout  # 256 MiB default
+
+
+def test_key_value_parser():
+    assert parse_key_values("kernel", 'path=/a,cmdline="x=1,y=2 z",initrd=/i', KEYS) == {
+        "path": "/a", "cmdline": "x=1,y=2 z", "initrd": "/i"}
+    assert parse_key_values("kernel", "path=/a,cmdline=console=ttyS0,115200", KEYS)["cmdline"] == \
+        "console=ttyS0,115200"
+    with pytest.raises(CliError):
+        parse_key_values("kernel", "path", KEYS)
