@@ -191,9 +191,35 @@ def _only(paths: list[Path], what: str) -> Path:
     return paths[0]
 
 
+def _offline() -> bool:
+    return os.environ.get("VMM_REFERENCE_OFFLINE", "") not in ("", "0")
+
+
+def _cached_guest(base: Path) -> GuestAssets:
+    """The newest complete guest assets already in the cache, without asking apt."""
+    roots = sorted(base.glob("linux-image-*-cloud-amd64-unsigned_*/.complete"))
+    initrds = sorted(base.glob("busybox-static_*/initramfs.cpio.gz"))
+    if not roots or not initrds or not (roots[-1].parent / "vmlinux").exists():
+        raise AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no complete guest assets; "
+                         "run `python -m vmm_reference.assets` first")
+    root = roots[-1].parent
+    package, _, version = root.name.partition("_")
+    return GuestAssets(
+        package, version, root / "vmlinux", _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz"),
+        _only(sorted((root / "lib" / "modules").glob("*")), "modules directory"), initrds[-1],
+        initrds[-1].parent / "busybox",
+    )
+
+
 def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
-    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached)."""
+    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached).
+
+    With ``VMM_REFERENCE_OFFLINE=1`` in the environment, apt is not consulted and the newest
+    complete assets in the cache are returned.
+    """
     base = cache_dir(cache)
+    if _offline():
+        return _cached_guest(base)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
     bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")

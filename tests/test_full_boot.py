@@ -1,0 +1,55 @@
+"""Full boots of the Debian cloud kernel to its initramfs, where KVM is hardware-backed.
+
+On PVM hosts stock kernels cannot finish booting, so test_lab.py runs this file inside the
+nested-KVM lab instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from vmm_reference import Vm
+from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_READY_MARKER
+
+
+@pytest.fixture(autouse=True)
+def _hardware_kvm(kvm_kind):
+    if kvm_kind == "pvm":
+        pytest.skip("PVM cannot boot stock kernels to userspace; tests/test_lab.py runs these in the lab")
+
+
+def test_boot_to_userspace_then_reboot_ends_wait(vm_factory, guest_assets):
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd)
+    vm.start()
+    lines = []
+    for line in vm.serial.lines(timeout=120):
+        lines.append(line)
+        if line.startswith(GUEST_READY_MARKER):
+            break
+    assert lines[-1] == f"{GUEST_READY_MARKER} kernel={guest_assets.modules.name} cpus=1", lines[-30:]
+    assert any("Run /init as init process" in line for line in lines)
+    status = vm.wait(timeout=60)
+    assert status.reason == "reset", status
+    assert GUEST_DONE_MARKER in vm.console_log
+    assert "reboot: Restarting system" in vm.console_log
+
+
+def test_bzimage_boots_too(guest_assets):
+    with Vm(memory_mib=256, kernel=guest_assets.bzimage, initrd=guest_assets.initrd) as vm:
+        assert vm.boot_info.format == "bzImage"
+        vm.start()
+        assert vm.wait(timeout=180).reason == "reset"
+        assert GUEST_READY_MARKER in vm.console_log
+
+
+def test_cli_boots_the_guest(guest_assets):
+    r = subprocess.run(
+        [sys.executable, "-m", "vmm_reference", "--memory", "mem_size_mib=512", "--kernel",
+         f"path={guest_assets.vmlinux},initrd={guest_assets.initrd},cmdline=reboot=k panic=-1 quiet"],
+        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+    )
+    assert r.returncode == 0, r.stderr
+    assert GUEST_READY_MARKER in r.stdout

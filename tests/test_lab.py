@@ -1,0 +1,43 @@
+"""On hosts without hardware-backed KVM, run the full-boot tests inside the nested-KVM lab."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+from vmm_reference.assets import AssetError, cache_dir, fetch_guest
+from vmm_reference.lab import lab_available, run_in_lab
+from vmm_reference.pytest_plugin import skip_or_fail
+
+pytestmark = pytest.mark.lab
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
+    if kvm_kind == "hardware":
+        pytest.skip("KVM is hardware-backed here: tests/test_full_boot.py runs directly")
+    why = lab_available()
+    if why:
+        skip_or_fail(request.config, why)
+    try:
+        fetch_guest()  # on the host, where apt and the network are
+    except AssetError as e:
+        skip_or_fail(request.config, str(e))
+    command = " ".join([
+        f"VMM_REFERENCE_CACHE={shlex.quote(str(cache_dir().resolve()))}", "VMM_REFERENCE_OFFLINE=1",
+        shlex.quote(sys.executable), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--vmm-strict",
+        "-o", "addopts=", "tests/test_full_boot.py",
+    ])
+    # Run detached from the lab's console (a tty) and print the output afterwards.
+    command = f'{command} </dev/null >"$TMPDIR/out" 2>&1; s=$?; cat "$TMPDIR/out"; exit $s'
+    result = run_in_lab(command, timeout=1200, cwd=str(REPO))
+    tail = "\n".join(result.output.splitlines()[-40:])
+    assert "LAB: /dev/kvm ready" in result.output, tail
+    assert result.status == 0, tail
+    summary = re.search(r"^(\d+) passed", result.output, re.M)
+    assert summary and int(summary.group(1)) == 3, tail
+    assert "skipped" not in result.output.splitlines()[-3], tail
