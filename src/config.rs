@@ -109,7 +109,11 @@ mod tests {
     use super::*;
 
     fn config(memory_mib: u64, vcpus: u32) -> VmConfig {
-        VmConfig { memory_mib, vcpus, ..VmConfig::default() }
+        VmConfig {
+            memory_mib,
+            vcpus,
+            ..VmConfig::default()
+        }
     }
 
     #[test]
@@ -121,7 +125,10 @@ mod tests {
     #[test]
     fn refuses_zero_and_too_much_memory() {
         let err = config(0, 1).validate(1024, 64).unwrap_err().to_string();
-        assert_eq!(err, "invalid memory_mib=0: expected 1 to 1024 (this host's RAM in MiB)");
+        assert_eq!(
+            err,
+            "invalid memory_mib=0: expected 1 to 1024 (this host's RAM in MiB)"
+        );
         assert!(config(1025, 1).validate(1024, 64).is_err());
     }
 

@@ -43,7 +43,11 @@ pub struct ConsoleChunk {
 impl Console {
     /// A console retaining at most `limit` bytes.
     pub fn new(limit: usize) -> Self {
-        Console { inner: Mutex::new(Inner::default()), changed: Condvar::new(), limit: limit.max(1) }
+        Console {
+            inner: Mutex::new(Inner::default()),
+            changed: Condvar::new(),
+            limit: limit.max(1),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -124,7 +128,10 @@ impl Console {
     /// Everything retained: the offset of its first byte, and the bytes.
     pub fn snapshot(&self) -> (u64, Vec<u8>) {
         let inner = self.lock();
-        (inner.end - inner.buf.len() as u64, inner.buf.iter().copied().collect())
+        (
+            inner.end - inner.buf.len() as u64,
+            inner.buf.iter().copied().collect(),
+        )
     }
 }
 
@@ -153,7 +160,10 @@ mod tests {
         c.push(b"hello ");
         c.push(b"world");
         let a = c.read(0, 100);
-        assert_eq!((a.start, a.data.as_slice(), a.eof), (0, &b"hello world"[..], false));
+        assert_eq!(
+            (a.start, a.data.as_slice(), a.eof),
+            (0, &b"hello world"[..], false)
+        );
         let b = c.read(6, 3);
         assert_eq!((b.start, b.data.as_slice()), (6, &b"wor"[..]));
         assert_eq!(c.total(), 11);

@@ -119,7 +119,11 @@ impl Error {
 
     /// Shorthand for an [`Error::InvalidArgument`].
     pub fn invalid(arg: &'static str, value: impl ToString, expected: impl ToString) -> Self {
-        Error::InvalidArgument { arg, value: value.to_string(), expected: expected.to_string() }
+        Error::InvalidArgument {
+            arg,
+            value: value.to_string(),
+            expected: expected.to_string(),
+        }
     }
 
     /// Shorthand for a KVM ioctl failure.

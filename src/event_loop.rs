@@ -29,14 +29,19 @@ pub struct ConsoleInput {
 impl ConsoleInput {
     /// An empty input queue.
     pub fn new() -> std::io::Result<Self> {
-        Ok(ConsoleInput { staged: Mutex::new(VecDeque::new()), event: EventFd::new(EFD_NONBLOCK)? })
+        Ok(ConsoleInput {
+            staged: Mutex::new(VecDeque::new()),
+            event: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// Queues `data` for the guest; returns how many bytes were accepted (the queue holds at
     /// most [`INPUT_QUEUE_LIMIT`] bytes the event loop has not moved on yet).
     pub fn push(&self, data: &[u8]) -> usize {
         let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
-        let n = data.len().min(INPUT_QUEUE_LIMIT.saturating_sub(staged.len()));
+        let n = data
+            .len()
+            .min(INPUT_QUEUE_LIMIT.saturating_sub(staged.len()));
         staged.extend(&data[..n]);
         drop(staged);
         if n > 0 {
@@ -62,14 +67,20 @@ impl Finished {
 
     /// The status, if the VM has stopped.
     pub fn get(&self) -> Option<ExitStatus> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits up to `timeout` (forever if `None`) for the VM to stop.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
         let guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
         let guard = match timeout {
-            None => self.cond.wait_while(guard, |s| s.is_none()).unwrap_or_else(|e| e.into_inner()),
+            None => self
+                .cond
+                .wait_while(guard, |s| s.is_none())
+                .unwrap_or_else(|e| e.into_inner()),
             Some(t) => self
                 .cond
                 .wait_timeout_while(guard, t, |s| s.is_none())
@@ -91,7 +102,11 @@ impl MutEventSubscriber for InputPump {
         let mut staged = self.input.staged.lock().unwrap_or_else(|e| e.into_inner());
         let (a, b) = staged.as_slices();
         let data = [a, b].concat();
-        let accepted = self.serial.lock().unwrap_or_else(|e| e.into_inner()).queue_input(&data);
+        let accepted = self
+            .serial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .queue_input(&data);
         staged.drain(..accepted);
     }
 
@@ -140,26 +155,36 @@ const KICK_INTERVAL: Duration = Duration::from_millis(5);
 impl EventLoop {
     /// Runs the loop on a new thread.
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new().name("vmm-event-loop".into()).spawn(move || self.run())
+        std::thread::Builder::new()
+            .name("vmm-event-loop".into())
+            .spawn(move || self.run())
     }
 
     fn run(mut self) {
         if let Err(e) = self.serve() {
-            self.exit.request(ExitStatus::with_detail(ExitReason::Error, format!("event loop failed: {e}")));
+            self.exit.request(ExitStatus::with_detail(
+                ExitReason::Error,
+                format!("event loop failed: {e}"),
+            ));
         }
         self.stop_vcpus();
         self.console.close();
-        let status = self
-            .exit
-            .status()
-            .unwrap_or_else(|| ExitStatus::with_detail(ExitReason::Error, "stopped without a reason"));
+        let status = self.exit.status().unwrap_or_else(|| {
+            ExitStatus::with_detail(ExitReason::Error, "stopped without a reason")
+        });
         self.finished.set(status);
     }
 
     fn serve(&mut self) -> Result<(), event_manager::Error> {
         let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> = EventManager::new()?;
-        em.add_subscriber(Box::new(InputPump { input: self.input.clone(), serial: self.serial.clone() }));
-        let _watcher = em.add_subscriber(Box::new(ExitWatcher { exit: self.exit.clone(), fired: false }));
+        em.add_subscriber(Box::new(InputPump {
+            input: self.input.clone(),
+            serial: self.serial.clone(),
+        }));
+        let _watcher = em.add_subscriber(Box::new(ExitWatcher {
+            exit: self.exit.clone(),
+            fired: false,
+        }));
         while !self.exit.stop_requested() {
             em.run_with_timeout(POLL_MS)?;
         }
@@ -174,7 +199,10 @@ impl EventLoop {
                 std::thread::sleep(KICK_INTERVAL);
             }
             if handle.join().is_err() {
-                self.exit.request(ExitStatus::with_detail(ExitReason::Error, "a vCPU thread panicked"));
+                self.exit.request(ExitStatus::with_detail(
+                    ExitReason::Error,
+                    "a vCPU thread panicked",
+                ));
             }
         }
     }
@@ -197,7 +225,10 @@ mod tests {
     #[test]
     fn console_input_is_bounded() {
         let input = ConsoleInput::new().unwrap();
-        assert_eq!(input.push(&vec![0u8; INPUT_QUEUE_LIMIT + 5]), INPUT_QUEUE_LIMIT);
+        assert_eq!(
+            input.push(&vec![0u8; INPUT_QUEUE_LIMIT + 5]),
+            INPUT_QUEUE_LIMIT
+        );
         assert_eq!(input.push(b"x"), 0);
     }
 }

@@ -53,12 +53,18 @@ pub struct ExitStatus {
 impl ExitStatus {
     /// A status without details.
     pub fn new(reason: ExitReason) -> Self {
-        ExitStatus { reason, detail: None }
+        ExitStatus {
+            reason,
+            detail: None,
+        }
     }
 
     /// A status with details.
     pub fn with_detail(reason: ExitReason, detail: impl Into<String>) -> Self {
-        ExitStatus { reason, detail: Some(detail.into()) }
+        ExitStatus {
+            reason,
+            detail: Some(detail.into()),
+        }
     }
 }
 
@@ -73,7 +79,11 @@ pub struct ExitSignal {
 impl ExitSignal {
     /// A signal nobody has raised yet.
     pub fn new() -> std::io::Result<Self> {
-        Ok(ExitSignal { status: Mutex::new(None), stop: AtomicBool::new(false), event: EventFd::new(EFD_NONBLOCK)? })
+        Ok(ExitSignal {
+            status: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            event: EventFd::new(EFD_NONBLOCK)?,
+        })
     }
 
     /// Ends the VM with `status`, unless something ended it first. Returns whether this
@@ -98,7 +108,10 @@ impl ExitSignal {
 
     /// The status, once decided.
     pub fn status(&self) -> Option<ExitStatus> {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The eventfd the event loop waits on.

@@ -16,9 +16,8 @@ pub fn open_kvm() -> Result<Kvm> {
 
 /// Opens the KVM device at `path` (for tests and unusual hosts).
 pub fn open_kvm_at(path: &Path) -> Result<Kvm> {
-    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
-        Error::invalid("kvm", path.display(), "expected a path without NUL bytes")
-    })?;
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| Error::invalid("kvm", path.display(), "expected a path without NUL bytes"))?;
     let unavailable = |reason: String, hint: &str| Error::KvmUnavailable {
         path: PathBuf::from(path),
         reason,
@@ -47,7 +46,10 @@ pub fn open_kvm_at(path: &Path) -> Result<Kvm> {
     let version = kvm.get_api_version();
     if version != kvm_bindings::KVM_API_VERSION as i32 {
         return Err(unavailable(
-            format!("KVM API version {version}, expected {}", kvm_bindings::KVM_API_VERSION),
+            format!(
+                "KVM API version {version}, expected {}",
+                kvm_bindings::KVM_API_VERSION
+            ),
             "use a Linux kernel with the stable KVM API",
         ));
     }

@@ -27,7 +27,10 @@ pub fn register_guest_memory(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<()> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|e| Error::GuestMemory { what: "find a RAM mapping", detail: e.to_string() })?;
+            .map_err(|e| Error::GuestMemory {
+                what: "find a RAM mapping",
+                detail: e.to_string(),
+            })?;
         let region = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -52,6 +55,12 @@ mod tests {
     fn large_guest_memory_skips_the_gap() {
         let mem = create_guest_memory(4 << 30).unwrap();
         let regions: Vec<(u64, u64)> = mem.iter().map(|r| (r.start_addr().0, r.len())).collect();
-        assert_eq!(regions, vec![(0, MMIO_GAP_START), (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)]);
+        assert_eq!(
+            regions,
+            vec![
+                (0, MMIO_GAP_START),
+                (MMIO_GAP_END, (4 << 30) - MMIO_GAP_START)
+            ]
+        );
     }
 }

@@ -59,7 +59,11 @@ fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResult<
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(raise(py, "VmError", format!("internal error in the VMM: {what}")))
+            Err(raise(
+                py,
+                "VmError",
+                format!("internal error in the VMM: {what}"),
+            ))
         }
     }
 }
@@ -103,13 +107,22 @@ impl NativeVm {
         let config = VmConfig {
             memory_mib,
             vcpus,
-            kernel: KernelConfig { path: kernel, cmdline, himem_start, initrd },
+            kernel: KernelConfig {
+                path: kernel,
+                cmdline,
+                himem_start,
+                initrd,
+            },
             console_limit,
         };
         let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
         match result {
             Ok(r) => guarded(py, || r).map(|vm| NativeVm { vm }),
-            Err(_) => Err(raise(py, "VmError", "internal error in the VMM while building the VM".into())),
+            Err(_) => Err(raise(
+                py,
+                "VmError",
+                "internal error in the VMM while building the VM".into(),
+            )),
         }
     }
 
@@ -119,9 +132,19 @@ impl NativeVm {
 
     /// Waits up to `timeout` seconds (forever if None); None on timeout.
     #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<(&'static str, Option<String>)>> {
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<(&'static str, Option<String>)>> {
         if self.vm.state() == crate::VmState::Created {
-            return Err(to_py(py, Error::InvalidState { operation: "wait", state: crate::VmState::Created }));
+            return Err(to_py(
+                py,
+                Error::InvalidState {
+                    operation: "wait",
+                    state: crate::VmState::Created,
+                },
+            ));
         }
         let end = deadline(timeout);
         loop {
@@ -191,7 +214,8 @@ impl NativeVm {
         d.set_item("kernel_end", info.kernel_end)?;
         d.set_item("cmdline", &info.cmdline)?;
         d.set_item("initrd", info.initrd)?;
-        let e820: Vec<(u64, u64, u32)> = info.e820.iter().map(|e| (e.addr, e.size, e.kind)).collect();
+        let e820: Vec<(u64, u64, u32)> =
+            info.e820.iter().map(|e| (e.addr, e.size, e.kind)).collect();
         d.set_item("e820", e820)?;
         Ok(d)
     }
@@ -224,8 +248,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeVm>()?;
     m.add_function(wrap_pyfunction!(max_vcpus, m)?)?;
     m.add("DEFAULT_CMDLINE", crate::config::DEFAULT_CMDLINE)?;
-    m.add("DEFAULT_CONSOLE_LIMIT", crate::config::DEFAULT_CONSOLE_LIMIT)?;
+    m.add(
+        "DEFAULT_CONSOLE_LIMIT",
+        crate::config::DEFAULT_CONSOLE_LIMIT,
+    )?;
     m.add("DEFAULT_MEMORY_MIB", crate::config::DEFAULT_MEMORY_MIB)?;
-    m.add("HIMEM_START_DEFAULT", crate::arch::x86_64::layout::HIMEM_START_MIN)?;
+    m.add(
+        "HIMEM_START_DEFAULT",
+        crate::arch::x86_64::layout::HIMEM_START_MIN,
+    )?;
     Ok(())
 }

@@ -32,9 +32,11 @@ pub fn register_kick_handler() -> Result<()> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(|e| {
-            Error::Io { what: "cannot install the vCPU kick signal handler".into(), source: e.into() }
-        });
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
+            .map_err(|e| Error::Io {
+                what: "cannot install the vCPU kick signal handler".into(),
+                source: e.into(),
+            });
     });
     result
 }
@@ -64,13 +66,19 @@ impl Vcpu {
         exit: Arc<ExitSignal>,
         stats: Arc<DeviceStats>,
     ) -> Result<Self> {
-        let fd = vm.create_vcpu(u64::from(id)).map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
         fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, id, count))
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
         let msrs = msr::boot_msrs().ok_or(crate::arch::x86_64::Error::Fam("MSR"))?;
         let written = fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
         if written != msrs.as_slice().len() {
-            let index = msrs.as_slice().get(written).map(|e| e.index).unwrap_or_default();
+            let index = msrs
+                .as_slice()
+                .get(written)
+                .map(|e| e.index)
+                .unwrap_or_default();
             return Err(Error::Io {
                 what: format!("KVM_SET_MSRS stopped at MSR {index:#x}"),
                 source: std::io::Error::from(std::io::ErrorKind::Unsupported),
@@ -78,11 +86,18 @@ impl Vcpu {
         }
         let mut lapic_state = fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
         lapic::set_lint(&mut lapic_state);
-        fd.set_lapic(&lapic_state).map_err(Error::kvm("KVM_SET_LAPIC"))?;
+        fd.set_lapic(&lapic_state)
+            .map_err(Error::kvm("KVM_SET_LAPIC"))?;
         if id == 0 {
             regs::setup_boot_registers(&fd, mem, entry)?;
         }
-        Ok(Vcpu { fd, id, bus, exit, stats })
+        Ok(Vcpu {
+            fd,
+            id,
+            bus,
+            exit,
+            stats,
+        })
     }
 
     /// This vCPU's id (and APIC id).
@@ -97,7 +112,8 @@ impl Vcpu {
             if let Some(mut status) = self.run_once() {
                 if matches!(status.reason, ExitReason::Shutdown | ExitReason::Error) {
                     let rip = self.rip_suffix();
-                    if let Some(detail) = status.detail.as_mut().filter(|d| !d.contains(" at rip ")) {
+                    if let Some(detail) = status.detail.as_mut().filter(|d| !d.contains(" at rip "))
+                    {
                         detail.push_str(&rip);
                     }
                 }
@@ -141,27 +157,41 @@ impl Vcpu {
                 ExitReason::Shutdown,
                 format!("vCPU {id} triple-faulted"),
             )),
-            Ok(VcpuExit::InternalError) => Some(ExitStatus::with_detail(ExitReason::Error, self.internal_error())),
+            Ok(VcpuExit::InternalError) => Some(ExitStatus::with_detail(
+                ExitReason::Error,
+                self.internal_error(),
+            )),
             Ok(VcpuExit::FailEntry(reason, cpu)) => Some(ExitStatus::with_detail(
                 ExitReason::Error,
-                format!("KVM failed to enter vCPU {id} (hardware reason {reason:#x}, host cpu {cpu})"),
+                format!(
+                    "KVM failed to enter vCPU {id} (hardware reason {reason:#x}, host cpu {cpu})"
+                ),
             )),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(match kind {
                 kvm_bindings::KVM_SYSTEM_EVENT_RESET => ExitStatus::new(ExitReason::Reset),
                 kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => ExitStatus::new(ExitReason::Shutdown),
-                other => ExitStatus::with_detail(ExitReason::Error, format!("unexpected system event {other}")),
+                other => ExitStatus::with_detail(
+                    ExitReason::Error,
+                    format!("unexpected system event {other}"),
+                ),
             }),
             Ok(other) => Some(ExitStatus::with_detail(
                 ExitReason::Error,
                 format!("unexpected KVM exit on vCPU {id}: {other:?}"),
             )),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
-            Err(e) => Some(ExitStatus::with_detail(ExitReason::Error, format!("KVM_RUN failed on vCPU {id}: {e}"))),
+            Err(e) => Some(ExitStatus::with_detail(
+                ExitReason::Error,
+                format!("KVM_RUN failed on vCPU {id}: {e}"),
+            )),
         }
     }
 
     fn rip_suffix(&self) -> String {
-        self.fd.get_regs().map(|r| format!(" at rip {:#x}", r.rip)).unwrap_or_default()
+        self.fd
+            .get_regs()
+            .map(|r| format!(" at rip {:#x}", r.rip))
+            .unwrap_or_default()
     }
 
     fn internal_error(&mut self) -> String {
@@ -170,13 +200,18 @@ impl Vcpu {
         // member of the exit union that KVM filled in.
         let internal = unsafe { run.__bindgen_anon_1.internal };
         let what = match internal.suberror {
-            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure: KVM cannot emulate an instruction",
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => {
+                "emulation failure: KVM cannot emulate an instruction"
+            }
             kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "simultaneous exceptions",
             kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "failure delivering an event",
             _ => "internal error",
         };
         let ndata = (internal.ndata as usize).min(internal.data.len());
-        let data: Vec<String> = internal.data[..ndata].iter().map(|d| format!("{d:#x}")).collect();
+        let data: Vec<String> = internal.data[..ndata]
+            .iter()
+            .map(|d| format!("{d:#x}"))
+            .collect();
         format!(
             "KVM internal error on vCPU {} ({what}, suberror {}){}; data [{}]",
             self.id,

@@ -107,9 +107,16 @@ impl Vm {
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
-        vm_fd.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config { flags: KVM_PIT_SPEAKER_DUMMY, ..Default::default() };
-        vm_fd.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        vm_fd
+            .create_pit2(pit)
+            .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
         let boot = boot::load(&memory, &config)?;
@@ -118,8 +125,13 @@ impl Vm {
         let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit eventfd"))?);
         let console = Arc::new(Console::new(config.console_limit));
         let serial_irq = EventFd::new(0).map_err(io_err("cannot create the serial irqfd"))?;
-        vm_fd.register_irqfd(&serial_irq, COM1_IRQ).map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, ConsoleWriter(console.clone()))));
+        vm_fd
+            .register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(Error::kvm("KVM_IRQFD"))?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            serial_irq,
+            ConsoleWriter(console.clone()),
+        )));
         let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
 
         let mut bus = PioBus::new();
@@ -127,9 +139,12 @@ impl Vm {
             what: e.to_string(),
             source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         };
-        bus.insert(COM1_PORT, COM1_LEN, 0, serial.clone()).map_err(overlap)?;
-        bus.insert(I8042_DATA_PORT, 1, 0, i8042.clone()).map_err(overlap)?;
-        bus.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042).map_err(overlap)?;
+        bus.insert(COM1_PORT, COM1_LEN, 0, serial.clone())
+            .map_err(overlap)?;
+        bus.insert(I8042_DATA_PORT, 1, 0, i8042.clone())
+            .map_err(overlap)?;
+        bus.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)
+            .map_err(overlap)?;
         let bus = Arc::new(bus);
 
         let stats = Arc::new(DeviceStats::default());
@@ -139,7 +154,17 @@ impl Vm {
         let count = config.vcpus as u8;
         let vcpus = (0..count)
             .map(|id| {
-                Vcpu::new(&vm_fd, id, count, &supported, &memory, boot.entry, bus.clone(), exit.clone(), stats.clone())
+                Vcpu::new(
+                    &vm_fd,
+                    id,
+                    count,
+                    &supported,
+                    &memory,
+                    boot.entry,
+                    bus.clone(),
+                    exit.clone(),
+                    stats.clone(),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
 
@@ -148,7 +173,9 @@ impl Vm {
             boot,
             console,
             serial,
-            input: Arc::new(ConsoleInput::new().map_err(io_err("cannot create the input eventfd"))?),
+            input: Arc::new(
+                ConsoleInput::new().map_err(io_err("cannot create the input eventfd"))?,
+            ),
             exit,
             finished: Arc::new(Finished::default()),
             stats,
@@ -163,18 +190,31 @@ impl Vm {
 
     /// Starts the vCPU threads and the event loop. A VM starts once.
     pub fn start(&self) -> Result<()> {
-        let parts = self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let parts = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         let Some(parts) = parts else {
-            return Err(Error::InvalidState { operation: "start", state: self.state() });
+            return Err(Error::InvalidState {
+                operation: "start",
+                state: self.state(),
+            });
         };
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let mut threads = Vec::with_capacity(parts.vcpus.len());
         for vcpu in parts.vcpus {
             let name = format!("vcpu{}", vcpu.id());
-            match std::thread::Builder::new().name(name).spawn(move || vcpu.run()) {
+            match std::thread::Builder::new()
+                .name(name)
+                .spawn(move || vcpu.run())
+            {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
-                    self.exit.request(ExitStatus::with_detail(ExitReason::Error, format!("cannot start a vCPU thread: {e}")));
+                    self.exit.request(ExitStatus::with_detail(
+                        ExitReason::Error,
+                        format!("cannot start a vCPU thread: {e}"),
+                    ));
                     break;
                 }
             }
@@ -187,7 +227,9 @@ impl Vm {
             finished: self.finished.clone(),
             vcpus: threads,
         };
-        let handle = event_loop.spawn().map_err(io_err("cannot start the event loop thread"))?;
+        let handle = event_loop
+            .spawn()
+            .map_err(io_err("cannot start the event loop thread"))?;
         *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())
     }
@@ -206,7 +248,11 @@ impl Vm {
     /// was never started makes it exited.
     pub fn kill(&self) {
         self.exit.request(ExitStatus::new(ExitReason::Killed));
-        let unstarted = self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let unstarted = self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if unstarted.is_some() {
             self.console.close();
             self.finished.set(ExitStatus::new(ExitReason::Killed));
@@ -217,7 +263,12 @@ impl Vm {
     pub fn state(&self) -> VmState {
         if self.finished.get().is_some() {
             VmState::Exited
-        } else if self.unstarted.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        } else if self
+            .unstarted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
             VmState::Created
         } else {
             VmState::Running
@@ -238,7 +289,10 @@ impl Vm {
     /// (input waiting for the guest is bounded).
     pub fn write_input(&self, data: &[u8]) -> Result<usize> {
         if self.state() == VmState::Exited {
-            return Err(Error::InvalidState { operation: "write to the console", state: VmState::Exited });
+            return Err(Error::InvalidState {
+                operation: "write to the console",
+                state: VmState::Exited,
+            });
         }
         Ok(self.input.push(data))
     }
@@ -270,7 +324,11 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
-        let handle = self.event_loop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let handle = self
+            .event_loop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -278,5 +336,8 @@ impl Drop for Vm {
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what: what.into(), source }
+    move |source| Error::Io {
+        what: what.into(),
+        source,
+    }
 }

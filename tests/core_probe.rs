@@ -12,7 +12,12 @@ fn probe(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
     BUILT.get_or_init(|| {
-        let status = Command::new("make").arg("-s").arg("-C").arg(&dir).status().expect("run make");
+        let status = Command::new("make")
+            .arg("-s")
+            .arg("-C")
+            .arg(&dir)
+            .status()
+            .expect("run make");
         assert!(status.success(), "building the probe guest failed");
     });
     dir.join("build").join(name)
@@ -21,7 +26,10 @@ fn probe(name: &str) -> PathBuf {
 fn config(kernel: &str, cmdline: &str) -> VmConfig {
     VmConfig {
         memory_mib: 128,
-        kernel: KernelConfig { cmdline: cmdline.into(), ..KernelConfig::new(probe(kernel)) },
+        kernel: KernelConfig {
+            cmdline: cmdline.into(),
+            ..KernelConfig::new(probe(kernel))
+        },
         ..VmConfig::default()
     }
 }
@@ -30,7 +38,9 @@ fn run(config: VmConfig) -> (vmm_reference::ExitStatus, String) {
     let vm = Vm::new(config).expect("build the VM");
     assert_eq!(vm.state(), VmState::Created);
     vm.start().expect("start");
-    let status = vm.wait(Some(Duration::from_secs(60))).expect("the probe ends by itself");
+    let status = vm
+        .wait(Some(Duration::from_secs(60)))
+        .expect("the probe ends by itself");
     assert_eq!(vm.state(), VmState::Exited);
     let log = String::from_utf8_lossy(&vm.console().snapshot().1).into_owned();
     (status, log)
@@ -40,9 +50,18 @@ fn run(config: VmConfig) -> (vmm_reference::ExitStatus, String) {
 fn elf_probe_reports_its_boot_and_resets() {
     let (status, log) = run(config("probe.elf", "probe.test=1"));
     assert_eq!(status.reason, ExitReason::Reset, "{status:?}\n{log}");
-    assert!(log.contains("PROBE: entry=0x0000000000200000 zero_page=0x0000000000007000"), "{log}");
-    assert!(log.contains("PROBE: cmdline=probe.test=1 console=ttyS0\n"), "{log}");
-    assert!(log.contains("PROBE: e820 0x0000000000100000 0x0000000007f00000 1"), "{log}");
+    assert!(
+        log.contains("PROBE: entry=0x0000000000200000 zero_page=0x0000000000007000"),
+        "{log}"
+    );
+    assert!(
+        log.contains("PROBE: cmdline=probe.test=1 console=ttyS0\n"),
+        "{log}"
+    );
+    assert!(
+        log.contains("PROBE: e820 0x0000000000100000 0x0000000007f00000 1"),
+        "{log}"
+    );
     assert!(log.contains("signature=KVMKVMKVM"), "{log}");
 }
 
@@ -64,7 +83,9 @@ fn triple_fault_is_shutdown_and_kill_stops_a_halted_guest() {
     vm.start().unwrap();
     assert!(vm.wait(Some(Duration::from_millis(300))).is_none());
     vm.kill();
-    let status = vm.wait(Some(Duration::from_secs(10))).expect("kill stops the VM");
+    let status = vm
+        .wait(Some(Duration::from_secs(10)))
+        .expect("kill stops the VM");
     assert_eq!(status.reason, ExitReason::Killed);
 }
 

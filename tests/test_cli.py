@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from vmm_reference.cli import CliError, parse_key_values
 
 KEYS = ("path", "himem_start", "cmdline", "initrd")

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from vmm_reference import (
     KvmUnavailableError,
     Vm,

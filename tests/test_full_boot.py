@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from vmm_reference import Vm
 from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_READY_MARKER
 

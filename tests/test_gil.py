@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-
 from vmm_reference import Vm
 
 

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from vmm_reference.assets import AssetError, cache_dir, fetch_guest
 from vmm_reference.lab import lab_available, run_in_lab
 from vmm_reference.pytest_plugin import skip_or_fail

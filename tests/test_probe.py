@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from conftest import fnv1a64, parse_probe
-
 from vmm_reference import Vm, VmStateError
 
 GAP_START = 0xC000_0000

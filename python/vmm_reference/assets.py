@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -196,7 +197,7 @@ def _offline() -> bool:
 
 
 def _cached_guest(base: Path) -> GuestAssets:
-    """The newest complete guest assets already in the cache, without asking apt."""
+    """Return the newest complete guest assets already in the cache, without asking apt."""
     roots = sorted(base.glob("linux-image-*-cloud-amd64-unsigned_*/.complete"))
     initrds = sorted(base.glob("busybox-static_*/initramfs.cpio.gz"))
     if not roots or not initrds or not (roots[-1].parent / "vmlinux").exists():
@@ -255,6 +256,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "~/.cache/vmm-reference)")
     parser.add_argument("--lab", action="store_true", help="also fetch the nested-KVM lab's generic kernel")
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
+    parser.add_argument("--env", action="store_true",
+                        help="print shell exports (VMM_VMLINUX, VMM_BZIMAGE, VMM_INITRD) for eval")
     args = parser.parse_args(argv)
     try:
         result: dict[str, object] = {"guest": asdict(fetch_guest(args.cache_dir))}
@@ -265,6 +268,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1
     if args.json:
         print(json.dumps(result, default=str, indent=2))
+    elif args.env:
+        guest = result["guest"]
+        assert isinstance(guest, dict)
+        for name, key in (("VMM_VMLINUX", "vmlinux"), ("VMM_BZIMAGE", "bzimage"), ("VMM_INITRD", "initrd")):
+            print(f"export {name}={shlex.quote(str(guest[key]))}")
     else:
         for group, values in result.items():
             assert isinstance(values, dict)

@@ -1,4 +1,4 @@
-"""The ``vmm-reference`` command: boot a kernel and attach the terminal to its serial console.
+r"""The ``vmm-reference`` command: boot a kernel and attach the terminal to its serial console.
 
 The syntax is the original vmm-reference's::
 

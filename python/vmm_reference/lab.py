@@ -50,7 +50,8 @@ for d in dev proc sys; do mount --bind /$d /host/$d; done
 mount -t tmpfs run /host/run
 mkdir -p /host/run/lab-tmp
 [ -c /dev/kvm ] && echo "LAB: /dev/kvm ready" || echo "LAB: no /dev/kvm"
-chroot /host /usr/bin/env TMPDIR=/run/lab-tmp HOME=/run/lab-tmp PATH="$(cat /path)" /bin/sh -c "cd $(cat /cwd) && $(cat /cmd)" </dev/null
+chroot /host /usr/bin/env TMPDIR=/run/lab-tmp HOME=/run/lab-tmp PATH="$(cat /path)" \\
+  /bin/sh -c "cd $(cat /cwd) && $(cat /cmd)" </dev/null
 echo "{EXIT_MARKER} $?"
 poweroff -f
 """

@@ -50,7 +50,7 @@ def detect_kvm_kind() -> str:
 
 @pytest.fixture(scope="session")
 def kvm_kind() -> str:
-    """What ``/dev/kvm`` is on this host."""
+    """Return what ``/dev/kvm`` is on this host."""
     return detect_kvm_kind()
 
 

@@ -185,6 +185,7 @@ class Vm:
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
+
     """
 
     def __init__(

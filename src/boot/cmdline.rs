@@ -19,7 +19,9 @@ pub struct KernelCmdline {
 pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
 
 fn has_console(cmdline: &str) -> bool {
-    cmdline.split_whitespace().any(|w| w.starts_with("console="))
+    cmdline
+        .split_whitespace()
+        .any(|w| w.starts_with("console="))
 }
 
 /// Builds the command line from the user's text, adding `console=ttyS0` when it has no
@@ -36,21 +38,27 @@ pub fn build(user: &str, limit: usize) -> Result<KernelCmdline> {
         return Err(Error::invalid(
             "cmdline",
             format!("<{} bytes>", text.len()),
-            format!("this kernel accepts at most {} bytes of command line", limit - 1),
+            format!(
+                "this kernel accepts at most {} bytes of command line",
+                limit - 1
+            ),
         ));
     }
     let bad = |why: String| Error::invalid("cmdline", format!("{text:?}"), why);
     if let Some(c) = text.chars().find(|c| !(' '..='~').contains(c)) {
         return Err(bad(format!("expected printable ASCII, found {c:?}")));
     }
-    let inner = Cmdline::try_from(&text, limit).map_err(|e| bad(format!("not a valid command line: {e}")))?;
+    let inner = Cmdline::try_from(&text, limit)
+        .map_err(|e| bad(format!("not a valid command line: {e}")))?;
     Ok(KernelCmdline { text, inner })
 }
 
 /// Writes the command line at [`CMDLINE_START`].
 pub fn write(mem: &GuestMemoryMmap, cmdline: &KernelCmdline) -> Result<()> {
-    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline.inner)
-        .map_err(|e| Error::GuestMemory { what: "write the command line", detail: e.to_string() })
+    load_cmdline(mem, GuestAddress(CMDLINE_START), &cmdline.inner).map_err(|e| Error::GuestMemory {
+        what: "write the command line",
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -59,9 +67,15 @@ mod tests {
 
     #[test]
     fn console_is_added_only_when_missing() {
-        assert_eq!(build("reboot=k", 2048).unwrap().text, "reboot=k console=ttyS0");
+        assert_eq!(
+            build("reboot=k", 2048).unwrap().text,
+            "reboot=k console=ttyS0"
+        );
         assert_eq!(build("", 2048).unwrap().text, "console=ttyS0");
-        assert_eq!(build("console=hvc0 quiet", 2048).unwrap().text, "console=hvc0 quiet");
+        assert_eq!(
+            build("console=hvc0 quiet", 2048).unwrap().text,
+            "console=hvc0 quiet"
+        );
     }
 
     #[test]

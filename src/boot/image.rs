@@ -90,17 +90,27 @@ pub fn open_readable(arg: &'static str, path: &Path) -> Result<File> {
             if is_file {
                 Ok(f)
             } else {
-                Err(Error::invalid(arg, path.display(), "expected a regular file"))
+                Err(Error::invalid(
+                    arg,
+                    path.display(),
+                    "expected a regular file",
+                ))
             }
         }
         Err(e) => Err(match e.kind() {
-            std::io::ErrorKind::NotFound => Error::FileNotFound { arg, path: path.into() },
+            std::io::ErrorKind::NotFound => Error::FileNotFound {
+                arg,
+                path: path.into(),
+            },
             std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
                 arg,
                 path: path.into(),
                 hint: "make the file readable by this user".into(),
             },
-            _ => Error::Io { what: format!("cannot open {arg}={}", path.display()), source: e },
+            _ => Error::Io {
+                what: format!("cannot open {arg}={}", path.display()),
+                source: e,
+            },
         }),
     }
 }
@@ -124,7 +134,10 @@ fn u64_at(b: &[u8], o: usize) -> u64 {
 pub fn inspect(file: &mut File, path: &Path) -> Result<KernelImage> {
     let file_len = file
         .metadata()
-        .map_err(|e| Error::Io { what: format!("cannot stat kernel={}", path.display()), source: e })?
+        .map_err(|e| Error::Io {
+            what: format!("cannot stat kernel={}", path.display()),
+            source: e,
+        })?
         .len();
     let not_a_kernel = |why: &str| {
         Error::invalid(
@@ -197,9 +210,15 @@ fn inspect_bzimage(hdr: setup_header, file_len: u64) -> std::result::Result<Kern
             version & 0xff
         ));
     }
-    let setup_sects = if hdr.setup_sects == 0 { 4 } else { u64::from(hdr.setup_sects) };
+    let setup_sects = if hdr.setup_sects == 0 {
+        4
+    } else {
+        u64::from(hdr.setup_sects)
+    };
     let setup_len = (setup_sects + 1) * 512;
-    let payload = file_len.checked_sub(setup_len).ok_or("a truncated bzImage")?;
+    let payload = file_len
+        .checked_sub(setup_len)
+        .ok_or("a truncated bzImage")?;
     let init_size = u64::from(hdr.init_size);
     Ok(KernelImage {
         format: KernelFormat::BzImage,

@@ -19,11 +19,20 @@ pub fn placement(size: u64, floor: u64, top: u64) -> Option<u64> {
 
 /// Loads the initrd at `path` above `kernel_end`, ending at or below `low_end` and
 /// `addr_max`. Returns its address and size.
-pub fn load(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64, low_end: u64, addr_max: u64) -> Result<(u64, u64)> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    path: &Path,
+    kernel_end: u64,
+    low_end: u64,
+    addr_max: u64,
+) -> Result<(u64, u64)> {
     let mut file = open_readable("initrd", path)?;
     let size = file
         .metadata()
-        .map_err(|e| Error::Io { what: format!("cannot stat initrd={}", path.display()), source: e })?
+        .map_err(|e| Error::Io {
+            what: format!("cannot stat initrd={}", path.display()),
+            source: e,
+        })?
         .len();
     let top = low_end.min(addr_max.saturating_add(1));
     let addr = placement(size, kernel_end, top).ok_or_else(|| {
@@ -37,7 +46,10 @@ pub fn load(mem: &GuestMemoryMmap, path: &Path, kernel_end: u64, low_end: u64, a
         )
     })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
-        .map_err(|e| Error::GuestMemory { what: "load the initrd", detail: e.to_string() })?;
+        .map_err(|e| Error::GuestMemory {
+            what: "load the initrd",
+            detail: e.to_string(),
+        })?;
     Ok((addr, size))
 }
 
@@ -53,7 +65,10 @@ mod tests {
 
     #[test]
     fn refused_when_it_would_overlap_the_kernel() {
-        assert_eq!(placement(0x20_0000, 0x0f00_0000, 0x1000_0000), Some(0xfe0_0000));
+        assert_eq!(
+            placement(0x20_0000, 0x0f00_0000, 0x1000_0000),
+            Some(0xfe0_0000)
+        );
         assert_eq!(placement(0x200_0000, 0x0f00_0000, 0x1000_0000), None);
         assert_eq!(placement(u64::MAX, 0, 0x1000), None);
     }

@@ -51,13 +51,21 @@ pub fn himem_start_range(img: &KernelImage, low_end: u64, memory_mib: u64) -> Re
             if need > low_end {
                 return Err(too_small(need));
             }
-            Ok((HIMEM_START_MIN, (low_end - img.load_end) & !(HIMEM_START_ALIGN - 1)))
+            Ok((
+                HIMEM_START_MIN,
+                (low_end - img.load_end) & !(HIMEM_START_ALIGN - 1),
+            ))
         }
     }
 }
 
 /// Refuses a `himem_start` below 1 MiB, misaligned, or leaving no room for the kernel.
-pub fn check_himem_start(img: &KernelImage, himem_start: u64, low_end: u64, memory_mib: u64) -> Result<()> {
+pub fn check_himem_start(
+    img: &KernelImage,
+    himem_start: u64,
+    low_end: u64,
+    memory_mib: u64,
+) -> Result<()> {
     let (min, max) = himem_start_range(img, low_end, memory_mib)?;
     if himem_start < min || himem_start > max || himem_start % HIMEM_START_ALIGN != 0 {
         let why = match img.format {
@@ -81,18 +89,28 @@ pub fn check_himem_start(img: &KernelImage, himem_start: u64, low_end: u64, memo
 }
 
 /// Loads the kernel; `himem_start` must have passed [`check_himem_start`].
-pub fn load(mem: &GuestMemoryMmap, img: &KernelImage, file: &mut File, himem_start: u64) -> Result<LoadedKernel> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    img: &KernelImage,
+    file: &mut File,
+    himem_start: u64,
+) -> Result<LoadedKernel> {
     let load_err = |e: linux_loader::loader::Error| Error::GuestMemory {
         what: "load the kernel",
         detail: e.to_string(),
     };
     match img.format {
         KernelFormat::Elf => {
-            let r = Elf::load(mem, None, file, Some(GuestAddress(himem_start))).map_err(load_err)?;
-            Ok(LoadedKernel { entry: r.kernel_load.0, end: r.kernel_end.max(img.load_end) })
+            let r =
+                Elf::load(mem, None, file, Some(GuestAddress(himem_start))).map_err(load_err)?;
+            Ok(LoadedKernel {
+                entry: r.kernel_load.0,
+                end: r.kernel_end.max(img.load_end),
+            })
         }
         KernelFormat::BzImage => {
-            let r = BzImage::load(mem, Some(GuestAddress(himem_start)), file, None).map_err(load_err)?;
+            let r = BzImage::load(mem, Some(GuestAddress(himem_start)), file, None)
+                .map_err(load_err)?;
             Ok(LoadedKernel {
                 entry: r.kernel_load.0 + img.entry,
                 end: r.kernel_load.0 + img.load_end,
@@ -117,14 +135,28 @@ mod tests {
     }
 
     fn bz(need: u64) -> KernelImage {
-        KernelImage { format: KernelFormat::BzImage, entry: 0x200, load_start: 0, load_end: need, ..elf(0, 0) }
+        KernelImage {
+            format: KernelFormat::BzImage,
+            entry: 0x200,
+            load_start: 0,
+            load_end: need,
+            ..elf(0, 0)
+        }
     }
 
     #[test]
     fn original_readme_example_is_refused_with_the_range() {
-        let err = check_himem_start(&bz(0x80_0000), 1024, 256 << 20, 256).unwrap_err().to_string();
-        assert!(err.starts_with("invalid himem_start=0x400 (1024): expected a multiple of 0x1000"), "{err}");
-        assert!(err.contains("from 0x100000 (1048576) to 0xf800000"), "{err}");
+        let err = check_himem_start(&bz(0x80_0000), 1024, 256 << 20, 256)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("invalid himem_start=0x400 (1024): expected a multiple of 0x1000"),
+            "{err}"
+        );
+        assert!(
+            err.contains("from 0x100000 (1048576) to 0xf800000"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -139,14 +171,20 @@ mod tests {
     fn elf_range_ends_at_its_load_address() {
         let img = elf(0x100_0000, 0x300_0000);
         assert!(check_himem_start(&img, 0x100_0000, 256 << 20, 256).is_ok());
-        let err = check_himem_start(&img, 0x200_0000, 256 << 20, 256).unwrap_err().to_string();
+        let err = check_himem_start(&img, 0x200_0000, 256 << 20, 256)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("this ELF kernel loads at 0x1000000"), "{err}");
     }
 
     #[test]
     fn too_little_memory_blames_memory_mib() {
-        let err = check_himem_start(&elf(0x100_0000, 0x300_0000), 0x100000, 32 << 20, 32).unwrap_err();
-        assert!(err.to_string().starts_with("invalid memory_mib=32"), "{err}");
+        let err =
+            check_himem_start(&elf(0x100_0000, 0x300_0000), 0x100000, 32 << 20, 32).unwrap_err();
+        assert!(
+            err.to_string().starts_with("invalid memory_mib=32"),
+            "{err}"
+        );
         assert!(check_himem_start(&bz(0x200_0000), 0x100000, 16 << 20, 16).is_err());
     }
 }

@@ -47,7 +47,13 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
     let loaded = kernel::load(mem, &img, &mut file, kc.himem_start)?;
 
     let initrd = match &kc.initrd {
-        Some(path) => Some(initrd::load(mem, path, loaded.end, low_end, img.initrd_addr_max())?),
+        Some(path) => Some(initrd::load(
+            mem,
+            path,
+            loaded.end,
+            low_end,
+            img.initrd_addr_max(),
+        )?),
         None => None,
     };
     cmdline::write(mem, &cmdline)?;

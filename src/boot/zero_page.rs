@@ -8,7 +8,8 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 use super::cmdline::KernelCmdline;
 use super::image::KernelImage;
 use crate::arch::x86_64::layout::{
-    low_ram_end, CMDLINE_START, EBDA_START, HIMEM_START_MIN, MMIO_GAP_END, MMIO_GAP_START, ZERO_PAGE_START,
+    low_ram_end, CMDLINE_START, EBDA_START, HIMEM_START_MIN, MMIO_GAP_END, MMIO_GAP_START,
+    ZERO_PAGE_START,
 };
 use crate::error::{Error, Result};
 
@@ -38,15 +39,31 @@ pub struct E820Entry {
 /// gap, and the rest above 4 GiB.
 pub fn e820_map(mem_bytes: u64, himem_start: u64) -> Vec<E820Entry> {
     let mut map = vec![
-        E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-        E820Entry { addr: EBDA_START, size: HIMEM_START_MIN - EBDA_START, kind: E820_RESERVED },
+        E820Entry {
+            addr: 0,
+            size: EBDA_START,
+            kind: E820_RAM,
+        },
+        E820Entry {
+            addr: EBDA_START,
+            size: HIMEM_START_MIN - EBDA_START,
+            kind: E820_RESERVED,
+        },
     ];
     let low_end = low_ram_end(mem_bytes);
     if low_end > himem_start {
-        map.push(E820Entry { addr: himem_start, size: low_end - himem_start, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: himem_start,
+            size: low_end - himem_start,
+            kind: E820_RAM,
+        });
     }
     if mem_bytes > MMIO_GAP_START {
-        map.push(E820Entry { addr: MMIO_GAP_END, size: mem_bytes - MMIO_GAP_START, kind: E820_RAM });
+        map.push(E820Entry {
+            addr: MMIO_GAP_END,
+            size: mem_bytes - MMIO_GAP_START,
+            kind: E820_RAM,
+        });
     }
     map
 }
@@ -75,7 +92,10 @@ pub fn write(
         params.hdr.ramdisk_size = size as u32;
     }
     if e820.len() > params.e820_table.len() {
-        return Err(Error::GuestMemory { what: "write the e820 map", detail: "too many entries".into() });
+        return Err(Error::GuestMemory {
+            what: "write the e820 map",
+            detail: "too many entries".into(),
+        });
     }
     for (slot, e) in params.e820_table.iter_mut().zip(e820) {
         slot.addr = e.addr;
@@ -83,8 +103,14 @@ pub fn write(
         slot.r#type = e.kind;
     }
     params.e820_entries = e820.len() as u8;
-    LinuxBootConfigurator::write_bootparams(&BootParams::new(&params, GuestAddress(ZERO_PAGE_START)), mem)
-        .map_err(|e| Error::GuestMemory { what: "write the zero page", detail: e.to_string() })
+    LinuxBootConfigurator::write_bootparams(
+        &BootParams::new(&params, GuestAddress(ZERO_PAGE_START)),
+        mem,
+    )
+    .map_err(|e| Error::GuestMemory {
+        what: "write the zero page",
+        detail: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -97,9 +123,21 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: 0x9fc00, kind: E820_RAM },
-                E820Entry { addr: 0x9fc00, size: 0x60400, kind: E820_RESERVED },
-                E820Entry { addr: 0x100000, size: (256 << 20) - 0x100000, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: 0x9fc00,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: 0x9fc00,
+                    size: 0x60400,
+                    kind: E820_RESERVED
+                },
+                E820Entry {
+                    addr: 0x100000,
+                    size: (256 << 20) - 0x100000,
+                    kind: E820_RAM
+                },
             ]
         );
     }
@@ -108,7 +146,21 @@ mod tests {
     fn large_guest_map_goes_above_4g() {
         let mem = 6u64 << 30;
         let map = e820_map(mem, 0x200000);
-        assert_eq!(map[2], E820Entry { addr: 0x200000, size: MMIO_GAP_START - 0x200000, kind: E820_RAM });
-        assert_eq!(map[3], E820Entry { addr: 1 << 32, size: mem - MMIO_GAP_START, kind: E820_RAM });
+        assert_eq!(
+            map[2],
+            E820Entry {
+                addr: 0x200000,
+                size: MMIO_GAP_START - 0x200000,
+                kind: E820_RAM
+            }
+        );
+        assert_eq!(
+            map[3],
+            E820Entry {
+                addr: 1 << 32,
+                size: mem - MMIO_GAP_START,
+                kind: E820_RAM
+            }
+        );
     }
 }

@@ -48,14 +48,27 @@ impl PioBus {
     }
 
     /// Puts `device` at ports `base..base+len`, seeing them as offsets `offset..`.
-    pub fn insert(&mut self, base: u16, len: u16, offset: u16, device: SharedPioDevice) -> Result<(), Overlap> {
+    pub fn insert(
+        &mut self,
+        base: u16,
+        len: u16,
+        offset: u16,
+        device: SharedPioDevice,
+    ) -> Result<(), Overlap> {
         let end = u32::from(base) + u32::from(len);
         if len == 0
-            || self.ranges.iter().any(|r| u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end)
+            || self.ranges.iter().any(|r| {
+                u32::from(base) < u32::from(r.base) + u32::from(r.len) && u32::from(r.base) < end
+            })
         {
             return Err(Overlap { base, len });
         }
-        self.ranges.push(Range { base, len, offset, device });
+        self.ranges.push(Range {
+            base,
+            len,
+            offset,
+            device,
+        });
         Ok(())
     }
 
@@ -70,7 +83,10 @@ impl PioBus {
     pub fn read(&self, port: u16, data: &mut [u8]) -> bool {
         match self.find(port) {
             Some((r, offset)) => {
-                r.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                r.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => {
@@ -84,7 +100,10 @@ impl PioBus {
     pub fn write(&self, port: u16, data: &[u8]) -> bool {
         match self.find(port) {
             Some((r, offset)) => {
-                r.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                r.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -125,7 +144,13 @@ mod tests {
         let dev = Arc::new(Mutex::new(Recorder::default()));
         let mut bus = PioBus::new();
         bus.insert(0x3f8, 8, 0, dev.clone()).unwrap();
-        assert_eq!(bus.insert(0x3ff, 2, 0, dev.clone()), Err(Overlap { base: 0x3ff, len: 2 }));
+        assert_eq!(
+            bus.insert(0x3ff, 2, 0, dev.clone()),
+            Err(Overlap {
+                base: 0x3ff,
+                len: 2
+            })
+        );
         assert!(bus.insert(0x400, 0, 0, dev).is_err());
         let mut d = [0xaau8; 2];
         assert!(!bus.read(0x1234, &mut d));

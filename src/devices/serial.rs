@@ -44,7 +44,10 @@ pub struct SerialDevice {
 impl SerialDevice {
     /// A UART raising `irq` and printing into `out`.
     pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
-        SerialDevice { uart: Serial::new(IrqTrigger(irq), out), pending: VecDeque::new() }
+        SerialDevice {
+            uart: Serial::new(IrqTrigger(irq), out),
+            pending: VecDeque::new(),
+        }
     }
 
     /// Queues host input for the guest; returns how many bytes were accepted (fewer than
@@ -101,7 +104,10 @@ mod tests {
     fn device() -> (SerialDevice, Arc<Console>) {
         let console = Arc::new(Console::new(1024));
         let evt = EventFd::new(0).unwrap();
-        (SerialDevice::new(evt, ConsoleWriter(console.clone())), console)
+        (
+            SerialDevice::new(evt, ConsoleWriter(console.clone())),
+            console,
+        )
     }
 
     #[test]

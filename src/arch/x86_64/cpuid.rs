@@ -50,7 +50,10 @@ mod tests {
     use super::*;
 
     fn entry(function: u32) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 { function, ..Default::default() }
+        kvm_cpuid_entry2 {
+            function,
+            ..Default::default()
+        }
     }
 
     #[test]

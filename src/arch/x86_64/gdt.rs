@@ -16,10 +16,10 @@ pub const TSS_INDEX: u16 = 3;
 /// The boot GDT, in the order of the indices above.
 pub fn boot_gdt() -> [u64; 4] {
     [
-        0,                              // null
-        gdt_entry(0xa09b, 0, 0xfffff),  // code: present, DPL0, exec/read, L=1, G=1
-        gdt_entry(0xc093, 0, 0xfffff),  // data: present, DPL0, read/write, D/B=1, G=1
-        gdt_entry(0x808b, 0, 0xfffff),  // TSS: present, busy 64-bit TSS, G=1
+        0,                             // null
+        gdt_entry(0xa09b, 0, 0xfffff), // code: present, DPL0, exec/read, L=1, G=1
+        gdt_entry(0xc093, 0, 0xfffff), // data: present, DPL0, read/write, D/B=1, G=1
+        gdt_entry(0x808b, 0, 0xfffff), // TSS: present, busy 64-bit TSS, G=1
     ]
 }
 

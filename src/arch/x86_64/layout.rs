@@ -49,6 +49,16 @@ pub const PAGE_SIZE: u64 = 0x1000;
 /// The memory the identity map covers: loaded images and boot structures must lie below.
 pub const IDENTITY_MAP_END: u64 = 4 << 30;
 
+// The boot structures must not overlap: checked when the crate compiles.
+const _: () = {
+    assert!(BOOT_IDT_START >= BOOT_GDT_START + 4 * 8);
+    assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+    assert!(BOOT_STACK_POINTER < PML4_START);
+    assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
+    assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+    assert!(KVM_TSS_ADDRESS >= MMIO_GAP_START && KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
+};
+
 /// The guest-physical RAM ranges `(start, length)` for `mem_bytes` of RAM: up to
 /// [`MMIO_GAP_START`] below 4 GiB, the remainder from 4 GiB.
 pub fn ram_ranges(mem_bytes: u64) -> Vec<(u64, u64)> {
@@ -92,15 +102,5 @@ mod tests {
         assert_eq!(low_ram_end(mem), MMIO_GAP_START);
         let total: u64 = ram_ranges(mem).iter().map(|r| r.1).sum();
         assert_eq!(total, mem);
-    }
-
-    #[test]
-    fn boot_structures_do_not_overlap() {
-        assert!(BOOT_IDT_START >= BOOT_GDT_START + 4 * 8);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(PDE_START + 4 * 0x1000 <= CMDLINE_START);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(KVM_TSS_ADDRESS >= MMIO_GAP_START && KVM_TSS_ADDRESS + 3 * 0x1000 <= MMIO_GAP_END);
     }
 }

@@ -42,7 +42,11 @@ pub fn boot_msr_values() -> [(u32, u64); 11] {
 pub fn boot_msrs() -> Option<Msrs> {
     let entries: Vec<kvm_msr_entry> = boot_msr_values()
         .iter()
-        .map(|&(index, data)| kvm_msr_entry { index, data, ..Default::default() })
+        .map(|&(index, data)| kvm_msr_entry {
+            index,
+            data,
+            ..Default::default()
+        })
         .collect();
     Msrs::from_entries(&entries).ok()
 }
@@ -55,7 +59,11 @@ mod tests {
     fn msr_list_is_complete() {
         let msrs = boot_msrs().unwrap();
         assert_eq!(msrs.as_slice().len(), boot_msr_values().len());
-        let mtrr = msrs.as_slice().iter().find(|e| e.index == MSR_MTRR_DEF_TYPE).unwrap();
+        let mtrr = msrs
+            .as_slice()
+            .iter()
+            .find(|e| e.index == MSR_MTRR_DEF_TYPE)
+            .unwrap();
         assert_eq!(mtrr.data, 0x806);
     }
 }

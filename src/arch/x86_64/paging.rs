@@ -30,7 +30,10 @@ pub fn identity_map_entries() -> Vec<(u64, u64)> {
 pub fn setup_identity_map(mem: &GuestMemoryMmap) -> Result<u64> {
     for (addr, value) in identity_map_entries() {
         mem.write_obj(value, GuestAddress(addr))
-            .map_err(|source| Error::GuestMemory { what: "page tables", source })?;
+            .map_err(|source| Error::GuestMemory {
+                what: "page tables",
+                source,
+            })?;
     }
     Ok(PML4_START)
 }
@@ -41,7 +44,9 @@ mod tests {
 
     /// Walks the written tables like the MMU would, for a 2 MiB page.
     fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
-        let pml4e: u64 = mem.read_obj(GuestAddress(cr3 + ((va >> 39) & 0x1ff) * 8)).ok()?;
+        let pml4e: u64 = mem
+            .read_obj(GuestAddress(cr3 + ((va >> 39) & 0x1ff) * 8))
+            .ok()?;
         if pml4e & 1 == 0 {
             return None;
         }
@@ -65,7 +70,15 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let cr3 = setup_identity_map(&mem).unwrap();
         assert_eq!(cr3, PML4_START);
-        for va in [0u64, 0x7000, 0x100_0000, 0x3fff_ffff, 0x4000_0000, 0xbfff_f000, 0xffff_ffff] {
+        for va in [
+            0u64,
+            0x7000,
+            0x100_0000,
+            0x3fff_ffff,
+            0x4000_0000,
+            0xbfff_f000,
+            0xffff_ffff,
+        ] {
             assert_eq!(translate(&mem, cr3, va), Some(va), "va {va:#x}");
         }
         assert_eq!(translate(&mem, cr3, 0x1_0000_0000), None);

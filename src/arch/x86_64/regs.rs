@@ -39,10 +39,16 @@ pub fn configure_sregs(mem: &GuestMemoryMmap, sregs: &mut kvm_sregs) -> Result<(
     let gdt = boot_gdt();
     for (i, entry) in gdt.iter().enumerate() {
         mem.write_obj(*entry, GuestAddress(BOOT_GDT_START + (i as u64) * 8))
-            .map_err(|source| Error::GuestMemory { what: "GDT", source })?;
+            .map_err(|source| Error::GuestMemory {
+                what: "GDT",
+                source,
+            })?;
     }
     mem.write_obj(0u64, GuestAddress(BOOT_IDT_START))
-        .map_err(|source| Error::GuestMemory { what: "IDT", source })?;
+        .map_err(|source| Error::GuestMemory {
+            what: "IDT",
+            source,
+        })?;
 
     sregs.gdt.base = BOOT_GDT_START;
     sregs.gdt.limit = (std::mem::size_of_val(&gdt) - 1) as u16;
@@ -79,7 +85,8 @@ pub fn setup_boot_registers(vcpu: &VcpuFd, mem: &GuestMemoryMmap, entry: u64) ->
     let mut sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     configure_sregs(mem, &mut sregs)?;
     vcpu.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-    vcpu.set_regs(&boot_regs(entry)).map_err(kvm_err("KVM_SET_REGS"))?;
+    vcpu.set_regs(&boot_regs(entry))
+        .map_err(kvm_err("KVM_SET_REGS"))?;
     vcpu.set_fpu(&boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
     Ok(())
 }
@@ -101,7 +108,10 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let mut sregs = kvm_sregs::default();
         configure_sregs(&mem, &mut sregs).unwrap();
-        assert_eq!(sregs.cr0 & (X86_CR0_PE | X86_CR0_PG), X86_CR0_PE | X86_CR0_PG);
+        assert_eq!(
+            sregs.cr0 & (X86_CR0_PE | X86_CR0_PG),
+            X86_CR0_PE | X86_CR0_PG
+        );
         assert_ne!(sregs.cr4 & X86_CR4_PAE, 0);
         assert_eq!(sregs.efer & (EFER_LME | EFER_LMA), EFER_LME | EFER_LMA);
         assert_eq!(sregs.cs.l, 1);
