@@ -29,11 +29,11 @@ def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
     command = " ".join([
         f"VMM_REFERENCE_CACHE={shlex.quote(str(cache_dir().resolve()))}", "VMM_REFERENCE_OFFLINE=1",
         shlex.quote(sys.executable), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--vmm-strict",
-        "-o", "addopts=", "tests/test_full_boot.py",
+        "-o", "addopts=", "-o", "faulthandler_timeout=200", "tests/test_full_boot.py",
     ])
     # Run detached from the lab's console (a tty) and print the output afterwards.
     command = f'{command} </dev/null >"$TMPDIR/out" 2>&1; s=$?; cat "$TMPDIR/out"; exit $s'
-    result = run_in_lab(command, timeout=1200, cwd=str(REPO))
+    result = run_in_lab(command, timeout=900, cwd=str(REPO))
     tail = "\n".join(result.output.splitlines()[-40:])
     assert "LAB: /dev/kvm ready" in result.output, tail
     assert result.status == 0, tail
