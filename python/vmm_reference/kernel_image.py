@@ -39,32 +39,28 @@ def lz4_legacy_decompress(data: bytes) -> bytes:
     return bytes(out)
 
 
+def _lz4_length(src: bytes, i: int, n: int) -> tuple[int, int]:
+    """Extend a 4-bit length field of 15 by the 255-terminated bytes at ``src[i:]``."""
+    if n == 15:
+        while True:
+            b = src[i]
+            i += 1
+            n += b
+            if b != 255:
+                break
+    return n, i
+
+
 def _lz4_block(src: bytes, i: int, end: int, out: bytearray) -> None:
     while i < end:
         token = src[i]
-        i += 1
-        lit = token >> 4
-        if lit == 15:
-            while True:
-                b = src[i]
-                i += 1
-                lit += b
-                if b != 255:
-                    break
+        lit, i = _lz4_length(src, i + 1, token >> 4)
         out += src[i:i + lit]
         i += lit
         if i >= end:
             return
         offset = src[i] | (src[i + 1] << 8)
-        i += 2
-        n = token & 15
-        if n == 15:
-            while True:
-                b = src[i]
-                i += 1
-                n += b
-                if b != 255:
-                    break
+        n, i = _lz4_length(src, i + 2, token & 15)
         n += 4
         start = len(out) - offset
         if offset >= n:
