@@ -33,7 +33,14 @@ def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
     ])
     # Run detached from the lab's console (a tty) and print the output afterwards.
     command = f'{command} </dev/null >"$TMPDIR/out" 2>&1; s=$?; cat "$TMPDIR/out"; exit $s'
-    result = run_in_lab(command, timeout=900, cwd=str(REPO))
+    # QEMU's software-emulated nested SVM occasionally stalls the whole lab (seen here in about
+    # one run in four, always before the first guest finished booting; the lab's own kernel
+    # then stops printing too). A stalled lab reports no status at all: only then is it run
+    # again. A run that reports a status, passing or failing, is final.
+    for _attempt in range(4):
+        result = run_in_lab(command, timeout=240, cwd=str(REPO))
+        if result.status is not None:
+            break
     tail = "\n".join(result.output.splitlines()[-40:])
     assert "LAB: /dev/kvm ready" in result.output, tail
     assert result.status == 0, tail

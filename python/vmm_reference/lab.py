@@ -128,7 +128,7 @@ def run_in_lab(
     with tempfile.TemporaryDirectory() as tmp:
         initrd = Path(tmp) / "lab.cpio"
         _initramfs(assets, command, cwd, initrd)
-        append = "console=ttyS0 reboot=k panic=-1 quiet idle=poll"
+        append = "console=ttyS0 reboot=k panic=-1 quiet"
         khz = _tsc_khz()
         if khz:
             append += f" tsc_early_khz={khz}"
