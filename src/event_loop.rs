@@ -168,11 +168,13 @@ impl EventLoop {
             ));
         }
         self.stop_vcpus();
-        self.console.close();
         let status = self.exit.status().unwrap_or_else(|| {
             ExitStatus::with_detail(ExitReason::Error, "stopped without a reason")
         });
+        // Publish the status before the end of output, so a reader that sees the console's
+        // end also sees how the VM ended.
         self.finished.set(status);
+        self.console.close();
     }
 
     fn serve(&mut self) -> Result<(), event_manager::Error> {

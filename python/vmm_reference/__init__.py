@@ -21,6 +21,7 @@ from .errors import (
     VmStateError,
     VmTimeoutError,
 )
+from .expect import ExpectFailure, VmExitedError
 from .vm import DEFAULT_CMDLINE, BootInfo, ExitStatus, Serial, Vm, max_vcpus
 
 try:
@@ -32,11 +33,13 @@ __all__ = [
     "DEFAULT_CMDLINE",
     "BootInfo",
     "ExitStatus",
+    "ExpectFailure",
     "KvmUnavailableError",
     "Serial",
     "Vm",
     "VmConfigError",
     "VmError",
+    "VmExitedError",
     "VmFileNotFoundError",
     "VmPermissionError",
     "VmStateError",

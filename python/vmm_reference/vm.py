@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import os
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional, Union
 
 from . import _native
 from .errors import VmConfigError, VmTimeoutError
+from .expect import Pattern, expect
 
 __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
 
@@ -131,6 +134,23 @@ class Serial:
                     + self._tail()
                 )
 
+    async def __aiter__(self) -> AsyncIterator[str]:
+        """Yield console lines without blocking the event loop; ends like iteration does."""
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        offset = 0
+        pending = ""
+        while True:
+            start, data, eof = await asyncio.to_thread(self._native.read_console, offset, _READ_CHUNK, 0.2)
+            offset = start + len(data)
+            pending += decoder.decode(data, final=eof)
+            *complete, pending = pending.split("\n")
+            for line in complete:
+                yield line.rstrip("\r")
+            if eof:
+                if pending:
+                    yield pending.rstrip("\r")
+                return
+
     def read(self, timeout: Optional[float] = 0.0) -> bytes:
         """Return console bytes printed since the previous :meth:`read`.
 
@@ -212,6 +232,7 @@ class Vm:
             console_limit=_check_int("console_limit", console_limit, 0, 2**62),
         )
         self._serial = Serial(self._native)
+        self._expect_offset = 0
         self.memory_mib = memory_mib
         self.vcpus = vcpus
 
@@ -235,6 +256,46 @@ class Vm:
                 + self._serial._tail()
             )
         return ExitStatus(*result)
+
+    async def wait_async(self, timeout: Optional[float] = None) -> ExitStatus:
+        """Like :meth:`wait`, without blocking the asyncio event loop (cancellable)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
+            result = await asyncio.to_thread(self._native.wait, remaining)
+            if result is not None:
+                return ExitStatus(*result)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise VmTimeoutError(
+                    f"the VM did not stop within timeout={timeout}s; last console lines:\n" + self._serial._tail()
+                )
+
+    def expect(
+        self,
+        pattern: Pattern,
+        timeout: Optional[float] = 30.0,
+        fail: Optional[Union[Pattern, list[Pattern]]] = None,
+    ) -> re.Match[Any]:
+        """Wait for the regex ``pattern`` (str or bytes) in the console output and return the match.
+
+        Matching starts where the previous :meth:`expect` match ended (at the start of the
+        console for the first call) and sees partial lines, such as a shell prompt. ``fail``:
+        patterns that raise :class:`~vmm_reference.expect.ExpectFailure` if they appear first.
+        Raises :class:`VmTimeoutError` (a ``TimeoutError``) after ``timeout`` seconds and
+        :class:`~vmm_reference.expect.VmExitedError` at once if the VM exits first; messages
+        show the last console lines.
+        """
+        match, self._expect_offset = expect(self._native, self._expect_offset, pattern, timeout, fail)
+        return match
+
+    async def expect_async(
+        self,
+        pattern: Pattern,
+        timeout: Optional[float] = 30.0,
+        fail: Optional[Union[Pattern, list[Pattern]]] = None,
+    ) -> re.Match[Any]:
+        """Like :meth:`expect`, without blocking the asyncio event loop."""
+        return await asyncio.to_thread(self.expect, pattern, timeout, fail)
 
     def kill(self) -> None:
         """Stop the VM now (reason ``killed`` unless it already stopped). Does not block."""
