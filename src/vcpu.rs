@@ -129,14 +129,14 @@ impl Vcpu {
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 DeviceStats::bump(&self.stats.pio);
-                if !self.bus.read(port, data) {
+                if !self.bus.read(u64::from(port), data) {
                     DeviceStats::bump(&self.stats.pio_unhandled);
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 DeviceStats::bump(&self.stats.pio);
-                if !self.bus.write(port, data) {
+                if !self.bus.write(u64::from(port), data) {
                     DeviceStats::bump(&self.stats.pio_unhandled);
                 }
                 None

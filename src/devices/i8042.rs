@@ -7,15 +7,15 @@ use std::sync::Arc;
 
 use vm_superio::{I8042Device, Trigger};
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 
 /// The data port.
-pub const I8042_DATA_PORT: u16 = 0x60;
+pub const I8042_DATA_PORT: u64 = 0x60;
 /// The command/status port.
-pub const I8042_COMMAND_PORT: u16 = 0x64;
+pub const I8042_COMMAND_PORT: u64 = 0x64;
 /// The command port's offset in vm-superio's register numbering.
-pub const I8042_COMMAND_OFFSET: u16 = 4;
+pub const I8042_COMMAND_OFFSET: u64 = 4;
 
 /// Ends the VM with reason `reset`.
 #[derive(Debug, Clone)]
@@ -39,14 +39,14 @@ impl I8042 {
     }
 }
 
-impl PioDevice for I8042 {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(reg), Some(first)) = (u8::try_from(offset), data.first_mut()) {
             *first = self.0.read(reg);
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
             let _ = self.0.write(reg, value);
         }

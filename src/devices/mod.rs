@@ -8,7 +8,7 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 
-pub use bus::{PioBus, PioDevice};
+pub use bus::{Bus, BusDevice, MmioBus, PioBus};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -10,13 +10,13 @@ use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::bus::PioDevice;
+use super::bus::BusDevice;
 use crate::console::ConsoleWriter;
 
 /// COM1's base port.
-pub const COM1_PORT: u16 = 0x3f8;
+pub const COM1_PORT: u64 = 0x3f8;
 /// COM1's register count.
-pub const COM1_LEN: u16 = 8;
+pub const COM1_LEN: u64 = 8;
 /// COM1's interrupt line.
 pub const COM1_IRQ: u32 = 4;
 /// Host input waiting for the guest beyond this is refused.
@@ -76,8 +76,8 @@ impl SerialDevice {
     }
 }
 
-impl PioDevice for SerialDevice {
-    fn read(&mut self, offset: u16, data: &mut [u8]) {
+impl BusDevice for SerialDevice {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         if let (Ok(reg), Some(first)) = (u8::try_from(offset), data.first_mut()) {
             *first = self.uart.read(reg);
             if reg == RBR_OFFSET {
@@ -86,7 +86,7 @@ impl PioDevice for SerialDevice {
         }
     }
 
-    fn write(&mut self, offset: u16, data: &[u8]) {
+    fn write(&mut self, offset: u64, data: &[u8]) {
         if let (Ok(reg), Some(&value)) = (u8::try_from(offset), data.first()) {
             // A failed interrupt injection is not the guest's fault and cannot be reported
             // to it; the byte itself has been handled.
