@@ -15,6 +15,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub enum ExitReason {
     /// The guest reset the machine (i8042 CPU-reset command, e.g. `reboot` with `reboot=k`).
     Reset,
+    /// The guest powered off: it wrote its exit code to the exit device.
+    Poweroff,
+    /// The guest kernel panicked (`Kernel panic - not syncing` on its console).
+    Panic,
     /// A vCPU triple-faulted (KVM shutdown exit).
     Shutdown,
     /// The host killed the VM.
@@ -28,6 +32,8 @@ impl ExitReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ExitReason::Reset => "reset",
+            ExitReason::Poweroff => "poweroff",
+            ExitReason::Panic => "panic",
             ExitReason::Shutdown => "shutdown",
             ExitReason::Killed => "killed",
             ExitReason::Error => "error",
@@ -48,6 +54,8 @@ pub struct ExitStatus {
     pub reason: ExitReason,
     /// Details for humans: which vCPU, KVM's error, the guest's instruction pointer.
     pub detail: Option<String>,
+    /// The exit code the guest wrote to the exit device, if it did.
+    pub code: Option<u32>,
 }
 
 impl ExitStatus {
@@ -56,6 +64,7 @@ impl ExitStatus {
         ExitStatus {
             reason,
             detail: None,
+            code: None,
         }
     }
 
@@ -64,6 +73,7 @@ impl ExitStatus {
         ExitStatus {
             reason,
             detail: Some(detail.into()),
+            code: None,
         }
     }
 }

@@ -79,8 +79,10 @@ fn next_slice(deadline: Option<Instant>) -> Duration {
     }
 }
 
-fn status_tuple(s: ExitStatus) -> (&'static str, Option<String>) {
-    (s.reason.as_str(), s.detail)
+type StatusTuple = (&'static str, Option<String>, Option<u32>);
+
+fn status_tuple(s: ExitStatus) -> StatusTuple {
+    (s.reason.as_str(), s.detail, s.code)
 }
 
 /// A VM owned by Python. See `vmm_reference.Vm` for the documented API.
@@ -132,11 +134,7 @@ impl NativeVm {
 
     /// Waits up to `timeout` seconds (forever if None); None on timeout.
     #[pyo3(signature = (timeout=None))]
-    fn wait(
-        &self,
-        py: Python<'_>,
-        timeout: Option<f64>,
-    ) -> PyResult<Option<(&'static str, Option<String>)>> {
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<StatusTuple>> {
         if self.vm.state() == crate::VmState::Created {
             return Err(to_py(
                 py,
@@ -169,7 +167,7 @@ impl NativeVm {
     }
 
     #[getter]
-    fn exit_status(&self) -> Option<(&'static str, Option<String>)> {
+    fn exit_status(&self) -> Option<StatusTuple> {
         self.vm.exit_status().map(status_tuple)
     }
 
@@ -223,18 +221,48 @@ impl NativeVm {
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.vm.stats();
         let d = PyDict::new(py);
-        d.set_item("pio_exits", s.pio_exits)?;
-        d.set_item("pio_unhandled", s.pio_unhandled)?;
-        d.set_item("mmio_exits", s.mmio_exits)?;
+        let exits = PyDict::new(py);
+        exits.set_item("io", s.exits.pio)?;
+        exits.set_item("io_unhandled", s.exits.pio_unhandled)?;
+        exits.set_item("mmio", s.exits.mmio)?;
+        exits.set_item("mmio_unhandled", s.exits.mmio_unhandled)?;
+        exits.set_item("hlt", s.exits.hlt)?;
+        exits.set_item("interrupted", s.exits.interrupted)?;
+        d.set_item("exits", exits)?;
+        d.set_item("rss_bytes", rss_bytes())?;
         d.set_item("console_bytes", s.console_bytes)?;
         d.set_item("uptime", s.uptime.as_secs_f64())?;
         Ok(d)
+    }
+
+    /// Boot-time markers: [(value, seconds since start)].
+    fn boot_markers(&self) -> Vec<(u8, f64)> {
+        self.vm
+            .boot_markers()
+            .into_iter()
+            .map(|(v, t)| (v, t.as_secs_f64()))
+            .collect()
     }
 
     #[getter]
     fn console_limit(&self) -> usize {
         self.vm.console().limit()
     }
+}
+
+/// This process's resident set size in bytes, from /proc/self/statm (0 if unreadable).
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(0) as u64
 }
 
 /// KVM's vCPU limit on this host, or None when KVM is unavailable.

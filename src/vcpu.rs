@@ -15,7 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::{cpuid, lapic, msr, regs};
-use crate::devices::{DeviceStats, PioBus};
+use crate::devices::{Bus, DeviceStats};
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 
@@ -45,9 +45,19 @@ pub fn register_kick_handler() -> Result<()> {
 pub struct Vcpu {
     fd: VcpuFd,
     id: u8,
-    bus: Arc<PioBus>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
     exit: Arc<ExitSignal>,
     stats: Arc<DeviceStats>,
+}
+
+/// The buses a vCPU dispatches exits to.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    /// MMIO.
+    pub mmio: Arc<Bus>,
 }
 
 impl Vcpu {
@@ -62,7 +72,7 @@ impl Vcpu {
         supported_cpuid: &CpuId,
         mem: &GuestMemoryMmap,
         entry: u64,
-        bus: Arc<PioBus>,
+        buses: Buses,
         exit: Arc<ExitSignal>,
         stats: Arc<DeviceStats>,
     ) -> Result<Self> {
@@ -94,7 +104,8 @@ impl Vcpu {
         Ok(Vcpu {
             fd,
             id,
-            bus,
+            pio: buses.pio,
+            mmio: buses.mmio,
             exit,
             stats,
         })
@@ -129,30 +140,39 @@ impl Vcpu {
         match self.fd.run() {
             Ok(VcpuExit::IoIn(port, data)) => {
                 DeviceStats::bump(&self.stats.pio);
-                if !self.bus.read(u64::from(port), data) {
+                if !self.pio.read(u64::from(port), data) {
                     DeviceStats::bump(&self.stats.pio_unhandled);
                 }
                 None
             }
             Ok(VcpuExit::IoOut(port, data)) => {
                 DeviceStats::bump(&self.stats.pio);
-                if !self.bus.write(u64::from(port), data) {
+                if !self.pio.write(u64::from(port), data) {
                     DeviceStats::bump(&self.stats.pio_unhandled);
                 }
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
+            Ok(VcpuExit::MmioRead(addr, data)) => {
                 DeviceStats::bump(&self.stats.mmio);
-                data.fill(0);
+                if !self.mmio.read(addr, data) {
+                    DeviceStats::bump(&self.stats.mmio_unhandled);
+                }
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) => {
+            Ok(VcpuExit::MmioWrite(addr, data)) => {
                 DeviceStats::bump(&self.stats.mmio);
+                if !self.mmio.write(addr, data) {
+                    DeviceStats::bump(&self.stats.mmio_unhandled);
+                }
                 None
             }
             // With the in-kernel LAPIC, HLT only reaches user space when KVM cannot wait
             // for an interrupt itself; running again is the right answer.
-            Ok(VcpuExit::Hlt) | Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::Hlt) => {
+                DeviceStats::bump(&self.stats.hlt);
+                None
+            }
+            Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
             Ok(VcpuExit::Shutdown) => Some(ExitStatus::with_detail(
                 ExitReason::Shutdown,
                 format!("vCPU {id} triple-faulted"),
@@ -179,7 +199,10 @@ impl Vcpu {
                 ExitReason::Error,
                 format!("unexpected KVM exit on vCPU {id}: {other:?}"),
             )),
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                DeviceStats::bump(&self.stats.interrupted);
+                None
+            }
             Err(e) => Some(ExitStatus::with_detail(
                 ExitReason::Error,
                 format!("KVM_RUN failed on vCPU {id}: {e}"),

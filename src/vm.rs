@@ -18,14 +18,16 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleWriter};
+use crate::devices::boot_marker::{BootMarkerPort, BootMarkers, BOOT_MARKER_PORT};
+use crate::devices::exit_device::{ExitDevice, EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN};
 use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
-use crate::devices::serial::{SerialDevice, COM1_IRQ, COM1_LEN, COM1_PORT};
-use crate::devices::{DeviceStats, PioBus};
+use crate::devices::serial::{SerialDevice, SerialOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
+use crate::devices::{Bus, DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::memory::{create_guest_memory, register_guest_memory};
-use crate::vcpu::{register_kick_handler, Vcpu};
+use crate::vcpu::{register_kick_handler, Buses, Vcpu};
 
 /// Where a VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,12 +60,8 @@ impl std::fmt::Display for VmState {
 /// Counters describing a VM's activity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmStats {
-    /// Port-I/O exits.
-    pub pio_exits: u64,
-    /// Port-I/O accesses that no device claimed.
-    pub pio_unhandled: u64,
-    /// MMIO exits.
-    pub mmio_exits: u64,
+    /// vCPU exits by kind.
+    pub exits: ExitCounts,
     /// Bytes the guest printed on its console.
     pub console_bytes: u64,
     /// Time since [`Vm::start`].
@@ -85,6 +83,7 @@ pub struct Vm {
     exit: Arc<ExitSignal>,
     finished: Arc<Finished>,
     stats: Arc<DeviceStats>,
+    markers: Arc<BootMarkers>,
     unstarted: Mutex<Option<Unstarted>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
@@ -128,24 +127,33 @@ impl Vm {
         vm_fd
             .register_irqfd(&serial_irq, COM1_IRQ)
             .map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial = Arc::new(Mutex::new(SerialDevice::new(
-            serial_irq,
-            ConsoleWriter(console.clone()),
-        )));
+        let serial_out = SerialOutput::new(ConsoleWriter(console.clone()), exit.clone());
+        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
         let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
 
-        let mut bus = PioBus::new();
+        let markers = Arc::new(BootMarkers::default());
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
         let overlap = |e: crate::devices::bus::Overlap| Error::Io {
             what: e.to_string(),
             source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
         };
-        bus.insert(COM1_PORT, COM1_LEN, 0, serial.clone())
+        pio.insert(COM1_PORT, COM1_LEN, 0, serial.clone())
             .map_err(overlap)?;
-        bus.insert(I8042_DATA_PORT, 1, 0, i8042.clone())
+        pio.insert(I8042_DATA_PORT, 1, 0, i8042.clone())
             .map_err(overlap)?;
-        bus.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)
+        pio.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)
             .map_err(overlap)?;
-        let bus = Arc::new(bus);
+        let marker_port = Arc::new(Mutex::new(BootMarkerPort(markers.clone())));
+        pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port)
+            .map_err(overlap)?;
+        let exit_device = Arc::new(Mutex::new(ExitDevice(exit.clone())));
+        mmio.insert(EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN, 0, exit_device)
+            .map_err(overlap)?;
+        let buses = Buses {
+            pio: Arc::new(pio),
+            mmio: Arc::new(mmio),
+        };
 
         let stats = Arc::new(DeviceStats::default());
         let supported = kvm
@@ -161,7 +169,7 @@ impl Vm {
                     &supported,
                     &memory,
                     boot.entry,
-                    bus.clone(),
+                    buses.clone(),
                     exit.clone(),
                     stats.clone(),
                 )
@@ -179,6 +187,7 @@ impl Vm {
             exit,
             finished: Arc::new(Finished::default()),
             stats,
+            markers,
             unstarted: Mutex::new(Some(Unstarted { vcpus })),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
@@ -202,6 +211,7 @@ impl Vm {
             });
         };
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.markers.start_clock();
         let mut threads = Vec::with_capacity(parts.vcpus.len());
         for vcpu in parts.vcpus {
             let name = format!("vcpu{}", vcpu.id());
@@ -302,6 +312,11 @@ impl Vm {
         &self.boot
     }
 
+    /// Boot-time markers the guest wrote to the marker port: `(value, time since start)`.
+    pub fn boot_markers(&self) -> Vec<(u8, Duration)> {
+        self.markers.events()
+    }
+
     /// The configuration the VM was built from.
     pub fn config(&self) -> &VmConfig {
         &self.config
@@ -309,12 +324,9 @@ impl Vm {
 
     /// Activity counters; cheap enough to call in a loop.
     pub fn stats(&self) -> VmStats {
-        let (pio_exits, pio_unhandled, mmio_exits) = self.stats.snapshot();
         let started = *self.started_at.lock().unwrap_or_else(|e| e.into_inner());
         VmStats {
-            pio_exits,
-            pio_unhandled,
-            mmio_exits,
+            exits: self.stats.snapshot(),
             console_bytes: self.console.total(),
             uptime: started.map(|t| t.elapsed()).unwrap_or_default(),
         }

@@ -95,3 +95,10 @@ def test_key_value_parser():
         "console=ttyS0,115200"
     with pytest.raises(CliError):
         parse_key_values("kernel", "path", KEYS)
+
+
+def test_guest_exit_code_is_the_exit_status(probe_elf):
+    assert cli("--kernel", f"path={probe_elf},cmdline=probe.exit=7").returncode == 7
+    assert cli("--kernel", f"path={probe_elf},cmdline=probe.exit=0").returncode == 0
+    r = cli("--kernel", f"path={probe_elf},cmdline=probe.end=panic")
+    assert r.returncode == 1 and "reason panic: Kernel panic - not syncing" in r.stderr

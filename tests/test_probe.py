@@ -113,8 +113,8 @@ def test_unknown_ports_and_mmio_are_ignored(vm_factory, probe_elf):
     vm, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=unknown")
     assert status.reason == "reset", log
     assert "PROBE: unknown pci=0x0000000000000000 cmos=0x0000000000000000 mmio=0x0000000000000000" in log
-    stats = vm.stats()
-    assert stats["pio_unhandled"] >= 4 and stats["mmio_exits"] >= 2
+    exits = vm.stats()["exits"]
+    assert exits["io_unhandled"] >= 4 and exits["mmio_unhandled"] >= 2
 
 
 def test_serial_input_is_echoed(vm_factory, probe_elf):
@@ -220,3 +220,34 @@ def test_context_manager_kills_on_exception(probe_elf):
 def test_probe_files_exist(probe_elf, probe_bzimage):
     assert Path(probe_elf).read_bytes()[:4] == b"\x7fELF"
     assert Path(probe_bzimage).read_bytes()[0x202:0x206] == b"HdrS"
+
+
+@pytest.mark.parametrize("code", [0, 3, 255, 4000000000])
+def test_exit_device_returns_the_guest_code(vm_factory, probe_elf, code):
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline=f"probe.exit={code}")
+    assert (status.reason, status.code) == ("poweroff", code), log
+    assert status.ok == (code == 0)
+
+
+def test_kernel_panic_is_detected(vm_factory, probe_elf):
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=panic")
+    assert status.reason == "panic"
+    assert status.detail == "Kernel panic - not syncing: probe asked for it"
+
+
+def test_boot_markers_are_timestamped(vm_factory, probe_elf):
+    vm, status, _ = boot(vm_factory, kernel=probe_elf, cmdline="probe.marker=123")
+    [(value, seconds)] = vm.events
+    assert value == 123
+    assert 0 < seconds < vm.stats()["uptime"]
+
+
+def test_stats_are_cheap_and_count_exits(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=spin")
+    vm.start()
+    vm.expect("spinning")
+    t0 = time.monotonic()
+    for _ in range(1000):
+        s = vm.stats()
+    assert time.monotonic() - t0 < 1.0
+    assert s["exits"]["io"] > 500 and s["console_bytes"] > 400 and s["rss_bytes"] > 0

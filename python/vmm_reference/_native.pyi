@@ -26,7 +26,7 @@ class NativeVm:
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""
-    def wait(self, timeout: Optional[float] = None) -> Optional[tuple[str, Optional[str]]]:
+    def wait(self, timeout: Optional[float] = None) -> Optional[tuple[str, Optional[str], Optional[int]]]:
         """Wait for the VM to stop; None on timeout."""
     def kill(self) -> None:
         """Stop the VM with reason ``killed``."""
@@ -34,8 +34,8 @@ class NativeVm:
     def state(self) -> str:
         """``created``, ``running`` or ``exited``."""
     @property
-    def exit_status(self) -> Optional[tuple[str, Optional[str]]]:
-        """``(reason, detail)`` once stopped."""
+    def exit_status(self) -> Optional[tuple[str, Optional[str], Optional[int]]]:
+        """``(reason, detail, code)`` once stopped."""
     @property
     def console_limit(self) -> int:
         """Retained console bytes."""
@@ -51,3 +51,5 @@ class NativeVm:
         """Where the boot images went."""
     def stats(self) -> dict[str, Any]:
         """Activity counters."""
+    def boot_markers(self) -> list[tuple[int, float]]:
+        """Boot-time markers: (value, seconds since start)."""

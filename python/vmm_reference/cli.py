@@ -8,7 +8,8 @@ The syntax is the original vmm-reference's::
 Each option takes comma-separated ``key=value`` pairs. An empty value means the default; an
 unknown key is an error. The guest's console goes to stdout and stdin goes to the guest
 (the terminal is put in raw mode and restored on every exit path). Press Ctrl-A then x to end
-the VM from a terminal. The exit status is 0 when the guest reset or shut down the machine.
+the VM from a terminal. The exit status is 0 when the guest reset or shut down the machine, and
+the guest's code when it wrote one to the exit device.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmm-reference",
         description="Boot a Linux kernel on KVM with its serial console on this terminal.",
         epilog="Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset "
-               "or shut down the machine, 1 when the VM failed or was killed, 2 on a usage error.",
+               "or shut down the machine; the guest's code when it wrote one to the exit device (0xd0000000); "
+               "1 when the VM failed, panicked or was killed; 2 on a usage error.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--memory", default="", metavar="mem_size_mib=N",
@@ -196,6 +198,8 @@ def _run(vm: Vm, stdout: TextIO) -> int:
 
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
         vm.close()
+    if status.reason == "poweroff" and status.code is not None:
+        return status.code & 0xFF
     if status.ok:
         return 0
     detail = f": {status.detail}" if status.detail else ""

@@ -39,17 +39,21 @@ class ExitStatus:
     """How a VM ended.
 
     ``reason`` is one of ``"reset"`` (the guest rebooted, e.g. ``reboot -f`` with ``reboot=k``),
-    ``"shutdown"`` (a triple fault), ``"killed"`` (:meth:`Vm.kill`, or the ``with`` block
-    ended first) or ``"error"`` (KVM could not run the guest; ``detail`` says why).
+    ``"poweroff"`` (the guest wrote its exit ``code`` to the exit device), ``"shutdown"`` (a
+    triple fault), ``"panic"`` (``Kernel panic - not syncing`` on the console; ``detail`` is
+    that line), ``"killed"`` (:meth:`Vm.kill`, or the ``with`` block ended first) or
+    ``"error"`` (KVM could not run the guest; ``detail`` says why).
     """
 
     reason: str
     detail: Optional[str] = None
+    code: Optional[int] = None
+    """The exit code the guest wrote to the exit device (0xd0000000), if any."""
 
     @property
     def ok(self) -> bool:
-        """Whether the guest ended the VM itself, by reset or shutdown."""
-        return self.reason in ("reset", "shutdown")
+        """Whether the guest ended the VM itself without failing: reset, shutdown, or poweroff with code 0."""
+        return self.reason in ("reset", "shutdown") or (self.reason == "poweroff" and self.code == 0)
 
 
 @dataclass(frozen=True)
@@ -345,8 +349,18 @@ class Vm:
         return BootInfo(**info)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: ``pio_exits``, ``pio_unhandled``, ``mmio_exits``, ``console_bytes``, ``uptime``."""
+        """Return counters, cheap enough to call in a loop.
+
+        ``exits``: vCPU exits by kind (``io``, ``io_unhandled``, ``mmio``, ``mmio_unhandled``,
+        ``hlt``, ``interrupted``); ``console_bytes``: bytes the guest printed; ``rss_bytes``:
+        this process's resident memory; ``uptime``: seconds since :meth:`start`.
+        """
         return self._native.stats()
+
+    @property
+    def events(self) -> list[tuple[int, float]]:
+        """Boot-time markers: ``(value, seconds since start())`` for each byte the guest wrote to port 0x440."""
+        return self._native.boot_markers()
 
     def __enter__(self) -> Vm:
         """Return the VM itself."""

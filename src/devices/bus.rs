@@ -53,14 +53,30 @@ impl Bus {
     }
 
     /// Puts `device` at `base..base+len`, seeing them as offsets `offset..`.
-    pub fn insert(&mut self, base: u64, len: u64, offset: u64, device: SharedDevice) -> Result<(), Overlap> {
+    pub fn insert(
+        &mut self,
+        base: u64,
+        len: u64,
+        offset: u64,
+        device: SharedDevice,
+    ) -> Result<(), Overlap> {
         let Some(end) = base.checked_add(len) else {
             return Err(Overlap { base, len });
         };
-        if len == 0 || self.ranges.iter().any(|r| base < r.base + r.len && r.base < end) {
+        if len == 0
+            || self
+                .ranges
+                .iter()
+                .any(|r| base < r.base + r.len && r.base < end)
+        {
             return Err(Overlap { base, len });
         }
-        self.ranges.push(Range { base, len, offset, device });
+        self.ranges.push(Range {
+            base,
+            len,
+            offset,
+            device,
+        });
         Ok(())
     }
 
@@ -75,7 +91,10 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((r, offset)) => {
-                r.device.lock().unwrap_or_else(|e| e.into_inner()).read(offset, data);
+                r.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .read(offset, data);
                 true
             }
             None => {
@@ -89,7 +108,10 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((r, offset)) => {
-                r.device.lock().unwrap_or_else(|e| e.into_inner()).write(offset, data);
+                r.device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .write(offset, data);
                 true
             }
             None => false,
@@ -130,7 +152,13 @@ mod tests {
         let dev = Arc::new(Mutex::new(Recorder::default()));
         let mut bus = MmioBus::new();
         bus.insert(0x3f8, 8, 0, dev.clone()).unwrap();
-        assert_eq!(bus.insert(0x3ff, 2, 0, dev.clone()), Err(Overlap { base: 0x3ff, len: 2 }));
+        assert_eq!(
+            bus.insert(0x3ff, 2, 0, dev.clone()),
+            Err(Overlap {
+                base: 0x3ff,
+                len: 2
+            })
+        );
         assert!(bus.insert(0x400, 0, 0, dev.clone()).is_err());
         assert!(bus.insert(u64::MAX, 2, 0, dev).is_err());
         let mut d = [0xaau8; 2];

@@ -4,7 +4,9 @@
 //! KVM leaves to user space: the 16550A serial console and the i8042 (only its CPU-reset
 //! line matters: it is how a guest with `reboot=k` reboots).
 
+pub mod boot_marker;
 pub mod bus;
+pub mod exit_device;
 pub mod i8042;
 pub mod serial;
 
@@ -19,8 +21,14 @@ pub struct DeviceStats {
     pub pio: AtomicU64,
     /// Port-I/O accesses to no device.
     pub pio_unhandled: AtomicU64,
-    /// MMIO exits (there are no MMIO devices yet: all are unhandled).
+    /// MMIO exits.
     pub mmio: AtomicU64,
+    /// MMIO accesses to no device.
+    pub mmio_unhandled: AtomicU64,
+    /// HLT exits (rare: the in-kernel LAPIC handles HLT).
+    pub hlt: AtomicU64,
+    /// `KVM_RUN` calls interrupted by a signal (kicks).
+    pub interrupted: AtomicU64,
 }
 
 impl DeviceStats {
@@ -29,12 +37,33 @@ impl DeviceStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `(pio, pio_unhandled, mmio)`.
-    pub fn snapshot(&self) -> (u64, u64, u64) {
-        (
-            self.pio.load(Ordering::Relaxed),
-            self.pio_unhandled.load(Ordering::Relaxed),
-            self.mmio.load(Ordering::Relaxed),
-        )
+    /// The counters now.
+    pub fn snapshot(&self) -> ExitCounts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ExitCounts {
+            pio: get(&self.pio),
+            pio_unhandled: get(&self.pio_unhandled),
+            mmio: get(&self.mmio),
+            mmio_unhandled: get(&self.mmio_unhandled),
+            hlt: get(&self.hlt),
+            interrupted: get(&self.interrupted),
+        }
     }
+}
+
+/// A snapshot of [`DeviceStats`]: vCPU exits by kind.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitCounts {
+    /// Port-I/O exits.
+    pub pio: u64,
+    /// Port-I/O accesses to no device.
+    pub pio_unhandled: u64,
+    /// MMIO exits.
+    pub mmio: u64,
+    /// MMIO accesses to no device.
+    pub mmio_unhandled: u64,
+    /// HLT exits.
+    pub hlt: u64,
+    /// `KVM_RUN` calls interrupted by a signal.
+    pub interrupted: u64,
 }

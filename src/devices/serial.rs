@@ -5,6 +5,8 @@
 //! receive FIFO has room; the FIFO is topped up each time the guest reads a byte.
 
 use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Arc;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -12,6 +14,63 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::BusDevice;
 use crate::console::ConsoleWriter;
+use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+
+/// What Linux prints when it panics; seeing it ends the VM with reason `panic`.
+pub const PANIC_MARKER: &[u8] = b"Kernel panic - not syncing";
+/// Longest line kept for panic detection; the rest of a longer line is not inspected.
+const MAX_LINE: usize = 1024;
+
+/// The UART's output: appends to the console and watches lines for a kernel panic.
+pub struct SerialOutput {
+    console: ConsoleWriter,
+    exit: Arc<ExitSignal>,
+    line: Vec<u8>,
+}
+
+impl SerialOutput {
+    /// Output into `console`; a panic line ends the VM through `exit`.
+    pub fn new(console: ConsoleWriter, exit: Arc<ExitSignal>) -> Self {
+        SerialOutput {
+            console,
+            exit,
+            line: Vec::new(),
+        }
+    }
+
+    fn end_of_line(&mut self) {
+        if let Some(at) = self
+            .line
+            .windows(PANIC_MARKER.len())
+            .position(|w| w == PANIC_MARKER)
+        {
+            let text = String::from_utf8_lossy(&self.line[at..])
+                .trim_end()
+                .to_string();
+            self.exit
+                .request(ExitStatus::with_detail(ExitReason::Panic, text));
+        }
+        self.line.clear();
+    }
+}
+
+impl Write for SerialOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.console.write_all(buf)?;
+        for &b in buf {
+            if b == b'\n' {
+                self.end_of_line();
+            } else if self.line.len() < MAX_LINE {
+                self.line.push(b);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// COM1's base port.
 pub const COM1_PORT: u64 = 0x3f8;
@@ -37,13 +96,13 @@ impl Trigger for IrqTrigger {
 
 /// The serial port.
 pub struct SerialDevice {
-    uart: Serial<IrqTrigger, NoEvents, ConsoleWriter>,
+    uart: Serial<IrqTrigger, NoEvents, SerialOutput>,
     pending: VecDeque<u8>,
 }
 
 impl SerialDevice {
     /// A UART raising `irq` and printing into `out`.
-    pub fn new(irq: EventFd, out: ConsoleWriter) -> Self {
+    pub fn new(irq: EventFd, out: SerialOutput) -> Self {
         SerialDevice {
             uart: Serial::new(IrqTrigger(irq), out),
             pending: VecDeque::new(),
@@ -99,15 +158,31 @@ impl BusDevice for SerialDevice {
 mod tests {
     use super::*;
     use crate::console::Console;
-    use std::sync::Arc;
 
     fn device() -> (SerialDevice, Arc<Console>) {
         let console = Arc::new(Console::new(1024));
         let evt = EventFd::new(0).unwrap();
-        (
-            SerialDevice::new(evt, ConsoleWriter(console.clone())),
-            console,
-        )
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let out = SerialOutput::new(ConsoleWriter(console.clone()), exit);
+        (SerialDevice::new(evt, out), console)
+    }
+
+    #[test]
+    fn a_kernel_panic_line_ends_the_vm() {
+        let console = Arc::new(Console::new(1024));
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut out = SerialOutput::new(ConsoleWriter(console), exit.clone());
+        out.write_all(b"[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root")
+            .unwrap();
+        assert!(!exit.stop_requested(), "only a whole line counts");
+        out.write_all(b"\r\n").unwrap();
+        let status = exit.status().unwrap();
+        assert_eq!(status.reason, ExitReason::Panic);
+        let detail = status.detail.as_deref();
+        assert_eq!(
+            detail,
+            Some("Kernel panic - not syncing: VFS: Unable to mount root")
+        );
     }
 
     #[test]

@@ -55,6 +55,12 @@ static int word_is(const char *v, const char *word) {
     return !*word && (*v == 0 || *v == ' ');
 }
 
+static uint64_t parse_dec(const char *v) {
+    uint64_t n = 0;
+    while (v && *v >= '0' && *v <= '9') n = n * 10 + (uint64_t)(*v++ - '0');
+    return n;
+}
+
 static void reset(void) {
     puts_("PROBE: reset\n");
     outb(0x64, 0xfe);
@@ -93,7 +99,7 @@ static void touch_unknown_hardware(void) {
     outl(0xcf8, 0x80000000u);
     outb(0x80, 0x42);
     uint8_t cmos = inb(0x71);
-    volatile uint32_t *gap = (volatile uint32_t *)(uintptr_t)0xd0000000u;
+    volatile uint32_t *gap = (volatile uint32_t *)(uintptr_t)0xd1000000u; /* not the exit device */
     uint32_t mmio = *gap;
     *gap = 0xdeadbeef;
     puts_("PROBE: unknown pci=");
@@ -179,7 +185,20 @@ void probe_main(const uint8_t *zp) {
     put_dec(logical);
     putc_('\n');
 
+    const char *marker = cmd_ptr ? cmdline_arg(cmdline, "probe.marker") : 0;
+    if (marker) outb(0x440, (uint8_t)parse_dec(marker));
     const char *end = cmd_ptr ? cmdline_arg(cmdline, "probe.end") : 0;
+    const char *code = cmd_ptr ? cmdline_arg(cmdline, "probe.exit") : 0;
+    if (code) {
+        puts_("PROBE: exit ");
+        put_dec(parse_dec(code));
+        putc_('\n');
+        *(volatile uint32_t *)(uintptr_t)0xd0000000u = (uint32_t)parse_dec(code);
+    }
+    if (word_is(end, "panic")) {
+        puts_("[    0.100000] Kernel panic - not syncing: probe asked for it\n");
+        for (;;) __asm__ volatile("pause");
+    }
     if (word_is(end, "unknown")) { touch_unknown_hardware(); reset(); }
     puts_("PROBE: done\n");
     if (word_is(end, "echo")) echo();
