@@ -17,6 +17,7 @@ use vmm_sys_util::signal::Killable;
 use crate::console::Console;
 use crate::devices::serial::{SerialDevice, INPUT_QUEUE_LIMIT};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+use crate::pause::{PauseGate, VcpuThreads};
 use crate::vcpu::kick_signal;
 
 /// Host input on its way to the serial device.
@@ -145,6 +146,10 @@ pub struct EventLoop {
     pub finished: Arc<Finished>,
     /// The vCPU threads.
     pub vcpus: Vec<JoinHandle<()>>,
+    /// Where paused vCPUs wait; released when the VM stops.
+    pub gate: Arc<PauseGate>,
+    /// The kick registry, emptied before the vCPU threads are joined.
+    pub threads: Arc<VcpuThreads>,
 }
 
 /// How long the loop sleeps in epoll between checks of the stop flag, as a safety net.
@@ -194,6 +199,8 @@ impl EventLoop {
     }
 
     fn stop_vcpus(&mut self) {
+        self.gate.release();
+        self.threads.clear();
         for handle in self.vcpus.drain(..) {
             while !handle.is_finished() {
                 // ESRCH just means the thread exited between the check and the kick.

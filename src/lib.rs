@@ -42,6 +42,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod kvm;
 pub mod memory;
+pub mod pause;
 pub mod vcpu;
 pub mod vm;
 

@@ -157,6 +157,15 @@ impl NativeVm {
         }
     }
 
+    fn pause(&self, py: Python<'_>) -> PyResult<()> {
+        let result = py.detach(|| self.vm.pause());
+        guarded(py, || result)
+    }
+
+    fn resume(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(py, || self.vm.resume())
+    }
+
     fn kill(&self) {
         self.vm.kill();
     }

@@ -18,6 +18,7 @@ use crate::arch::x86_64::{cpuid, lapic, msr, regs};
 use crate::devices::{Bus, DeviceStats};
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+use crate::pause::PauseGate;
 
 /// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -118,8 +119,12 @@ impl Vcpu {
 
     /// Runs until the VM is asked to stop. Every way out of the loop leaves the exit
     /// signal raised, so the rest of the VM stops too.
-    pub fn run(mut self) {
+    pub fn run(mut self, gate: Arc<PauseGate>) {
         while !self.exit.stop_requested() {
+            if gate.is_closed() {
+                gate.park();
+                continue;
+            }
             if let Some(mut status) = self.run_once() {
                 if matches!(status.reason, ExitReason::Shutdown | ExitReason::Error) {
                     let rip = self.rip_suffix();

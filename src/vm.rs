@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::memory::{create_guest_memory, register_guest_memory};
+use crate::pause::{PauseGate, VcpuThreads};
 use crate::vcpu::{register_kick_handler, Buses, Vcpu};
 
 /// Where a VM is in its life.
@@ -36,6 +37,8 @@ pub enum VmState {
     Created,
     /// vCPUs are running (or stopping).
     Running,
+    /// Paused: every vCPU is parked outside `KVM_RUN` until [`Vm::resume`].
+    Paused,
     /// Every vCPU has stopped; the exit status is known.
     Exited,
 }
@@ -46,6 +49,7 @@ impl VmState {
         match self {
             VmState::Created => "created",
             VmState::Running => "running",
+            VmState::Paused => "paused",
             VmState::Exited => "exited",
         }
     }
@@ -84,6 +88,8 @@ pub struct Vm {
     finished: Arc<Finished>,
     stats: Arc<DeviceStats>,
     markers: Arc<BootMarkers>,
+    gate: Arc<PauseGate>,
+    threads: Arc<VcpuThreads>,
     unstarted: Mutex<Option<Unstarted>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
@@ -188,6 +194,8 @@ impl Vm {
             finished: Arc::new(Finished::default()),
             stats,
             markers,
+            gate: Arc::new(PauseGate::default()),
+            threads: Arc::new(VcpuThreads::default()),
             unstarted: Mutex::new(Some(Unstarted { vcpus })),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
@@ -215,10 +223,10 @@ impl Vm {
         let mut threads = Vec::with_capacity(parts.vcpus.len());
         for vcpu in parts.vcpus {
             let name = format!("vcpu{}", vcpu.id());
-            match std::thread::Builder::new()
-                .name(name)
-                .spawn(move || vcpu.run())
-            {
+            match std::thread::Builder::new().name(name).spawn({
+                let gate = self.gate.clone();
+                move || vcpu.run(gate)
+            }) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     self.exit.request(ExitStatus::with_detail(
@@ -229,6 +237,11 @@ impl Vm {
                 }
             }
         }
+        {
+            use std::os::unix::thread::JoinHandleExt;
+            self.threads
+                .set(threads.iter().map(|h| h.as_pthread_t()).collect());
+        }
         let event_loop = EventLoop {
             exit: self.exit.clone(),
             input: self.input.clone(),
@@ -236,6 +249,8 @@ impl Vm {
             console: self.console.clone(),
             finished: self.finished.clone(),
             vcpus: threads,
+            gate: self.gate.clone(),
+            threads: self.threads.clone(),
         };
         let handle = event_loop
             .spawn()
@@ -251,6 +266,47 @@ impl Vm {
             return None;
         }
         self.finished.wait(timeout)
+    }
+
+    /// Pauses a running VM: returns once every vCPU has left guest code and parked.
+    pub fn pause(&self) -> Result<()> {
+        let state = self.state();
+        if state != VmState::Running {
+            return Err(Error::InvalidState {
+                operation: "pause",
+                state,
+            });
+        }
+        self.gate.close();
+        let count = self.config.vcpus as usize;
+        let deadline = Instant::now() + PAUSE_TIMEOUT;
+        while !self.gate.wait_parked(count, Duration::from_millis(5)) {
+            if self.threads.kick_all() == 0 || Instant::now() >= deadline {
+                break;
+            }
+        }
+        if self.gate.wait_parked(count, Duration::ZERO) || self.state() == VmState::Exited {
+            Ok(())
+        } else {
+            self.gate.open();
+            Err(Error::Io {
+                what: format!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}"),
+                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
+            })
+        }
+    }
+
+    /// Resumes a paused VM.
+    pub fn resume(&self) -> Result<()> {
+        let state = self.state();
+        if state != VmState::Paused {
+            return Err(Error::InvalidState {
+                operation: "resume",
+                state,
+            });
+        }
+        self.gate.open();
+        Ok(())
     }
 
     /// Stops the VM with reason `killed` (unless it already stopped for another reason).
@@ -280,6 +336,8 @@ impl Vm {
             .is_some()
         {
             VmState::Created
+        } else if self.gate.is_paused() {
+            VmState::Paused
         } else {
             VmState::Running
         }
@@ -346,6 +404,9 @@ impl Drop for Vm {
         }
     }
 }
+
+/// How long [`Vm::pause`] keeps kicking vCPUs before giving up.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io {

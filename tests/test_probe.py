@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -251,3 +252,30 @@ def test_stats_are_cheap_and_count_exits(vm_factory, probe_elf):
         s = vm.stats()
     assert time.monotonic() - t0 < 1.0
     assert s["exits"]["io"] > 500 and s["console_bytes"] > 400 and s["rss_bytes"] > 0
+
+
+def test_pause_really_stops_the_guest(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=flood", vcpus=2)
+    with pytest.raises(VmStateError, match="cannot pause: the VM is created"):
+        vm.pause()
+    vm.start()
+    vm.expect("flood 100\n")
+    with pytest.raises(VmStateError, match="cannot resume: the VM is running"):
+        vm.resume()
+    vm.pause()
+    assert vm.state == "paused"
+    with pytest.raises(VmStateError, match="cannot pause: the VM is paused"):
+        vm.pause()
+    before = vm.stats()["console_bytes"]
+    time.sleep(0.3)
+    assert vm.stats()["console_bytes"] == before
+    vm.resume()
+    assert vm.state == "running"
+    last = int(re.findall(r"flood (\d+)\n", vm.console_log)[-1])
+    vm.expect(f"flood {last + 50}\n")
+    assert vm.stats()["console_bytes"] > before
+    vm.pause()
+    vm.kill()
+    assert vm.wait(timeout=10).reason == "killed"
+    with pytest.raises(VmStateError, match="cannot resume: the VM is exited"):
+        vm.resume()

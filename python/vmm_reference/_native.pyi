@@ -28,11 +28,15 @@ class NativeVm:
         """Start the vCPUs."""
     def wait(self, timeout: Optional[float] = None) -> Optional[tuple[str, Optional[str], Optional[int]]]:
         """Wait for the VM to stop; None on timeout."""
+    def pause(self) -> None:
+        """Park every vCPU."""
+    def resume(self) -> None:
+        """Let parked vCPUs run again."""
     def kill(self) -> None:
         """Stop the VM with reason ``killed``."""
     @property
     def state(self) -> str:
-        """``created``, ``running`` or ``exited``."""
+        """``created``, ``running``, ``paused`` or ``exited``."""
     @property
     def exit_status(self) -> Optional[tuple[str, Optional[str], Optional[int]]]:
         """``(reason, detail, code)`` once stopped."""

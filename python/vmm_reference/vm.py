@@ -301,6 +301,14 @@ class Vm:
         """Like :meth:`expect`, without blocking the asyncio event loop."""
         return await asyncio.to_thread(self.expect, pattern, timeout, fail)
 
+    def pause(self) -> None:
+        """Pause a running VM; returns once no vCPU runs guest code. Raises :class:`VmStateError` unless running."""
+        self._native.pause()
+
+    def resume(self) -> None:
+        """Resume a paused VM. Raises :class:`VmStateError` unless paused."""
+        self._native.resume()
+
     def kill(self) -> None:
         """Stop the VM now (reason ``killed`` unless it already stopped). Does not block."""
         self._native.kill()
@@ -318,7 +326,7 @@ class Vm:
 
     @property
     def state(self) -> str:
-        """``"created"``, ``"running"`` or ``"exited"``."""
+        """``"created"``, ``"running"``, ``"paused"`` or ``"exited"``."""
         return self._native.state
 
     @property
