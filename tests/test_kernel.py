@@ -52,3 +52,16 @@ def test_banner_cmdline_e820_and_ramdisk(vm_factory, guest_assets, memory_mib):
     assert e820_lines(lines) == expected
     addr, size = vm.boot_info.initrd
     assert f"RAMDISK: [mem {addr:#010x}-{addr + ((size + 4095) & ~4095) - 1:#010x}]" in log
+
+
+@pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
+def test_madt_gives_the_kernel_every_cpu(vm_factory, guest_assets, vcpus):
+    vm = vm_factory(memory_mib=256, vcpus=vcpus, kernel=guest_assets.vmlinux,
+                    cmdline="reboot=k panic=-1 earlyprintk=ttyS0")
+    vm.start()
+    lines = read_until(vm, r"smpboot: Allowing \d+ CPUs")
+    vm.kill()
+    log = "\n".join(lines)
+    assert "ACPI: Using ACPI (MADT) for SMP configuration information" in log
+    assert re.search(r"ACPI: RSDP 0x00000000000E0000 \w+ \(v02 VMMREF\)", log), log
+    assert f"smpboot: Allowing {vcpus} CPUs, 0 hotplug CPUs" in lines[-1]

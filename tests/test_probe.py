@@ -279,3 +279,15 @@ def test_pause_really_stops_the_guest(vm_factory, probe_elf):
     assert vm.wait(timeout=10).reason == "killed"
     with pytest.raises(VmStateError, match="cannot resume: the VM is exited"):
         vm.resume()
+
+
+def test_acpi_soft_off_is_poweroff(vm_factory, probe_elf):
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=acpi-off")
+    assert "PROBE: acpi soft-off" in log
+    assert (status.reason, status.code) == ("poweroff", None)
+
+
+def test_acpi_tables_are_in_reserved_memory(vm_factory, probe_elf):
+    vm, _, log = boot(vm_factory, kernel=probe_elf, vcpus=4)
+    reserved = [(a, a + s) for a, s, t in parse_probe(log).e820 if t == 2]
+    assert any(a <= 0xE0000 < e for a, e in reserved)

@@ -3,7 +3,8 @@
 //! [`load`] is the whole step: it reads the kernel's headers ([`image`]), checks
 //! `himem_start` and the command line against them, loads the kernel with linux-loader
 //! ([`kernel`]), places the initrd ([`initrd`]), writes the command line ([`cmdline`]) and
-//! finally the zero page with the e820 map ([`zero_page`]).
+//! the ACPI tables ([`crate::arch::x86_64::acpi`]) and finally the zero page with the e820
+//! map ([`zero_page`]).
 
 pub mod cmdline;
 pub mod image;
@@ -57,8 +58,9 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
         None => None,
     };
     cmdline::write(mem, &cmdline)?;
+    let rsdp = crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8)?;
     let e820 = zero_page::e820_map(mem_bytes, kc.himem_start);
-    zero_page::write(mem, &img, &cmdline, initrd, &e820)?;
+    zero_page::write(mem, &img, &cmdline, initrd, rsdp, &e820)?;
 
     Ok(BootInfo {
         format: img.format,

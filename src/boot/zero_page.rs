@@ -74,9 +74,11 @@ pub fn write(
     img: &KernelImage,
     cmdline: &KernelCmdline,
     initrd: Option<(u64, u64)>,
+    acpi_rsdp: u64,
     e820: &[E820Entry],
 ) -> Result<()> {
     let mut params = boot_params::default();
+    params.acpi_rsdp_addr = acpi_rsdp;
     if let Some(hdr) = img.setup_header {
         params.hdr = hdr;
     } else {

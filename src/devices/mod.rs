@@ -4,6 +4,7 @@
 //! KVM leaves to user space: the 16550A serial console and the i8042 (only its CPU-reset
 //! line matters: it is how a guest with `reboot=k` reboots).
 
+pub mod acpi_pm;
 pub mod boot_marker;
 pub mod bus;
 pub mod exit_device;

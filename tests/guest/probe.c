@@ -195,6 +195,11 @@ void probe_main(const uint8_t *zp) {
         putc_('\n');
         *(volatile uint32_t *)(uintptr_t)0xd0000000u = (uint32_t)parse_dec(code);
     }
+    if (word_is(end, "acpi-off")) {
+        puts_("PROBE: acpi soft-off\n");
+        outb(0x3c0, (5 << 2) | (1 << 5)); /* SLP_TYP=S5 | SLP_EN */
+        for (;;) __asm__ volatile("pause");
+    }
     if (word_is(end, "panic")) {
         puts_("[    0.100000] Kernel panic - not syncing: probe asked for it\n");
         for (;;) __asm__ volatile("pause");

@@ -4,6 +4,7 @@
 //! long mode with paging on, an identity map covering the loaded images, flat segments
 //! from a GDT, and `rsi` pointing at the zero page.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
 pub mod lapic;

@@ -1,0 +1,233 @@
+//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), DSDT and MADT.
+//!
+//! Debian's cloud kernel is built without MP-table parsing, so ACPI's MADT is how it learns
+//! about every CPU beyond the first. The FADT is hardware-reduced (no legacy PM blocks) with a
+//! sleep control register at [`SLEEP_CONTROL_PORT`], and the DSDT declares `\_S5_`, so a guest
+//! `poweroff` writes SLP_TYP=5|SLP_EN there and the VM ends with reason `poweroff`.
+//!
+//! The tables live in the reserved area below 1 MiB ([`ACPI_START`]); the RSDP sits on a
+//! 16-byte boundary there, where Linux's legacy scan finds it, and its address is also given in
+//! the zero page (`acpi_rsdp_addr`).
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{Error, Result};
+
+/// Where the tables start (the RSDP first).
+pub const ACPI_START: u64 = 0xe0000;
+/// The I/O port of the FADT's sleep control register.
+pub const SLEEP_CONTROL_PORT: u64 = 0x3c0;
+/// The I/O port of the FADT's sleep status register.
+pub const SLEEP_STATUS_PORT: u64 = 0x3c1;
+/// Local APIC base address.
+const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// IOAPIC base address.
+const IOAPIC_ADDR: u32 = 0xfec0_0000;
+
+const OEM_ID: &[u8; 6] = b"VMMREF";
+const OEM_TABLE_ID: &[u8; 8] = b"VMMREFTB";
+
+fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+}
+
+/// An ACPI system description table under construction.
+struct Sdt(Vec<u8>);
+
+impl Sdt {
+    fn new(signature: &[u8; 4], revision: u8) -> Self {
+        let mut b = Vec::with_capacity(256);
+        b.extend_from_slice(signature);
+        b.extend_from_slice(&[0; 4]); // length, set by finish()
+        b.push(revision);
+        b.push(0); // checksum
+        b.extend_from_slice(OEM_ID);
+        b.extend_from_slice(OEM_TABLE_ID);
+        b.extend_from_slice(&1u32.to_le_bytes()); // OEM revision
+        b.extend_from_slice(b"VMMR"); // creator id
+        b.extend_from_slice(&1u32.to_le_bytes()); // creator revision
+        Sdt(b)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        let len = self.0.len() as u32;
+        self.0[4..8].copy_from_slice(&len.to_le_bytes());
+        self.0[9] = checksum(&self.0);
+        self.0
+    }
+}
+
+/// A Generic Address Structure for a 1-byte I/O port register.
+fn gas_io_port(port: u64) -> [u8; 12] {
+    let mut g = [0u8; 12];
+    g[0] = 1; // system I/O space
+    g[1] = 8; // register bit width
+    g[3] = 1; // byte access
+    g[4..12].copy_from_slice(&port.to_le_bytes());
+    g
+}
+
+/// The DSDT: only `\_S5_` (soft-off is sleep type 5).
+fn dsdt() -> Vec<u8> {
+    // Name (_S5_, Package (1) { 0x05 })
+    let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x01, 0x0a, 0x05];
+    let mut t = Sdt::new(b"DSDT", 6);
+    t.put(&aml);
+    t.finish()
+}
+
+/// The FADT (revision 6), hardware-reduced, pointing at the DSDT.
+fn fadt(dsdt_addr: u64) -> Vec<u8> {
+    let mut body = [0u8; 276 - 36];
+    let at = |off: usize| off - 36;
+    body[at(40)..at(44)].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
+    // Flags: HW_REDUCED_ACPI (bit 20) | RESET_REG_SUP would need a reset register: not set.
+    body[at(112)..at(116)].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    body[at(131)] = 5; // FADT minor version (6.5)
+    body[at(140)..at(148)].copy_from_slice(&dsdt_addr.to_le_bytes()); // X_DSDT
+    body[at(244)..at(256)].copy_from_slice(&gas_io_port(SLEEP_CONTROL_PORT));
+    body[at(256)..at(268)].copy_from_slice(&gas_io_port(SLEEP_STATUS_PORT));
+    body[at(268)..at(276)].copy_from_slice(b"VMMREF\0\0"); // hypervisor vendor identity
+    let mut t = Sdt::new(b"FACP", 6);
+    t.put(&body);
+    t.finish()
+}
+
+/// The MADT: one enabled local APIC per vCPU, the IOAPIC, IRQ0 → GSI2, and LINT1 as NMI.
+fn madt(vcpus: u8) -> Vec<u8> {
+    let mut t = Sdt::new(b"APIC", 5);
+    t.put(&LAPIC_ADDR.to_le_bytes()).put(&1u32.to_le_bytes()); // PCAT_COMPAT: 8259s present
+    for id in 0..vcpus {
+        t.put(&[0, 8, id, id]).put(&1u32.to_le_bytes()); // processor local APIC, enabled
+    }
+    t.put(&[1, 12, 0, 0])
+        .put(&IOAPIC_ADDR.to_le_bytes())
+        .put(&0u32.to_le_bytes());
+    t.put(&[2, 10, 0, 0])
+        .put(&2u32.to_le_bytes())
+        .put(&0u16.to_le_bytes()); // ISA IRQ0 -> GSI2
+    t.put(&[4, 6, 0xff]).put(&0u16.to_le_bytes()).put(&[1]); // all CPUs: LINT1 is NMI
+    t.finish()
+}
+
+fn xsdt(entries: &[u64]) -> Vec<u8> {
+    let mut t = Sdt::new(b"XSDT", 1);
+    for e in entries {
+        t.put(&e.to_le_bytes());
+    }
+    t.finish()
+}
+
+fn rsdp(xsdt_addr: u64) -> Vec<u8> {
+    let mut r = Vec::with_capacity(36);
+    r.extend_from_slice(b"RSD PTR ");
+    r.push(0); // checksum of the first 20 bytes
+    r.extend_from_slice(OEM_ID);
+    r.push(2); // revision: ACPI 2.0+
+    r.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    r.extend_from_slice(&36u32.to_le_bytes());
+    r.extend_from_slice(&xsdt_addr.to_le_bytes());
+    r.push(0); // extended checksum
+    r.extend_from_slice(&[0; 3]);
+    r[8] = checksum(&r[..20]);
+    r[32] = checksum(&r);
+    r
+}
+
+fn align16(v: u64) -> u64 {
+    (v + 15) & !15
+}
+
+/// The tables for `vcpus` CPUs as `(address, bytes)`, RSDP first.
+pub fn tables(vcpus: u8) -> Vec<(u64, Vec<u8>)> {
+    let rsdp_addr = ACPI_START;
+    let xsdt_addr = align16(rsdp_addr + 36);
+    let xsdt_len = 36 + 2 * 8;
+    let dsdt_addr = align16(xsdt_addr + xsdt_len);
+    let dsdt = dsdt();
+    let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
+    let fadt = fadt(dsdt_addr);
+    let madt_addr = align16(fadt_addr + fadt.len() as u64);
+    vec![
+        (rsdp_addr, rsdp(xsdt_addr)),
+        (xsdt_addr, xsdt(&[fadt_addr, madt_addr])),
+        (dsdt_addr, dsdt),
+        (fadt_addr, fadt),
+        (madt_addr, madt(vcpus)),
+    ]
+}
+
+/// Writes the tables; returns the RSDP's address.
+pub fn setup_acpi(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64> {
+    for (addr, bytes) in tables(vcpus) {
+        mem.write_slice(&bytes, GuestAddress(addr))
+            .map_err(|source| Error::GuestMemory {
+                what: "ACPI tables",
+                source,
+            })?;
+    }
+    Ok(ACPI_START)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sum(b: &[u8]) -> u8 {
+        b.iter().fold(0u8, |a, x| a.wrapping_add(*x))
+    }
+
+    #[test]
+    fn every_table_checksums_to_zero_and_states_its_length() {
+        let t = tables(4);
+        assert_eq!(&t[0].1[..8], b"RSD PTR ");
+        assert_eq!(sum(&t[0].1[..20]), 0);
+        assert_eq!(sum(&t[0].1), 0);
+        for (_, table) in &t[1..] {
+            assert_eq!(sum(table), 0, "{:?}", &table[..4]);
+            assert_eq!(
+                u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize,
+                table.len()
+            );
+        }
+        assert!(t.windows(2).all(|w| w[0].0 + w[0].1.len() as u64 <= w[1].0));
+        let end = t.last().map(|(a, b)| a + b.len() as u64).unwrap();
+        assert!(end <= 0x100000);
+    }
+
+    #[test]
+    fn madt_lists_one_local_apic_per_vcpu() {
+        let madt = madt(8);
+        let mut off = 44;
+        let mut apic_ids = vec![];
+        while off < madt.len() {
+            let (kind, len) = (madt[off], madt[off + 1] as usize);
+            if kind == 0 {
+                apic_ids.push(madt[off + 3]);
+            }
+            off += len;
+        }
+        assert_eq!(off, madt.len());
+        assert_eq!(apic_ids, (0..8).collect::<Vec<u8>>());
+    }
+
+    #[test]
+    fn fadt_is_hardware_reduced_with_a_sleep_register() {
+        let f = fadt(0xe1000);
+        assert_eq!(f.len(), 276);
+        assert_eq!(
+            u32::from_le_bytes(f[112..116].try_into().unwrap()) & (1 << 20),
+            1 << 20
+        );
+        assert_eq!(
+            u64::from_le_bytes(f[248..256].try_into().unwrap()),
+            SLEEP_CONTROL_PORT
+        );
+        assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0xe1000);
+    }
+}
