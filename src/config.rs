@@ -56,6 +56,9 @@ pub struct VmConfig {
     pub kernel: KernelConfig,
     /// Console output retained, in bytes; older output is dropped beyond this.
     pub console_limit: usize,
+    /// Give the guest ACPI tables (MADT for every vCPU, PM1 for poweroff). Experimental: with
+    /// them, Debian's kernel sees every vCPU, but `reboot` does not return yet.
+    pub acpi: bool,
 }
 
 impl Default for VmConfig {
@@ -65,6 +68,7 @@ impl Default for VmConfig {
             vcpus: 1,
             kernel: KernelConfig::new(""),
             console_limit: DEFAULT_CONSOLE_LIMIT,
+            acpi: false,
         }
     }
 }

@@ -94,7 +94,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -105,6 +105,7 @@ impl NativeVm {
         himem_start: u64,
         initrd: Option<PathBuf>,
         console_limit: usize,
+        acpi: bool,
     ) -> PyResult<Self> {
         let config = VmConfig {
             memory_mib,
@@ -116,6 +117,7 @@ impl NativeVm {
                 initrd,
             },
             console_limit,
+            acpi,
         };
         let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
         match result {

@@ -14,12 +14,12 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::acpi::SLEEP_CONTROL_PORT;
+use crate::arch::x86_64::acpi::PM1_EVT_PORT;
 use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleWriter};
-use crate::devices::acpi_pm::AcpiSleep;
+use crate::devices::acpi_pm::{AcpiPm1, PM1_LEN};
 use crate::devices::boot_marker::{BootMarkerPort, BootMarkers, BOOT_MARKER_PORT};
 use crate::devices::exit_device::{ExitDevice, EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN};
 use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
@@ -155,9 +155,10 @@ impl Vm {
         let marker_port = Arc::new(Mutex::new(BootMarkerPort(markers.clone())));
         pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port)
             .map_err(overlap)?;
-        let acpi_sleep = Arc::new(Mutex::new(AcpiSleep(exit.clone())));
-        pio.insert(SLEEP_CONTROL_PORT, 2, 0, acpi_sleep)
-            .map_err(overlap)?;
+        if config.acpi {
+            let pm1 = Arc::new(Mutex::new(AcpiPm1(exit.clone())));
+            pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1).map_err(overlap)?;
+        }
         let exit_device = Arc::new(Mutex::new(ExitDevice(exit.clone())));
         mmio.insert(EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN, 0, exit_device)
             .map_err(overlap)?;

@@ -52,3 +52,27 @@ def test_cli_boots_the_guest(guest_assets):
     )
     assert r.returncode == 0, r.stderr
     assert GUEST_READY_MARKER in r.stdout
+
+
+def shell(vm_factory, guest_assets, vcpus: int = 1) -> Vm:
+    vm = vm_factory(memory_mib=256, vcpus=vcpus, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    cmdline="reboot=k panic=-1 quiet vmm.init=shell")
+    vm.start()
+    vm.expect(GUEST_READY_MARKER, timeout=120)
+    vm.expect(r"# $", timeout=60)  # the shell prompt: a partial line
+    return vm
+
+
+def test_shell_command_then_reboot(vm_factory, guest_assets):
+    vm = shell(vm_factory, guest_assets)
+    vm.write("echo result=$((6 * 7))\n")
+    assert vm.expect(r"result=(\d+)\r?\n").group(1) == "42"
+    vm.write("reboot -f\n")
+    assert vm.wait(timeout=60).reason == "reset"
+
+
+def test_exit_code_through_devmem(vm_factory, guest_assets):
+    vm = shell(vm_factory, guest_assets)
+    vm.write("devmem 0xd0000000 32 7\n")
+    status = vm.wait(timeout=60)
+    assert (status.reason, status.code) == ("poweroff", 7), status

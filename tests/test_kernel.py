@@ -56,7 +56,7 @@ def test_banner_cmdline_e820_and_ramdisk(vm_factory, guest_assets, memory_mib):
 
 @pytest.mark.parametrize("vcpus", [1, 2, 4, 8])
 def test_madt_gives_the_kernel_every_cpu(vm_factory, guest_assets, vcpus):
-    vm = vm_factory(memory_mib=256, vcpus=vcpus, kernel=guest_assets.vmlinux,
+    vm = vm_factory(memory_mib=256, vcpus=vcpus, kernel=guest_assets.vmlinux, acpi=True,
                     cmdline="reboot=k panic=-1 earlyprintk=ttyS0")
     vm.start()
     lines = read_until(vm, r"smpboot: Allowing \d+ CPUs")

@@ -45,5 +45,5 @@ def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
     assert "LAB: /dev/kvm ready" in result.output, tail
     assert result.status == 0, tail
     summary = re.search(r"^(\d+) passed", result.output, re.M)
-    assert summary and int(summary.group(1)) == 3, tail
+    assert summary and int(summary.group(1)) == 5, tail
     assert "skipped" not in result.output.splitlines()[-3], tail

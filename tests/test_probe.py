@@ -282,12 +282,21 @@ def test_pause_really_stops_the_guest(vm_factory, probe_elf):
 
 
 def test_acpi_soft_off_is_poweroff(vm_factory, probe_elf):
-    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=acpi-off")
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.end=acpi-off", acpi=True)
     assert "PROBE: acpi soft-off" in log
     assert (status.reason, status.code) == ("poweroff", None)
 
 
 def test_acpi_tables_are_in_reserved_memory(vm_factory, probe_elf):
-    vm, _, log = boot(vm_factory, kernel=probe_elf, vcpus=4)
+    vm, _, log = boot(vm_factory, kernel=probe_elf, vcpus=4, acpi=True)
     reserved = [(a, a + s) for a, s, t in parse_probe(log).e820 if t == 2]
     assert any(a <= 0xE0000 < e for a, e in reserved)
+
+
+def test_without_acpi_the_pm1_port_is_not_there(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=acpi-off")
+    vm.start()
+    vm.expect("acpi soft-off")
+    with pytest.raises(TimeoutError):
+        vm.wait(timeout=0.5)
+    assert vm.stats()["exits"]["io_unhandled"] >= 1

@@ -23,6 +23,7 @@ class NativeVm:
         himem_start: int,
         initrd: Optional[Union[str, PathLike[str]]],
         console_limit: int,
+        acpi: bool,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

@@ -206,6 +206,10 @@ class Vm:
             starts; a multiple of 4 KiB from 1 MiB (0x100000, the default) up.
         initrd: optional initramfs, loaded at the top of low RAM.
         console_limit: console bytes retained (default 8 MiB); older output is dropped.
+        acpi: give the guest ACPI tables (experimental): a MADT listing every vCPU, so that
+            kernels without MP-table support (Debian's cloud kernel) see them all, and PM1
+            registers for ``poweroff``. Known issue: with it, a guest ``reboot`` does not end
+            the VM yet.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -221,6 +225,7 @@ class Vm:
         himem_start: int = _native.HIMEM_START_DEFAULT,
         initrd: Optional[PathArg] = None,
         console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
+        acpi: bool = False,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -234,6 +239,7 @@ class Vm:
             himem_start=_check_int("himem_start", himem_start, 0),
             initrd=_check_path("initrd", initrd, optional=True),
             console_limit=_check_int("console_limit", console_limit, 0, 2**62),
+            acpi=bool(acpi),
         )
         self._serial = Serial(self._native)
         self._expect_offset = 0

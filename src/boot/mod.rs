@@ -58,7 +58,11 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
         None => None,
     };
     cmdline::write(mem, &cmdline)?;
-    let rsdp = crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8)?;
+    let rsdp = if config.acpi {
+        crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8)?
+    } else {
+        0
+    };
     let e820 = zero_page::e820_map(mem_bytes, kc.himem_start);
     zero_page::write(mem, &img, &cmdline, initrd, rsdp, &e820)?;
 

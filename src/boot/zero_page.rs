@@ -77,8 +77,10 @@ pub fn write(
     acpi_rsdp: u64,
     e820: &[E820Entry],
 ) -> Result<()> {
-    let mut params = boot_params::default();
-    params.acpi_rsdp_addr = acpi_rsdp;
+    let mut params = boot_params {
+        acpi_rsdp_addr: acpi_rsdp,
+        ..Default::default()
+    };
     if let Some(hdr) = img.setup_header {
         params.hdr = hdr;
     } else {

@@ -1,31 +1,45 @@
-//! The ACPI sleep control and status registers of the hardware-reduced FADT.
+//! The ACPI PM1a registers: the event block (status, enable; always 0) and the control
+//! register.
 //!
-//! Writing SLP_EN with sleep type 5 (the DSDT's `\_S5_`, soft-off) to the control register is
-//! how Linux powers off; the VM then ends with reason `poweroff`. Other sleep states are not
-//! supported and are ignored.
+//! Writing SLP_EN with sleep type 5 (the DSDT's `\_S5_`, soft-off) to PM1a_CNT is how Linux
+//! powers off; the VM then ends with reason `poweroff`. Other sleep states are not supported and
+//! are ignored. PM1a_CNT reads back SCI_EN: the machine is always in ACPI mode.
 
 use std::sync::Arc;
 
 use super::bus::BusDevice;
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 
-const SLP_EN: u8 = 1 << 5;
-const SLP_TYP_SHIFT: u8 = 2;
-const SLP_TYP_MASK: u8 = 0x7;
-const S5_SOFT_OFF: u8 = 5;
+const SCI_EN: u16 = 1;
+const SLP_EN: u16 = 1 << 13;
+const SLP_TYP_SHIFT: u16 = 10;
+const SLP_TYP_MASK: u16 = 0x7;
+const S5_SOFT_OFF: u16 = 5;
+/// Offset of PM1a_CNT from the start of the PM1a event block.
+pub const PM1_CNT_OFFSET: u64 = 4;
+/// Bytes from the event block's start to the control register's end.
+pub const PM1_LEN: u64 = 6;
 
-/// The sleep control register (offset 0) and sleep status register (offset 1).
-pub struct AcpiSleep(pub Arc<ExitSignal>);
+/// The PM1a event block (offsets 0..4) and control register (offsets 4..6).
+pub struct AcpiPm1(pub Arc<ExitSignal>);
 
-impl BusDevice for AcpiSleep {
-    fn read(&mut self, _offset: u64, data: &mut [u8]) {
+impl BusDevice for AcpiPm1 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        if offset == PM1_CNT_OFFSET {
+            if let Some(first) = data.first_mut() {
+                *first = SCI_EN as u8;
+            }
+        }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        let Some(&value) = data.first() else { return };
+        if offset != PM1_CNT_OFFSET || data.len() < 2 {
+            return;
+        }
+        let value = u16::from_le_bytes([data[0], data[1]]);
         let sleep_type = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
-        if offset == 0 && value & SLP_EN != 0 && sleep_type == S5_SOFT_OFF {
+        if value & SLP_EN != 0 && sleep_type == S5_SOFT_OFF {
             self.0.request(ExitStatus::new(ExitReason::Poweroff));
         }
     }
@@ -38,11 +52,16 @@ mod tests {
     #[test]
     fn s5_with_slp_en_powers_off() {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut dev = AcpiSleep(exit.clone());
-        dev.write(0, &[S5_SOFT_OFF << SLP_TYP_SHIFT]); // no SLP_EN
-        dev.write(0, &[SLP_EN | (3 << SLP_TYP_SHIFT)]); // S3: ignored
+        let mut dev = AcpiPm1(exit.clone());
+        let mut cnt = [0u8; 2];
+        dev.read(PM1_CNT_OFFSET, &mut cnt);
+        assert_eq!(u16::from_le_bytes(cnt) & SCI_EN, SCI_EN);
+        let w = |v: u16| v.to_le_bytes();
+        dev.write(PM1_CNT_OFFSET, &w(S5_SOFT_OFF << SLP_TYP_SHIFT)); // no SLP_EN
+        dev.write(PM1_CNT_OFFSET, &w(SLP_EN | (3 << SLP_TYP_SHIFT))); // S3: ignored
+        dev.write(0, &w(SLP_EN | (S5_SOFT_OFF << SLP_TYP_SHIFT))); // not the control register
         assert!(!exit.stop_requested());
-        dev.write(0, &[SLP_EN | (S5_SOFT_OFF << SLP_TYP_SHIFT)]);
+        dev.write(PM1_CNT_OFFSET, &w(SLP_EN | (S5_SOFT_OFF << SLP_TYP_SHIFT)));
         let status = exit.status().unwrap();
         assert_eq!((status.reason, status.code), (ExitReason::Poweroff, None));
     }

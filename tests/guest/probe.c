@@ -197,7 +197,7 @@ void probe_main(const uint8_t *zp) {
     }
     if (word_is(end, "acpi-off")) {
         puts_("PROBE: acpi soft-off\n");
-        outb(0x3c0, (5 << 2) | (1 << 5)); /* SLP_TYP=S5 | SLP_EN */
+        __asm__ volatile("outw %0, %1" ::"a"((uint16_t)((5 << 10) | (1 << 13))), "Nd"((uint16_t)0x604)); /* PM1a_CNT: SLP_TYP=S5, SLP_EN */
         for (;;) __asm__ volatile("pause");
     }
     if (word_is(end, "panic")) {

@@ -1,9 +1,11 @@
 //! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), DSDT and MADT.
 //!
 //! Debian's cloud kernel is built without MP-table parsing, so ACPI's MADT is how it learns
-//! about every CPU beyond the first. The FADT is hardware-reduced (no legacy PM blocks) with a
-//! sleep control register at [`SLEEP_CONTROL_PORT`], and the DSDT declares `\_S5_`, so a guest
-//! `poweroff` writes SLP_TYP=5|SLP_EN there and the VM ends with reason `poweroff`.
+//! about every CPU beyond the first. The FADT describes a PC with legacy devices (PIC, PIT,
+//! i8042, COM1 keep their ISA IRQs; a hardware-reduced FADT would drop the PIC and with it the
+//! ISA IRQ mappings the serial console needs) and a PM1a control register at [`PM1_CNT_PORT`].
+//! The DSDT declares `\_S5_`, so a guest `poweroff` writes SLP_TYP=5|SLP_EN there and the VM
+//! ends with reason `poweroff`.
 //!
 //! The tables live in the reserved area below 1 MiB ([`ACPI_START`]); the RSDP sits on a
 //! 16-byte boundary there, where Linux's legacy scan finds it, and its address is also given in
@@ -15,14 +17,16 @@ use super::{Error, Result};
 
 /// Where the tables start (the RSDP first).
 pub const ACPI_START: u64 = 0xe0000;
-/// The I/O port of the FADT's sleep control register.
-pub const SLEEP_CONTROL_PORT: u64 = 0x3c0;
-/// The I/O port of the FADT's sleep status register.
-pub const SLEEP_STATUS_PORT: u64 = 0x3c1;
-/// Local APIC base address.
-const LAPIC_ADDR: u32 = 0xfee0_0000;
+/// The PM1a event block (status and enable registers, 2 bytes each).
+pub const PM1_EVT_PORT: u64 = 0x600;
+/// The PM1a control register (2 bytes): SLP_TYP and SLP_EN for poweroff.
+pub const PM1_CNT_PORT: u64 = 0x604;
+/// The SCI's IRQ (never raised: there are no ACPI events yet).
+const SCI_IRQ: u16 = 9;
 /// IOAPIC base address.
 const IOAPIC_ADDR: u32 = 0xfec0_0000;
+/// Local APIC base address.
+const LAPIC_ADDR: u32 = 0xfee0_0000;
 
 const OEM_ID: &[u8; 6] = b"VMMREF";
 const OEM_TABLE_ID: &[u8; 8] = b"VMMREFTB";
@@ -62,12 +66,12 @@ impl Sdt {
     }
 }
 
-/// A Generic Address Structure for a 1-byte I/O port register.
-fn gas_io_port(port: u64) -> [u8; 12] {
+/// A Generic Address Structure for an I/O port register `bits` wide.
+fn gas_io_port(port: u64, bits: u8) -> [u8; 12] {
     let mut g = [0u8; 12];
     g[0] = 1; // system I/O space
-    g[1] = 8; // register bit width
-    g[3] = 1; // byte access
+    g[1] = bits;
+    g[3] = bits / 8; // access size: 1 byte, 2 words, 4 dwords
     g[4..12].copy_from_slice(&port.to_le_bytes());
     g
 }
@@ -86,12 +90,19 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     let mut body = [0u8; 276 - 36];
     let at = |off: usize| off - 36;
     body[at(40)..at(44)].copy_from_slice(&(dsdt_addr as u32).to_le_bytes());
-    // Flags: HW_REDUCED_ACPI (bit 20) | RESET_REG_SUP would need a reset register: not set.
-    body[at(112)..at(116)].copy_from_slice(&(1u32 << 20).to_le_bytes());
+    body[at(46)..at(48)].copy_from_slice(&SCI_IRQ.to_le_bytes());
+    // SMI_CMD stays 0: the machine is always in ACPI mode.
+    body[at(56)..at(60)].copy_from_slice(&(PM1_EVT_PORT as u32).to_le_bytes());
+    body[at(64)..at(68)].copy_from_slice(&(PM1_CNT_PORT as u32).to_le_bytes());
+    body[at(88)] = 4; // PM1_EVT_LEN: status + enable
+    body[at(89)] = 2; // PM1_CNT_LEN
+                      // IAPC_BOOT_ARCH: legacy devices, an 8042, no VGA.
+    body[at(109)..at(111)].copy_from_slice(&(1u16 | 2 | 4).to_le_bytes());
+    body[at(112)..at(116)].copy_from_slice(&1u32.to_le_bytes()); // WBINVD works
     body[at(131)] = 5; // FADT minor version (6.5)
     body[at(140)..at(148)].copy_from_slice(&dsdt_addr.to_le_bytes()); // X_DSDT
-    body[at(244)..at(256)].copy_from_slice(&gas_io_port(SLEEP_CONTROL_PORT));
-    body[at(256)..at(268)].copy_from_slice(&gas_io_port(SLEEP_STATUS_PORT));
+    body[at(148)..at(160)].copy_from_slice(&gas_io_port(PM1_EVT_PORT, 32));
+    body[at(172)..at(184)].copy_from_slice(&gas_io_port(PM1_CNT_PORT, 16));
     body[at(268)..at(276)].copy_from_slice(b"VMMREF\0\0"); // hypervisor vendor identity
     let mut t = Sdt::new(b"FACP", 6);
     t.put(&body);
@@ -105,12 +116,16 @@ fn madt(vcpus: u8) -> Vec<u8> {
     for id in 0..vcpus {
         t.put(&[0, 8, id, id]).put(&1u32.to_le_bytes()); // processor local APIC, enabled
     }
-    t.put(&[1, 12, 0, 0])
+    // The IOAPIC, with an id after the CPUs'; ISA IRQ0 -> GSI2; the SCI level-triggered.
+    t.put(&[1, 12, vcpus, 0])
         .put(&IOAPIC_ADDR.to_le_bytes())
         .put(&0u32.to_le_bytes());
     t.put(&[2, 10, 0, 0])
         .put(&2u32.to_le_bytes())
-        .put(&0u16.to_le_bytes()); // ISA IRQ0 -> GSI2
+        .put(&0u16.to_le_bytes());
+    t.put(&[2, 10, 0, SCI_IRQ as u8])
+        .put(&u32::from(SCI_IRQ).to_le_bytes())
+        .put(&0x000du16.to_le_bytes());
     t.put(&[4, 6, 0xff]).put(&0u16.to_le_bytes()).put(&[1]); // all CPUs: LINT1 is NMI
     t.finish()
 }
@@ -217,16 +232,20 @@ mod tests {
     }
 
     #[test]
-    fn fadt_is_hardware_reduced_with_a_sleep_register() {
+    fn fadt_has_the_pm1_blocks_and_the_dsdt() {
         let f = fadt(0xe1000);
         assert_eq!(f.len(), 276);
         assert_eq!(
             u32::from_le_bytes(f[112..116].try_into().unwrap()) & (1 << 20),
-            1 << 20
+            0
         );
         assert_eq!(
-            u64::from_le_bytes(f[248..256].try_into().unwrap()),
-            SLEEP_CONTROL_PORT
+            u32::from_le_bytes(f[64..68].try_into().unwrap()) as u64,
+            PM1_CNT_PORT
+        );
+        assert_eq!(
+            u64::from_le_bytes(f[176..184].try_into().unwrap()),
+            PM1_CNT_PORT
         );
         assert_eq!(u64::from_le_bytes(f[140..148].try_into().unwrap()), 0xe1000);
     }
