@@ -92,6 +92,25 @@ def _check_path(name: str, value: object, optional: bool = False) -> Optional[st
     raise VmConfigError(f"invalid {name}={value!r}: expected a path to a file")
 
 
+class _LineSplitter:
+    """Turns console chunks into lines: decodes UTF-8 across chunk boundaries, strips CR."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+
+    def feed(self, start: int, data: bytes, eof: bool) -> list[str]:
+        """Take the chunk read at ``start``; return the lines it completes (and the last at ``eof``)."""
+        self.offset = start + len(data)
+        self._pending += self._decoder.decode(data, final=eof)
+        *complete, self._pending = self._pending.split("\n")
+        if eof and self._pending:
+            complete.append(self._pending)
+            self._pending = ""
+        return [line.rstrip("\r") for line in complete]
+
+
 class Serial:
     """The guest's serial console (COM1), as lines or raw bytes.
 
@@ -117,20 +136,12 @@ class Serial:
         A final line without a newline is yielded when the console ends.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        offset = 0
-        pending = ""
+        splitter = _LineSplitter()
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            start, data, eof = self._native.read_console(offset, _READ_CHUNK, remaining)
-            offset = start + len(data)
-            pending += decoder.decode(data, final=eof)
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                yield line.rstrip("\r")
+            start, data, eof = self._native.read_console(splitter.offset, _READ_CHUNK, remaining)
+            yield from splitter.feed(start, data, eof)
             if eof:
-                if pending:
-                    yield pending.rstrip("\r")
                 return
             if deadline is not None and time.monotonic() >= deadline and not data:
                 raise VmTimeoutError(
@@ -140,19 +151,12 @@ class Serial:
 
     async def __aiter__(self) -> AsyncIterator[str]:
         """Yield console lines without blocking the event loop; ends like iteration does."""
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        offset = 0
-        pending = ""
+        splitter = _LineSplitter()
         while True:
-            start, data, eof = await asyncio.to_thread(self._native.read_console, offset, _READ_CHUNK, 0.2)
-            offset = start + len(data)
-            pending += decoder.decode(data, final=eof)
-            *complete, pending = pending.split("\n")
-            for line in complete:
-                yield line.rstrip("\r")
+            start, data, eof = await asyncio.to_thread(self._native.read_console, splitter.offset, _READ_CHUNK, 0.2)
+            for line in splitter.feed(start, data, eof):
+                yield line
             if eof:
-                if pending:
-                    yield pending.rstrip("\r")
                 return
 
     def read(self, timeout: Optional[float] = 0.0) -> bytes:
