@@ -12,13 +12,11 @@ use std::time::Duration;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use vmm_sys_util::signal::Killable;
 
 use crate::console::Console;
 use crate::devices::serial::{SerialDevice, INPUT_QUEUE_LIMIT};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::pause::{PauseGate, VcpuThreads};
-use crate::vcpu::kick_signal;
 
 /// Host input on its way to the serial device.
 #[derive(Debug)]
@@ -200,13 +198,14 @@ impl EventLoop {
 
     fn stop_vcpus(&mut self) {
         self.gate.release();
+        // Kick through the same registry `pause` uses, until every vCPU thread has returned;
+        // only then is the registry emptied and are the threads joined.
+        while !self.vcpus.iter().all(|h| h.is_finished()) {
+            self.threads.kick_all();
+            std::thread::sleep(KICK_INTERVAL);
+        }
         self.threads.clear();
         for handle in self.vcpus.drain(..) {
-            while !handle.is_finished() {
-                // ESRCH just means the thread exited between the check and the kick.
-                let _ = handle.kill(kick_signal());
-                std::thread::sleep(KICK_INTERVAL);
-            }
             if handle.join().is_err() {
                 self.exit.request(ExitStatus::with_detail(
                     ExitReason::Error,
