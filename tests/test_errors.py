@@ -138,19 +138,22 @@ def _in_subprocess(code: str, **env: str) -> subprocess.CompletedProcess[str]:
                           env={**os.environ, **env})
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hide /dev/kvm in a private mount namespace")
-def test_missing_dev_kvm_has_a_hint(probe_elf):
+def _vm_error_under(wrapper: list[str], probe_elf, caught: str) -> subprocess.CompletedProcess[str]:
+    """Build a Vm in a Python run under ``wrapper``; it prints the ``caught`` exception it got."""
     code = f"""
-import subprocess, sys
 from vmm_reference import Vm, KvmUnavailableError
 try:
     Vm(kernel={str(probe_elf)!r})
-except KvmUnavailableError as e:
+except {caught} as e:
     print("RAISED", type(e).__name__, e)
 """
-    r = subprocess.run(["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev && exec "$0" -c "$1"',
-                        sys.executable, code],
-                       capture_output=True, text=True, timeout=60)
+    return subprocess.run([*wrapper, sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to hide /dev/kvm in a private mount namespace")
+def test_missing_dev_kvm_has_a_hint(probe_elf):
+    hide_dev = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none /dev && exec "$0" "$@"']
+    r = _vm_error_under(hide_dev, probe_elf, "KvmUnavailableError")
     assert "RAISED KvmUnavailableError KVM is not available at \"/dev/kvm\": the device does not exist" in r.stdout, r
     assert "load the kvm module" in r.stdout
     assert issubclass(KvmUnavailableError, OSError)
@@ -158,15 +161,8 @@ except KvmUnavailableError as e:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
 def test_inaccessible_dev_kvm_is_a_permission_error(probe_elf):
-    code = f"""
-from vmm_reference import Vm
-try:
-    Vm(kernel={str(probe_elf)!r})
-except PermissionError as e:
-    print("RAISED", type(e).__name__, e)
-"""
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=60)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    r = _vm_error_under(nobody, probe_elf, "PermissionError")
     assert "RAISED VmPermissionError kvm=\"/dev/kvm\": permission denied" in r.stdout, r
     assert "usermod -aG kvm" in r.stdout
 
