@@ -18,10 +18,12 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -86,6 +88,42 @@ def _tsc_khz() -> Optional[int]:
     return None
 
 
+KICK_INTERVAL = 1.0
+"""Seconds between the keyboard events that keep the lab's CPU from sleeping forever."""
+
+
+def _kick(monitor: Path, stop: threading.Event) -> None:
+    """Send the lab a harmless key press every :data:`KICK_INTERVAL` seconds through QEMU's monitor.
+
+    QEMU's emulated CPU (TCG, QEMU 7.2) running nested SVM sometimes halts with its local APIC
+    timer interrupt pending in the IRR but never delivered: the lab's kernel then sleeps
+    forever and every guest in it with it (seen in ``info lapic``: ``IRR 236``, ``HLT=1``).
+    Any other interrupt makes QEMU re-evaluate the APIC and delivers the lost one, so a key
+    press (a Shift, which the lab's keyboard driver swallows) each second bounds such a stall.
+    """
+    sock: Optional[socket.socket] = None
+    try:
+        while not stop.wait(KICK_INTERVAL):
+            if sock is None:
+                try:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(5)
+                    sock.connect(str(monitor))
+                except OSError:
+                    sock = None  # QEMU has not opened the monitor yet
+                    continue
+            try:
+                sock.sendall(b"sendkey shift\n")
+                sock.recv(65536)  # the monitor's echo and prompt: nothing to read in them
+            except socket.timeout:
+                continue
+            except OSError:
+                return  # QEMU went away
+    finally:
+        if sock is not None:
+            sock.close()
+
+
 def _initramfs(assets: LabAssets, command: str, cwd: str, out: Path) -> None:
     kernel_dir = assets.modules / "kernel"
     entries = [CpioEntry(d, stat.S_IFDIR | 0o755) for d in ["bin", "dev", "proc", "sys", "mods", "host"]]
@@ -138,13 +176,16 @@ def run_in_lab(
             "-kernel", str(assets.bzimage), "-initrd", str(initrd), "-append", append,
             "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         ]
+        monitor = Path(tmp) / "monitor.sock"
+        args += ["-monitor", f"unix:{monitor},server,nowait"]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         assert proc.stdout is not None
         lines: list[str] = []
+        stop = threading.Event()
+        kicker = threading.Thread(target=_kick, args=(monitor, stop), daemon=True)
+        kicker.start()
         try:
-            import threading
-
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
             for raw in proc.stdout:
@@ -156,9 +197,11 @@ def run_in_lab(
             proc.wait()
             timer.cancel()
         finally:
+            stop.set()
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            kicker.join()
     output = "".join(lines)
     found = re.findall(rf"^{EXIT_MARKER} (\d+)\s*$", output, re.M)
     return LabResult(output, int(found[-1]) if found else None)
