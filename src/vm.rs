@@ -156,7 +156,7 @@ impl Vm {
         pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port)
             .map_err(overlap)?;
         if config.acpi {
-            let pm1 = Arc::new(Mutex::new(AcpiPm1(exit.clone())));
+            let pm1 = Arc::new(Mutex::new(AcpiPm1::new(exit.clone())));
             pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1).map_err(overlap)?;
         }
         let exit_device = Arc::new(Mutex::new(ExitDevice(exit.clone())));

@@ -111,6 +111,142 @@ static void touch_unknown_hardware(void) {
     putc_('\n');
 }
 
+
+/* ---- Application processors ------------------------------------------------------------ */
+
+#define LAPIC_BASE 0xfee00000u
+#define LAPIC_SVR 0xf0
+#define LAPIC_ICR_LO 0x300
+#define LAPIC_ICR_HI 0x310
+#define ICR_BUSY (1u << 12)
+#define AP_TRAMPOLINE 0x3000u
+#define MAX_CPUS 256
+
+struct ap_slots { uint64_t cr3, stacks, entry; uint32_t count; } __attribute__((packed));
+extern const uint8_t ap_trampoline[], ap_trampoline_end[], ap_slots[];
+
+static volatile uint32_t ap_started;
+static volatile uint8_t print_lock;
+static uint8_t ap_stacks[MAX_CPUS][4096] __attribute__((aligned(4096)));
+
+static void lock(void) { while (__atomic_test_and_set(&print_lock, __ATOMIC_ACQUIRE)) __asm__ volatile("pause"); }
+static void unlock(void) { __atomic_clear(&print_lock, __ATOMIC_RELEASE); }
+
+static uint32_t lapic_read(uint32_t reg) { return *(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + reg); }
+static void lapic_write(uint32_t reg, uint32_t v) { *(volatile uint32_t *)(uintptr_t)(LAPIC_BASE + reg) = v; }
+
+static uint32_t my_apic_id(void) {
+    uint32_t a, b, c, d;
+    cpuid(1, &a, &b, &c, &d);
+    return b >> 24;
+}
+
+__attribute__((used)) static void ap_main(void) {
+    uint32_t id = my_apic_id();
+    lock();
+    puts_("PROBE: ap apic_id=");
+    put_dec(id);
+    putc_('\n');
+    unlock();
+    __atomic_add_fetch(&ap_started, 1, __ATOMIC_RELEASE);
+}
+
+static uint8_t sum8(const uint8_t *p, uint32_t n) { uint8_t s = 0; while (n--) s += *p++; return s; }
+static int sig_is(const uint8_t *p, const char *sig) { while (*sig) if (*p++ != (uint8_t)*sig++) return 0; return 1; }
+
+/* The APIC ids of the enabled processors in the MADT; returns how many, or -1 without ACPI. */
+static int madt_cpus(const uint8_t *zp, uint8_t *ids) {
+    uint64_t rsdp = *(const uint64_t *)(zp + 0x70);
+    for (uint32_t a = 0xe0000; !rsdp && a < 0x100000; a += 16)
+        if (sig_is((const uint8_t *)(uintptr_t)a, "RSD PTR ") && !sum8((const uint8_t *)(uintptr_t)a, 20)) rsdp = a;
+    if (!rsdp) return -1;
+    const uint8_t *xsdt = (const uint8_t *)(uintptr_t)*(const uint64_t *)(uintptr_t)(rsdp + 24);
+    uint32_t xlen = *(const uint32_t *)(xsdt + 4);
+    for (uint32_t off = 36; off + 8 <= xlen; off += 8) {
+        const uint8_t *t = (const uint8_t *)(uintptr_t)*(const uint64_t *)(xsdt + off);
+        if (!sig_is(t, "APIC")) continue;
+        uint32_t len = *(const uint32_t *)(t + 4);
+        int n = 0;
+        for (uint32_t e = 44; e + 2 <= len && t[e + 1]; e += t[e + 1])
+            if (t[e] == 0 && (*(const uint32_t *)(t + e + 4) & 1) && n < MAX_CPUS) ids[n++] = t[e + 3];
+        return n;
+    }
+    return -1;
+}
+
+/* The APIC ids of the enabled processors in the MP table; returns how many, or -1 without one. */
+static int mptable_cpus(uint8_t *ids) {
+    static const uint32_t ranges[][2] = {{0x9fc00, 0xa0000}, {0xf0000, 0x100000}};
+    for (int r = 0; r < 2; r++) {
+        for (uint32_t a = ranges[r][0]; a < ranges[r][1]; a += 16) {
+            const uint8_t *fp = (const uint8_t *)(uintptr_t)a;
+            if (!sig_is(fp, "_MP_") || sum8(fp, 16)) continue;
+            const uint8_t *cfg = (const uint8_t *)(uintptr_t)*(const uint32_t *)(fp + 4);
+            if (!sig_is(cfg, "PCMP")) return -1;
+            uint16_t count = *(const uint16_t *)(cfg + 34);
+            const uint8_t *e = cfg + 44;
+            int n = 0;
+            for (uint16_t i = 0; i < count; i++) {
+                if (e[0] == 0) { if ((e[3] & 1) && n < MAX_CPUS) ids[n++] = e[1]; e += 20; }
+                else e += 8;
+            }
+            return n;
+        }
+    }
+    return -1;
+}
+
+static void start_aps(const uint8_t *zp, const char *source) {
+    uint8_t ids[MAX_CPUS];
+    int n = word_is(source, "mptable") ? mptable_cpus(ids) : madt_cpus(zp, ids);
+    puts_("PROBE: cpus source=");
+    puts_(word_is(source, "mptable") ? "mptable" : "madt");
+    puts_(" count=");
+    if (n < 0) { puts_("none\n"); return; }
+    put_dec((uint64_t)n);
+    puts_(" apic_ids=");
+    for (int i = 0; i < n; i++) { if (i) putc_(','); put_dec(ids[i]); }
+    putc_('\n');
+
+    uint8_t *tramp = (uint8_t *)(uintptr_t)AP_TRAMPOLINE;
+    for (const uint8_t *p = ap_trampoline; p < ap_trampoline_end; p++) tramp[p - ap_trampoline] = *p;
+    struct ap_slots *slots = (struct ap_slots *)(tramp + (ap_slots - ap_trampoline));
+    uint64_t cr3, entry;
+    __asm__ volatile("mov %%cr3, %0" : "=r"(cr3));
+    __asm__ volatile("lea ap_main(%%rip), %0" : "=r"(entry));
+    slots->cr3 = cr3;
+    slots->stacks = (uint64_t)(uintptr_t)ap_stacks;
+    slots->entry = entry;
+    slots->count = 0;
+
+    lapic_write(LAPIC_SVR, 0x1ff); /* software-enable the local APIC */
+    uint32_t self = my_apic_id();
+    int expected = 0;
+    lock();
+    for (int i = 0; i < n; i++) {
+        if (ids[i] == self) continue;
+        expected++;
+        lapic_write(LAPIC_ICR_HI, (uint32_t)ids[i] << 24);
+        lapic_write(LAPIC_ICR_LO, 0x4500); /* INIT, assert */
+        while (lapic_read(LAPIC_ICR_LO) & ICR_BUSY) {}
+        for (int sipi = 0; sipi < 2; sipi++) {
+            lapic_write(LAPIC_ICR_HI, (uint32_t)ids[i] << 24);
+            lapic_write(LAPIC_ICR_LO, 0x4600 | (AP_TRAMPOLINE >> 12)); /* start-up */
+            while (lapic_read(LAPIC_ICR_LO) & ICR_BUSY) {}
+        }
+    }
+    unlock();
+    /* Every AP reports within a bounded wait; one that never starts leaves a short count. */
+    for (uint64_t spin = 0; spin < 400000000ull && ap_started < (uint32_t)expected; spin++) __asm__ volatile("pause");
+    lock();
+    puts_("PROBE: smp started=");
+    put_dec(ap_started);
+    puts_(" expected=");
+    put_dec((uint64_t)expected);
+    putc_('\n');
+    unlock();
+}
+
 void probe_main(const uint8_t *zp) {
     uint64_t entry;
     __asm__ volatile("lea _start(%%rip), %0" : "=r"(entry));
@@ -184,6 +320,9 @@ void probe_main(const uint8_t *zp) {
     puts_(" logical=");
     put_dec(logical);
     putc_('\n');
+
+    const char *smp = cmd_ptr ? cmdline_arg(cmdline, "probe.smp") : 0;
+    if (smp) start_aps(zp, smp);
 
     const char *marker = cmd_ptr ? cmdline_arg(cmdline, "probe.marker") : 0;
     if (marker) outb(0x440, (uint8_t)parse_dec(marker));

@@ -17,3 +17,78 @@ _start:
     .balign 16
     .space  16384
 stack_top:
+
+/* The application processors' start-up code. The BSP copies it to AP_TRAMPOLINE (a page below
+ * 1 MiB) and fills in the three slots at its end, then sends INIT and SIPI with vector
+ * AP_TRAMPOLINE >> 12. Each AP starts here in real mode at CS:IP = (AP_TRAMPOLINE >> 4):0,
+ * climbs to long mode on the BSP's page tables, takes a stack and calls ap_main(). */
+#define AP_TRAMPOLINE 0x3000
+#define A(label) ((label) - ap_trampoline + AP_TRAMPOLINE)   /* a label's address once copied */
+
+    .section .rodata
+    .balign 16
+    .globl  ap_trampoline, ap_trampoline_end
+ap_trampoline:
+    .code16
+    cli
+    mov     %cs, %ax
+    mov     %ax, %ds
+    lgdtl   ap_gdt_desc - ap_trampoline
+    mov     %cr0, %eax
+    or      $1, %eax                /* PE */
+    mov     %eax, %cr0
+    ljmpl   $0x08, $A(ap_protected)
+
+    .code32
+ap_protected:
+    mov     $0x10, %ax
+    mov     %ax, %ds
+    mov     %ax, %ss
+    mov     %cr4, %eax
+    or      $0x20, %eax             /* PAE */
+    mov     %eax, %cr4
+    mov     A(ap_cr3), %eax
+    mov     %eax, %cr3
+    mov     $0xc0000080, %ecx       /* EFER */
+    rdmsr
+    or      $0x100, %eax            /* LME */
+    wrmsr
+    mov     %cr0, %eax
+    or      $0x80000000, %eax       /* PG */
+    mov     %eax, %cr0
+    ljmpl   $0x18, $A(ap_long)
+
+    .code64
+ap_long:
+    mov     $0x10, %ax
+    mov     %ax, %ds
+    mov     %ax, %es
+    mov     %ax, %ss
+    mov     $1, %eax                /* stack i+1 of the BSP's array, i = APs before this one */
+    lock xadd %eax, A(ap_count)
+    inc     %eax
+    shl     $12, %rax
+    add     A(ap_stacks), %rax
+    mov     %rax, %rsp
+    call    *A(ap_entry)
+2:  cli
+    hlt
+    jmp     2b
+
+    .balign 8
+ap_gdt:
+    .quad   0
+    .quad   0x00cf9a000000ffff      /* 0x08: 32-bit code */
+    .quad   0x00cf92000000ffff      /* 0x10: data */
+    .quad   0x00af9a000000ffff      /* 0x18: 64-bit code */
+ap_gdt_desc:
+    .word   ap_gdt_desc - ap_gdt - 1
+    .long   A(ap_gdt)
+    .balign 8
+    .globl  ap_slots
+ap_slots:                           /* filled in by the BSP, see struct ap_slots in probe.c */
+ap_cr3:     .quad 0
+ap_stacks:  .quad 0
+ap_entry:   .quad 0
+ap_count:   .long 0
+ap_trampoline_end:

@@ -109,20 +109,19 @@ fn fadt(dsdt_addr: u64) -> Vec<u8> {
     t.finish()
 }
 
-/// The MADT: one enabled local APIC per vCPU, the IOAPIC, IRQ0 → GSI2, and LINT1 as NMI.
+/// The MADT: one enabled local APIC per vCPU, the IOAPIC, the SCI's override, LINT1 as NMI.
 fn madt(vcpus: u8) -> Vec<u8> {
     let mut t = Sdt::new(b"APIC", 5);
     t.put(&LAPIC_ADDR.to_le_bytes()).put(&1u32.to_le_bytes()); // PCAT_COMPAT: 8259s present
     for id in 0..vcpus {
         t.put(&[0, 8, id, id]).put(&1u32.to_le_bytes()); // processor local APIC, enabled
     }
-    // The IOAPIC, with an id after the CPUs'; ISA IRQ0 -> GSI2; the SCI level-triggered.
+    // The IOAPIC, with an id after the CPUs'. ISA IRQs keep their numbers as GSIs (no IRQ0 ->
+    // GSI2 override): KVM's default routing sends the PIT to IOAPIC pin 0, and a guest told to
+    // look for it on pin 2 never sees a timer tick. Only the SCI is overridden, to level.
     t.put(&[1, 12, vcpus, 0])
         .put(&IOAPIC_ADDR.to_le_bytes())
         .put(&0u32.to_le_bytes());
-    t.put(&[2, 10, 0, 0])
-        .put(&2u32.to_le_bytes())
-        .put(&0u16.to_le_bytes());
     t.put(&[2, 10, 0, SCI_IRQ as u8])
         .put(&u32::from(SCI_IRQ).to_le_bytes())
         .put(&0x000du16.to_le_bytes());
