@@ -56,8 +56,8 @@ pub struct VmConfig {
     pub kernel: KernelConfig,
     /// Console output retained, in bytes; older output is dropped beyond this.
     pub console_limit: usize,
-    /// Give the guest ACPI tables (MADT for every vCPU, PM1 for poweroff). Experimental: with
-    /// them, Debian's kernel sees every vCPU, but `reboot` does not return yet.
+    /// Give the guest ACPI tables (MADT for every vCPU, PM1 registers for poweroff and the power
+    /// button). On by default; the MP table is written either way.
     pub acpi: bool,
 }
 
@@ -68,7 +68,7 @@ impl Default for VmConfig {
             vcpus: 1,
             kernel: KernelConfig::new(""),
             console_limit: DEFAULT_CONSOLE_LIMIT,
-            acpi: false,
+            acpi: true,
         }
     }
 }

@@ -172,6 +172,10 @@ impl NativeVm {
         self.vm.kill();
     }
 
+    fn press_power_button(&self, py: Python<'_>) -> PyResult<bool> {
+        guarded(py, || self.vm.press_power_button())
+    }
+
     #[getter]
     fn state(&self) -> &'static str {
         self.vm.state().as_str()

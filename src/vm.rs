@@ -14,7 +14,7 @@ use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::acpi::PM1_EVT_PORT;
+use crate::arch::x86_64::acpi::{PM1_EVT_PORT, SCI_IRQ};
 use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
@@ -97,7 +97,8 @@ pub struct Vm {
     started_at: Mutex<Option<Instant>>,
     // Dropped last (fields drop in order): guest memory must outlive the vCPU threads,
     // which `Drop` joins first.
-    _vm_fd: VmFd,
+    pm1: Option<Arc<Mutex<AcpiPm1>>>,
+    _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _memory: Arc<GuestMemoryMmap>,
 }
@@ -110,7 +111,7 @@ impl Vm {
         config.validate(crate::kvm::host_memory_mib(), kvm.get_max_vcpus() as u32)?;
         register_kick_handler()?;
 
-        let vm_fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let vm_fd = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
@@ -155,10 +156,19 @@ impl Vm {
         let marker_port = Arc::new(Mutex::new(BootMarkerPort(markers.clone())));
         pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port)
             .map_err(overlap)?;
-        if config.acpi {
-            let pm1 = Arc::new(Mutex::new(AcpiPm1::new(exit.clone())));
-            pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1).map_err(overlap)?;
-        }
+        let pm1 = if config.acpi {
+            let line = vm_fd.clone();
+            let sci = Box::new(move |level: bool| {
+                // KVM_IRQ_LINE only fails for a GSI with no route; 9 always has one.
+                let _ = line.set_irq_line(u32::from(SCI_IRQ), level);
+            });
+            let pm1 = Arc::new(Mutex::new(AcpiPm1::new(exit.clone(), sci)));
+            pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1.clone())
+                .map_err(overlap)?;
+            Some(pm1)
+        } else {
+            None
+        };
         let exit_device = Arc::new(Mutex::new(ExitDevice(exit.clone())));
         mmio.insert(EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN, 0, exit_device)
             .map_err(overlap)?;
@@ -205,6 +215,7 @@ impl Vm {
             unstarted: Mutex::new(Some(Unstarted { vcpus })),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
+            pm1,
             _vm_fd: vm_fd,
             _kvm: kvm,
             _memory: memory,
@@ -329,6 +340,31 @@ impl Vm {
             self.console.close();
             self.finished.set(ExitStatus::new(ExitReason::Killed));
         }
+    }
+
+    /// Presses the ACPI power button. Returns whether the guest listens for it (its ACPI button
+    /// driver enabled the event); a guest that does not will never see the press.
+    ///
+    /// The guest decides what a press means: Linux hands it to userspace as KEY_POWER, where
+    /// acpid or systemd-logind usually shut down, which ends the VM with reason `poweroff`.
+    pub fn press_power_button(&self) -> Result<bool> {
+        let state = self.state();
+        if state != VmState::Running {
+            return Err(Error::InvalidState {
+                operation: "press_power_button",
+                state,
+            });
+        }
+        let Some(pm1) = &self.pm1 else {
+            return Err(Error::invalid(
+                "acpi",
+                false,
+                "acpi=true: the power button is an ACPI device",
+            ));
+        };
+        let mut pm1 = pm1.lock().unwrap_or_else(|e| e.into_inner());
+        pm1.press_power_button();
+        Ok(pm1.power_button_enabled())
     }
 
     /// The VM's state.

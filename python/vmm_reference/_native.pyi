@@ -35,6 +35,8 @@ class NativeVm:
         """Let parked vCPUs run again."""
     def kill(self) -> None:
         """Stop the VM with reason ``killed``."""
+    def press_power_button(self) -> bool:
+        """Press the ACPI power button; return whether the guest enabled the event."""
     @property
     def state(self) -> str:
         """``created``, ``running``, ``paused`` or ``exited``."""

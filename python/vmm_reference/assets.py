@@ -10,11 +10,13 @@ The cache is ``$VMM_REFERENCE_CACHE`` or ``~/.cache/vmm-reference``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,11 +24,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from .initramfs import build_initramfs
+from .initramfs import CpioEntry, build_initramfs
 from .kernel_image import extract_vmlinux
 
 __all__ = [
     "GUEST_DONE_MARKER",
+    "GUEST_POWER_BUTTON_MARKER",
     "GUEST_READY_MARKER",
     "AssetError",
     "GuestAssets",
@@ -42,17 +45,32 @@ GUEST_READY_MARKER = "VMM-REFERENCE-GUEST-READY"
 #: Printed by /init just before it reboots.
 GUEST_DONE_MARKER = "VMM-REFERENCE-GUEST-DONE"
 
+#: Printed by the guest when its ACPI power button was pressed, just before it powers off.
+GUEST_POWER_BUTTON_MARKER = "VMM-REFERENCE-GUEST-POWER-BUTTON"
+
+# Kernel modules the initramfs loads: the ACPI power button and the input device acpid reads.
+_GUEST_MODULES = ["kernel/drivers/input/evdev.ko", "kernel/drivers/acpi/button.ko"]
+
 _INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
+for m in /lib/vmm/*.ko; do insmod "$m" 2>/dev/null; done
+acpid -d -c /etc/acpi >/dev/null 2>&1 &
 echo "{GUEST_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
 case " $(cat /proc/cmdline) " in
   *" vmm.init=shell "*) setsid cttyhack sh ;;
 esac
 echo "{GUEST_DONE_MARKER}"
 reboot -f
+"""
+
+
+# busybox acpid runs /etc/acpi/PWRF/00000080 when the power button (KEY_POWER) is pressed.
+_POWER_BUTTON_SCRIPT = f"""#!/bin/sh
+echo "{GUEST_POWER_BUTTON_MARKER}" >/dev/console
+poweroff -f
 """
 
 
@@ -198,17 +216,21 @@ def _offline() -> bool:
 
 def _cached_guest(base: Path) -> GuestAssets:
     """Return the newest complete guest assets already in the cache, without asking apt."""
-    roots = sorted(base.glob("linux-image-*-cloud-amd64-unsigned_*/.complete"))
-    initrds = sorted(base.glob("busybox-static_*/initramfs.cpio.gz"))
-    if not roots or not initrds or not (roots[-1].parent / "vmlinux").exists():
-        raise AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no complete guest assets; "
+    missing = AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no complete guest assets; "
                          "run `python -m vmm_reference.assets` first")
+    roots = sorted(base.glob("linux-image-*-cloud-amd64-unsigned_*/.complete"))
+    if not roots or not (roots[-1].parent / "vmlinux").exists():
+        raise missing
     root = roots[-1].parent
+    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
+    initrds = sorted(base.glob(f"busybox-static_*/initramfs-{_safe(modules.name)}-*.cpio.gz"),
+                     key=lambda p: p.stat().st_mtime)
+    if not initrds:
+        raise missing
     package, _, version = root.name.partition("_")
     return GuestAssets(
         package, version, root / "vmlinux", _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz"),
-        _only(sorted((root / "lib" / "modules").glob("*")), "modules directory"), initrds[-1],
-        initrds[-1].parent / "busybox",
+        modules, initrds[-1], initrds[-1].parent / "busybox",
     )
 
 
@@ -230,9 +252,18 @@ def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
         vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
         vmlinux.with_suffix(".tmp").replace(vmlinux)
     busybox = _busybox(base)
-    initrd = busybox.parent / "initramfs.cpio.gz"
+    modules_used = [modules / m for m in _GUEST_MODULES if (modules / m).exists()]
+    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode()
+                            + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
+    initrd = busybox.parent / f"initramfs-{_safe(modules.name)}-{recipe}.cpio.gz"
     if not initrd.exists():
-        build_initramfs(busybox, _INIT_SCRIPT, initrd)
+        d = stat.S_IFDIR | 0o755
+        extra = [CpioEntry("lib", d), CpioEntry("lib/vmm", d), CpioEntry("etc/acpi", d),
+                 CpioEntry("etc/acpi/PWRF", d),
+                 CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode())]
+        extra += [CpioEntry(f"lib/vmm/{i}-{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
+                  for i, m in enumerate(modules_used)]
+        build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
     return GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -47,11 +48,14 @@ def write_cpio(entries: list[CpioEntry]) -> bytes:
     return buf.getvalue()
 
 
-def build_initramfs(busybox: Union[str, Path], init_script: str, out: Union[str, Path]) -> Path:
+def build_initramfs(
+    busybox: Union[str, Path], init_script: str, out: Union[str, Path], extra: Sequence[CpioEntry] = ()
+) -> Path:
     """Write a gzip-compressed initramfs with a static ``busybox`` and ``init_script`` as /init.
 
     The archive has the directories an init needs and a /dev/console node, so the kernel can
-    give /init its console before devtmpfs is mounted.
+    give /init its console before devtmpfs is mounted. ``extra`` entries (their parent
+    directories first) are appended.
     """
     dirs = ["bin", "dev", "proc", "sys", "tmp", "root", "etc", "mnt"]
     entries = [CpioEntry(d, stat.S_IFDIR | 0o755) for d in dirs]
@@ -60,6 +64,7 @@ def build_initramfs(busybox: Union[str, Path], init_script: str, out: Union[str,
         CpioEntry("bin/busybox", stat.S_IFREG | 0o755, Path(busybox).read_bytes()),
         CpioEntry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"),
         CpioEntry("init", stat.S_IFREG | 0o755, init_script.encode()),
+        *extra,
     ]
     out = Path(out)
     tmp = out.with_suffix(out.suffix + ".tmp")

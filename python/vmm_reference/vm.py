@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Optional, Union
 
 from . import _native
-from .errors import VmConfigError, VmTimeoutError
+from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 
 __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
@@ -210,10 +210,11 @@ class Vm:
             starts; a multiple of 4 KiB from 1 MiB (0x100000, the default) up.
         initrd: optional initramfs, loaded at the top of low RAM.
         console_limit: console bytes retained (default 8 MiB); older output is dropped.
-        acpi: give the guest ACPI tables (experimental): a MADT listing every vCPU, so that
-            kernels without MP-table support (Debian's cloud kernel) see them all, and PM1
-            registers for ``poweroff``. Known issue: with it, a guest ``reboot`` does not end
-            the VM yet.
+        acpi: give the guest ACPI tables (the default): a MADT listing every vCPU, so that
+            kernels without MP-table support (Debian's cloud kernel) see them all, PM1
+            registers so that a guest ``poweroff`` ends the VM with reason ``poweroff``, and
+            the power button :meth:`stop` presses. ``False`` leaves only the MP table, which
+            is always there.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -229,7 +230,7 @@ class Vm:
         himem_start: int = _native.HIMEM_START_DEFAULT,
         initrd: Optional[PathArg] = None,
         console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
-        acpi: bool = False,
+        acpi: bool = True,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -248,6 +249,8 @@ class Vm:
         self._serial = Serial(self._native)
         self._expect_offset = 0
         self.memory_mib = memory_mib
+        self.acpi = bool(acpi)
+        """Whether the guest has ACPI tables (and so a power button)."""
         self.vcpus = vcpus
 
     def start(self) -> None:
@@ -322,6 +325,45 @@ class Vm:
     def kill(self) -> None:
         """Stop the VM now (reason ``killed`` unless it already stopped). Does not block."""
         self._native.kill()
+
+    def press_power_button(self) -> bool:
+        """Press the guest's ACPI power button; return whether the guest listens for it.
+
+        ``False`` means the guest's kernel never enabled the event (no ACPI ``button``
+        driver), so the press goes unseen. What a seen press does is the guest's choice:
+        Linux turns it into a KEY_POWER input event for acpid or systemd-logind, which
+        usually shut down (reason ``poweroff``). Needs ``acpi=True`` (the default) and a
+        running VM, else :class:`VmConfigError` / :class:`VmStateError`.
+        """
+        return self._native.press_power_button()
+
+    def stop(self, timeout: float = 30.0) -> ExitStatus:
+        """Ask the guest to shut down through the ACPI power button; kill it after ``timeout`` seconds.
+
+        Returns the exit status: ``poweroff`` (or whatever the guest ended with) if it shut
+        down in time, else ``killed``. A paused VM is resumed first; a VM never started is
+        marked killed; a VM that already exited keeps its status. Without ACPI, or when the
+        guest does not listen for the button, it is killed at once.
+        """
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise VmConfigError(f"invalid timeout={timeout!r}: expected seconds >= 0")
+        state = self.state
+        if state == "created":
+            self.kill()
+        elif state != "exited":
+            if state == "paused":
+                self.resume()
+            try:
+                listening = self.acpi and self._native.press_power_button()
+            except VmStateError:
+                listening = False  # it exited meanwhile
+            if listening:
+                try:
+                    return self.wait(timeout)
+                except VmTimeoutError:
+                    pass
+            self.kill()
+        return self.wait()
 
     def write(self, data: Union[bytes, str]) -> int:
         """Send ``data`` to the guest's serial input; returns how many bytes were accepted.

@@ -3,7 +3,8 @@
 //! [`load`] is the whole step: it reads the kernel's headers ([`image`]), checks
 //! `himem_start` and the command line against them, loads the kernel with linux-loader
 //! ([`kernel`]), places the initrd ([`initrd`]), writes the command line ([`cmdline`]) and
-//! the ACPI tables ([`crate::arch::x86_64::acpi`]) and finally the zero page with the e820
+//! the MP table ([`crate::arch::x86_64::mptable`]) and ACPI tables
+//! ([`crate::arch::x86_64::acpi`]) and finally the zero page with the e820
 //! map ([`zero_page`]).
 
 pub mod cmdline;
@@ -58,6 +59,7 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
         None => None,
     };
     cmdline::write(mem, &cmdline)?;
+    crate::arch::x86_64::mptable::setup_mptable(mem, config.vcpus as u8)?;
     let rsdp = if config.acpi {
         crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8)?
     } else {

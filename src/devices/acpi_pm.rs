@@ -1,5 +1,10 @@
-//! The ACPI PM1a registers: the event block (status, always 0; enable, read back as written,
-//! which ACPICA checks before it trusts the hardware) and the control register.
+//! The ACPI PM1a registers: the event block (status and enable) and the control register.
+//!
+//! The one event is the fixed-feature power button: [`AcpiPm1::press_power_button`] sets
+//! PWRBTN_STS, and while the guest has PWRBTN_EN set the SCI (a level-triggered interrupt)
+//! stays raised until the guest writes the status bit back to clear it. Linux's `button`
+//! driver turns that into a KEY_POWER input event, which the guest's userspace (acpid,
+//! systemd-logind) answers with a shutdown.
 //!
 //! Writing SLP_EN with sleep type 5 (the DSDT's `\_S5_`, soft-off) to PM1a_CNT is how Linux
 //! powers off; the VM then ends with reason `poweroff`. Other sleep states are not supported and
@@ -22,17 +27,44 @@ pub const PM1_LEN: u64 = 6;
 
 /// Offset of PM1a_EN from the start of the PM1a event block.
 const PM1_EN_OFFSET: u64 = 2;
+/// The power button's bit in PM1_STS and PM1_EN.
+const PWRBTN: u16 = 1 << 8;
+
+/// Raises (`true`) or lowers the SCI.
+pub type SciLine = Box<dyn Fn(bool) + Send>;
 
 /// The PM1a event block (offsets 0..4) and control register (offsets 4..6).
 pub struct AcpiPm1 {
     exit: Arc<ExitSignal>,
+    sci: SciLine,
+    status: u16,
     enable: u16,
 }
 
 impl AcpiPm1 {
-    /// Registers that end the VM through `exit` on a soft-off request.
-    pub fn new(exit: Arc<ExitSignal>) -> Self {
-        AcpiPm1 { exit, enable: 0 }
+    /// Registers that end the VM through `exit` on a soft-off request and signal events on `sci`.
+    pub fn new(exit: Arc<ExitSignal>, sci: SciLine) -> Self {
+        AcpiPm1 {
+            exit,
+            sci,
+            status: 0,
+            enable: 0,
+        }
+    }
+
+    /// Presses the power button: the guest sees PWRBTN_STS and, if it enabled the event, an SCI.
+    pub fn press_power_button(&mut self) {
+        self.status |= PWRBTN;
+        self.update_sci();
+    }
+
+    /// Whether the guest enabled the power button event (its ACPI button driver is loaded).
+    pub fn power_button_enabled(&self) -> bool {
+        self.enable & PWRBTN != 0
+    }
+
+    fn update_sci(&self) {
+        (self.sci)(self.status & self.enable & PWRBTN != 0);
     }
 }
 
@@ -40,6 +72,7 @@ impl BusDevice for AcpiPm1 {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
         let value = match offset {
+            0 => self.status,
             PM1_EN_OFFSET => self.enable,
             PM1_CNT_OFFSET => SCI_EN,
             _ => 0,
@@ -50,14 +83,26 @@ impl BusDevice for AcpiPm1 {
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
-        if offset == PM1_EN_OFFSET && data.len() >= 2 {
-            self.enable = u16::from_le_bytes([data[0], data[1]]);
-            return;
-        }
-        if offset != PM1_CNT_OFFSET || data.len() < 2 {
+        if data.len() < 2 {
             return;
         }
         let value = u16::from_le_bytes([data[0], data[1]]);
+        match offset {
+            0 => {
+                self.status &= !value; // write 1 to clear
+                self.update_sci();
+                return;
+            }
+            PM1_EN_OFFSET => {
+                self.enable = value;
+                self.update_sci();
+                return;
+            }
+            _ => {}
+        }
+        if offset != PM1_CNT_OFFSET {
+            return;
+        }
         let sleep_type = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;
         if value & SLP_EN != 0 && sleep_type == S5_SOFT_OFF {
             self.exit.request(ExitStatus::new(ExitReason::Poweroff));
@@ -72,7 +117,7 @@ mod tests {
     #[test]
     fn s5_with_slp_en_powers_off() {
         let exit = Arc::new(ExitSignal::new().unwrap());
-        let mut dev = AcpiPm1::new(exit.clone());
+        let mut dev = AcpiPm1::new(exit.clone(), Box::new(|_| {}));
         let mut cnt = [0u8; 2];
         dev.read(PM1_CNT_OFFSET, &mut cnt);
         assert_eq!(u16::from_le_bytes(cnt) & SCI_EN, SCI_EN);
@@ -83,10 +128,32 @@ mod tests {
         assert!(!exit.stop_requested());
         dev.write(PM1_CNT_OFFSET, &w(SLP_EN | (S5_SOFT_OFF << SLP_TYP_SHIFT)));
         let status = exit.status().unwrap();
-        let mut en = [0u8; 2];
-        dev.write(PM1_EN_OFFSET, &w(0x0120));
-        dev.read(PM1_EN_OFFSET, &mut en);
-        assert_eq!(u16::from_le_bytes(en), 0x0120);
         assert_eq!((status.reason, status.code), (ExitReason::Poweroff, None));
+    }
+
+    #[test]
+    fn the_power_button_raises_the_sci_while_enabled_and_unacknowledged() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let line = Arc::new(AtomicBool::new(false));
+        let l = line.clone();
+        let exit = Arc::new(ExitSignal::new().unwrap());
+        let mut dev = AcpiPm1::new(
+            exit,
+            Box::new(move |level| l.store(level, Ordering::SeqCst)),
+        );
+        let read = |dev: &mut AcpiPm1, offset| {
+            let mut b = [0u8; 2];
+            dev.read(offset, &mut b);
+            u16::from_le_bytes(b)
+        };
+        dev.press_power_button(); // not enabled yet: status only
+        assert_eq!(read(&mut dev, 0), PWRBTN);
+        assert!(!line.load(Ordering::SeqCst) && !dev.power_button_enabled());
+        dev.write(PM1_EN_OFFSET, &PWRBTN.to_le_bytes());
+        assert_eq!(read(&mut dev, PM1_EN_OFFSET), PWRBTN);
+        assert!(line.load(Ordering::SeqCst));
+        dev.write(0, &PWRBTN.to_le_bytes()); // the guest acknowledges
+        assert_eq!(read(&mut dev, 0), 0);
+        assert!(!line.load(Ordering::SeqCst));
     }
 }

@@ -21,8 +21,8 @@ pub const ACPI_START: u64 = 0xe0000;
 pub const PM1_EVT_PORT: u64 = 0x600;
 /// The PM1a control register (2 bytes): SLP_TYP and SLP_EN for poweroff.
 pub const PM1_CNT_PORT: u64 = 0x604;
-/// The SCI's IRQ (never raised: there are no ACPI events yet).
-const SCI_IRQ: u16 = 9;
+/// The SCI's IRQ (level-triggered): raised while a power button press is unacknowledged.
+pub const SCI_IRQ: u16 = 9;
 /// IOAPIC base address.
 const IOAPIC_ADDR: u32 = 0xfec0_0000;
 /// Local APIC base address.

@@ -9,6 +9,7 @@ pub mod cpuid;
 pub mod gdt;
 pub mod lapic;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod regs;
