@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import fnv1a64, parse_probe
-from vmm_reference import Vm, VmStateError
+from vmm_reference import Vm, VmConfigError, VmStateError
 
 GAP_START = 0xC000_0000
 MIB = 1 << 20
@@ -294,9 +294,81 @@ def test_acpi_tables_are_in_reserved_memory(vm_factory, probe_elf):
 
 
 def test_without_acpi_the_pm1_port_is_not_there(vm_factory, probe_elf):
-    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=acpi-off")
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=acpi-off", acpi=False)
     vm.start()
     vm.expect("acpi soft-off")
     with pytest.raises(TimeoutError):
         vm.wait(timeout=0.5)
     assert vm.stats()["exits"]["io_unhandled"] >= 1
+
+
+def started_aps(log: str) -> tuple[list[int], list[int], str]:
+    """(APIC ids the table listed, APIC ids of the APs that reported, the summary line)."""
+    listed = re.search(r"PROBE: cpus source=\w+ count=(\d+) apic_ids=([\d,]+)", log)
+    assert listed, log
+    aps = sorted(int(i) for i in re.findall(r"PROBE: ap apic_id=(\d+)", log))
+    summary = re.search(r"PROBE: smp started=\d+ expected=\d+", log)
+    assert summary, log
+    return [int(i) for i in listed.group(2).split(",")], aps, summary.group(0)
+
+
+@pytest.mark.parametrize("vcpus", [1, 2, 4, 8, 64])
+def test_aps_start_from_the_madt_and_report_their_apic_ids(vm_factory, probe_elf, vcpus):
+    _, status, log = boot(vm_factory, kernel=probe_elf, vcpus=vcpus, cmdline="probe.smp=madt")
+    assert status.reason == "reset", log
+    listed, aps, summary = started_aps(log)
+    assert listed == list(range(vcpus))
+    assert aps == list(range(1, vcpus))
+    assert summary == f"PROBE: smp started={vcpus - 1} expected={vcpus - 1}"
+
+
+@pytest.mark.parametrize("acpi", [True, False])
+def test_aps_start_from_the_mp_table_with_or_without_acpi(vm_factory, probe_elf, acpi):
+    _, status, log = boot(vm_factory, kernel=probe_elf, vcpus=4, acpi=acpi, cmdline="probe.smp=mptable")
+    listed, aps, summary = started_aps(log)
+    assert (listed, aps) == ([0, 1, 2, 3], [1, 2, 3]), log
+    assert summary == "PROBE: smp started=3 expected=3"
+
+
+def test_without_acpi_there_is_no_madt(vm_factory, probe_elf):
+    _, status, log = boot(vm_factory, kernel=probe_elf, vcpus=2, acpi=False, cmdline="probe.smp=madt")
+    assert "PROBE: cpus source=madt count=none" in log
+    assert "ap apic_id" not in log
+
+
+def test_power_button_needs_acpi_and_a_running_vm(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=spin")
+    with pytest.raises(VmStateError, match="cannot press_power_button: the VM is created"):
+        vm.press_power_button()
+    vm.start()
+    vm.expect("PROBE: spinning")
+    # The probe has no ACPI driver: it never enables the event, so the press goes unseen.
+    assert vm.press_power_button() is False
+    no_acpi = vm_factory(kernel=probe_elf, cmdline="probe.end=spin", acpi=False)
+    no_acpi.start()
+    with pytest.raises(VmConfigError, match=r"invalid acpi=False.*acpi=True \(the default\)"):
+        no_acpi.press_power_button()
+
+
+@pytest.mark.parametrize("acpi", [True, False])
+def test_stop_kills_a_guest_that_does_not_listen_for_the_power_button(vm_factory, probe_elf, acpi):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=spin", acpi=acpi)
+    vm.start()
+    vm.expect("PROBE: spinning")
+    started = time.monotonic()
+    assert vm.stop(timeout=30).reason == "killed"
+    assert time.monotonic() - started < 5  # at once: nobody listens, no need to wait 30 s
+    assert vm.stop().reason == "killed"  # exited: keeps its status
+
+
+def test_stop_on_a_paused_or_unstarted_vm(vm_factory, probe_elf):
+    unstarted = vm_factory(kernel=probe_elf)
+    assert unstarted.stop().reason == "killed"
+    assert unstarted.state == "exited"
+    paused = vm_factory(kernel=probe_elf, cmdline="probe.end=spin")
+    paused.start()
+    paused.expect("PROBE: spinning")
+    paused.pause()
+    assert paused.stop(timeout=1).reason == "killed"
+    with pytest.raises(VmConfigError, match="timeout=-1"):
+        paused.stop(timeout=-1)

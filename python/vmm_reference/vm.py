@@ -335,6 +335,9 @@ class Vm:
         usually shut down (reason ``poweroff``). Needs ``acpi=True`` (the default) and a
         running VM, else :class:`VmConfigError` / :class:`VmStateError`.
         """
+        if not self.acpi:
+            raise VmConfigError("invalid acpi=False for press_power_button(): the power button is an ACPI "
+                                "device; create the Vm with acpi=True (the default)")
         return self._native.press_power_button()
 
     def stop(self, timeout: float = 30.0) -> ExitStatus:
