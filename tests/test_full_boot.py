@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from vmm_reference import Vm
-from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_READY_MARKER
+from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_POWER_BUTTON_MARKER, GUEST_READY_MARKER
 
 
 @pytest.fixture(autouse=True)
@@ -76,3 +76,28 @@ def test_exit_code_through_devmem(vm_factory, guest_assets):
     vm.write("devmem 0xd0000000 32 7\n")
     status = vm.wait(timeout=60)
     assert (status.reason, status.code) == ("poweroff", 7), status
+
+
+def test_poweroff_ends_with_reason_poweroff(vm_factory, guest_assets):
+    vm = shell(vm_factory, guest_assets)
+    vm.write("poweroff -f\n")
+    status = vm.wait(timeout=60)  # through ACPI's PM1a_CNT (S5), not the exit device: no code
+    assert (status.reason, status.code) == ("poweroff", None)
+
+
+def test_stop_presses_the_power_button_and_the_guest_powers_off(vm_factory, guest_assets):
+    vm = shell(vm_factory, guest_assets)
+    status = vm.stop(timeout=60)
+    assert status.reason == "poweroff", vm.console_log[-2000:]
+    assert GUEST_POWER_BUTTON_MARKER in vm.console_log
+
+
+@pytest.mark.parametrize("vcpus", [1, 2, 4])
+def test_nproc_equals_vcpus(vm_factory, guest_assets, vcpus):
+    vm = shell(vm_factory, guest_assets, vcpus=vcpus)
+    vm.write("echo nproc=$(nproc) online=$(cat /sys/devices/system/cpu/online)\n")
+    m = vm.expect(r"nproc=(\d+) online=(\S+)\r?\n")
+    assert int(m.group(1)) == vcpus
+    assert m.group(2) == ("0" if vcpus == 1 else f"0-{vcpus - 1}")
+    vm.write("reboot -f\n")
+    assert vm.wait(timeout=60).reason == "reset"

@@ -14,6 +14,7 @@ from vmm_reference.pytest_plugin import skip_or_fail
 
 pytestmark = pytest.mark.lab
 REPO = Path(__file__).resolve().parent.parent
+FULL_BOOT_TESTS = 10  # in tests/test_full_boot.py, counting parameters
 
 
 def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
@@ -44,5 +45,5 @@ def test_full_boot_tests_pass_in_the_lab(request, kvm_kind):
     assert "LAB: /dev/kvm ready" in result.output, tail
     assert result.status == 0, tail
     summary = re.search(r"^=+ (\d+) passed(.*) =+\s*$", result.output, re.M)
-    assert summary and int(summary.group(1)) == 5, tail
+    assert summary and int(summary.group(1)) == FULL_BOOT_TESTS, tail
     assert "skipped" not in summary.group(2), tail
