@@ -20,7 +20,9 @@ use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
 use crate::console::{Console, ConsoleWriter};
 use crate::devices::acpi_pm::{AcpiPm1, PM1_LEN};
-use crate::devices::boot_marker::{BootMarkerPort, BootMarkers, BOOT_MARKER_PORT};
+use crate::devices::boot_marker::{
+    BootMarkerPort, BootMarkers, BOOT_MARKER_MMIO_ADDR, BOOT_MARKER_PORT,
+};
 use crate::devices::exit_device::{ExitDevice, EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN};
 use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
 use crate::devices::serial::{SerialDevice, SerialOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
@@ -154,7 +156,9 @@ impl Vm {
         pio.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)
             .map_err(overlap)?;
         let marker_port = Arc::new(Mutex::new(BootMarkerPort(markers.clone())));
-        pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port)
+        pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port.clone())
+            .map_err(overlap)?;
+        mmio.insert(BOOT_MARKER_MMIO_ADDR, 4, 0, marker_port)
             .map_err(overlap)?;
         let pm1 = if config.acpi {
             let line = vm_fd.clone();

@@ -78,8 +78,11 @@ def test_exit_code_through_devmem(vm_factory, guest_assets):
     assert (status.reason, status.code) == ("poweroff", 7), status
 
 
-def test_poweroff_ends_with_reason_poweroff(vm_factory, guest_assets):
+def test_boot_marker_from_the_shell_then_poweroff(vm_factory, guest_assets):
     vm = shell(vm_factory, guest_assets)
+    vm.write("devmem 0xd0001000 8 42; echo marked\n")
+    vm.expect("marked")
+    assert [value for value, _ in vm.events] == [42]
     vm.write("poweroff -f\n")
     status = vm.wait(timeout=60)  # through ACPI's PM1a_CNT (S5), not the exit device: no code
     assert (status.reason, status.code) == ("poweroff", None)

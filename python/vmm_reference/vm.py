@@ -422,7 +422,7 @@ class Vm:
 
     @property
     def events(self) -> list[tuple[int, float]]:
-        """Boot-time markers: ``(value, seconds since start())`` for each byte the guest wrote to port 0x440."""
+        """Boot-time markers: ``(value, seconds since start())`` per byte written to port 0x440 or MMIO 0xd0001000."""
         return self._native.boot_markers()
 
     def __enter__(self) -> Vm:

@@ -1,9 +1,11 @@
-//! Boot-time markers: a guest writes a byte to [`BOOT_MARKER_PORT`] to timestamp a milestone.
+//! Boot-time markers: a guest writes a byte to [`BOOT_MARKER_PORT`] (or to the MMIO register
+//! [`BOOT_MARKER_MMIO_ADDR`]) to timestamp a milestone.
 //!
 //! Each write records `(value, time since the VM started)`; front ends list them (Python:
 //! `vm.events`). Only the first [`MAX_MARKERS`] writes are kept, so a guest writing in a loop
-//! costs bounded memory. From C: `outb(123, 0x440)`; from a shell with `/dev/port`:
-//! `printf '\173' | dd of=/dev/port bs=1 seek=1088 count=1` writes 123.
+//! costs bounded memory. From a freestanding guest or the kernel: `outb(123, 0x440)`. From a
+//! shell: `devmem 0xd0001000 8 123` (busybox; Debian's kernels have `/dev/mem` but no
+//! `/dev/port`, and let `/dev/mem` reach unclaimed MMIO).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +14,9 @@ use super::bus::BusDevice;
 
 /// The marker port (unused on PCs).
 pub const BOOT_MARKER_PORT: u64 = 0x440;
+/// The marker's MMIO register (one byte is recorded per write, whatever its width), in the
+/// 32-bit MMIO gap a page after the exit device.
+pub const BOOT_MARKER_MMIO_ADDR: u64 = 0xd000_1000;
 /// How many markers are kept.
 pub const MAX_MARKERS: usize = 1024;
 
@@ -46,7 +51,7 @@ impl BootMarkers {
     }
 }
 
-/// The marker port device.
+/// The marker device, on the port-I/O bus and the MMIO bus.
 pub struct BootMarkerPort(pub Arc<BootMarkers>);
 
 impl BusDevice for BootMarkerPort {

@@ -325,7 +325,10 @@ void probe_main(const uint8_t *zp) {
     if (smp) start_aps(zp, smp);
 
     const char *marker = cmd_ptr ? cmdline_arg(cmdline, "probe.marker") : 0;
-    if (marker) outb(0x440, (uint8_t)parse_dec(marker));
+    if (marker) { /* the port, then the MMIO register with the next value */
+        outb(0x440, (uint8_t)parse_dec(marker));
+        *(volatile uint8_t *)(uintptr_t)0xd0001000u = (uint8_t)(parse_dec(marker) + 1);
+    }
     const char *end = cmd_ptr ? cmdline_arg(cmdline, "probe.end") : 0;
     const char *code = cmd_ptr ? cmdline_arg(cmdline, "probe.exit") : 0;
     if (code) {
