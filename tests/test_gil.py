@@ -13,6 +13,19 @@ import pytest
 from vmm_reference import Vm
 
 
+@pytest.fixture(autouse=True)
+def _sigint_raises():
+    # A process started in the background by a shell inherits SIGINT ignored, and Python then
+    # keeps it ignored: install Python's own handler so these tests mean the same everywhere.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def count_while(block) -> tuple[int, float]:
     counter = 0
     stop = threading.Event()
@@ -62,7 +75,7 @@ def test_keyboard_interrupt_stops_wait_promptly(vm_factory, probe_elf):
     t0 = time.monotonic()
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        vm.wait()
+        vm.wait(timeout=20)  # a TimeoutError instead fails the test
     assert time.monotonic() - t0 < 2.0
     assert vm.state == "running"
     vm.kill()
@@ -75,7 +88,7 @@ def test_keyboard_interrupt_in_serial_iteration(vm_factory, probe_elf):
     timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        for _ in vm.serial:
+        for _ in vm.serial.lines(timeout=20):
             pass
 
 
@@ -92,7 +105,8 @@ try:
 except KeyboardInterrupt:
     print("interrupted", vm.state, vm.exit_status.reason, flush=True)
 """
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=_default_sigint)
     assert p.stdout.readline().strip() == "started"
     time.sleep(0.2)
     p.send_signal(signal.SIGINT)
