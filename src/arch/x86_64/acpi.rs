@@ -13,7 +13,7 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::{Error, Result};
+use super::{checksum, Error, Result};
 
 /// Where the tables start (the RSDP first).
 pub const ACPI_START: u64 = 0xe0000;
@@ -30,10 +30,6 @@ const LAPIC_ADDR: u32 = 0xfee0_0000;
 
 const OEM_ID: &[u8; 6] = b"VMMREF";
 const OEM_TABLE_ID: &[u8; 8] = b"VMMREFTB";
-
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
-}
 
 /// An ACPI system description table under construction.
 struct Sdt(Vec<u8>);

@@ -42,3 +42,8 @@ pub enum Error {
 
 /// Result type of this module.
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// The byte that makes `bytes` sum to zero (mod 256), as ACPI and MP tables require.
+pub(crate) fn checksum(bytes: &[u8]) -> u8 {
+    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
+}

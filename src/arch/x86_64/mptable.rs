@@ -9,7 +9,7 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::layout::EBDA_START;
-use super::{Error, Result};
+use super::{checksum, Error, Result};
 
 /// Where the floating pointer structure is written.
 pub const MPTABLE_START: u64 = EBDA_START;
@@ -23,10 +23,6 @@ const CPU_BOOTSTRAP: u8 = 2;
 /// Family 6 in the CPU signature; FPU and APIC in the feature flags.
 const CPU_SIGNATURE: u32 = 0x600;
 const CPU_FEATURES: u32 = 0x201;
-
-fn checksum(bytes: &[u8]) -> u8 {
-    0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
-}
 
 /// The configuration table (header and entries) for `vcpus` CPUs, to be written at `addr`.
 fn config_table(vcpus: u8) -> Vec<u8> {
