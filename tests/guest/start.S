@@ -18,6 +18,87 @@ _start:
     .space  16384
 stack_top:
 
+/* PVH entry (Xen's XEN_ELFNOTE_PHYS32_ENTRY, which QEMU also honours): 32-bit protected mode,
+ * paging off, %ebx = physical address of struct hvm_start_info. Only the ELF flavour, linked
+ * at its load address, has the note, so absolute addresses are right here. It maps the first
+ * 4 GiB with 2 MiB pages, enters long mode and calls pvh_main(start_info). */
+    .section .note.pvh, "a", @note
+    .balign 4
+    .long   4, 4, 18                /* name size, descriptor size, XEN_ELFNOTE_PHYS32_ENTRY */
+    .asciz  "Xen"
+    .long   pvh_start
+
+    .section .text.pvh, "ax"
+    .code32
+pvh_start:
+    cli
+    mov     %ebx, %esi
+    mov     $pvh_pdpt, %eax
+    or      $3, %eax
+    mov     %eax, pvh_pml4
+    xor     %ecx, %ecx
+1:  mov     %ecx, %eax              /* PDPT[i] -> PD i (i < 4) */
+    shl     $12, %eax
+    add     $pvh_pd, %eax
+    or      $3, %eax
+    mov     %eax, pvh_pdpt(,%ecx,8)
+    inc     %ecx
+    cmp     $4, %ecx
+    jne     1b
+    xor     %ecx, %ecx
+2:  mov     %ecx, %eax              /* PD entry i: 2 MiB page at i * 2 MiB */
+    shl     $21, %eax
+    or      $0x83, %eax
+    mov     %eax, pvh_pd(,%ecx,8)
+    mov     %ecx, %eax
+    shr     $11, %eax
+    mov     %eax, pvh_pd+4(,%ecx,8)
+    inc     %ecx
+    cmp     $2048, %ecx
+    jne     2b
+    mov     %cr4, %eax
+    or      $0x20, %eax             /* PAE */
+    mov     %eax, %cr4
+    mov     $pvh_pml4, %eax
+    mov     %eax, %cr3
+    mov     $0xc0000080, %ecx       /* EFER.LME */
+    rdmsr
+    or      $0x100, %eax
+    wrmsr
+    mov     %cr0, %eax
+    or      $0x80000001, %eax       /* PG, PE */
+    mov     %eax, %cr0
+    lgdt    pvh_gdt_desc
+    ljmp    $0x08, $pvh_long
+
+    .code64
+pvh_long:
+    mov     $0x10, %ax
+    mov     %ax, %ds
+    mov     %ax, %es
+    mov     %ax, %ss
+    lea     stack_top(%rip), %rsp
+    mov     %rsi, %rdi
+    call    pvh_main
+3:  hlt
+    jmp     3b
+
+    .section .rodata
+    .balign 8
+pvh_gdt:
+    .quad   0
+    .quad   0x00af9a000000ffff      /* 0x08: 64-bit code */
+    .quad   0x00cf92000000ffff      /* 0x10: data */
+pvh_gdt_desc:
+    .word   pvh_gdt_desc - pvh_gdt - 1
+    .long   pvh_gdt
+
+    .section .bss
+    .balign 4096
+pvh_pml4:   .space 4096
+pvh_pdpt:   .space 4096
+pvh_pd:     .space 4 * 4096
+
 /* The application processors' start-up code. The BSP copies it to AP_TRAMPOLINE (a page below
  * 1 MiB) and fills in the three slots at its end, then sends INIT and SIPI with vector
  * AP_TRAMPOLINE >> 12. Each AP starts here in real mode at CS:IP = (AP_TRAMPOLINE >> 4):0,
