@@ -200,7 +200,7 @@ impl NativeVm {
         let console = self.vm.console().clone();
         loop {
             let slice = next_slice(end);
-            let chunk = py.detach(|| console.read_wait(offset, max, slice));
+            let chunk = py.detach(|| console.read_batched(offset, max, slice));
             let expired = end.is_some_and(|d| Instant::now() >= d);
             if !chunk.data.is_empty() || chunk.eof || expired {
                 return Ok((chunk.start, PyBytes::new(py, &chunk.data), chunk.eof));

@@ -1,0 +1,551 @@
+"""Benchmarks: vmm-reference against QEMU's microvm and a raw KVM_RUN loop, side by side.
+
+Every case runs ours and the peer in the same run, interleaved, several times, and reports
+min/median/max and the ratio ours/peer of the medians, with PASS/MISS against the targets the
+README states. Writes ``bench/results.md`` and ``bench/results.png``.
+
+    python bench/run.py            # everything (a few minutes)
+    python bench/run.py --quick    # fewer repetitions, no lab case
+
+Needs: the probe guest (``make -C tests/guest``), the raw loop
+(``cargo build --release --example raw_kvm_loop``), ``qemu-system-x86_64`` (Debian's
+``qemu-system-x86``), the guest assets (``python -m vmm_reference.assets``) and matplotlib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from vmm_reference import Vm
+from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
+from vmm_reference.lab import lab_available, run_in_lab
+from vmm_reference.pytest_plugin import detect_kvm_kind
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = REPO / "tests" / "guest" / "build" / "probe.elf"
+RAW_LOOP = REPO / "target" / "release" / "examples" / "raw_kvm_loop"
+QEMU = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
+        "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"]
+MIB = 1 << 20
+
+
+@dataclass
+class Row:
+    """One measured quantity: ours and a peer's samples, and the target for their ratio or ours."""
+
+    case: str
+    metric: str
+    unit: str
+    ours: list[float]
+    peer: list[float] = field(default_factory=list)
+    peer_name: str = ""
+    target: str = ""
+    """What PASS means, as text for the table."""
+    check: Optional[Callable[[Row], bool]] = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> Optional[float]:
+        """Median ours / median peer."""
+        if not self.peer or not self.ours or statistics.median(self.peer) == 0:
+            return None
+        return statistics.median(self.ours) / statistics.median(self.peer)
+
+    @property
+    def verdict(self) -> str:
+        """PASS, MISS, or empty without a target."""
+        if self.check is None:
+            return ""
+        return "PASS" if self.check(self) else "MISS"
+
+
+def spread(values: list[float]) -> str:
+    """min / median / max, compactly."""
+    if not values:
+        return "–"
+    lo, med, hi = min(values), statistics.median(values), max(values)
+    return f"{fmt(lo)} / **{fmt(med)}** / {fmt(hi)}"
+
+
+def fmt(v: float) -> str:
+    """A number with three significant digits."""
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}"
+
+
+def tsc_hz() -> float:
+    """The host's TSC frequency, which the guest's TSC also runs at under KVM."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) * 1e6
+    raise RuntimeError("no 'cpu MHz' in /proc/cpuinfo")
+
+
+def bench_rate(text: str, hz: float) -> float:
+    """Operations per second from the probe's ``PROBE: bench KIND n=N tsc=T`` line."""
+    m = re.search(r"PROBE: bench \w+ n=(\d+) tsc=(\d+)", text)
+    if not m:
+        raise RuntimeError(f"no bench line in the guest's output: {text[-500:]!r}")
+    return int(m.group(1)) / (int(m.group(2)) / hz)
+
+
+# ---- case 1: start latency ------------------------------------------------------------------
+
+def first_byte_ours_api() -> float:
+    t0 = time.perf_counter()
+    vm = Vm(memory_mib=64, kernel=PROBE, cmdline="probe.end=halt")
+    vm.start()
+    data = vm.serial.read(timeout=10)
+    dt = time.perf_counter() - t0
+    assert data, "no console output"
+    vm.kill()
+    vm.wait(timeout=10)
+    vm.close()
+    return dt
+
+
+def first_byte_process(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    assert p.stdout is not None
+    first = p.stdout.read(1)
+    dt = time.perf_counter() - t0
+    p.kill()
+    p.wait()
+    assert first, f"no output from {args[0]}"
+    return dt
+
+
+def qemu_probe(cmdline: str, memory_mib: int = 64) -> list[str]:
+    return [*QEMU, "-m", str(memory_mib), "-kernel", str(PROBE), "-append", cmdline]
+
+
+def case_start(reps: int) -> list[Row]:
+    cli = shutil.which("vmm-reference") or "vmm-reference"
+    cli_args = [cli, "--memory", "mem_size_mib=64", "--kernel", f"path={PROBE},cmdline=probe.end=halt"]
+    api, proc, qemu = [], [], []
+    for _ in range(reps):
+        api.append(first_byte_ours_api() * 1e3)
+        proc.append(first_byte_process(cli_args) * 1e3)
+        qemu.append(first_byte_process(qemu_probe("probe.end=halt")) * 1e3)
+    half = lambda r: r.ratio is not None and r.ratio <= 0.5  # noqa: E731
+    return [
+        Row("1 start latency", "Vm()+start() to first serial byte", "ms", api, qemu,
+            "QEMU microvm process", "≤ 0.5× QEMU", half),
+        Row("1 start latency", "CLI process start to first serial byte", "ms", proc, qemu,
+            "QEMU microvm process", "≤ 0.5× QEMU", half),
+    ]
+
+
+# ---- case 2: exit-path throughput -----------------------------------------------------------
+
+def exits_ours(kind: str, n: int, hz: float) -> float:
+    with Vm(memory_mib=64, kernel=PROBE, cmdline=f"probe.bench={kind} probe.n={n}") as vm:
+        vm.start()
+        vm.wait(timeout=120)
+        return bench_rate(vm.console_log, hz)
+
+
+def exits_qemu(kind: str, n: int, hz: float) -> float:
+    done = subprocess.run(qemu_probe(f"probe.bench={kind} probe.n={n}"), capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+    return bench_rate(done.stdout, hz)
+
+
+def exits_raw(n: int) -> float:
+    done = subprocess.run([str(RAW_LOOP), str(n)], capture_output=True, text=True, timeout=120, check=True)
+    m = re.search(r"rate=(\d+)", done.stdout)
+    assert m, done.stdout
+    return float(m.group(1))
+
+
+def case_exits(reps: int, n: int, hz: float) -> list[Row]:
+    ours, raw, qemu, ours_uart, qemu_uart = [], [], [], [], []
+    for _ in range(reps):
+        ours.append(exits_ours("pio", n, hz))
+        raw.append(exits_raw(n))
+        qemu.append(exits_qemu("pio", n, hz))
+        ours_uart.append(exits_ours("scratch", n, hz))
+        qemu_uart.append(exits_qemu("scratch", n, hz))
+    return [
+        Row("2 exit path", "port writes to an unused port", "exits/s", ours, raw, "raw KVM_RUN loop",
+            "≥ 0.9× raw loop", lambda r: r.ratio is not None and r.ratio >= 0.9),
+        Row("2 exit path", "port writes to an unused port", "exits/s", ours, qemu, "QEMU microvm"),
+        Row("2 exit path", "port writes to the UART scratch register", "exits/s", ours_uart, qemu_uart,
+            "QEMU microvm"),
+    ]
+
+
+# ---- case 3: console throughput -------------------------------------------------------------
+
+def console_ours(n: int, raw_bytes: bool) -> float:
+    with Vm(memory_mib=64, kernel=PROBE, cmdline=f"probe.bench=console probe.n={n} probe.end=halt") as vm:
+        t0 = time.perf_counter()
+        vm.start()
+        got = 0
+        if raw_bytes:
+            seen = b""
+            while b"PROBE: bench console" not in seen:
+                chunk = vm.serial.read(timeout=60)
+                if not chunk:
+                    raise RuntimeError("the console ended early")
+                got += len(chunk)
+                seen = seen[-64:] + chunk
+        else:
+            for line in vm.serial.lines(timeout=120):
+                got += len(line) + 1
+                if line.startswith("PROBE: bench console"):
+                    break
+        dt = time.perf_counter() - t0
+        assert got >= n
+        return got / dt
+
+
+def case_console(reps: int, n: int, exit_rates: list[float]) -> list[Row]:
+    lines, raw = [], []
+    for _ in range(reps):
+        lines.append(console_ours(n, raw_bytes=False))
+        raw.append(console_ours(n, raw_bytes=True))
+    ok = lambda r: r.ratio is not None and r.ratio >= 0.8  # noqa: E731
+    return [
+        Row("3 console", "guest text to Python, `for line in vm.serial`", "bytes/s", lines, exit_rates,
+            "our exit rate (case 2)", "≥ 0.8× exit rate", ok),
+        Row("3 console", "guest text to Python, `vm.serial.read()`", "bytes/s", raw, exit_rates,
+            "our exit rate (case 2)", "≥ 0.8× exit rate", ok),
+    ]
+
+
+# ---- case 4: memory overhead ----------------------------------------------------------------
+
+_MEMORY_CHILD = r"""
+import json, sys
+from vmm_reference import Vm
+def rss_and_guest():
+    rss = guest = 0
+    size = None
+    for line in open("/proc/self/smaps"):
+        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+            a, b = (int(x, 16) for x in line.split()[0].split("-"))
+            size = b - a
+        elif line.startswith("Rss:"):
+            kb = int(line.split()[1]) * 1024
+            rss += kb
+            if size == 64 << 20:
+                guest += kb
+    return rss, guest
+base = rss_and_guest()
+vms = []
+for i in range(int(sys.argv[2])):
+    vm = Vm(memory_mib=64, kernel=sys.argv[1], cmdline="probe.end=halt")
+    vm.start()
+    vm.expect("PROBE: halting", timeout=30)
+    vms.append(vm)
+rss, guest = rss_and_guest()
+print(json.dumps({"base": base[0], "rss": rss, "guest": guest}))
+for vm in vms:
+    vm.kill()
+"""
+
+
+def qemu_overhead() -> float:
+    p = subprocess.Popen(qemu_probe("probe.end=halt"), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        while b"halting" not in p.stdout.readline():
+            pass
+        rss = guest = 0
+        size = 0
+        for line in Path(f"/proc/{p.pid}/smaps").read_text().splitlines():
+            head = line.split()[0] if line else ""
+            if "-" in head and all(c in "0123456789abcdef-" for c in head):
+                a, b = (int(x, 16) for x in head.split("-"))
+                size = b - a
+            elif line.startswith("Rss:"):
+                kb = int(line.split()[1]) * 1024
+                rss += kb
+                if size == 64 * MIB:
+                    guest += kb
+        return (rss - guest) / MIB
+    finally:
+        p.kill()
+        p.wait()
+
+
+def case_memory(reps: int) -> list[Row]:
+    per_vm: dict[int, list[float]] = {1: [], 8: [], 32: []}
+    additional: list[float] = []
+    qemu: list[float] = []
+    for _ in range(reps):
+        results = {}
+        for k in per_vm:
+            out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(PROBE), str(k)], capture_output=True,
+                                 text=True, timeout=300, check=True)
+            r = json.loads(out.stdout)
+            results[k] = r
+            per_vm[k].append((r["rss"] - r["guest"] - r["base"]) / k / MIB)
+        one, many = results[1], results[32]
+        additional.append(((many["rss"] - many["guest"]) - (one["rss"] - one["guest"])) / 31 / MIB)
+        qemu.append(qemu_overhead())
+    rows = [Row("4 memory", f"host memory per VM, {k} idle 64 MiB VMs in one process, less guest RAM touched",
+                "MiB", v, qemu, "one QEMU process per VM") for k, v in per_vm.items()]
+    rows.append(Row("4 memory", "host memory per additional VM (32 vs 1), less guest RAM touched", "MiB",
+                    additional, qemu, "one QEMU process per VM", "≤ 2 MiB",
+                    lambda r: statistics.median(r.ours) <= 2.0))
+    return rows
+
+
+# ---- case 5: scale ---------------------------------------------------------------------------
+
+def tiny_vm(_: int = 0) -> None:
+    with Vm(memory_mib=64, kernel=PROBE, cmdline="probe.tiny=1") as vm:
+        vm.start()
+        status = vm.wait(timeout=30)
+        assert status.reason == "reset", status
+
+
+def tiny_qemu(_: int = 0) -> None:
+    subprocess.run(qemu_probe("probe.tiny=1"), capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
+
+
+def case_scale(reps: int, count: int) -> list[Row]:
+    cores = os.cpu_count() or 1
+    seq, pool, qemu_seq, qemu_pool = [], [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for i in range(count):
+            tiny_vm(i)
+        seq.append(count / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(cores) as ex:
+            list(ex.map(tiny_vm, range(count)))
+        pool.append(count / (time.perf_counter() - t0) / cores)
+        qn = max(4, count // 10)
+        t0 = time.perf_counter()
+        for i in range(qn):
+            tiny_qemu(i)
+        qemu_seq.append(qn / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(cores) as ex:
+            list(ex.map(tiny_qemu, range(qn)))
+        qemu_pool.append(qn / (time.perf_counter() - t0) / cores)
+    fifty = lambda r: statistics.median(r.ours) >= 50  # noqa: E731
+    return [
+        Row("5 scale", f"create, run, exit {count} tiny VMs (a 13-byte hello) one after another", "VMs/s/core",
+            seq, qemu_seq, "QEMU processes", "≥ 50", fifty),
+        Row("5 scale", f"the same on a pool of {cores} threads", "VMs/s/core", pool, qemu_pool,
+            "QEMU processes", "≥ 50", fifty),
+    ]
+
+
+# ---- case 6: real kernel to `Memory:` ---------------------------------------------------------
+
+def memory_line_ours(vmlinux: Path, initrd: Path) -> float:
+    t0 = time.perf_counter()
+    with Vm(memory_mib=256, kernel=vmlinux, initrd=initrd, cmdline="reboot=k panic=-1 earlyprintk=ttyS0") as vm:
+        vm.start()
+        vm.expect(r"Memory: \d+K", timeout=180)
+        return time.perf_counter() - t0
+
+
+def memory_line_qemu(vmlinux: Path, initrd: Path) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.Popen([*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
+                          "console=ttyS0 reboot=k panic=-1 earlyprintk=ttyS0"], stdout=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            if re.search(rb"Memory: \d+K", raw):
+                return time.perf_counter() - t0
+        raise RuntimeError("QEMU's guest never printed its Memory: line")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def case_kernel(reps: int, kvm_kind: str) -> list[Row]:
+    g = fetch_guest()
+    ours, qemu = [], []
+    for _ in range(reps):
+        ours.append(memory_line_ours(g.vmlinux, g.initrd))
+        qemu.append(memory_line_qemu(g.vmlinux, g.initrd))
+    note = ("on PVM, dominated by PVM's slow emulated early boot, the same for both VMMs"
+            if kvm_kind == "pvm" else "")
+    return [Row("6 real kernel", "start to the Debian cloud kernel's `Memory:` line", "s", ours, qemu,
+                "QEMU microvm", note=note)]
+
+
+# ---- case 7: boot to userspace -------------------------------------------------------------
+
+def userspace_ours(vmlinux: Path, initrd: Path) -> float:
+    t0 = time.perf_counter()
+    with Vm(memory_mib=256, kernel=vmlinux, initrd=initrd, cmdline="reboot=k panic=-1 quiet") as vm:
+        vm.start()
+        vm.expect(GUEST_READY_MARKER, timeout=120)
+        dt = time.perf_counter() - t0
+        vm.wait(timeout=60)
+        return dt
+
+
+def userspace_qemu(vmlinux: Path, initrd: Path) -> float:
+    t0 = time.perf_counter()
+    p = subprocess.Popen([*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
+                          "console=ttyS0 reboot=k panic=-1 quiet"], stdout=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert p.stdout is not None
+        for raw in p.stdout:
+            if GUEST_READY_MARKER.encode() in raw:
+                return time.perf_counter() - t0
+        raise RuntimeError("QEMU's guest never reached userspace")
+    finally:
+        p.kill()
+        p.wait()
+
+
+def userspace_samples(reps: int) -> dict[str, list[float]]:
+    g = fetch_guest()
+    ours, qemu = [], []
+    for _ in range(reps):
+        ours.append(userspace_ours(g.vmlinux, g.initrd))
+        qemu.append(userspace_qemu(g.vmlinux, g.initrd))
+    return {"ours": ours, "qemu": qemu}
+
+
+def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
+    if kvm_kind == "hardware":
+        s = userspace_samples(reps)
+        return [Row("7 userspace", "start to the initramfs's ready marker (hardware KVM)", "s", s["ours"],
+                    s["qemu"], "QEMU microvm")]
+    why = lab_available()
+    if why:
+        return [Row("7 userspace", "start to the initramfs's ready marker (nested-KVM lab)", "s", [], [],
+                    note=f"not run: {why}")]
+    fetch_guest()
+    command = " ".join(["VMM_REFERENCE_OFFLINE=1", shlex.quote(sys.executable), shlex.quote(str(Path(__file__))),
+                        "--inner-userspace", str(reps)])
+    result = run_in_lab(command, timeout=600, cwd=str(REPO))
+    found = re.findall(r"^USERSPACE (\{.*\})\s*$", result.output, re.M)
+    if result.status != 0 or not found:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
+    s = json.loads(found[-1])
+    return [Row("7 userspace", "start to the initramfs's ready marker, nested-KVM lab (emulated: ratio only)",
+                "s", s["ours"], s["qemu"], "QEMU microvm in the same lab")]
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    qemu = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()
+    kind = detect_kvm_kind()
+    return (f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}, /dev/kvm: {kind}"
+            f"{' (kvm_pvm: nested, no VMX/SVM)' if kind == 'pvm' else ''}; {qemu[0] if qemu else 'no QEMU'}")
+
+
+def markdown(rows: list[Row], header: str) -> str:
+    out = [header, "", "| case | metric | unit | ours min / **median** / max | peer | peer min / **median** / max "
+           "| ours/peer | target | |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "–"
+        out.append(f"| {r.case} | {r.metric} | {r.unit} | {spread(r.ours)} | {r.peer_name or '–'} | "
+                   f"{spread(r.peer)} | {ratio} | {r.target or '–'} | {r.verdict} |")
+    notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
+    if notes:
+        out += ["", *notes]
+    return "\n".join(out) + "\n"
+
+
+def chart(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if r.ratio is not None]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(shown) + 1.5))
+    labels = [f"{r.case}: {r.metric[:48]} (vs {r.peer_name})" for r in shown]
+    colors = ["tab:green" if r.verdict == "PASS" else "tab:red" if r.verdict == "MISS" else "tab:gray"
+              for r in shown]
+    ax.barh(range(len(shown)), [r.ratio or 0 for r in shown], color=colors)
+    ax.set_yticks(range(len(shown)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("ours / peer (median); green PASS, red MISS, grey no target")
+    ax.set_title("vmm-reference benchmarks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions, no lab case")
+    parser.add_argument("--out", default=str(REPO / "bench"), help="where results.md and results.png go")
+    parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.inner_userspace:
+        print("USERSPACE " + json.dumps(userspace_samples(args.inner_userspace)), flush=True)
+        return 0
+    for need, how in [(PROBE, "make -C tests/guest"), (RAW_LOOP, "cargo build --release --example raw_kvm_loop")]:
+        if not need.exists():
+            print(f"missing {need}: run `{how}`", file=sys.stderr)
+            return 2
+    kind = detect_kvm_kind()
+    hz = tsc_hz()
+    reps = 3 if args.quick else 5
+    started = time.perf_counter()
+    rows: list[Row] = []
+
+    def run(name: str, fn: Callable[[], list[Row]]) -> list[Row]:
+        t = time.perf_counter()
+        got = fn()
+        print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        for r in got:
+            ratio = f"{r.ratio:.2f}" if r.ratio is not None else "–"
+            print(f"  {r.metric} [{r.unit}]: ours {spread(r.ours)}; {r.peer_name or 'no peer'} {spread(r.peer)}; "
+                  f"ratio {ratio} {r.verdict}".replace("**", ""), file=sys.stderr, flush=True)
+        rows.extend(got)
+        return got
+
+    run("start latency", lambda: case_start(reps * 2))
+    exit_rows = run("exit path", lambda: case_exits(reps, 100_000, hz))
+    run("console", lambda: case_console(reps, 200_000, exit_rows[0].ours))
+    run("memory", lambda: case_memory(1 if args.quick else 2))
+    run("scale", lambda: case_scale(1 if args.quick else 2, 100))
+    run("real kernel", lambda: case_kernel(2 if args.quick else 3, kind))
+    if not args.quick:
+        run("userspace", lambda: case_userspace(3, kind))
+    took = time.perf_counter() - started
+    header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
+              f"Medians compared; ratio = ours / peer.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(rows, header))
+    chart(rows, out / "results.png")
+    print(markdown(rows, header))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
