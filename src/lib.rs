@@ -43,6 +43,7 @@ pub mod exit;
 pub mod kvm;
 pub mod memory;
 pub mod pause;
+pub mod reaper;
 pub mod vcpu;
 pub mod vm;
 

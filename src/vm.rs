@@ -97,9 +97,15 @@ pub struct Vm {
     unstarted: Mutex<Option<Unstarted>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
-    // Dropped last (fields drop in order): guest memory must outlive the vCPU threads,
-    // which `Drop` joins first.
     pm1: Option<Arc<Mutex<AcpiPm1>>>,
+    /// Released by `Drop` once the vCPU threads are joined (guest memory must outlive them),
+    /// through [`crate::reaper`].
+    resources: Option<Resources>,
+}
+
+/// The kernel VM and the guest memory: slow to release, so released off the caller's thread.
+struct Resources {
+    // Fields drop in order: the VM (which maps the memory) before the memory.
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
     _memory: Arc<GuestMemoryMmap>,
@@ -161,10 +167,13 @@ impl Vm {
         mmio.insert(BOOT_MARKER_MMIO_ADDR, 4, 0, marker_port)
             .map_err(overlap)?;
         let pm1 = if config.acpi {
-            let line = vm_fd.clone();
+            // Weak: the VM fd's last owner must be `Vm`, which hands it to the reaper.
+            let line = Arc::downgrade(&vm_fd);
             let sci = Box::new(move |level: bool| {
-                // KVM_IRQ_LINE only fails for a GSI with no route; 9 always has one.
-                let _ = line.set_irq_line(u32::from(SCI_IRQ), level);
+                if let Some(vm_fd) = line.upgrade() {
+                    // KVM_IRQ_LINE only fails for a GSI with no route; 9 always has one.
+                    let _ = vm_fd.set_irq_line(u32::from(SCI_IRQ), level);
+                }
             });
             let pm1 = Arc::new(Mutex::new(AcpiPm1::new(exit.clone(), sci)));
             pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1.clone())
@@ -220,9 +229,11 @@ impl Vm {
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
             pm1,
-            _vm_fd: vm_fd,
-            _kvm: kvm,
-            _memory: memory,
+            resources: Some(Resources {
+                _vm_fd: vm_fd,
+                _kvm: kvm,
+                _memory: memory,
+            }),
         })
     }
 
@@ -447,6 +458,9 @@ impl Drop for Vm {
             .take();
         if let Some(handle) = handle {
             let _ = handle.join();
+        }
+        if let Some(resources) = self.resources.take() {
+            crate::reaper::release(resources);
         }
     }
 }
