@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from vmm_reference import Vm
-from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
+from vmm_reference.assets import GUEST_READY_MARKER, cache_dir, fetch_guest
 from vmm_reference.lab import lab_available, run_in_lab
 from vmm_reference.pytest_plugin import detect_kvm_kind
 
@@ -440,7 +440,8 @@ def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
         return [Row("7 userspace", "start to the initramfs's ready marker (nested-KVM lab)", "s", [], [],
                     note=f"not run: {why}")]
     fetch_guest()
-    command = " ".join(["VMM_REFERENCE_OFFLINE=1", shlex.quote(sys.executable), shlex.quote(str(Path(__file__))),
+    command = " ".join([f"VMM_REFERENCE_CACHE={shlex.quote(str(cache_dir().resolve()))}", "VMM_REFERENCE_OFFLINE=1",
+                        shlex.quote(sys.executable), shlex.quote(str(Path(__file__))),
                         "--inner-userspace", str(reps)])
     result = run_in_lab(command, timeout=600, cwd=str(REPO))
     found = re.findall(r"^USERSPACE (\{.*\})\s*$", result.output, re.M)

@@ -291,6 +291,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeVm>()?;
     m.add_function(wrap_pyfunction!(max_vcpus, m)?)?;
     m.add("DEFAULT_CMDLINE", crate::config::DEFAULT_CMDLINE)?;
+    m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
     m.add(
         "DEFAULT_CONSOLE_LIMIT",
         crate::config::DEFAULT_CONSOLE_LIMIT,

@@ -10,8 +10,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
+from . import _native
 from .errors import (
     KvmUnavailableError,
     VmConfigError,
@@ -24,10 +23,8 @@ from .errors import (
 from .expect import ExpectFailure, VmExitedError
 from .vm import DEFAULT_CMDLINE, BootInfo, ExitStatus, Serial, Vm, max_vcpus
 
-try:
-    __version__ = version("vmm-reference")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
+__version__: str = _native.VERSION
+"""The package's version (the Rust crate's, which pyproject.toml takes)."""
 
 __all__ = [
     "DEFAULT_CMDLINE",

@@ -4,6 +4,7 @@ from os import PathLike
 from typing import Any, Optional, Union
 
 DEFAULT_CMDLINE: str
+VERSION: str
 DEFAULT_CONSOLE_LIMIT: int
 DEFAULT_MEMORY_MIB: int
 HIMEM_START_DEFAULT: int

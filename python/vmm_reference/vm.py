@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Optional, Union
+from typing import Any, Optional, TypeVar, Union
 
 from . import _native
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
+
+_T = TypeVar("_T")
+
+
+async def _to_thread(fn: Callable[..., _T], *args: Any) -> _T:
+    """``asyncio.to_thread``, with asyncio imported only by code that uses it (it is slow to import)."""
+    import asyncio
+
+    return await asyncio.to_thread(fn, *args)
+
 
 __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
 
@@ -153,7 +162,7 @@ class Serial:
         """Yield console lines without blocking the event loop; ends like iteration does."""
         splitter = _LineSplitter()
         while True:
-            start, data, eof = await asyncio.to_thread(self._native.read_console, splitter.offset, _READ_CHUNK, 0.2)
+            start, data, eof = await _to_thread(self._native.read_console, splitter.offset, _READ_CHUNK, 0.2)
             for line in splitter.feed(start, data, eof):
                 yield line
             if eof:
@@ -279,7 +288,7 @@ class Vm:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
-            result = await asyncio.to_thread(self._native.wait, remaining)
+            result = await _to_thread(self._native.wait, remaining)
             if result is not None:
                 return ExitStatus(*result)
             if deadline is not None and time.monotonic() >= deadline:
@@ -312,7 +321,7 @@ class Vm:
         fail: Optional[Union[Pattern, list[Pattern]]] = None,
     ) -> re.Match[Any]:
         """Like :meth:`expect`, without blocking the asyncio event loop."""
-        return await asyncio.to_thread(self.expect, pattern, timeout, fail)
+        return await _to_thread(self.expect, pattern, timeout, fail)
 
     def pause(self) -> None:
         """Pause a running VM; returns once no vCPU runs guest code. Raises :class:`VmStateError` unless running."""
