@@ -90,6 +90,13 @@ def fmt(v: float) -> str:
     return f"{v:.3g}"
 
 
+def fmt_ratio(ratio: Optional[float]) -> str:
+    """A ratio with two decimals, or two significant digits when small."""
+    if ratio is None:
+        return "–"
+    return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
+
+
 def tsc_hz() -> float:
     """The host's TSC frequency, which the guest's TSC also runs at under KVM."""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -468,7 +475,7 @@ def markdown(rows: list[Row], header: str) -> str:
     out = [header, "", "| case | metric | unit | ours min / **median** / max | peer | peer min / **median** / max "
            "| ours/peer | target | |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ratio = f"{r.ratio:.2f}" if r.ratio is not None else "–"
+        ratio = fmt_ratio(r.ratio)
         out.append(f"| {r.case} | {r.metric} | {r.unit} | {spread(r.ours)} | {r.peer_name or '–'} | "
                    f"{spread(r.peer)} | {ratio} | {r.target or '–'} | {r.verdict} |")
     notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
@@ -484,8 +491,10 @@ def chart(rows: list[Row], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = [r for r in rows if r.ratio is not None]
-    fig, ax = plt.subplots(figsize=(10, 0.45 * len(shown) + 1.5))
-    labels = [f"{r.case}: {r.metric[:48]} (vs {r.peer_name})" for r in shown]
+    fig, ax = plt.subplots(figsize=(12, 0.45 * len(shown) + 1.5))
+    better = {"ms": "lower is better", "s": "lower is better", "MiB": "lower is better"}
+    labels = [f"{r.case}: {r.metric[:44]} vs {r.peer_name} ({better.get(r.unit, 'higher is better')})"
+              for r in shown]
     colors = ["tab:green" if r.verdict == "PASS" else "tab:red" if r.verdict == "MISS" else "tab:gray"
               for r in shown]
     ax.barh(range(len(shown)), [r.ratio or 0 for r in shown], color=colors)
@@ -496,13 +505,14 @@ def chart(rows: list[Row], path: Path) -> None:
     ax.set_xlabel("ours / peer (median); green PASS, red MISS, grey no target")
     ax.set_title("vmm-reference benchmarks")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no lab case")
     parser.add_argument("--out", default=str(REPO / "bench"), help="where results.md and results.png go")
+    parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner_userspace:
@@ -523,7 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         got = fn()
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
         for r in got:
-            ratio = f"{r.ratio:.2f}" if r.ratio is not None else "–"
+            ratio = fmt_ratio(r.ratio)
             print(f"  {r.metric} [{r.unit}]: ours {spread(r.ours)}; {r.peer_name or 'no peer'} {spread(r.peer)}; "
                   f"ratio {ratio} {r.verdict}".replace("**", ""), file=sys.stderr, flush=True)
         rows.extend(got)
@@ -544,6 +554,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(markdown(rows, header))
     chart(rows, out / "results.png")
+    if args.readme:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            readme.write_text(head + begin + markdown(rows, header) + end + rest.split(end, 1)[1])
     print(markdown(rows, header))
     return 0
 
