@@ -242,33 +242,53 @@ def case_console(reps: int, n: int, exit_rates: list[float]) -> list[Row]:
 # ---- case 4: memory overhead ----------------------------------------------------------------
 
 _MEMORY_CHILD = r"""
-import json, sys
+import sys
 from vmm_reference import Vm
-def rss_and_guest():
-    rss = guest = 0
-    size = None
-    for line in open("/proc/self/smaps"):
-        if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
-            a, b = (int(x, 16) for x in line.split()[0].split("-"))
-            size = b - a
-        elif line.startswith("Rss:"):
-            kb = int(line.split()[1]) * 1024
-            rss += kb
-            if size == 64 << 20:
-                guest += kb
-    return rss, guest
-base = rss_and_guest()
+print("BASE", flush=True)
+sys.stdin.readline()
 vms = []
 for i in range(int(sys.argv[2])):
     vm = Vm(memory_mib=64, kernel=sys.argv[1], cmdline="probe.end=halt")
     vm.start()
     vm.expect("PROBE: halting", timeout=30)
     vms.append(vm)
-rss, guest = rss_and_guest()
-print(json.dumps({"base": base[0], "rss": rss, "guest": guest}))
-for vm in vms:
-    vm.kill()
+print("READY", flush=True)
+sys.stdin.readline()
 """
+
+
+def rss_less_guest(pid: int) -> tuple[int, int]:
+    """(resident bytes of process ``pid``, of which in 64 MiB mappings: guest RAM it touched)."""
+    rss = guest = size = 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()[0] if line else ""
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            a, b = (int(x, 16) for x in head.split("-"))
+            size = b - a
+        elif line.startswith("Rss:"):
+            kb = int(line.split()[1]) * 1024
+            rss += kb
+            if size == 64 * MIB:
+                guest += kb
+    return rss, guest
+
+
+def ours_memory(k: int) -> tuple[int, int, int]:
+    """(baseline RSS, RSS, guest RAM touched) of a process running ``k`` idle probe VMs."""
+    p = subprocess.Popen([sys.executable, "-c", _MEMORY_CHILD, str(PROBE), str(k)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdin is not None and p.stdout is not None
+    try:
+        assert p.stdout.readline().strip() == "BASE"
+        base, _ = rss_less_guest(p.pid)
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "READY"
+        rss, guest = rss_less_guest(p.pid)
+        return base, rss, guest
+    finally:
+        p.kill()
+        p.wait()
 
 
 def qemu_overhead() -> float:
@@ -278,18 +298,7 @@ def qemu_overhead() -> float:
         assert p.stdout is not None
         while b"halting" not in p.stdout.readline():
             pass
-        rss = guest = 0
-        size = 0
-        for line in Path(f"/proc/{p.pid}/smaps").read_text().splitlines():
-            head = line.split()[0] if line else ""
-            if "-" in head and all(c in "0123456789abcdef-" for c in head):
-                a, b = (int(x, 16) for x in head.split("-"))
-                size = b - a
-            elif line.startswith("Rss:"):
-                kb = int(line.split()[1]) * 1024
-                rss += kb
-                if size == 64 * MIB:
-                    guest += kb
+        rss, guest = rss_less_guest(p.pid)
         return (rss - guest) / MIB
     finally:
         p.kill()
@@ -301,15 +310,12 @@ def case_memory(reps: int) -> list[Row]:
     additional: list[float] = []
     qemu: list[float] = []
     for _ in range(reps):
-        results = {}
+        net = {}
         for k in per_vm:
-            out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(PROBE), str(k)], capture_output=True,
-                                 text=True, timeout=300, check=True)
-            r = json.loads(out.stdout)
-            results[k] = r
-            per_vm[k].append((r["rss"] - r["guest"] - r["base"]) / k / MIB)
-        one, many = results[1], results[32]
-        additional.append(((many["rss"] - many["guest"]) - (one["rss"] - one["guest"])) / 31 / MIB)
+            base, rss, guest = ours_memory(k)
+            net[k] = rss - guest
+            per_vm[k].append((rss - guest - base) / k / MIB)
+        additional.append((net[32] - net[1]) / 31 / MIB)
         qemu.append(qemu_overhead())
     rows = [Row("4 memory", f"host memory per VM, {k} idle 64 MiB VMs in one process, less guest RAM touched",
                 "MiB", v, qemu, "one QEMU process per VM") for k, v in per_vm.items()]
@@ -332,27 +338,27 @@ def tiny_qemu(_: int = 0) -> None:
     subprocess.run(qemu_probe("probe.tiny=1"), capture_output=True, timeout=60, stdin=subprocess.DEVNULL, check=False)
 
 
+def per_second(fn: Callable[[int], None], count: int, workers: int) -> float:
+    """Runs ``fn`` ``count`` times on ``workers`` threads (inline for one); returns runs/s/worker."""
+    t0 = time.perf_counter()
+    if workers == 1:
+        for i in range(count):
+            fn(i)
+    else:
+        with ThreadPoolExecutor(workers) as ex:
+            list(ex.map(fn, range(count)))
+    return count / (time.perf_counter() - t0) / workers
+
+
 def case_scale(reps: int, count: int) -> list[Row]:
     cores = os.cpu_count() or 1
+    qemu_count = max(4, count // 10)
     seq, pool, qemu_seq, qemu_pool = [], [], [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        for i in range(count):
-            tiny_vm(i)
-        seq.append(count / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(cores) as ex:
-            list(ex.map(tiny_vm, range(count)))
-        pool.append(count / (time.perf_counter() - t0) / cores)
-        qn = max(4, count // 10)
-        t0 = time.perf_counter()
-        for i in range(qn):
-            tiny_qemu(i)
-        qemu_seq.append(qn / (time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(cores) as ex:
-            list(ex.map(tiny_qemu, range(qn)))
-        qemu_pool.append(qn / (time.perf_counter() - t0) / cores)
+        seq.append(per_second(tiny_vm, count, 1))
+        pool.append(per_second(tiny_vm, count, cores))
+        qemu_seq.append(per_second(tiny_qemu, qemu_count, 1))
+        qemu_pool.append(per_second(tiny_qemu, qemu_count, cores))
     fifty = lambda r: statistics.median(r.ours) >= 50  # noqa: E731
     return [
         Row("5 scale", f"create, run, exit {count} tiny VMs (a 13-byte hello) one after another", "VMs/s/core",
@@ -364,82 +370,60 @@ def case_scale(reps: int, count: int) -> list[Row]:
 
 # ---- case 6: real kernel to `Memory:` ---------------------------------------------------------
 
-def memory_line_ours(vmlinux: Path, initrd: Path) -> float:
+def kernel_until_ours(vmlinux: Path, initrd: Path, cmdline: str, pattern: str) -> float:
+    """Seconds from ``Vm(...)`` to ``pattern`` on the Debian kernel's console."""
     t0 = time.perf_counter()
-    with Vm(memory_mib=256, kernel=vmlinux, initrd=initrd, cmdline="reboot=k panic=-1 earlyprintk=ttyS0") as vm:
+    with Vm(memory_mib=256, kernel=vmlinux, initrd=initrd, cmdline=cmdline) as vm:
         vm.start()
-        vm.expect(r"Memory: \d+K", timeout=180)
+        vm.expect(pattern, timeout=180)
         return time.perf_counter() - t0
 
 
-def memory_line_qemu(vmlinux: Path, initrd: Path) -> float:
+def kernel_until_qemu(vmlinux: Path, initrd: Path, cmdline: str, pattern: str) -> float:
+    """Seconds from starting QEMU microvm on the same kernel to ``pattern`` on its console."""
     t0 = time.perf_counter()
     p = subprocess.Popen([*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
-                          "console=ttyS0 reboot=k panic=-1 earlyprintk=ttyS0"], stdout=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          f"console=ttyS0 {cmdline}"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
     try:
         assert p.stdout is not None
         for raw in p.stdout:
-            if re.search(rb"Memory: \d+K", raw):
+            if re.search(pattern.encode(), raw):
                 return time.perf_counter() - t0
-        raise RuntimeError("QEMU's guest never printed its Memory: line")
+        raise RuntimeError(f"QEMU's guest never printed {pattern!r}")
     finally:
         p.kill()
         p.wait()
 
 
-def case_kernel(reps: int, kvm_kind: str) -> list[Row]:
+MEMORY_LINE = (r"Memory: \d+K", "reboot=k panic=-1 earlyprintk=ttyS0")
+READY_LINE = (GUEST_READY_MARKER, "reboot=k panic=-1 quiet")
+
+
+def kernel_samples(reps: int, until: tuple[str, str]) -> dict[str, list[float]]:
+    """Ours and QEMU's seconds to ``until`` = (pattern, command line), interleaved."""
     g = fetch_guest()
-    ours, qemu = [], []
+    pattern, cmdline = until
+    samples: dict[str, list[float]] = {"ours": [], "qemu": []}
     for _ in range(reps):
-        ours.append(memory_line_ours(g.vmlinux, g.initrd))
-        qemu.append(memory_line_qemu(g.vmlinux, g.initrd))
+        samples["ours"].append(kernel_until_ours(g.vmlinux, g.initrd, cmdline, pattern))
+        samples["qemu"].append(kernel_until_qemu(g.vmlinux, g.initrd, cmdline, pattern))
+    return samples
+
+
+def case_kernel(reps: int, kvm_kind: str) -> list[Row]:
+    s = kernel_samples(reps, MEMORY_LINE)
     note = ("on PVM, dominated by PVM's slow emulated early boot, the same for both VMMs"
             if kvm_kind == "pvm" else "")
-    return [Row("6 real kernel", "start to the Debian cloud kernel's `Memory:` line", "s", ours, qemu,
+    return [Row("6 real kernel", "start to the Debian cloud kernel's `Memory:` line", "s", s["ours"], s["qemu"],
                 "QEMU microvm", note=note)]
 
 
 # ---- case 7: boot to userspace -------------------------------------------------------------
 
-def userspace_ours(vmlinux: Path, initrd: Path) -> float:
-    t0 = time.perf_counter()
-    with Vm(memory_mib=256, kernel=vmlinux, initrd=initrd, cmdline="reboot=k panic=-1 quiet") as vm:
-        vm.start()
-        vm.expect(GUEST_READY_MARKER, timeout=120)
-        dt = time.perf_counter() - t0
-        vm.wait(timeout=60)
-        return dt
-
-
-def userspace_qemu(vmlinux: Path, initrd: Path) -> float:
-    t0 = time.perf_counter()
-    p = subprocess.Popen([*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
-                          "console=ttyS0 reboot=k panic=-1 quiet"], stdout=subprocess.PIPE,
-                         stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert p.stdout is not None
-        for raw in p.stdout:
-            if GUEST_READY_MARKER.encode() in raw:
-                return time.perf_counter() - t0
-        raise RuntimeError("QEMU's guest never reached userspace")
-    finally:
-        p.kill()
-        p.wait()
-
-
-def userspace_samples(reps: int) -> dict[str, list[float]]:
-    g = fetch_guest()
-    ours, qemu = [], []
-    for _ in range(reps):
-        ours.append(userspace_ours(g.vmlinux, g.initrd))
-        qemu.append(userspace_qemu(g.vmlinux, g.initrd))
-    return {"ours": ours, "qemu": qemu}
-
-
 def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
     if kvm_kind == "hardware":
-        s = userspace_samples(reps)
+        s = kernel_samples(reps, READY_LINE)
         return [Row("7 userspace", "start to the initramfs's ready marker (hardware KVM)", "s", s["ours"],
                     s["qemu"], "QEMU microvm")]
     why = lab_available()
@@ -516,7 +500,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner_userspace:
-        print("USERSPACE " + json.dumps(userspace_samples(args.inner_userspace)), flush=True)
+        print("USERSPACE " + json.dumps(kernel_samples(args.inner_userspace, READY_LINE)), flush=True)
         return 0
     for need, how in [(PROBE, "make -C tests/guest"), (RAW_LOOP, "cargo build --release --example raw_kvm_loop")]:
         if not need.exists():

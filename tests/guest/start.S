@@ -18,6 +18,24 @@ _start:
     .space  16384
 stack_top:
 
+/* From 32-bit protected mode with paging off: PAE, CR3 = PML4 (an operand for mov to %eax),
+ * EFER.LME, then paging on (and PE), which makes the CPU enter long mode (compatibility
+ * mode until a far jump to a 64-bit code segment). Clobbers eax, ecx, edx. */
+    .macro enter_long_mode pml4
+    mov     %cr4, %eax
+    or      $0x20, %eax             /* PAE */
+    mov     %eax, %cr4
+    mov     \pml4, %eax
+    mov     %eax, %cr3
+    mov     $0xc0000080, %ecx       /* EFER.LME */
+    rdmsr
+    or      $0x100, %eax
+    wrmsr
+    mov     %cr0, %eax
+    or      $0x80000001, %eax       /* PG, PE */
+    mov     %eax, %cr0
+    .endm
+
 /* PVH entry (Xen's XEN_ELFNOTE_PHYS32_ENTRY, which QEMU also honours): 32-bit protected mode,
  * paging off, %ebx = physical address of struct hvm_start_info. Only the ELF flavour, linked
  * at its load address, has the note, so absolute addresses are right here. It maps the first
@@ -56,18 +74,7 @@ pvh_start:
     inc     %ecx
     cmp     $2048, %ecx
     jne     2b
-    mov     %cr4, %eax
-    or      $0x20, %eax             /* PAE */
-    mov     %eax, %cr4
-    mov     $pvh_pml4, %eax
-    mov     %eax, %cr3
-    mov     $0xc0000080, %ecx       /* EFER.LME */
-    rdmsr
-    or      $0x100, %eax
-    wrmsr
-    mov     %cr0, %eax
-    or      $0x80000001, %eax       /* PG, PE */
-    mov     %eax, %cr0
+    enter_long_mode $pvh_pml4
     lgdt    pvh_gdt_desc
     ljmp    $0x08, $pvh_long
 
@@ -125,18 +132,7 @@ ap_protected:
     mov     $0x10, %ax
     mov     %ax, %ds
     mov     %ax, %ss
-    mov     %cr4, %eax
-    or      $0x20, %eax             /* PAE */
-    mov     %eax, %cr4
-    mov     A(ap_cr3), %eax
-    mov     %eax, %cr3
-    mov     $0xc0000080, %ecx       /* EFER */
-    rdmsr
-    or      $0x100, %eax            /* LME */
-    wrmsr
-    mov     %cr0, %eax
-    or      $0x80000000, %eax       /* PG */
-    mov     %eax, %cr0
+    enter_long_mode A(ap_cr3)
     ljmpl   $0x18, $A(ap_long)
 
     .code64
