@@ -1,7 +1,7 @@
 """Full boots of the Debian cloud kernel to its initramfs, where KVM is hardware-backed.
 
-On PVM hosts stock kernels cannot finish booting, so test_lab.py runs this file inside the
-nested-KVM lab instead.
+On PVM hosts stock kernels cannot finish booting; the ``full_boot`` marker makes the pytest
+plugin run these inside the nested-KVM lab instead (one ``vmm-lab::full_boot`` item).
 """
 
 from __future__ import annotations
@@ -13,11 +13,8 @@ import pytest
 from vmm_reference import Vm
 from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_POWER_BUTTON_MARKER, GUEST_READY_MARKER
 
-
-@pytest.fixture(autouse=True)
-def _hardware_kvm(kvm_kind):
-    if kvm_kind == "pvm":
-        pytest.skip("PVM cannot boot stock kernels to userspace; tests/test_lab.py runs these in the lab")
+# Run directly where KVM is hardware-backed; on PVM hosts the plugin runs them in the lab.
+pytestmark = pytest.mark.full_boot
 
 
 def test_boot_to_userspace_then_reboot_ends_wait(vm_factory, guest_assets):

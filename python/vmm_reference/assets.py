@@ -10,6 +10,8 @@ The cache is ``$VMM_REFERENCE_CACHE`` or ``~/.cache/vmm-reference``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -20,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -234,15 +237,8 @@ def _cached_guest(base: Path) -> GuestAssets:
     )
 
 
-def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
-    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached).
-
-    With ``VMM_REFERENCE_OFFLINE=1`` in the environment, apt is not consulted and the newest
-    complete assets in the cache are returned.
-    """
+def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
     base = cache_dir(cache)
-    if _offline():
-        return _cached_guest(base)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
     bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
@@ -267,14 +263,44 @@ def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
     return GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
 
 
-def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
-    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab."""
+def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
     base = cache_dir(cache)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-amd64")
     bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
     modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
     return LabAssets(package, version, bzimage, modules, _busybox(base))
+
+
+@contextlib.contextmanager
+def _cache_lock(cache: Optional[Union[str, Path]]) -> Iterator[None]:
+    """Hold the cache's lock file: processes sharing a cache (pytest-xdist workers) fetch one at a time."""
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
+    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached).
+
+    With ``VMM_REFERENCE_OFFLINE=1`` in the environment, apt is not consulted and the newest
+    complete assets in the cache are returned. Safe to call from several processes at once.
+    """
+    if _offline():
+        return _cached_guest(cache_dir(cache))
+    with _cache_lock(cache):
+        return _fetch_guest(cache)
+
+
+def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
+    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab."""
+    with _cache_lock(cache):
+        return _fetch_lab(cache)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

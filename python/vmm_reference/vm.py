@@ -15,6 +15,17 @@ from . import _native
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 
+
+class _Default:
+    """The type of :data:`DEFAULT`."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT = _Default()
+"""Stands for "the VM's own setting" as a default argument (see :attr:`Vm.expect_timeout`)."""
+
 _T = TypeVar("_T")
 
 
@@ -260,6 +271,8 @@ class Vm:
         self.memory_mib = memory_mib
         self.acpi = bool(acpi)
         """Whether the guest has ACPI tables (and so a power button)."""
+        self.expect_timeout: Optional[float] = 30.0
+        """Seconds :meth:`expect` waits when given no ``timeout`` (``None``: forever)."""
         self.vcpus = vcpus
 
     def start(self) -> None:
@@ -299,7 +312,7 @@ class Vm:
     def expect(
         self,
         pattern: Pattern,
-        timeout: Optional[float] = 30.0,
+        timeout: Union[float, None, _Default] = DEFAULT,
         fail: Optional[Union[Pattern, list[Pattern]]] = None,
     ) -> re.Match[Any]:
         """Wait for the regex ``pattern`` (str or bytes) in the console output and return the match.
@@ -307,17 +320,20 @@ class Vm:
         Matching starts where the previous :meth:`expect` match ended (at the start of the
         console for the first call) and sees partial lines, such as a shell prompt. ``fail``:
         patterns that raise :class:`~vmm_reference.expect.ExpectFailure` if they appear first.
-        Raises :class:`VmTimeoutError` (a ``TimeoutError``) after ``timeout`` seconds and
+        Raises :class:`VmTimeoutError` (a ``TimeoutError``) after ``timeout`` seconds (default
+        :attr:`expect_timeout`; ``None`` waits forever) and
         :class:`~vmm_reference.expect.VmExitedError` at once if the VM exits first; messages
         show the last console lines.
         """
+        if isinstance(timeout, _Default):
+            timeout = self.expect_timeout
         match, self._expect_offset = expect(self._native, self._expect_offset, pattern, timeout, fail)
         return match
 
     async def expect_async(
         self,
         pattern: Pattern,
-        timeout: Optional[float] = 30.0,
+        timeout: Union[float, None, _Default] = DEFAULT,
         fail: Optional[Union[Pattern, list[Pattern]]] = None,
     ) -> re.Match[Any]:
         """Like :meth:`expect`, without blocking the asyncio event loop."""
