@@ -274,6 +274,8 @@ class Vm:
         self.expect_timeout: Optional[float] = 30.0
         """Seconds :meth:`expect` waits when given no ``timeout`` (``None``: forever)."""
         self.vcpus = vcpus
+        self.kernel = kernel_path
+        """The kernel image's path."""
 
     def start(self) -> None:
         """Start the guest. A VM starts once; a second call raises :class:`VmStateError`."""
@@ -468,6 +470,26 @@ class Vm:
         self._native.kill()
         if self._native.state != "created":
             self._native.wait(None)
+
+    def _repr_html_(self) -> str:
+        """State, configuration, exit status and the console's tail, for Jupyter."""
+        from .jupyter import vm_html
+
+        return vm_html(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        """Plain text and HTML (see :meth:`_repr_html_`)."""
+        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+
+    def show(self) -> Any:
+        """Return a live console view for Jupyter (:class:`~vmm_reference.jupyter.ConsoleView`).
+
+        Needs ipywidgets (``pip install vmm-reference[jupyter]``); without it, returns the VM
+        itself, which a notebook displays with its static repr.
+        """
+        from .jupyter import show
+
+        return show(self)
 
     def __repr__(self) -> str:
         """Show size and state."""

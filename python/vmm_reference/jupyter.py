@@ -1,0 +1,114 @@
+"""Jupyter faces of a :class:`~vmm_reference.Vm`: a rich repr and a live console view.
+
+``Vm._repr_html_`` (what a notebook shows for a bare ``vm``) gives state, configuration, exit
+status and the console's tail. ``vm.show()`` returns a :class:`ConsoleView`: with ipywidgets
+installed (``pip install vmm-reference[jupyter]``) a widget whose console updates from a
+background thread while the guest runs, with Stop (ACPI power button, then kill) and Kill
+buttons; without it, the VM itself, whose static repr the notebook displays.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from .vm import Vm
+
+__all__ = ["ConsoleView", "vm_html"]
+
+TAIL_LINES = 40
+"""Console lines shown by the static repr."""
+LIVE_BYTES = 64 * 1024
+"""Console bytes the live view keeps on screen."""
+
+
+def vm_html(vm: Vm, tail_lines: int = TAIL_LINES) -> str:
+    """HTML for ``vm``: a table of its state and configuration, then its console's last lines."""
+    status = vm.exit_status
+    rows = [
+        ("state", vm.state),
+        ("kernel", f"{vm.kernel} ({vm.boot_info.format})"),
+        ("memory", f"{vm.memory_mib} MiB"),
+        ("vCPUs", str(vm.vcpus)),
+        ("command line", vm.boot_info.cmdline),
+        ("ACPI", "yes" if vm.acpi else "no"),
+    ]
+    if status is not None:
+        detail = f" — {status.detail}" if status.detail else ""
+        code = f", code {status.code}" if status.code is not None else ""
+        rows.append(("exit", f"{status.reason}{code}{detail}"))
+    table = "".join(
+        f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+        for k, v in rows
+    )
+    tail = "\n".join(vm.console_log.splitlines()[-tail_lines:])
+    return (f"<div><b>vmm-reference VM</b><table>{table}</table>"
+            f"<pre style='max-height:24em;overflow:auto;background:#111;color:#ddd;padding:0.5em'>"
+            f"{html.escape(tail)}</pre></div>")
+
+
+class ConsoleView:
+    """A live view of a VM's console (an ipywidgets box): console text, state line, Stop and Kill.
+
+    A daemon thread reads the console as the guest prints and refreshes the widget; it ends
+    when the console does. Displaying it (or ``display(view)``) shows the widget.
+    """
+
+    def __init__(self, vm: Vm, widgets: Any) -> None:
+        self.vm = vm
+        self._w = widgets
+        self.text = widgets.HTML()
+        self.status = widgets.Label()
+        stop = widgets.Button(description="Stop", tooltip="ACPI power button, then kill after 30 s")
+        kill = widgets.Button(description="Kill", button_style="danger")
+        stop.on_click(lambda _: threading.Thread(target=vm.stop, daemon=True).start())
+        kill.on_click(lambda _: vm.kill())
+        self.widget = widgets.VBox([widgets.HBox([stop, kill, self.status]), self.text])
+        start, data = vm._native.console_snapshot()
+        self._buffer = bytearray(data[-LIVE_BYTES:])
+        self._offset = start + len(data)
+        self._refresh()
+        self.thread = threading.Thread(target=self._follow, name="vmm-console-view", daemon=True)
+        self.thread.start()
+
+    def _refresh(self) -> None:
+        text = self._buffer.decode("utf-8", errors="replace")
+        self.text.value = ("<pre style='height:24em;overflow:auto;display:flex;flex-direction:column-reverse;"
+                           f"background:#111;color:#ddd;padding:0.5em'><div>{html.escape(text)}</div></pre>")
+        status = self.vm.exit_status
+        self.status.value = f"state: {self.vm.state}" + (f" ({status.reason})" if status else "")
+
+    def _follow(self) -> None:
+        from .vm import Serial
+
+        reader = Serial(self.vm._native)  # its own offset: does not take bytes from vm.serial
+        reader._offset = self._offset
+        while True:
+            data = reader.read(timeout=0.5)
+            if data:
+                self._buffer += data
+                del self._buffer[:-LIVE_BYTES]
+            self._refresh()
+            if not data and reader.at_eof:
+                return
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> Optional[dict[str, Any]]:
+        """Display as the widget."""
+        bundle: Optional[dict[str, Any]] = self.widget._repr_mimebundle_(include=include, exclude=exclude)
+        return bundle
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        """Wait until the view has shown the console's end."""
+        self.thread.join(timeout)
+
+
+def show(vm: Vm) -> Any:
+    """``vm.show()``: a :class:`ConsoleView` with ipywidgets, else the VM (its static repr)."""
+    try:
+        import ipywidgets  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        return vm
+    return ConsoleView(vm, ipywidgets)
