@@ -74,3 +74,27 @@ def test_guest_assets_are_bootable_files(guest_assets):
     assert (guest_assets.modules / "kernel").is_dir()
     entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
     assert b"VMM-REFERENCE-GUEST-READY" in entries["init"][1]
+
+
+def test_cache_list_verify_and_clear(tmp_path):
+    from vmm_reference import assets
+
+    entry = tmp_path / "linux-image-x_1"
+    (entry / "boot").mkdir(parents=True)
+    (entry / ".complete").touch()
+    vmlinux, bz = entry / "vmlinux", entry / "boot" / "vmlinuz-x"
+    vmlinux.write_bytes(b"\x7fELF" + bytes(1000))
+    bz.write_bytes(b"bz" * 100)
+    assets._record(entry, [vmlinux, bz])
+    (tmp_path / "partial_2").mkdir()
+    assert assets.listing(tmp_path) == [("linux-image-x_1", 1004 + 200 + (entry / "SHA256SUMS").stat().st_size, True),
+                                        ("partial_2", 0, False)]
+    assert assets.verify(tmp_path) == []
+    vmlinux.write_bytes(b"\x7fELF" + bytes(999) + b"!")  # one byte changed
+    bz.unlink()
+    problems = assets.verify(tmp_path)
+    assert problems == [f"{bz}: missing", f"{vmlinux}: sha256 differs from the one recorded when it was built"]
+    assert assets.main(["verify", "--cache-dir", str(tmp_path)]) == 1
+    assert assets.clear(tmp_path) > 0
+    assert [p.name for p in tmp_path.iterdir()] == [".lock"]
+    assert assets.main(["verify", "--cache-dir", str(tmp_path)]) == 0

@@ -128,6 +128,12 @@ _NO_APT = (
 )
 
 
+def _say(step: str) -> None:
+    """Report a slow step on stderr, when a person is watching it."""
+    if sys.stderr.isatty():
+        print(f"vmm_reference.assets: {step} ...", file=sys.stderr, flush=True)
+
+
 def _run(args: list[str], cwd: Optional[Path] = None) -> str:
     try:
         done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=False)
@@ -199,6 +205,7 @@ def _kernel_package(cache: Path, metapackage: str) -> tuple[str, str, Path]:
     done = root / ".complete"
     if not done.exists():
         with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            _say(f"downloading and unpacking {package} {version} (apt-get download)")
             unpacked = _download([package], Path(tmp))[package]
             if root.exists():
                 shutil.rmtree(root)
@@ -245,6 +252,7 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
     modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
     vmlinux = root / "vmlinux"
     if not vmlinux.exists():
+        _say(f"extracting the ELF vmlinux from {bzimage.name}")
         vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
         vmlinux.with_suffix(".tmp").replace(vmlinux)
     busybox = _busybox(base)
@@ -259,8 +267,13 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
                  CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode())]
         extra += [CpioEntry(f"lib/vmm/{i}-{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
                   for i, m in enumerate(modules_used)]
+        _say(f"building {initrd.name}")
         build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
-    return GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
+    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
+    if not (root / MANIFEST).exists() or not (busybox.parent / MANIFEST).exists() or \
+            initrd.name not in (busybox.parent / MANIFEST).read_text():
+        record_manifests(assets)
+    return assets
 
 
 def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
@@ -303,12 +316,85 @@ def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
         return _fetch_lab(cache)
 
 
+MANIFEST = "SHA256SUMS"
+"""Each asset directory's list of ``sha256  relative/path`` for the files the cache built."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _record(directory: Path, files: list[Path]) -> None:
+    """Add ``files`` (inside ``directory``) to its manifest."""
+    manifest = directory / MANIFEST
+    entries = dict(line.split("  ", 1)[::-1] for line in manifest.read_text().splitlines()) if manifest.exists() else {}
+    for f in files:
+        entries[str(f.relative_to(directory))] = _sha256(f)
+    manifest.write_text("".join(f"{digest}  {name}\n" for name, digest in sorted(entries.items())))
+
+
+def record_manifests(assets: GuestAssets) -> None:
+    """Write the checksums of a guest's kernel and initramfs files, for :func:`verify`."""
+    root = assets.vmlinux.parent
+    _record(root, [assets.vmlinux, assets.bzimage])
+    _record(assets.busybox.parent, [assets.busybox, assets.initrd])
+
+
+def verify(cache: Optional[Union[str, Path]] = None) -> list[str]:
+    """Check every file listed in the cache's manifests; return the problems (empty: all good)."""
+    problems = []
+    for manifest in sorted(cache_dir(cache).glob(f"*/{MANIFEST}")):
+        for line in manifest.read_text().splitlines():
+            digest, name = line.split("  ", 1)
+            path = manifest.parent / name
+            if not path.exists():
+                problems.append(f"{path}: missing")
+            elif _sha256(path) != digest:
+                problems.append(f"{path}: sha256 differs from the one recorded when it was built")
+    return problems
+
+
+def listing(cache: Optional[Union[str, Path]] = None) -> list[tuple[str, int, bool]]:
+    """List the cache's entries: ``(name, bytes, complete)``; complete means fetched to the end."""
+    base = cache_dir(cache)
+    rows = []
+    for entry in sorted(base.iterdir()) if base.exists() else []:
+        if not entry.is_dir():
+            continue
+        size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
+        complete = (entry / ".complete").exists() or (entry / "busybox").exists()
+        rows.append((entry.name, size, complete))
+    return rows
+
+
+def clear(cache: Optional[Union[str, Path]] = None) -> int:
+    """Delete everything in the cache (under its lock); return how many bytes were freed."""
+    freed = sum(size for _, size, _ in listing(cache))
+    with _cache_lock(cache):
+        for entry in cache_dir(cache).iterdir():
+            if entry.name == ".lock":
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    return freed
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Command line: fetch the assets and print their paths (``--json`` for machines)."""
     parser = argparse.ArgumentParser(
         prog="python -m vmm_reference.assets",
-        description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs.",
+        description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs; "
+                    "or list, verify or clear the cache.",
     )
+    parser.add_argument("action", nargs="?", default="fetch", choices=["fetch", "list", "verify", "clear"],
+                        help="fetch (the default) and print the paths; list the cache's entries; verify the "
+                             "built files' sha256 against their manifests; clear the cache")
     parser.add_argument("--cache-dir", help="cache directory (default: $VMM_REFERENCE_CACHE or "
                         "~/.cache/vmm-reference)")
     parser.add_argument("--lab", action="store_true", help="also fetch the nested-KVM lab's generic kernel")
@@ -316,6 +402,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--env", action="store_true",
                         help="print shell exports (VMM_VMLINUX, VMM_BZIMAGE, VMM_INITRD) for eval")
     args = parser.parse_args(argv)
+    if args.action == "list":
+        print(f"{cache_dir(args.cache_dir)}:")
+        for name, size, complete in listing(args.cache_dir):
+            print(f"  {name}  {size / (1 << 20):.1f} MiB{'' if complete else '  (incomplete)'}")
+        return 0
+    if args.action == "verify":
+        problems = verify(args.cache_dir)
+        for problem in problems:
+            print(f"vmm_reference.assets: {problem}", file=sys.stderr)
+        print("ok" if not problems else f"{len(problems)} problem(s); `clear` and fetch again")
+        return 1 if problems else 0
+    if args.action == "clear":
+        print(f"freed {clear(args.cache_dir) / (1 << 20):.1f} MiB from {cache_dir(args.cache_dir)}")
+        return 0
     try:
         result: dict[str, object] = {"guest": asdict(fetch_guest(args.cache_dir))}
         if args.lab:
