@@ -1,15 +1,16 @@
 """pytest plugin (registered automatically through the ``pytest11`` entry point).
 
 Fixtures:
-    ``vm``: one started VM from the configured kernel and initrd (Debian's cloud kernel and the
-        busybox initramfs unless ``--vmm-kernel`` says otherwise), killed at teardown.
-        ``@pytest.mark.vm(memory_mib=..., vcpus=..., cmdline=..., ...)`` sets its ``Vm``
-        arguments; several such markers on one test run it once per marker.
-    ``vm_factory``: call it like :class:`~vmm_reference.Vm` (defaults from the options below);
-        every VM it made is killed and freed when the test ends, also on failure or Ctrl-C.
-    ``guest_assets``: Debian's cloud kernel and a busybox initramfs
-        (:class:`~vmm_reference.assets.GuestAssets`), fetched once into the cache.
-    ``kvm_kind``: ``"hardware"``, ``"pvm"`` or ``"none"``: what ``/dev/kvm`` is here.
+
+- ``vm``: one started VM from the configured kernel and initrd (Debian's cloud kernel and the
+  busybox initramfs unless ``--vmm-kernel`` says otherwise), killed at teardown.
+  ``@pytest.mark.vm(memory_mib=..., vcpus=..., cmdline=..., ...)`` sets its ``Vm`` arguments;
+  several such markers on one test run it once per marker.
+- ``vm_factory``: call it like :class:`~vmm_reference.Vm` (defaults from the options below);
+  every VM it made is killed and freed when the test ends, also on failure or Ctrl-C.
+- ``guest_assets``: Debian's cloud kernel and a busybox initramfs
+  (:class:`~vmm_reference.assets.GuestAssets`), fetched once into the cache.
+- ``kvm_kind``: ``"hardware"``, ``"pvm"`` or ``"none"``: what ``/dev/kvm`` is here.
 
 Options (each with an ini key of the same name, ``vmm_kernel`` and so on):
 ``--vmm-kernel``, ``--vmm-initrd``, ``--vmm-memory`` (MiB), ``--vmm-vcpus``,
