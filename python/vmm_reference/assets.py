@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -168,9 +169,40 @@ def _version(package: str) -> str:
     return match.group(1)
 
 
+def _download_size(packages: list[str]) -> int:
+    """Bytes ``apt-get download`` will fetch for ``packages`` (0 if apt does not say)."""
+    total = 0
+    for name in packages:
+        found = re.search(r"^Size: (\d+)", _run(["apt-cache", "show", "--no-all-versions", name]), re.M)
+        total += int(found.group(1)) if found else 0
+    return total
+
+
+def _apt_download(packages: list[str], into: Path) -> None:
+    """``apt-get download``, with a progress bar on a terminal when tqdm is installed."""
+    args = ["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages]
+    try:
+        from tqdm import tqdm  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        tqdm = None
+    if tqdm is None or not sys.stderr.isatty():
+        _run(args, cwd=into)
+        return
+    total = _download_size(packages)
+    with tqdm(total=total or None, unit="B", unit_scale=True, desc=" ".join(packages), leave=False) as bar:
+        proc = subprocess.Popen(args, cwd=into, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while proc.poll() is None:
+            time.sleep(0.2)
+            done = sum(f.stat().st_size for f in into.rglob("*") if f.is_file())
+            bar.update(max(0, min(done, total or done) - bar.n))
+        _, err = proc.communicate()
+    if proc.returncode != 0:
+        raise AssetError(f"`{' '.join(args)}` failed: {err.strip()}")
+
+
 def _download(packages: list[str], into: Path) -> dict[str, Path]:
     into.mkdir(parents=True, exist_ok=True)
-    _run(["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages], cwd=into)
+    _apt_download(packages, into)
     found: dict[str, Path] = {}
     for name in packages:
         debs = sorted(into.glob(f"{name}_*.deb"))
