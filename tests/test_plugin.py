@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,6 @@ def test_{i}(vm_factory):
     result = run(pytester, tests, "-n", "2")
     result.assert_outcomes(passed=6)
     assert "2 workers" in result.stdout.str()
+    # Explicit gateways, the form remote machines take (ssh=host//python=... instead of popen).
+    result = run(pytester, tests, "--dist", "load", "--tx", f"2*popen//python={sys.executable}")
+    result.assert_outcomes(passed=6)
