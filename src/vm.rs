@@ -302,13 +302,7 @@ impl Vm {
 
     /// Pauses a running VM: returns once every vCPU has left guest code and parked.
     pub fn pause(&self) -> Result<()> {
-        let state = self.state();
-        if state != VmState::Running {
-            return Err(Error::InvalidState {
-                operation: "pause",
-                state,
-            });
-        }
+        self.require_state(VmState::Running, "pause")?;
         self.gate.close();
         let count = self.config.vcpus as usize;
         let deadline = Instant::now() + PAUSE_TIMEOUT;
@@ -330,13 +324,7 @@ impl Vm {
 
     /// Resumes a paused VM.
     pub fn resume(&self) -> Result<()> {
-        let state = self.state();
-        if state != VmState::Paused {
-            return Err(Error::InvalidState {
-                operation: "resume",
-                state,
-            });
-        }
+        self.require_state(VmState::Paused, "resume")?;
         self.gate.open();
         Ok(())
     }
@@ -363,13 +351,7 @@ impl Vm {
     /// The guest decides what a press means: Linux hands it to userspace as KEY_POWER, where
     /// acpid or systemd-logind usually shut down, which ends the VM with reason `poweroff`.
     pub fn press_power_button(&self) -> Result<bool> {
-        let state = self.state();
-        if state != VmState::Running {
-            return Err(Error::InvalidState {
-                operation: "press_power_button",
-                state,
-            });
-        }
+        self.require_state(VmState::Running, "press_power_button")?;
         let Some(pm1) = &self.pm1 else {
             return Err(Error::invalid(
                 "acpi",
@@ -380,6 +362,15 @@ impl Vm {
         let mut pm1 = pm1.lock().unwrap_or_else(|e| e.into_inner());
         pm1.press_power_button();
         Ok(pm1.power_button_enabled())
+    }
+
+    /// Fails with [`Error::InvalidState`] naming `operation` unless the VM is in `expected`.
+    fn require_state(&self, expected: VmState, operation: &'static str) -> Result<()> {
+        let state = self.state();
+        if state != expected {
+            return Err(Error::InvalidState { operation, state });
+        }
+        Ok(())
     }
 
     /// The VM's state.
