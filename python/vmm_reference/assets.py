@@ -246,6 +246,12 @@ def _kernel_package(cache: Path, metapackage: str) -> tuple[str, str, Path]:
     return package, version, root
 
 
+def _kernel_files(root: Path) -> tuple[Path, Path]:
+    """Return an unpacked kernel package's bzImage and its ``lib/modules/<release>`` directory."""
+    return (_only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz"),
+            _only(sorted((root / "lib" / "modules").glob("*")), "modules directory"))
+
+
 def _only(paths: list[Path], what: str) -> Path:
     if len(paths) != 1:
         raise AssetError(f"expected one {what} in the package, found {len(paths)}")
@@ -264,15 +270,14 @@ def _cached_guest(base: Path) -> GuestAssets:
     if not roots or not (roots[-1].parent / "vmlinux").exists():
         raise missing
     root = roots[-1].parent
-    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
+    bzimage, modules = _kernel_files(root)
     initrds = sorted(base.glob(f"busybox-static_*/initramfs-{_safe(modules.name)}-*.cpio.gz"),
                      key=lambda p: p.stat().st_mtime)
     if not initrds:
         raise missing
     package, _, version = root.name.partition("_")
     return GuestAssets(
-        package, version, root / "vmlinux", _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz"),
-        modules, initrds[-1], initrds[-1].parent / "busybox",
+        package, version, root / "vmlinux", bzimage, modules, initrds[-1], initrds[-1].parent / "busybox",
     )
 
 
@@ -280,8 +285,7 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
     base = cache_dir(cache)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
-    bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
-    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
+    bzimage, modules = _kernel_files(root)
     vmlinux = root / "vmlinux"
     if not vmlinux.exists():
         _say(f"extracting the ELF vmlinux from {bzimage.name}")
@@ -312,9 +316,7 @@ def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
     base = cache_dir(cache)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-amd64")
-    bzimage = _only(sorted((root / "boot").glob("vmlinuz-*")), "vmlinuz")
-    modules = _only(sorted((root / "lib" / "modules").glob("*")), "modules directory")
-    return LabAssets(package, version, bzimage, modules, _busybox(base))
+    return LabAssets(package, version, *_kernel_files(root), _busybox(base))
 
 
 @contextlib.contextmanager
