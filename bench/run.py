@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from vmm_reference import Vm
-from vmm_reference.assets import GUEST_READY_MARKER, cache_dir, fetch_guest
-from vmm_reference.lab import lab_available, run_in_lab
+from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
+from vmm_reference.lab import host_python_command, lab_available, run_in_lab
 from vmm_reference.pytest_plugin import detect_kvm_kind
 
 REPO = Path(__file__).resolve().parent.parent
@@ -431,9 +430,7 @@ def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
         return [Row("7 userspace", "start to the initramfs's ready marker (nested-KVM lab)", "s", [], [],
                     note=f"not run: {why}")]
     fetch_guest()
-    command = " ".join([f"VMM_REFERENCE_CACHE={shlex.quote(str(cache_dir().resolve()))}", "VMM_REFERENCE_OFFLINE=1",
-                        shlex.quote(sys.executable), shlex.quote(str(Path(__file__))),
-                        "--inner-userspace", str(reps)])
+    command = host_python_command([str(Path(__file__)), "--inner-userspace", str(reps)])
     result = run_in_lab(command, timeout=600, cwd=str(REPO))
     found = re.findall(r"^USERSPACE (\{.*\})\s*$", result.output, re.M)
     if result.status != 0 or not found:

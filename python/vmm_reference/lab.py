@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .assets import LabAssets, fetch_lab
+from .assets import LabAssets, cache_dir, fetch_lab
 from .initramfs import CpioEntry, write_cpio
 
-__all__ = ["LabResult", "lab_available", "main", "run_in_lab"]
+__all__ = ["LabResult", "host_python_command", "lab_available", "main", "run_in_lab"]
 
 EXIT_MARKER = "LAB-EXIT"
 
@@ -144,6 +144,20 @@ def _initramfs(assets: LabAssets, command: str, cwd: str, out: Path) -> None:
         CpioEntry("init", stat.S_IFREG | 0o755, _INIT.encode()),
     ]
     out.write_bytes(write_cpio(entries))
+
+
+def host_python_command(args: list[str], env: Optional[dict[str, str]] = None) -> str:
+    """Build a lab command line that runs this interpreter with ``args`` on the host's asset cache.
+
+    The lab sees the host's root, so this interpreter and its virtualenv are there; the asset
+    cache is the host's (the lab's HOME differs) and apt is not asked (the lab has no network).
+    Output goes through a pipe rather than the lab's console (a tty), streamed, so a lab that
+    times out still shows how far it got; the command's exit status is kept.
+    """
+    variables = {"VMM_REFERENCE_CACHE": str(cache_dir().resolve()), "VMM_REFERENCE_OFFLINE": "1", **(env or {})}
+    inner = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in variables.items()), shlex.quote(sys.executable),
+                      *(shlex.quote(a) for a in args)])
+    return f'({inner}; echo $? >"$TMPDIR/status") 2>&1 | cat; exit "$(cat "$TMPDIR/status")"'
 
 
 def run_in_lab(

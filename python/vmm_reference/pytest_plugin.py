@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import pytest
 
-from .assets import AssetError, GuestAssets, cache_dir, fetch_guest
+from .assets import AssetError, GuestAssets, fetch_guest
 from .vm import Vm
 
 __all__ = ["guest_assets", "kvm_kind", "skip_or_fail", "vm", "vm_factory"]
@@ -227,7 +225,7 @@ class LabItem(pytest.Item):
 
     def runtest(self) -> None:
         """Start the lab, run pytest on the collected full-boot tests there, fail unless all pass."""
-        from .lab import lab_available, run_in_lab
+        from .lab import host_python_command, lab_available, run_in_lab
 
         why = lab_available()
         if why:
@@ -236,14 +234,9 @@ class LabItem(pytest.Item):
             fetch_guest()  # on the host, where apt and the network are
         except AssetError as e:
             skip_or_fail(self.config, str(e))
-        inner = " ".join([
-            f"VMM_REFERENCE_CACHE={shlex.quote(str(cache_dir().resolve()))}", "VMM_REFERENCE_OFFLINE=1",
-            "VMM_REFERENCE_IN_LAB=1", shlex.quote(sys.executable), "-m", "pytest", "-p", "no:cacheprovider", "-v",
-            "-o", "addopts=", *(["--vmm-strict"] if self.config.getoption("--vmm-strict") else []),
-            *(shlex.quote(n) for n in self.nodeids),
-        ])
-        # Through a pipe, not the lab's console (a tty), streamed so a timed-out lab shows progress.
-        command = f'({inner}; echo $? >"$TMPDIR/status") 2>&1 | cat; exit "$(cat "$TMPDIR/status")"'
+        strict = ["--vmm-strict"] if self.config.getoption("--vmm-strict") else []
+        command = host_python_command(["-m", "pytest", "-p", "no:cacheprovider", "-v", "-o", "addopts=", *strict,
+                                       *self.nodeids], env={"VMM_REFERENCE_IN_LAB": "1"})
         result = None
         for _attempt in range(2):  # once more only if the lab itself reported nothing
             result = run_in_lab(command, timeout=120 + 60 * len(self.nodeids), cwd=str(self.config.rootpath))
