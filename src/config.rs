@@ -45,6 +45,31 @@ impl KernelConfig {
     }
 }
 
+/// Longest disk serial: what virtio-blk's GET_ID returns.
+pub const MAX_DISK_SERIAL: usize = 20;
+
+/// A disk: a raw image file the guest sees as a virtio-blk device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image; its size (rounded down to 512-byte sectors) is the disk's capacity.
+    pub path: PathBuf,
+    /// Refuse the guest's writes (the file is opened read-only too).
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (`/sys/block/vdX/serial`), at most 20 bytes.
+    pub serial: Option<String>,
+}
+
+impl DiskConfig {
+    /// A writable disk at `path` without a serial.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        DiskConfig {
+            path: path.into(),
+            read_only: false,
+            serial: None,
+        }
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -59,6 +84,8 @@ pub struct VmConfig {
     /// Give the guest ACPI tables (MADT for every vCPU, PM1 registers for poweroff and the power
     /// button). On by default; the MP table is written either way.
     pub acpi: bool,
+    /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 impl Default for VmConfig {
@@ -69,6 +96,7 @@ impl Default for VmConfig {
             kernel: KernelConfig::new(""),
             console_limit: DEFAULT_CONSOLE_LIMIT,
             acpi: true,
+            disks: Vec::new(),
         }
     }
 }
@@ -103,6 +131,25 @@ impl VmConfig {
                 self.console_limit,
                 format!("expected at least {MIN_CONSOLE_LIMIT} bytes"),
             ));
+        }
+        let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
+        if self.disks.len() > max_devices {
+            return Err(Error::invalid(
+                "disks",
+                format!("a list of {}", self.disks.len()),
+                format!("expected at most {max_devices} disks (one interrupt line each)"),
+            ));
+        }
+        for (i, disk) in self.disks.iter().enumerate() {
+            if let Some(serial) = &disk.serial {
+                if serial.len() > MAX_DISK_SERIAL || !serial.is_ascii() {
+                    return Err(Error::invalid(
+                        format!("disks[{i}].serial"),
+                        format!("{serial:?}"),
+                        format!("expected at most {MAX_DISK_SERIAL} ASCII characters"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -142,5 +189,20 @@ mod tests {
         assert!(err.contains("vcpus=0") && err.contains("1 to 64"), "{err}");
         assert!(config(256, 65).validate(1024, 64).is_err());
         assert!(config(256, 255).validate(1024, 1024).is_err());
+    }
+
+    #[test]
+    fn refuses_long_serials_and_too_many_disks() {
+        let mut c = config(256, 1);
+        c.disks = vec![DiskConfig::new("a"), DiskConfig::new("b")];
+        c.disks[1].serial = Some("x".repeat(21));
+        let err = c.validate(1024, 64).unwrap_err().to_string();
+        assert!(err.starts_with("invalid disks[1].serial=\"xxx"), "{err}");
+        assert!(err.contains("at most 20"), "{err}");
+        c.disks[1].serial = Some("x".repeat(20));
+        c.validate(1024, 64).unwrap();
+        c.disks = vec![DiskConfig::new("a"); 17];
+        let err = c.validate(1024, 64).unwrap_err().to_string();
+        assert!(err.contains("at most 16 disks"), "{err}");
     }
 }

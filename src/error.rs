@@ -5,6 +5,7 @@
 //! family an error belongs to (the Python layer maps it onto `ValueError`,
 //! `FileNotFoundError`, `PermissionError`, ...).
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use thiserror::Error;
@@ -32,8 +33,8 @@ pub enum Error {
     /// A configuration value is not accepted.
     #[error("invalid {arg}={value}: {expected}")]
     InvalidArgument {
-        /// The argument's name, as the user wrote it (`memory_mib`, `himem_start`, ...).
-        arg: &'static str,
+        /// The argument's name, as the user wrote it (`memory_mib`, `himem_start`, `disks[1]`).
+        arg: Cow<'static, str>,
         /// The value given.
         value: String,
         /// What is accepted instead.
@@ -43,7 +44,7 @@ pub enum Error {
     #[error("{arg}={path:?}: no such file")]
     FileNotFound {
         /// The argument that named the file.
-        arg: &'static str,
+        arg: Cow<'static, str>,
         /// The path given.
         path: PathBuf,
     },
@@ -51,7 +52,7 @@ pub enum Error {
     #[error("{arg}={path:?}: permission denied; {hint}")]
     PermissionDenied {
         /// The argument that named the file, or `kvm`.
-        arg: &'static str,
+        arg: Cow<'static, str>,
         /// The path.
         path: PathBuf,
         /// What to do about it.
@@ -78,6 +79,9 @@ pub enum Error {
     /// Setting up the vCPU boot state failed.
     #[error(transparent)]
     Arch(#[from] crate::arch::x86_64::Error),
+    /// Building or wiring a device failed.
+    #[error(transparent)]
+    DeviceManager(#[from] crate::device_manager::Error),
     /// A KVM ioctl on the VM failed.
     #[error("{what} failed: {source}")]
     Kvm {
@@ -118,9 +122,13 @@ impl Error {
     }
 
     /// Shorthand for an [`Error::InvalidArgument`].
-    pub fn invalid(arg: &'static str, value: impl ToString, expected: impl ToString) -> Self {
+    pub fn invalid(
+        arg: impl Into<Cow<'static, str>>,
+        value: impl ToString,
+        expected: impl ToString,
+    ) -> Self {
         Error::InvalidArgument {
-            arg,
+            arg: arg.into(),
             value: value.to_string(),
             expected: expected.to_string(),
         }

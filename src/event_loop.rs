@@ -1,6 +1,7 @@
 //! The VM's event loop: one thread, on `event-manager`, for what is not a vCPU.
 //!
-//! It moves host input into the serial device, and when the [`ExitSignal`] fires it stops
+//! It moves host input into the serial device, serves the devices' queues (handlers the
+//! device manager registered), and when the [`ExitSignal`] fires it stops
 //! every vCPU thread, closes the console and publishes the exit status. It is the only
 //! thread that joins vCPU threads, so "exited" means every vCPU has really stopped.
 
@@ -148,6 +149,8 @@ pub struct EventLoop {
     pub gate: Arc<PauseGate>,
     /// The kick registry, emptied before the vCPU threads are joined.
     pub threads: Arc<VcpuThreads>,
+    /// The devices' handlers (virtio queue notifications), from the device manager.
+    pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
 }
 
 /// How long the loop sleeps in epoll between checks of the stop flag, as a safety net.
@@ -190,6 +193,9 @@ impl EventLoop {
             exit: self.exit.clone(),
             fired: false,
         }));
+        for subscriber in self.subscribers.drain(..) {
+            em.add_subscriber(subscriber);
+        }
         while !self.exit.stop_requested() {
             em.run_with_timeout(POLL_MS)?;
         }

@@ -33,7 +33,7 @@ pub fn open_kvm_at(path: &Path) -> Result<Kvm> {
                      hardware virtualization",
                 ),
                 libc::EACCES | libc::EPERM => Error::PermissionDenied {
-                    arg: "kvm",
+                    arg: "kvm".into(),
                     path: PathBuf::from(path),
                     hint: "add your user to the group that owns /dev/kvm (usually `kvm`: \
                            sudo usermod -aG kvm $USER, then log in again)"

@@ -9,7 +9,8 @@
 //! 2. [`memory`] — guest RAM around the 32-bit MMIO gap ([`arch::x86_64::layout`]).
 //! 3. [`boot`] — the kernel (ELF vmlinux or bzImage), initrd, command line and zero page.
 //! 4. [`arch::x86_64`] — 64-bit entry state: GDT, page tables, registers, CPUID, MSRs, LAPIC.
-//! 5. [`devices`] — 16550A serial and i8042 on the port-I/O bus.
+//! 5. [`device_manager`] — builds the [`devices`] (16550A serial, i8042, virtio-blk over
+//!    MMIO, ...), gives them addresses, interrupts and DSDT entries.
 //! 6. [`vcpu`] — one thread per vCPU running `KVM_RUN`.
 //! 7. [`event_loop`] — the device/lifecycle thread on `event-manager`.
 //! 8. [`vm`] — ties it together: [`Vm::new`], [`Vm::start`], [`Vm::wait`], [`Vm::kill`].
@@ -36,6 +37,7 @@ pub mod arch;
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod device_manager;
 pub mod devices;
 pub mod error;
 pub mod event_loop;
@@ -50,7 +52,7 @@ pub mod vm;
 #[cfg(feature = "python")]
 mod python;
 
-pub use config::{KernelConfig, VmConfig};
+pub use config::{DiskConfig, KernelConfig, VmConfig};
 pub use console::Console;
 pub use error::{Error, ErrorKind, Result};
 pub use exit::{ExitReason, ExitStatus};

@@ -12,27 +12,25 @@ use std::time::{Duration, Instant};
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::acpi::{PM1_EVT_PORT, SCI_IRQ};
+use event_manager::MutEventSubscriber;
+
 use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
-use crate::console::{Console, ConsoleWriter};
-use crate::devices::acpi_pm::{AcpiPm1, PM1_LEN};
-use crate::devices::boot_marker::{
-    BootMarkerPort, BootMarkers, BOOT_MARKER_MMIO_ADDR, BOOT_MARKER_PORT,
-};
-use crate::devices::exit_device::{ExitDevice, EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN};
-use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
-use crate::devices::serial::{SerialDevice, SerialOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
-use crate::devices::{Bus, DeviceStats, ExitCounts};
+use crate::console::Console;
+use crate::device_manager::{legacy, DeviceInfo, DeviceManager};
+use crate::devices::acpi_pm::AcpiPm1;
+use crate::devices::boot_marker::BootMarkers;
+use crate::devices::serial::SerialDevice;
+use crate::devices::virtio::block::Block;
+use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::memory::{create_guest_memory, register_guest_memory};
 use crate::pause::{PauseGate, VcpuThreads};
-use crate::vcpu::{register_kick_handler, Buses, Vcpu};
+use crate::vcpu::{register_kick_handler, Vcpu};
 
 /// Where a VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +77,7 @@ pub struct VmStats {
 /// Parts that only exist between [`Vm::new`] and [`Vm::start`].
 struct Unstarted {
     vcpus: Vec<Vcpu>,
+    subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
 }
 
 /// A virtual machine.
@@ -98,6 +97,10 @@ pub struct Vm {
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
     pm1: Option<Arc<Mutex<AcpiPm1>>>,
+    /// The virtio devices, in the order they were registered.
+    devices: Vec<DeviceInfo>,
+    /// The disks, in `config.disks` order.
+    disks: Vec<Arc<Mutex<Block>>>,
     /// Released by `Drop` once the vCPU threads are joined (guest memory must outlive them),
     /// through [`crate::reaper`].
     resources: Option<Resources>,
@@ -135,60 +138,22 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
-        let boot = boot::load(&memory, &config)?;
         register_guest_memory(&vm_fd, &memory)?;
 
+        // Devices first: the DSDT the boot tables carry describes them.
         let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit eventfd"))?);
         let console = Arc::new(Console::new(config.console_limit));
-        let serial_irq = EventFd::new(0).map_err(io_err("cannot create the serial irqfd"))?;
-        vm_fd
-            .register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(Error::kvm("KVM_IRQFD"))?;
-        let serial_out = SerialOutput::new(ConsoleWriter(console.clone()), exit.clone());
-        let serial = Arc::new(Mutex::new(SerialDevice::new(serial_irq, serial_out)));
-        let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
-
-        let markers = Arc::new(BootMarkers::default());
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-        let overlap = |e: crate::devices::bus::Overlap| Error::Io {
-            what: e.to_string(),
-            source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
-        };
-        pio.insert(COM1_PORT, COM1_LEN, 0, serial.clone())
-            .map_err(overlap)?;
-        pio.insert(I8042_DATA_PORT, 1, 0, i8042.clone())
-            .map_err(overlap)?;
-        pio.insert(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)
-            .map_err(overlap)?;
-        let marker_port = Arc::new(Mutex::new(BootMarkerPort(markers.clone())));
-        pio.insert(BOOT_MARKER_PORT, 1, 0, marker_port.clone())
-            .map_err(overlap)?;
-        mmio.insert(BOOT_MARKER_MMIO_ADDR, 4, 0, marker_port)
-            .map_err(overlap)?;
-        let pm1 = if config.acpi {
-            // Weak: the VM fd's last owner must be `Vm`, which hands it to the reaper.
-            let line = Arc::downgrade(&vm_fd);
-            let sci = Box::new(move |level: bool| {
-                if let Some(vm_fd) = line.upgrade() {
-                    // KVM_IRQ_LINE only fails for a GSI with no route; 9 always has one.
-                    let _ = vm_fd.set_irq_line(u32::from(SCI_IRQ), level);
-                }
-            });
-            let pm1 = Arc::new(Mutex::new(AcpiPm1::new(exit.clone(), sci)));
-            pio.insert(PM1_EVT_PORT, PM1_LEN, 0, pm1.clone())
-                .map_err(overlap)?;
-            Some(pm1)
-        } else {
-            None
-        };
-        let exit_device = Arc::new(Mutex::new(ExitDevice(exit.clone())));
-        mmio.insert(EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN, 0, exit_device)
-            .map_err(overlap)?;
-        let buses = Buses {
-            pio: Arc::new(pio),
-            mmio: Arc::new(mmio),
-        };
+        let mut dm = DeviceManager::new(vm_fd.clone(), memory.clone());
+        let legacy = legacy::attach(&mut dm, &console, &exit, config.acpi)?;
+        let disks = config
+            .disks
+            .iter()
+            .enumerate()
+            .map(|(i, disk)| Ok(dm.register_virtio(Block::new(i, disk)?)?))
+            .collect::<Result<Vec<_>>>()?;
+        let devices = dm.finish();
+        let boot = boot::load(&memory, &config, &devices.dsdt_devices)?;
+        let buses = devices.buses;
 
         let stats = Arc::new(DeviceStats::default());
         let supported = kvm
@@ -215,20 +180,25 @@ impl Vm {
             config,
             boot,
             console,
-            serial,
+            serial: legacy.serial,
             input: Arc::new(
                 ConsoleInput::new().map_err(io_err("cannot create the input eventfd"))?,
             ),
             exit,
             finished: Arc::new(Finished::default()),
             stats,
-            markers,
+            markers: legacy.markers,
             gate: Arc::new(PauseGate::default()),
             threads: Arc::new(VcpuThreads::default()),
-            unstarted: Mutex::new(Some(Unstarted { vcpus })),
+            unstarted: Mutex::new(Some(Unstarted {
+                vcpus,
+                subscribers: devices.subscribers,
+            })),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
-            pm1,
+            pm1: legacy.pm1,
+            devices: devices.info,
+            disks,
             resources: Some(Resources {
                 _vm_fd: vm_fd,
                 _kvm: kvm,
@@ -283,6 +253,7 @@ impl Vm {
             vcpus: threads,
             gate: self.gate.clone(),
             threads: self.threads.clone(),
+            subscribers: parts.subscribers,
         };
         let handle = event_loop
             .spawn()
@@ -418,6 +389,19 @@ impl Vm {
         &self.boot
     }
 
+    /// The virtio devices: kind, MMIO page and GSI, in registration order (disks first).
+    pub fn devices(&self) -> &[DeviceInfo] {
+        &self.devices
+    }
+
+    /// Requests each disk has served, in `config.disks` order.
+    pub fn disk_requests(&self) -> Vec<u64> {
+        self.disks
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).requests())
+            .collect()
+    }
+
     /// Boot-time markers the guest wrote to the marker port: `(value, time since start)`.
     pub fn boot_markers(&self) -> Vec<(u8, Duration)> {
         self.markers.events()
@@ -450,6 +434,8 @@ impl Drop for Vm {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+        // Devices hold guest memory too: let go of them first, so the reaper unmaps it.
+        self.disks.clear();
         if let Some(resources) = self.resources.take() {
             crate::reaper::release(resources);
         }

@@ -84,7 +84,22 @@ impl KernelImage {
 
 /// Opens `path` for reading, reporting a missing or unreadable file against `arg`.
 pub fn open_readable(arg: &'static str, path: &Path) -> Result<File> {
-    match File::open(path) {
+    open_file(arg, path, false)
+}
+
+/// Opens the regular file `path` for reading (and writing with `writable`), reporting a
+/// missing, inaccessible or non-regular file against `arg` (e.g. `disks[1]`).
+pub fn open_file(
+    arg: impl Into<std::borrow::Cow<'static, str>>,
+    path: &Path,
+    writable: bool,
+) -> Result<File> {
+    let arg = arg.into();
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+    {
         Ok(f) => {
             let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(false);
             if is_file {
@@ -98,15 +113,25 @@ pub fn open_readable(arg: &'static str, path: &Path) -> Result<File> {
             }
         }
         Err(e) => Err(match e.kind() {
+            std::io::ErrorKind::IsADirectory => {
+                Error::invalid(arg, path.display(), "expected a regular file")
+            }
             std::io::ErrorKind::NotFound => Error::FileNotFound {
                 arg,
                 path: path.into(),
             },
-            std::io::ErrorKind::PermissionDenied => Error::PermissionDenied {
-                arg,
-                path: path.into(),
-                hint: "make the file readable by this user".into(),
-            },
+            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+                Error::PermissionDenied {
+                    arg,
+                    path: path.into(),
+                    hint: if writable {
+                        "make the file readable and writable by this user, or attach it read-only"
+                            .into()
+                    } else {
+                        "make the file readable by this user".into()
+                    },
+                }
+            }
             _ => Error::Io {
                 what: format!("cannot open {arg}={}", path.display()),
                 source: e,

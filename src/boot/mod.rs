@@ -36,8 +36,8 @@ pub struct BootInfo {
     pub e820: Vec<zero_page::E820Entry>,
 }
 
-/// Loads everything `config` names into `mem`.
-pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
+/// Loads everything `config` names into `mem`; `dsdt_devices` are the devices' DSDT entries.
+pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, dsdt_devices: &[u8]) -> Result<BootInfo> {
     let kc = &config.kernel;
     let mem_bytes = config.memory_bytes();
     let low_end = low_ram_end(mem_bytes);
@@ -61,7 +61,7 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig) -> Result<BootInfo> {
     cmdline::write(mem, &cmdline)?;
     crate::arch::x86_64::mptable::setup_mptable(mem, config.vcpus as u8)?;
     let rsdp = if config.acpi {
-        crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8)?
+        crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8, dsdt_devices)?
     } else {
         0
     };

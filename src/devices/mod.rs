@@ -1,8 +1,10 @@
-//! Emulated devices and the port-I/O bus that routes guest accesses to them.
+//! Emulated devices and the buses that route guest accesses to them.
 //!
 //! The interrupt controllers and the PIT are KVM's own (in-kernel); what is here is what
-//! KVM leaves to user space: the 16550A serial console and the i8042 (only its CPU-reset
-//! line matters: it is how a guest with `reboot=k` reboots).
+//! KVM leaves to user space: the 16550A serial console, the i8042 (only its CPU-reset line
+//! matters: it is how a guest with `reboot=k` reboots), the ACPI PM1 block, the exit and
+//! boot-marker registers, and the virtio devices ([`virtio`]: the MMIO transport and one
+//! folder per device). [`crate::device_manager`] wires them up.
 
 pub mod acpi_pm;
 pub mod boot_marker;
@@ -10,6 +12,7 @@ pub mod bus;
 pub mod exit_device;
 pub mod i8042;
 pub mod serial;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, MmioBus, PioBus};
 

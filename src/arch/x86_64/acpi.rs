@@ -1,4 +1,4 @@
-//! ACPI tables: RSDP, XSDT, FADT (hardware-reduced), DSDT and MADT.
+//! ACPI tables: RSDP, XSDT, FADT, DSDT and MADT.
 //!
 //! Debian's cloud kernel is built without MP-table parsing, so ACPI's MADT is how it learns
 //! about every CPU beyond the first. The FADT describes a PC with legacy devices (PIC, PIT,
@@ -72,12 +72,15 @@ fn gas_io_port(port: u64, bits: u8) -> [u8; 12] {
     g
 }
 
-/// The DSDT: only `\_S5_` (soft-off is sleep type 5).
-fn dsdt() -> Vec<u8> {
-    // Name (_S5_, Package (1) { 0x05 })
-    let aml = [0x08, b'_', b'S', b'5', b'_', 0x12, 0x04, 0x01, 0x0a, 0x05];
+/// The DSDT: `\_S5_` (soft-off is sleep type 5) and, inside `\_SB_`, the devices'
+/// entries (`devices`, AML built by [`crate::device_manager`]).
+fn dsdt(devices: &[u8]) -> Vec<u8> {
+    use acpi_tables::{aml, Aml};
+    let mut body = Vec::new();
+    aml::Name::new("_S5_".into(), &aml::Package::new(vec![&5u8])).to_aml_bytes(&mut body);
+    body.extend(aml::Scope::raw("\\_SB_".into(), devices.to_vec()));
     let mut t = Sdt::new(b"DSDT", 6);
-    t.put(&aml);
+    t.put(&body);
     t.finish()
 }
 
@@ -153,13 +156,14 @@ fn align16(v: u64) -> u64 {
     (v + 15) & !15
 }
 
-/// The tables for `vcpus` CPUs as `(address, bytes)`, RSDP first.
-pub fn tables(vcpus: u8) -> Vec<(u64, Vec<u8>)> {
+/// The tables for `vcpus` CPUs and the devices in `dsdt_devices` as `(address, bytes)`,
+/// RSDP first.
+pub fn tables(vcpus: u8, dsdt_devices: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align16(rsdp_addr + 36);
     let xsdt_len = 36 + 2 * 8;
     let dsdt_addr = align16(xsdt_addr + xsdt_len);
-    let dsdt = dsdt();
+    let dsdt = dsdt(dsdt_devices);
     let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align16(fadt_addr + fadt.len() as u64);
@@ -173,8 +177,8 @@ pub fn tables(vcpus: u8) -> Vec<(u64, Vec<u8>)> {
 }
 
 /// Writes the tables; returns the RSDP's address.
-pub fn setup_acpi(mem: &GuestMemoryMmap, vcpus: u8) -> Result<u64> {
-    for (addr, bytes) in tables(vcpus) {
+pub fn setup_acpi(mem: &GuestMemoryMmap, vcpus: u8, dsdt_devices: &[u8]) -> Result<u64> {
+    for (addr, bytes) in tables(vcpus, dsdt_devices) {
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(|source| Error::GuestMemory {
                 what: "ACPI tables",
@@ -194,7 +198,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_to_zero_and_states_its_length() {
-        let t = tables(4);
+        let t = tables(4, &[]);
         assert_eq!(&t[0].1[..8], b"RSD PTR ");
         assert_eq!(sum(&t[0].1[..20]), 0);
         assert_eq!(sum(&t[0].1), 0);

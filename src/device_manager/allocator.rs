@@ -1,0 +1,68 @@
+//! Hands out what a device needs from the machine: an MMIO range in the virtio window and a
+//! legacy interrupt line (GSI).
+//!
+//! Both are handed out in order, so the n-th device registered always gets the same address
+//! and GSI: a guest's `/dev/vda` is the first disk given, and a restored snapshot finds its
+//! devices where it left them.
+
+use super::Error;
+
+/// First address of the virtio-mmio window: above the exit device (0xd0000000) and the
+/// boot-marker register (0xd0001000), which keep their fixed addresses.
+pub const MMIO_WINDOW_START: u64 = 0xd001_0000;
+/// One past the window's last address; 0xd1000000 stays unclaimed (tests probe it).
+pub const MMIO_WINDOW_END: u64 = 0xd080_0000;
+/// What each device gets: a page, the size Linux maps for a virtio-mmio device.
+pub const MMIO_SLOT: u64 = 0x1000;
+
+/// The GSIs devices may have, in the order handed out: the IOAPIC's pins 5–23 except those a
+/// PC's legacy devices own (8: RTC, 9: the ACPI SCI, 12: the PS/2 mouse). COM1 (4), the
+/// i8042 (1) and the PIT (0) are below the range.
+const GSIS: [u32; 16] = [5, 6, 7, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// How many devices can get a GSI.
+pub const MAX_IRQ_DEVICES: usize = GSIS.len();
+
+/// Allocates MMIO slots and GSIs in order.
+#[derive(Debug, Default)]
+pub struct Allocator {
+    next_slot: u64,
+    next_gsi: usize,
+}
+
+impl Allocator {
+    /// The next free MMIO slot's base address.
+    pub fn mmio_slot(&mut self) -> Result<u64, Error> {
+        let base = MMIO_WINDOW_START + self.next_slot * MMIO_SLOT;
+        if base + MMIO_SLOT > MMIO_WINDOW_END {
+            return Err(Error::MmioExhausted);
+        }
+        self.next_slot += 1;
+        Ok(base)
+    }
+
+    /// The next free GSI.
+    pub fn gsi(&mut self) -> Result<u32, Error> {
+        let gsi = *GSIS.get(self.next_gsi).ok_or(Error::GsiExhausted)?;
+        self.next_gsi += 1;
+        Ok(gsi)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hands_out_slots_and_gsis_in_order_until_exhausted() {
+        let mut a = Allocator::default();
+        assert_eq!(a.mmio_slot().unwrap(), 0xd001_0000);
+        assert_eq!(a.mmio_slot().unwrap(), 0xd001_1000);
+        let gsis: Vec<u32> = (0..MAX_IRQ_DEVICES).map(|_| a.gsi().unwrap()).collect();
+        assert_eq!(gsis[0], 5);
+        assert!(!gsis.contains(&9) && !gsis.contains(&4) && !gsis.contains(&8));
+        assert!(matches!(a.gsi(), Err(Error::GsiExhausted)));
+        while a.mmio_slot().is_ok() {}
+        assert!(matches!(a.mmio_slot(), Err(Error::MmioExhausted)));
+    }
+}

@@ -1,0 +1,299 @@
+//! The device manager: where every device gets its address, its interrupt, its DSDT entry
+//! and its event handlers.
+//!
+//! [`crate::vm::Vm::new`] builds the devices before the boot tables, so the DSDT describes
+//! exactly the devices that exist:
+//!
+//! 1. [`legacy::attach`] puts COM1, the i8042, the boot-marker registers, the exit device and
+//!    the ACPI PM1 block at their fixed PC addresses;
+//! 2. one [`DeviceManager::register_virtio`] call per virtio device (disks first, in order)
+//!    gives it the next MMIO page of the virtio window and the next free GSI ([`allocator`]),
+//!    an irqfd on that GSI, one ioeventfd per queue on its QueueNotify register, a
+//!    `LNRO0005` device in the DSDT (how Linux's `virtio_mmio` finds it through ACPI) and a
+//!    handler in the event loop that serves its queues;
+//! 3. [`DeviceManager::finish`] hands over the buses (for the vCPUs), the DSDT's device
+//!    entries (for [`crate::boot`]) and the event handlers (for [`crate::event_loop`]).
+//!
+//! Adding a device means one file (or folder) under [`crate::devices`] and one call here.
+//! Interrupts: KVM's in-kernel IOAPIC routes GSIs 0–23 to its pins by default (the routing
+//! table `KVM_CREATE_IRQCHIP` installs), so an irqfd on the GSI is all a device needs.
+
+pub mod allocator;
+pub mod legacy;
+
+use std::sync::{Arc, Mutex};
+
+use acpi_tables::aml;
+use acpi_tables::Aml;
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, VmFd};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use self::allocator::{Allocator, MMIO_SLOT};
+use crate::devices::bus::{Overlap, SharedDevice};
+use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::{Interrupt, VirtioDevice};
+use crate::devices::Bus;
+use crate::vcpu::Buses;
+
+/// What can go wrong while wiring devices.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two devices claim the same range.
+    #[error(transparent)]
+    Overlap(#[from] Overlap),
+    /// The virtio MMIO window is full.
+    #[error("no MMIO space left in the virtio window")]
+    MmioExhausted,
+    /// Every GSI a device may have is taken.
+    #[error("no interrupt line (GSI) left for another device")]
+    GsiExhausted,
+    /// Creating an eventfd failed.
+    #[error("cannot create an eventfd for {what}: {source}")]
+    EventFd {
+        /// What it was for.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// KVM refused an irqfd or ioeventfd.
+    #[error("{what} failed: {source}")]
+    Kvm {
+        /// The ioctl.
+        what: &'static str,
+        /// KVM's error.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// A device as the user can see it: `vm.boot_info` lists these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The kind, e.g. `virtio-blk`.
+    pub kind: &'static str,
+    /// Its MMIO page.
+    pub mmio_base: u64,
+    /// The page's length.
+    pub mmio_len: u64,
+    /// Its interrupt line.
+    pub gsi: u32,
+}
+
+/// The devices, once built.
+pub struct Devices {
+    /// The buses the vCPUs dispatch to.
+    pub buses: Buses,
+    /// The DSDT's device entries (AML, inside `\_SB_`).
+    pub dsdt_devices: Vec<u8>,
+    /// The event loop's handlers.
+    pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
+    /// The virtio devices, in registration order.
+    pub info: Vec<DeviceInfo>,
+}
+
+/// Builds the VM's devices; see the module documentation.
+pub struct DeviceManager {
+    vm_fd: Arc<VmFd>,
+    mem: Arc<GuestMemoryMmap>,
+    allocator: Allocator,
+    pio: Bus,
+    mmio: Bus,
+    dsdt_devices: Vec<u8>,
+    subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
+    info: Vec<DeviceInfo>,
+}
+
+impl DeviceManager {
+    /// A device manager for the VM `vm_fd` with guest memory `mem`.
+    pub fn new(vm_fd: Arc<VmFd>, mem: Arc<GuestMemoryMmap>) -> Self {
+        DeviceManager {
+            vm_fd,
+            mem,
+            allocator: Allocator::default(),
+            pio: Bus::new(),
+            mmio: Bus::new(),
+            dsdt_devices: Vec::new(),
+            subscribers: Vec::new(),
+            info: Vec::new(),
+        }
+    }
+
+    /// The KVM VM, for devices that need an ioctl.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Puts `device` on the port-I/O bus at a fixed `base..base+len`, seeing offsets from
+    /// `offset`.
+    pub fn add_pio(
+        &mut self,
+        base: u64,
+        len: u64,
+        offset: u64,
+        device: SharedDevice,
+    ) -> Result<(), Error> {
+        Ok(self.pio.insert(base, len, offset, device)?)
+    }
+
+    /// Puts `device` on the MMIO bus at a fixed `base..base+len`.
+    pub fn add_mmio(&mut self, base: u64, len: u64, device: SharedDevice) -> Result<(), Error> {
+        Ok(self.mmio.insert(base, len, 0, device)?)
+    }
+
+    /// Adds a device's entry to the DSDT.
+    pub fn add_dsdt(&mut self, entry: &dyn Aml) {
+        entry.to_aml_bytes(&mut self.dsdt_devices);
+    }
+
+    /// Adds a handler to the event loop.
+    pub fn add_subscriber(&mut self, subscriber: Box<dyn MutEventSubscriber + Send>) {
+        self.subscribers.push(subscriber);
+    }
+
+    /// Creates an eventfd that raises `gsi` when written.
+    pub fn irqfd(&self, gsi: u32) -> Result<EventFd, Error> {
+        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::EventFd {
+            what: "an interrupt",
+            source,
+        })?;
+        self.vm_fd
+            .register_irqfd(&irqfd, gsi)
+            .map_err(|source| Error::Kvm {
+                what: "KVM_IRQFD",
+                source,
+            })?;
+        Ok(irqfd)
+    }
+
+    /// Adds a virtio device over MMIO: the next page and GSI, an irqfd, an ioeventfd per
+    /// queue, its DSDT entry and its queue handler. Returns the shared device.
+    pub fn register_virtio<D: VirtioDevice + 'static>(
+        &mut self,
+        device: D,
+    ) -> Result<Arc<Mutex<D>>, Error> {
+        let base = self.allocator.mmio_slot()?;
+        let gsi = self.allocator.gsi()?;
+        let interrupt = Arc::new(Interrupt::new(self.irqfd(gsi)?));
+        let kind = device.kind();
+        let queues = device.queue_max_sizes().len();
+        let device = Arc::new(Mutex::new(device));
+        let mut events = Vec::with_capacity(queues);
+        let mut transport_events = Vec::with_capacity(queues);
+        for index in 0..queues {
+            let what = "a queue notification";
+            let event =
+                EventFd::new(EFD_NONBLOCK).map_err(|source| Error::EventFd { what, source })?;
+            self.vm_fd
+                .register_ioevent(
+                    &event,
+                    &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
+                    index as u32,
+                )
+                .map_err(|source| Error::Kvm {
+                    what: "KVM_IOEVENTFD",
+                    source,
+                })?;
+            transport_events.push(
+                event
+                    .try_clone()
+                    .map_err(|source| Error::EventFd { what, source })?,
+            );
+            events.push(event);
+        }
+        let shared: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+        let transport = MmioTransport::new(
+            shared.clone(),
+            self.mem.clone(),
+            interrupt,
+            transport_events,
+        );
+        self.mmio
+            .insert(base, MMIO_SLOT, 0, Arc::new(Mutex::new(transport)))?;
+        let number = self.info.len();
+        self.add_dsdt(&VirtioMmioAml { number, base, gsi });
+        self.add_subscriber(Box::new(QueueHandler {
+            device: shared,
+            events,
+        }));
+        self.info.push(DeviceInfo {
+            kind,
+            mmio_base: base,
+            mmio_len: MMIO_SLOT,
+            gsi,
+        });
+        Ok(device)
+    }
+
+    /// Everything built, for the boot tables, the vCPUs and the event loop.
+    pub fn finish(self) -> Devices {
+        Devices {
+            buses: Buses {
+                pio: Arc::new(self.pio),
+                mmio: Arc::new(self.mmio),
+            },
+            dsdt_devices: self.dsdt_devices,
+            subscribers: self.subscribers,
+            info: self.info,
+        }
+    }
+}
+
+/// A virtio-mmio device in the DSDT: `_HID "LNRO0005"` with its page and its interrupt in
+/// `_CRS`, which is what Linux's `virtio_mmio` driver matches through ACPI.
+struct VirtioMmioAml {
+    number: usize,
+    base: u64,
+    gsi: u32,
+}
+
+impl Aml for VirtioMmioAml {
+    fn to_aml_bytes(&self, sink: &mut dyn acpi_tables::AmlSink) {
+        let name = format!("VR{:02X}", self.number & 0xff);
+        let uid = self.number as u32;
+        let range = aml::Memory32Fixed::new(true, self.base as u32, MMIO_SLOT as u32);
+        let irq = aml::Interrupt::new(true, true, false, false, self.gsi);
+        let resources = aml::ResourceTemplate::new(vec![&range, &irq]);
+        aml::Device::new(
+            name.as_str().into(),
+            vec![
+                &aml::Name::new("_HID".into(), &"LNRO0005"),
+                &aml::Name::new("_UID".into(), &uid),
+                &aml::Name::new("_CRS".into(), &resources),
+            ],
+        )
+        .to_aml_bytes(sink);
+    }
+}
+
+/// Serves a virtio device's queues when the guest notifies them.
+struct QueueHandler {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    events: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueHandler {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        let Some(event) = self.events.get(index) else {
+            return;
+        };
+        let _ = event.read();
+        let more = self
+            .device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .process_queue(index);
+        if more {
+            // Work is left after a full batch: come back after the loop's other events.
+            let _ = event.write(1);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, event) in self.events.iter().enumerate() {
+            let _ = ops.add(Events::with_data(event, index as u32, EventSet::IN));
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! virtio devices, over the virtio-mmio transport.
+//!
+//! A device implements [`VirtioDevice`]: its type, features, configuration space and what it
+//! does with its queues once the driver has set them up. The transport ([`mmio`]) does the
+//! rest the same way for every device: feature negotiation, the status state machine, queue
+//! set-up and reset. The device manager ([`crate::device_manager`]) gives each device an
+//! MMIO page, a GSI, an irqfd, one ioeventfd per queue and a DSDT entry, and has the event
+//! loop call [`VirtioDevice::process_queue`] when the guest notifies a queue — so requests
+//! are served on the event-loop thread, never on a vCPU thread.
+//!
+//! Split virtqueues come from the `virtio-queue` crate; the feature and type numbers from
+//! `virtio-bindings`.
+
+pub mod block;
+pub mod mmio;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// `VIRTIO_F_VERSION_1`: the device speaks virtio 1.x (little-endian, modern layout). The
+/// transport refuses a driver that does not accept it.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+/// `VIRTIO_RING_F_EVENT_IDX`: notification suppression with used/avail event indices.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+
+/// InterruptStatus bit: the device used buffers.
+pub const INT_USED_RING: u32 = 1;
+/// InterruptStatus bit: the configuration (or DEVICE_NEEDS_RESET) changed.
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt line and the status the guest reads through the transport.
+///
+/// Shared by the transport (which the guest reads and acknowledges) and the device (which
+/// raises it from the event loop).
+#[derive(Debug)]
+pub struct Interrupt {
+    irqfd: EventFd,
+    status: AtomicU32,
+    needs_reset: AtomicBool,
+}
+
+impl Interrupt {
+    /// An interrupt that signals `irqfd` (registered with KVM for the device's GSI).
+    pub fn new(irqfd: EventFd) -> Self {
+        Interrupt {
+            irqfd,
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets `bits` in InterruptStatus and raises the line.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        // A full eventfd counter still has the interrupt pending: nothing is lost.
+        let _ = self.irqfd.write(1);
+    }
+
+    /// InterruptStatus.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// InterruptACK: clears `bits`.
+    pub fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    /// The device cannot go on until the driver resets it (a guest broke the queue's rules):
+    /// sets DEVICE_NEEDS_RESET and tells the driver through a configuration interrupt.
+    pub fn fail(&self) {
+        self.needs_reset.store(true, Ordering::SeqCst);
+        self.trigger(INT_CONFIG);
+    }
+
+    /// Whether [`Interrupt::fail`] was called since the last reset.
+    pub fn needs_reset(&self) -> bool {
+        self.needs_reset.load(Ordering::SeqCst)
+    }
+
+    /// Back to the power-on state (device reset).
+    pub fn reset(&self) {
+        self.status.store(0, Ordering::SeqCst);
+        self.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
+
+/// What a device gets when the driver sets DRIVER_OK.
+pub struct Activation {
+    /// The queues, checked against guest memory, in queue-index order (unused ones too).
+    pub queues: Vec<Queue>,
+    /// Guest memory, where the rings and buffers are.
+    pub mem: Arc<GuestMemoryMmap>,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+    /// The features the driver accepted.
+    pub features: u64,
+}
+
+/// A device refused to start with what the driver set up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivateError {
+    /// A queue the device needs is not ready.
+    #[error("queue {0} is not ready")]
+    QueueNotReady(usize),
+}
+
+/// A virtio device, as the transport sees it.
+pub trait VirtioDevice: Send {
+    /// The virtio device type (2: block, 1: network, 19: vsock).
+    fn device_type(&self) -> u32;
+    /// The features offered, [`VIRTIO_F_VERSION_1`] included.
+    fn features(&self) -> u64;
+    /// The largest size of each queue; its length is the number of queues.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Reads the device-specific configuration space at `offset`; bytes past it read 0.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific configuration space (most devices ignore it).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Starts serving the queues.
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError>;
+    /// Stops serving and drops the queues (the driver wrote 0 to Status).
+    fn reset(&mut self);
+    /// Serves queue `index` after the guest notified it; returns whether work is left (it
+    /// stopped after a bounded batch), so the caller comes back after other events. Runs
+    /// on the event-loop thread.
+    fn process_queue(&mut self, index: usize) -> bool;
+    /// A short name of the device's kind for people, e.g. `virtio-blk`.
+    fn kind(&self) -> &'static str;
+}
