@@ -14,7 +14,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::config::{KernelConfig, VmConfig};
+use crate::config::{DiskConfig, KernelConfig, VmConfig};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
 use crate::vm::Vm;
@@ -94,7 +94,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -106,6 +106,7 @@ impl NativeVm {
         initrd: Option<PathBuf>,
         console_limit: usize,
         acpi: bool,
+        disks: Vec<(PathBuf, bool, Option<String>)>,
     ) -> PyResult<Self> {
         let config = VmConfig {
             memory_mib,
@@ -118,6 +119,14 @@ impl NativeVm {
             },
             console_limit,
             acpi,
+            disks: disks
+                .into_iter()
+                .map(|(path, read_only, serial)| DiskConfig {
+                    path,
+                    read_only,
+                    serial,
+                })
+                .collect(),
         };
         let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
         match result {
@@ -230,6 +239,13 @@ impl NativeVm {
         let e820: Vec<(u64, u64, u32)> =
             info.e820.iter().map(|e| (e.addr, e.size, e.kind)).collect();
         d.set_item("e820", e820)?;
+        let devices: Vec<(&str, u64, u64, u32)> = self
+            .vm
+            .devices()
+            .iter()
+            .map(|dev| (dev.kind, dev.mmio_base, dev.mmio_len, dev.gsi))
+            .collect();
+        d.set_item("devices", devices)?;
         Ok(d)
     }
 
@@ -246,6 +262,7 @@ impl NativeVm {
         d.set_item("exits", exits)?;
         d.set_item("rss_bytes", rss_bytes())?;
         d.set_item("console_bytes", s.console_bytes)?;
+        d.set_item("disk_requests", self.vm.disk_requests())?;
         d.set_item("uptime", s.uptime.as_secs_f64())?;
         Ok(d)
     }

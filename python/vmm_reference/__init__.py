@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from . import _native
+from .devices import DeviceInfo, Disk
 from .errors import (
     KvmUnavailableError,
     VmConfigError,
@@ -29,6 +30,8 @@ __version__: str = _native.VERSION
 __all__ = [
     "DEFAULT_CMDLINE",
     "BootInfo",
+    "DeviceInfo",
+    "Disk",
     "ExitStatus",
     "ExpectFailure",
     "KvmUnavailableError",

@@ -25,6 +25,7 @@ class NativeVm:
         initrd: Optional[Union[str, PathLike[str]]],
         console_limit: int,
         acpi: bool,
+        disks: list[tuple[str, bool, Optional[str]]] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

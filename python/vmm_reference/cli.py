@@ -3,7 +3,8 @@ r"""The ``vmm-reference`` command: boot a kernel and attach the terminal to its 
 The syntax is the original vmm-reference's::
 
     vmm-reference --memory mem_size_mib=1024 --vcpus num_vcpus=1 \\
-        --kernel path=/path/to/vmlinux,himem_start=1048576,cmdline="console=ttyS0 pci=off"
+        --kernel path=/path/to/vmlinux,himem_start=1048576,cmdline="console=ttyS0 pci=off" \\
+        --blk path=/path/to/rootfs.ext4 --blk path=/path/to/data.img,read_only=on
 
 Each option takes comma-separated ``key=value`` pairs. An empty value means the default; an
 unknown key is an error. The guest's console goes to stdout and stdin goes to the guest
@@ -23,12 +24,15 @@ import threading
 from typing import Callable, Optional, TextIO
 
 from . import __version__
+from .devices import Disk
 from .errors import VmError
 from .vm import DEFAULT_CMDLINE, Vm
 
-__all__ = ["CliError", "main", "parse_key_values"]
+__all__ = ["CliError", "main", "parse_disk", "parse_key_values"]
 
 _KERNEL_KEYS = ("path", "himem_start", "cmdline", "initrd")
+_BLK_KEYS = ("path", "read_only", "serial")
+_BOOLS = {"on": True, "true": True, "off": False, "false": False}
 _CTRL_A = 0x01
 
 
@@ -94,8 +98,22 @@ def _parser() -> argparse.ArgumentParser:
                         "(decimal or 0x hex, multiple of 4096, at least 1048576; default 1048576); "
                         f'cmdline: kernel command line (default "{DEFAULT_CMDLINE}"; console=ttyS0 is '
                         "added when it names no console); initrd: an initramfs to load")
+    p.add_argument("--blk", action="append", default=[], metavar="path=PATH[,read_only=on][,serial=S]",
+                   help="a raw disk image as a virtio-blk device (repeatable: /dev/vda, /dev/vdb, ... in "
+                        "order); read_only: on/off/true/false (default off); serial: at most 20 characters")
     p.add_argument("--version", action="version", version=f"vmm-reference {__version__}")
     return p
+
+
+def parse_disk(text: str) -> Disk:
+    """Parse a ``--blk`` value, ``path=PATH[,read_only=on|off|true|false][,serial=S]``."""
+    blk = parse_key_values("blk", text, _BLK_KEYS)
+    if "path" not in blk:
+        raise CliError("--blk: path=PATH is required")
+    read_only = blk.get("read_only", "off")
+    if read_only.lower() not in _BOOLS:
+        raise CliError(f"--blk: invalid read_only={read_only!r}: expected on, off, true or false")
+    return Disk(blk["path"], read_only=_BOOLS[read_only.lower()], serial=blk.get("serial"))
 
 
 def _build_vm(args: argparse.Namespace) -> Vm:
@@ -111,6 +129,7 @@ def _build_vm(args: argparse.Namespace) -> Vm:
         cmdline=kernel.get("cmdline", DEFAULT_CMDLINE),
         himem_start=_int("kernel", "himem_start", kernel.get("himem_start", "1048576")),
         initrd=kernel.get("initrd"),
+        disks=[parse_disk(text) for text in args.blk],
     )
 
 

@@ -35,6 +35,11 @@ def vm_html(vm: Vm, tail_lines: int = TAIL_LINES) -> str:
         ("command line", vm.boot_info.cmdline),
         ("ACPI", "yes" if vm.acpi else "no"),
     ]
+    for i, dev in enumerate(vm.boot_info.devices):
+        flags = ", read-only" if dev.read_only else ""
+        serial = f", serial {dev.serial}" if dev.serial else ""
+        backing = f" {dev.path}{flags}{serial}" if dev.path else ""
+        rows.append((f"device {i}", f"{dev.kind}{backing} — MMIO {dev.mmio_base:#x}, GSI {dev.gsi}"))
     if status is not None:
         detail = f" — {status.detail}" if status.detail else ""
         code = f", code {status.code}" if status.code is not None else ""

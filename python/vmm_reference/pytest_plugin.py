@@ -14,7 +14,9 @@ Fixtures:
 
 Options (each with an ini key of the same name, ``vmm_kernel`` and so on):
 ``--vmm-kernel``, ``--vmm-initrd``, ``--vmm-memory`` (MiB), ``--vmm-vcpus``,
-``--vmm-timeout`` (seconds :meth:`Vm.expect` waits by default), ``--vmm-keep-console``
+``--vmm-timeout`` (seconds :meth:`Vm.expect` waits by default), ``--vmm-disk`` (a disk
+image for the ``vm`` fixture, repeatable: a path, or the CLI's ``path=P,read_only=on,serial=S``;
+ini key ``vmm_disk``, one per line), ``--vmm-keep-console``
 (save every VM's console, not only failed tests'), ``--vmm-strict`` (fail instead of
 skipping tests that cannot run here, for CI).
 
@@ -36,6 +38,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from .assets import AssetError, GuestAssets, fetch_guest
+from .devices import Disk
 from .vm import Vm
 
 __all__ = ["guest_assets", "kvm_kind", "skip_or_fail", "vm", "vm_factory"]
@@ -62,6 +65,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for flag, ini, help_text in _OPTIONS:
         group.addoption(flag, dest=ini, default=None, help=help_text)
         parser.addini(ini, help_text.split(" [")[0])
+    group.addoption("--vmm-disk", action="append", dest="vmm_disk", default=[], metavar="DISK",
+                    help="disk image for the vm fixture, repeatable: PATH or path=PATH[,read_only=on][,serial=S]")
+    parser.addini("vmm_disk", "disk images for the vm fixture, one per line", type="linelist")
     group.addoption("--vmm-keep-console", action="store_true", default=False,
                     help="save every VM's console under the test's tmp_path, not only failed tests'")
     group.addoption("--vmm-strict", action="store_true", default=False,
@@ -180,9 +186,25 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
             assets = request.getfixturevalue("guest_assets")
             kwargs["kernel"] = assets.vmlinux
             kwargs.setdefault("initrd", _setting(request.config, "vmm_initrd") or assets.initrd)
+    if "disks" not in kwargs:
+        specs = request.config.getoption("vmm_disk") or request.config.getini("vmm_disk")
+        if specs:
+            kwargs["disks"] = [_disk_option(spec) for spec in specs]
     machine = vm_factory(**kwargs)
     machine.start()
     return machine
+
+
+def _disk_option(spec: str) -> Disk:
+    """A ``--vmm-disk`` value: a plain path, or the CLI's ``path=...,read_only=...`` form."""
+    if not spec.startswith("path="):
+        return Disk(spec)
+    from .cli import CliError, parse_disk
+
+    try:
+        return parse_disk(spec)
+    except CliError as e:
+        raise pytest.UsageError(f"--vmm-disk: {e}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

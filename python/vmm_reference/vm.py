@@ -9,9 +9,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from collections.abc import Sequence
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
+from .devices import DeviceInfo, DiskArg, disk_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 
@@ -92,6 +94,8 @@ class BootInfo:
     """Guest address and size of the initrd."""
     e820: list[tuple[int, int, int]]
     """The e820 map: ``(address, size, type)``, type 1 is RAM and 2 reserved."""
+    devices: list[DeviceInfo]
+    """The virtio devices in the order the guest finds them (disks first, ``/dev/vda`` first)."""
 
 
 def _check_int(name: str, value: object, minimum: int, maximum: int = _U64_MAX) -> int:
@@ -233,8 +237,12 @@ class Vm:
         acpi: give the guest ACPI tables (the default): a MADT listing every vCPU, so that
             kernels without MP-table support (Debian's cloud kernel) see them all, PM1
             registers so that a guest ``poweroff`` ends the VM with reason ``poweroff``, and
-            the power button :meth:`stop` presses. ``False`` leaves only the MP table, which
-            is always there.
+            the power button :meth:`stop` presses, and the DSDT through which Linux finds
+            the virtio devices. ``False`` leaves only the MP table, which is always there.
+        disks: raw disk images, each a path (a writable disk) or a :class:`~vmm_reference.Disk`
+            (``read_only``, ``serial``); the guest sees them as virtio-blk devices, in order
+            ``/dev/vda``, ``/dev/vdb``, ... Linux's ``virtio_mmio`` driver finds them through
+            ACPI (``acpi=True``), then ``virtio_blk`` serves them.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -251,11 +259,13 @@ class Vm:
         initrd: Optional[PathArg] = None,
         console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
         acpi: bool = True,
+        disks: Sequence[DiskArg] = (),
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
         kernel_path = _check_path("kernel", kernel)
         assert kernel_path is not None
+        disk_list = disk_tuples(disks)
         self._native = _native.NativeVm(
             memory_mib=_check_int("memory_mib", memory_mib, 1),
             vcpus=_check_int("vcpus", vcpus, 1, 2**32 - 1),
@@ -265,7 +275,10 @@ class Vm:
             initrd=_check_path("initrd", initrd, optional=True),
             console_limit=_check_int("console_limit", console_limit, 0, 2**62),
             acpi=bool(acpi),
+            disks=disk_list,
         )
+        self.disks = disk_list
+        """The disks as ``(path, read_only, serial)``, in the order the guest sees them."""
         self._serial = Serial(self._native)
         self._expect_offset = 0
         self.memory_mib = memory_mib
@@ -436,7 +449,15 @@ class Vm:
     def boot_info(self) -> BootInfo:
         """Where the kernel, command line and initrd went, and the e820 map."""
         info: dict[str, Any] = self._native.boot_info()
-        return BootInfo(**info)
+        disks = iter(self.disks)
+        devices = []
+        for kind, base, length, gsi in info.pop("devices"):
+            if kind == "virtio-blk":
+                path, read_only, serial = next(disks)
+                devices.append(DeviceInfo(kind, base, length, gsi, path, read_only, serial))
+            else:
+                devices.append(DeviceInfo(kind, base, length, gsi))
+        return BootInfo(**info, devices=devices)
 
     def stats(self) -> dict[str, Any]:
         """Return counters, cheap enough to call in a loop.

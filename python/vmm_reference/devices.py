@@ -1,0 +1,71 @@
+"""Devices a VM can be given, and what the VM reports about the devices it has."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from .errors import VmConfigError
+
+__all__ = ["DeviceInfo", "Disk", "DiskArg"]
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A raw disk image the guest sees as a virtio-blk device (``/dev/vda``, ``/dev/vdb``, ...).
+
+    The image's size, rounded down to 512-byte sectors, is the disk's capacity; it must be
+    at least one sector. The guest's writes go straight to the file (``read_only=True``
+    opens it read-only and fails the guest's writes with an I/O error). ``serial`` (at most
+    20 ASCII characters) is what the guest reads in ``/sys/block/vdX/serial``.
+    """
+
+    path: Union[str, "os.PathLike[str]"]
+    read_only: bool = False
+    serial: Optional[str] = None
+
+
+DiskArg = Union[str, "os.PathLike[str]", Disk]
+"""What ``Vm(disks=[...])`` takes: a :class:`Disk`, or a path for a writable disk."""
+
+
+def disk_tuples(disks: object) -> list[tuple[str, bool, Optional[str]]]:
+    """Turn ``disks`` into what the native layer takes; type errors name ``disks[i]``."""
+    if isinstance(disks, (str, bytes, os.PathLike, Disk)) or not hasattr(disks, "__iter__"):
+        raise VmConfigError(f"invalid disks={disks!r}: expected a list of paths or Disk objects")
+    out = []
+    for i, disk in enumerate(disks):  # type: ignore[attr-defined]
+        if isinstance(disk, (str, os.PathLike)):
+            disk = Disk(disk)
+        if not isinstance(disk, Disk):
+            raise VmConfigError(f"invalid disks[{i}]={disk!r}: expected a path or a Disk")
+        path = os.fspath(disk.path)
+        if not isinstance(path, str):
+            raise VmConfigError(f"invalid disks[{i}].path={disk.path!r}: expected a str path")
+        if not isinstance(disk.read_only, bool):
+            raise VmConfigError(f"invalid disks[{i}].read_only={disk.read_only!r}: expected True or False")
+        if disk.serial is not None and not isinstance(disk.serial, str):
+            raise VmConfigError(f"invalid disks[{i}].serial={disk.serial!r}: expected a str or None")
+        out.append((path, disk.read_only, disk.serial))
+    return out
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """A device of the VM, as :attr:`Vm.boot_info` lists it."""
+
+    kind: str
+    """``"virtio-blk"``."""
+    mmio_base: int
+    """Guest-physical address of its virtio-mmio registers."""
+    mmio_len: int
+    """Length of that range."""
+    gsi: int
+    """Its interrupt line (IOAPIC pin)."""
+    path: Optional[str] = None
+    """The backing file (disks)."""
+    read_only: bool = False
+    """Whether the guest's writes are refused (disks)."""
+    serial: Optional[str] = None
+    """The disk's serial."""
