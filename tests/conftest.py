@@ -81,3 +81,55 @@ def fnv1a64(data: bytes) -> int:
     for b in data:
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
     return h
+
+
+def _value(v: str):
+    return int(v, 0) if re.fullmatch(r"0x[0-9a-f]+|\d+", v) else v
+
+
+@dataclass
+class BlkReport:
+    """What the probe guest printed in ``probe.blk=test|bad|list`` mode.
+
+    ``virtio``: one dict per ``PROBE: virtio dev=`` line (base, len, gsi, magic, version,
+    device_id), in DSDT order; ``blk``: per device index, every ``key=value`` of its
+    ``PROBE: blk dev=N ...`` lines merged (``serial`` is the rest of its line; ``ok``, ``timeout``
+    and ``failed`` are flags); ``bad``: per hostile case of ``probe.blk=bad``, its values;
+    ``survived``: the values of the final ``PROBE: blk bad survived`` line."""
+
+    count: int = -1
+    source: str = ""
+    virtio: list[dict] = field(default_factory=list)
+    blk: dict[int, dict] = field(default_factory=dict)
+    bad: dict[str, dict] = field(default_factory=dict)
+    survived: dict | None = None
+
+
+def parse_blk(log: str) -> BlkReport:
+    r = BlkReport()
+    for line in log.splitlines():
+        if not line.startswith("PROBE: "):
+            continue
+        body = line[len("PROBE: "):]
+        serial = None
+        if " serial=" in body:
+            body, serial = body.split(" serial=", 1)
+        kv = {k: _value(v) for k, v in re.findall(r"(\w+)=(\S*)", body)}
+        words = body.split()
+        if body.startswith("virtio count="):
+            r.count, r.source = kv["count"], kv["source"]
+        elif body.startswith("virtio dev="):
+            r.virtio.append(kv)
+        elif body.startswith("blk dev="):
+            d = r.blk.setdefault(kv.pop("dev"), {})
+            d.update(kv)
+            if serial is not None:
+                d["serial"] = serial
+            for flag in ("ok", "timeout", "failed"):
+                if flag in words[2:3]:
+                    d[flag] = True
+        elif body.startswith("blk bad survived"):
+            r.survived = kv
+        elif body.startswith("blk bad "):
+            r.bad[words[2]] = kv
+    return r

@@ -122,3 +122,29 @@ impl Aml for LegacyAml {
         .to_aml_bytes(sink);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn com1_entry_has_eisa_id_ports_and_irq() {
+        let mut aml = Vec::new();
+        LegacyAml {
+            name: "COM1",
+            hid: "PNP0501",
+            ports: &[(0x3f8, 8)],
+            irq: 4,
+        }
+        .to_aml_bytes(&mut aml);
+        if let Ok(path) = std::env::var("VMM_DUMP_DSDT") {
+            let (_, dsdt) = crate::arch::x86_64::acpi::tables(1, &aml).swap_remove(2);
+            std::fs::write(path, dsdt).unwrap();
+        }
+        let find = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        // _HID as a compressed EISA id (PNP0501 = 0x0105d041), then IO(0x3f8, 0x3f8, 1, 8).
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x05, 0x01]));
+        assert!(find(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]));
+        assert!(find(&[0x89, 0x06, 0x00, 0x03, 0x01, 4, 0, 0, 0]));
+    }
+}

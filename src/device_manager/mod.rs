@@ -297,3 +297,38 @@ impl MutEventSubscriber for QueueHandler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtio_dsdt_entry_has_the_hid_page_and_interrupt() {
+        let mut aml = Vec::new();
+        VirtioMmioAml {
+            number: 1,
+            base: 0xd001_1000,
+            gsi: 6,
+        }
+        .to_aml_bytes(&mut aml);
+        if let Ok(path) = std::env::var("VMM_DUMP_DSDT") {
+            let dsdt = crate::arch::x86_64::acpi::tables(1, &aml)
+                .into_iter()
+                .find(|(_, t)| t.starts_with(b"DSDT"))
+                .map(|(_, t)| t)
+                .unwrap();
+            std::fs::write(path, dsdt).unwrap();
+        }
+        assert_eq!(&aml[..1], &[0x5b]); // ExtOpPrefix: DeviceOp
+        let find = |needle: &[u8]| aml.windows(needle.len()).position(|w| w == needle);
+        assert!(find(b"VR01").is_some());
+        assert!(find(b"\x0dLNRO0005\x00").is_some(), "_HID as a string");
+        // Memory32Fixed, read-write, base, length.
+        let mut mem = vec![0x86, 0x09, 0x00, 0x01];
+        mem.extend_from_slice(&0xd001_1000u32.to_le_bytes());
+        mem.extend_from_slice(&0x1000u32.to_le_bytes());
+        assert!(find(&mem).is_some());
+        // Extended interrupt: consumer, edge, active high, exclusive, one GSI.
+        assert!(find(&[0x89, 0x06, 0x00, 0x03, 0x01, 6, 0, 0, 0]).is_some());
+    }
+}

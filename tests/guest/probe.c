@@ -836,7 +836,7 @@ static void blk_test(struct blk *b) {
     if (rd_odd < 0) goto timeout;
     blk_line(b);
     put_status(" read=", rd);
-    puts_(" len=");
+    puts_(" read_len=");
     put_dec(rd_len);
     puts_(" fnv=");
     put_hex(fnv);
@@ -1304,9 +1304,9 @@ static void bench(const char *cmdline, uint64_t rsdp_hint) {
     const char *kind = cmdline_arg(cmdline, "probe.bench");
     if (!kind) return;
     uint64_t n = parse_dec(cmdline_arg(cmdline, "probe.n"));
-    static const char *const blk_kinds[] = {"blkread", "blkwrite", "blkrand"};
-    for (int i = 0; i < 3; i++)
-        if (word_is(kind, blk_kinds[i])) { bench_blk(cmdline, rsdp_hint, kind, blk_kinds[i], n); return; }
+    if (word_is(kind, "blkread")) { bench_blk(cmdline, rsdp_hint, kind, "blkread", n); return; }
+    if (word_is(kind, "blkwrite")) { bench_blk(cmdline, rsdp_hint, kind, "blkwrite", n); return; }
+    if (word_is(kind, "blkrand")) { bench_blk(cmdline, rsdp_hint, kind, "blkrand", n); return; }
     static const char text[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-\n";
     const char *name = "none";
     uint64_t t0 = rdtsc();
