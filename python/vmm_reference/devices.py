@@ -21,7 +21,7 @@ class Disk:
     20 ASCII characters) is what the guest reads in ``/sys/block/vdX/serial``.
     """
 
-    path: Union[str, "os.PathLike[str]"]
+    path: Union[str, os.PathLike[str]]
     read_only: bool = False
     serial: Optional[str] = None
 
@@ -35,7 +35,7 @@ def disk_tuples(disks: object) -> list[tuple[str, bool, Optional[str]]]:
     if isinstance(disks, (str, bytes, os.PathLike, Disk)) or not hasattr(disks, "__iter__"):
         raise VmConfigError(f"invalid disks={disks!r}: expected a list of paths or Disk objects")
     out = []
-    for i, disk in enumerate(disks):  # type: ignore[attr-defined]
+    for i, disk in enumerate(disks):
         if isinstance(disk, (str, os.PathLike)):
             disk = Disk(disk)
         if not isinstance(disk, Disk):

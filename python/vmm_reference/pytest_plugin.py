@@ -196,7 +196,7 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
 
 
 def _disk_option(spec: str) -> Disk:
-    """A ``--vmm-disk`` value: a plain path, or the CLI's ``path=...,read_only=...`` form."""
+    """Parse a ``--vmm-disk`` value: a plain path, or the CLI's ``path=...,read_only=...`` form."""
     if not spec.startswith("path="):
         return Disk(spec)
     from .cli import CliError, parse_disk

@@ -6,10 +6,9 @@ import codecs
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from collections.abc import Sequence
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
