@@ -152,7 +152,7 @@ impl Vm {
             .map(|(i, disk)| Ok(dm.register_virtio(Block::new(i, disk)?)?))
             .collect::<Result<Vec<_>>>()?;
         let devices = dm.finish();
-        let boot = boot::load(&memory, &config, &devices.dsdt_devices)?;
+        let boot = boot::load(&memory, &config, &devices.info, &devices.dsdt_devices)?;
         let buses = devices.buses;
 
         let stats = Arc::new(DeviceStats::default());

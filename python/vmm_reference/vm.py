@@ -241,7 +241,9 @@ class Vm:
         disks: raw disk images, each a path (a writable disk) or a :class:`~vmm_reference.Disk`
             (``read_only``, ``serial``); the guest sees them as virtio-blk devices, in order
             ``/dev/vda``, ``/dev/vdb``, ... Linux's ``virtio_mmio`` driver finds them through
-            ACPI (``acpi=True``), then ``virtio_blk`` serves them.
+            ACPI (``acpi=True``), then ``virtio_blk`` serves them. With ``acpi=False`` the
+            command line names them instead (``virtio_mmio.device=4K@0xd0010000:5``), for
+            kernels built with ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.

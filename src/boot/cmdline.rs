@@ -25,14 +25,19 @@ fn has_console(cmdline: &str) -> bool {
 }
 
 /// Builds the command line from the user's text, adding `console=ttyS0` when it has no
-/// `console=`, and checks it against `limit` (bytes including the NUL).
-pub fn build(user: &str, limit: usize) -> Result<KernelCmdline> {
+/// `console=` and then `extra` (words the VMM adds), and checks it against `limit` (bytes
+/// including the NUL).
+pub fn build(user: &str, extra: &[String], limit: usize) -> Result<KernelCmdline> {
     let mut text = user.trim().to_string();
     if !has_console(&text) {
         if !text.is_empty() {
             text.push(' ');
         }
         text.push_str(DEFAULT_CONSOLE);
+    }
+    for word in extra {
+        text.push(' ');
+        text.push_str(word);
     }
     if text.len() + 1 > limit {
         return Err(Error::invalid(
@@ -68,12 +73,12 @@ mod tests {
     #[test]
     fn console_is_added_only_when_missing() {
         assert_eq!(
-            build("reboot=k", 2048).unwrap().text,
+            build("reboot=k", &[], 2048).unwrap().text,
             "reboot=k console=ttyS0"
         );
-        assert_eq!(build("", 2048).unwrap().text, "console=ttyS0");
+        assert_eq!(build("", &[], 2048).unwrap().text, "console=ttyS0");
         assert_eq!(
-            build("console=hvc0 quiet", 2048).unwrap().text,
+            build("console=hvc0 quiet", &[], 2048).unwrap().text,
             "console=hvc0 quiet"
         );
     }
@@ -82,14 +87,20 @@ mod tests {
     fn length_is_checked_against_the_limit() {
         let long = "a".repeat(2034);
         // 2034 + " console=ttyS0" (14) = 2048 bytes + NUL > 2048
-        let err = build(&long, 2048).unwrap_err().to_string();
+        let err = build(&long, &[], 2048).unwrap_err().to_string();
         assert!(err.contains("at most 2047 bytes"), "{err}");
-        assert!(build(&"a".repeat(2033), 2048).is_ok());
+        assert!(build(&"a".repeat(2033), &[], 2048).is_ok());
+        let extra = ["virtio_mmio.device=4K@0xd0010000:5".to_string()];
+        assert_eq!(
+            build("quiet", &extra, 2048).unwrap().text,
+            "quiet console=ttyS0 virtio_mmio.device=4K@0xd0010000:5"
+        );
+        assert!(build(&"a".repeat(2000), &extra, 2048).is_err());
     }
 
     #[test]
     fn non_ascii_is_refused() {
-        let err = build("quiet é", 2048).unwrap_err().to_string();
+        let err = build("quiet é", &[], 2048).unwrap_err().to_string();
         assert!(err.starts_with("invalid cmdline="), "{err}");
     }
 }

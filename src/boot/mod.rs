@@ -17,6 +17,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout::low_ram_end;
 use crate::config::VmConfig;
+use crate::device_manager::DeviceInfo;
 use crate::error::Result;
 
 /// Where things ended up, for the vCPUs and for anyone inspecting the VM.
@@ -36,8 +37,15 @@ pub struct BootInfo {
     pub e820: Vec<zero_page::E820Entry>,
 }
 
-/// Loads everything `config` names into `mem`; `dsdt_devices` are the devices' DSDT entries.
-pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, dsdt_devices: &[u8]) -> Result<BootInfo> {
+/// Loads everything `config` names into `mem` for the devices in `devices`: with ACPI they
+/// are in the DSDT (`dsdt_devices`); without, the command line names them
+/// (`virtio_mmio.device=`, for kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
+pub fn load(
+    mem: &GuestMemoryMmap,
+    config: &VmConfig,
+    devices: &[DeviceInfo],
+    dsdt_devices: &[u8],
+) -> Result<BootInfo> {
     let kc = &config.kernel;
     let mem_bytes = config.memory_bytes();
     let low_end = low_ram_end(mem_bytes);
@@ -45,7 +53,22 @@ pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, dsdt_devices: &[u8]) -> Re
     let mut file = image::open_readable("kernel", &kc.path)?;
     let img = image::inspect(&mut file, &kc.path)?;
     kernel::check_himem_start(&img, kc.himem_start, low_end, config.memory_mib)?;
-    let cmdline = cmdline::build(&kc.cmdline, img.cmdline_limit())?;
+    let extra: Vec<String> = if config.acpi {
+        Vec::new()
+    } else {
+        devices
+            .iter()
+            .map(|d| {
+                format!(
+                    "virtio_mmio.device={}K@{:#x}:{}",
+                    d.mmio_len >> 10,
+                    d.mmio_base,
+                    d.gsi
+                )
+            })
+            .collect()
+    };
+    let cmdline = cmdline::build(&kc.cmdline, &extra, img.cmdline_limit())?;
     let loaded = kernel::load(mem, &img, &mut file, kc.himem_start)?;
 
     let initrd = match &kc.initrd {

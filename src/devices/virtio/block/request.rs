@@ -116,9 +116,12 @@ impl Request {
             (Some(f), Some(l)) => (f, l),
             _ => return Err((RequestError::Empty, None)),
         };
-        let status = (last.is_write_only() && last.len() >= 1 && descriptors.len() >= 2)
-            .then(|| last.addr().checked_add(u64::from(last.len()) - 1))
-            .flatten();
+        // A last descriptor that still points on was cut short by the iterator (a loop, an
+        // index past the table, or more than 4 GiB): the chain has no end, so no status byte.
+        let status =
+            (last.is_write_only() && !last.has_next() && last.len() >= 1 && descriptors.len() >= 2)
+                .then(|| last.addr().checked_add(u64::from(last.len()) - 1))
+                .flatten();
         let Some(status) = status else {
             return Err((RequestError::NoStatus, None));
         };
@@ -137,16 +140,18 @@ impl Request {
         sector.copy_from_slice(&header[8..16]);
         let sector = u64::from_le_bytes(sector);
 
+        // Unsupported types are answered UNSUPP whatever their buffers look like.
+        let check_direction = !matches!(kind, RequestType::Unsupported(_));
         let mut data = Vec::with_capacity(descriptors.len().saturating_sub(2));
         for d in &descriptors[1..descriptors.len() - 1] {
-            if d.is_write_only() != kind.device_writes_data() {
+            if check_direction && d.is_write_only() != kind.device_writes_data() {
                 return fail(RequestError::WrongDirection);
             }
             data.push((d.addr(), d.len()));
         }
         // The status descriptor may carry data in front of the status byte.
         if last.len() > 1 {
-            if !kind.device_writes_data() {
+            if check_direction && !kind.device_writes_data() {
                 return fail(RequestError::WrongDirection);
             }
             data.push((last.addr(), last.len() - 1));
@@ -169,7 +174,7 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
     fn mem() -> GuestMemoryMmap {
         GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap()
@@ -259,6 +264,18 @@ mod tests {
             Request::parse(&chain, &m).unwrap_err().0,
             RequestError::BadSegments
         );
+        // A chain the iterator cut short: its last descriptor still has NEXT.
+        let cut = Descriptor::new(
+            0x3000,
+            512,
+            (VRING_DESC_F_WRITE | VRING_DESC_F_NEXT) as u16,
+            0,
+        );
+        let chain = [header(&m, 0x100, 0, 0), cut];
+        assert_eq!(
+            Request::parse(&chain, &m).unwrap_err(),
+            (RequestError::NoStatus, None)
+        );
         // Status descriptor at the very top of the address space.
         let chain = [header(&m, 0x100, 4, 0), w(u64::MAX, 2)];
         assert_eq!(
@@ -275,5 +292,12 @@ mod tests {
             Request::parse(&chain, &m).unwrap().kind,
             RequestType::Unsupported(99)
         );
+        for data in [r(0x1000, 512), w(0x1000, 512)] {
+            let chain = [header(&m, 0x100, 99, 0), data, w(0x3000, 1)];
+            assert_eq!(
+                Request::parse(&chain, &m).unwrap().kind,
+                RequestType::Unsupported(99)
+            );
+        }
     }
 }
