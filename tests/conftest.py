@@ -95,10 +95,12 @@ class BlkReport:
     device_id), in DSDT order; ``blk``: per device index, every ``key=value`` of its
     ``PROBE: blk dev=N ...`` lines merged (``serial`` is the rest of its line; ``ok``, ``timeout``
     and ``failed`` are flags); ``bad``: per hostile case of ``probe.blk=bad``, its values;
-    ``survived``: the values of the final ``PROBE: blk bad survived`` line."""
+    ``survived``: the values of the final ``PROBE: blk bad survived`` line; ``dsdt``: whether
+    the DSDT describes COM1 and the i8042 (``com1``, ``i8042``: 0 or 1)."""
 
     count: int = -1
     source: str = ""
+    dsdt: dict = field(default_factory=dict)
     virtio: list[dict] = field(default_factory=list)
     blk: dict[int, dict] = field(default_factory=dict)
     bad: dict[str, dict] = field(default_factory=dict)
@@ -116,7 +118,9 @@ def parse_blk(log: str) -> BlkReport:
             body, serial = body.split(" serial=", 1)
         kv = {k: _value(v) for k, v in re.findall(r"(\w+)=(\S*)", body)}
         words = body.split()
-        if body.startswith("virtio count="):
+        if body.startswith("dsdt "):
+            r.dsdt = kv
+        elif body.startswith("virtio count="):
             r.count, r.source = kv["count"], kv["source"]
         elif body.startswith("virtio dev="):
             r.virtio.append(kv)

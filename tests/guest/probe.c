@@ -1,9 +1,14 @@
 /* The probe guest: a freestanding program entered like a Linux kernel, which reports over the
  * serial port what the VMM gave it, then ends as its command line asks (`probe.end=`).
  *
- * Report lines all start with "PROBE: " so tests can pick them out; see tests/probe.py for the
- * parser. Everything is reached RIP-relative and nothing needs relocation, so the same code
- * runs from the ELF image (linked at 2 MiB) and from the bzImage (loaded at himem_start). */
+ * Report lines all start with "PROBE: " so tests can pick them out; see tests/conftest.py for
+ * the parsers. Everything is reached RIP-relative and nothing needs relocation, so the same
+ * code runs from the ELF image (linked at 2 MiB) and from the bzImage (loaded at himem_start).
+ *
+ * It also has a small polled virtio-mmio (version 2) + virtio-blk driver: `probe.blk=list`
+ * reports the virtio devices in the DSDT, `probe.blk=test` exercises every disk, `probe.blk=bad`
+ * sends the first one hostile requests, and `probe.bench=blkread|blkwrite|blkrand|blkid` times
+ * requests (see blk_probe and bench_blk). */
 #include <stdint.h>
 
 #define COM1 0x3f8
@@ -344,6 +349,25 @@ static int bytes_at(const uint8_t *p, const uint8_t *pat, uint32_t n) {
     return 1;
 }
 
+/* The DSDT: the FADT's X_DSDT (offset 140), else its DSDT (offset 40). */
+static const uint8_t *acpi_dsdt(const uint8_t *rsdp) {
+    const uint8_t *fadt = acpi_table(rsdp, "FACP");
+    if (!fadt) return 0;
+    uint32_t flen = le32(fadt + 4);
+    uint64_t dsdt_addr = flen >= 148 ? le64(fadt + 140) : 0;
+    if (!dsdt_addr) dsdt_addr = le32(fadt + 40);
+    const uint8_t *dsdt = (const uint8_t *)(uintptr_t)dsdt_addr;
+    return dsdt && sig_is(dsdt, "DSDT") ? dsdt : 0;
+}
+
+/* Whether the DSDT has a DWord EISA id (e.g. 0x0105d041 for PNP0501) somewhere. */
+static int dsdt_has_eisaid(const uint8_t *dsdt, uint32_t id) {
+    const uint8_t pat[5] = {0x0c, (uint8_t)id, (uint8_t)(id >> 8), (uint8_t)(id >> 16), (uint8_t)(id >> 24)};
+    uint32_t len = le32(dsdt + 4);
+    for (uint32_t i = 36; i + 5 <= len; i++) if (bytes_at(dsdt + i, pat, 5)) return 1;
+    return 0;
+}
+
 /* Each AML Device whose _HID is the string "LNRO0005" (virtio-mmio), in DSDT order: the first
  * Memory32Fixed and Extended Interrupt descriptors after the _HID and before the next one. */
 static int virtio_from_dsdt(const uint8_t *rsdp, struct vloc *out, int max) {
@@ -351,22 +375,18 @@ static int virtio_from_dsdt(const uint8_t *rsdp, struct vloc *out, int max) {
     static const uint8_t hid_name[] = {'_', 'H', 'I', 'D'};
     static const uint8_t mem32[] = {0x86, 0x09, 0x00};
     static const uint8_t xirq[] = {0x89, 0x06, 0x00};
-    const uint8_t *fadt = acpi_table(rsdp, "FACP");
-    if (!fadt) return -1;
-    uint32_t flen = le32(fadt + 4);
-    uint64_t dsdt_addr = flen >= 148 ? le64(fadt + 140) : 0;
-    if (!dsdt_addr) dsdt_addr = le32(fadt + 40);
-    const uint8_t *dsdt = (const uint8_t *)(uintptr_t)dsdt_addr;
-    if (!dsdt || !sig_is(dsdt, "DSDT")) return -1;
+    const uint8_t *dsdt = acpi_dsdt(rsdp);
+    if (!dsdt) return -1;
     uint32_t len = le32(dsdt + 4);
     int n = 0;
     for (uint32_t i = 36; i + sizeof(hid) <= len && n < max; i++) {
         if (!bytes_at(dsdt + i, hid, sizeof(hid))) continue;
         uint32_t end = i + sizeof(hid);
         while (end + sizeof(hid_name) <= len && !bytes_at(dsdt + end, hid_name, sizeof(hid_name))) end++;
+        if (end + sizeof(hid_name) > len) end = len; /* the last device: up to the table's end */
         struct vloc v = {0, 0, 0};
         int have_mem = 0, have_irq = 0;
-        for (uint32_t j = i + sizeof(hid); j + 12 <= end || (j + 9 <= end && !have_irq); j++) {
+        for (uint32_t j = i + sizeof(hid); j + 9 <= end && !(have_mem && have_irq); j++) {
             if (!have_mem && j + 12 <= end && bytes_at(dsdt + j, mem32, 3)) {
                 v.base = le32(dsdt + j + 4);
                 v.len = le32(dsdt + j + 8);
@@ -375,7 +395,6 @@ static int virtio_from_dsdt(const uint8_t *rsdp, struct vloc *out, int max) {
                 v.gsi = le32(dsdt + j + 5);
                 have_irq = 1;
             }
-            if (have_mem && have_irq) break;
         }
         if (have_mem) out[n++] = v;
         i = end - 1;
@@ -640,22 +659,14 @@ static void blk_notify(const struct blk *b) {
     blk_w(b, VM_QUEUE_NOTIFY, 0);
 }
 
-/* Makes descriptor chain `head`.. available (without notifying). */
-static void blk_publish(struct blk *b, uint16_t head) {
-    VQ_AVAIL[2 + b->avail_idx % b->qsize] = head;
-    barrier();
-    b->avail_idx++;
-    VQ_AVAIL[1] = b->avail_idx;
-}
-
-/* Posts a request in slot `slot`: header, the data segments, the status byte. */
-static void blk_post(struct blk *b, uint32_t slot, uint32_t type, uint64_t sector, const struct seg *segs, int nseg) {
+/* Writes slot `slot`'s descriptor chain: its header (of type `type`), the data segments, its
+ * status byte. A chain stays valid for requests of the same shape: the bench writes each
+ * slot's once (every guest instruction counts where the CPU is emulated, as on PVM). */
+static void blk_chain(uint32_t slot, uint32_t type, const struct seg *segs, int nseg) {
     struct blk_slot *s = &blk_slots[slot];
     uint16_t d = (uint16_t)(slot * BLK_DPS);
     s->hdr.type = type;
     s->hdr.reserved = 0;
-    s->hdr.sector = sector;
-    *(volatile uint8_t *)&s->status = 0xff;
     VQ_DESC[d].addr = (uint64_t)(uintptr_t)&s->hdr;
     VQ_DESC[d].len = sizeof(s->hdr);
     VQ_DESC[d].flags = VRING_DESC_F_NEXT;
@@ -672,19 +683,38 @@ static void blk_post(struct blk *b, uint32_t slot, uint32_t type, uint64_t secto
     st->len = 1;
     st->flags = VRING_DESC_F_WRITE;
     st->next = 0;
-    barrier();
-    blk_publish(b, d);
 }
 
-/* Waits until the device used a chain; returns 0 and sets last_id/last_len, or -1 at the
- * deadline. */
-static int blk_reap(struct blk *b, uint64_t deadline) {
-    while (VQ_USED[1] == b->used_idx) {
-        if (rdtsc() > deadline) return -1;
+/* Makes slot `slot`'s chain available for `sector` (without notifying). */
+static void blk_submit(struct blk *b, uint32_t slot, uint64_t sector) {
+    blk_slots[slot].hdr.sector = sector;
+    *(volatile uint8_t *)&blk_slots[slot].status = 0xff;
+    barrier();
+    VQ_AVAIL[2 + (b->avail_idx & (b->qsize - 1))] = (uint16_t)(slot * BLK_DPS);
+    barrier();
+    VQ_AVAIL[1] = ++b->avail_idx;
+}
+
+/* Posts a request in slot `slot`: header, the data segments, the status byte. */
+static void blk_post(struct blk *b, uint32_t slot, uint32_t type, uint64_t sector, const struct seg *segs, int nseg) {
+    blk_chain(slot, type, segs, nseg);
+    blk_submit(b, slot, sector);
+}
+
+/* Waits up to `ms` milliseconds until the device used a chain; returns 0 and sets
+ * last_id/last_len, or -1 at the deadline. */
+static int blk_reap(struct blk *b, uint64_t ms) {
+    uint64_t deadline = 0;
+    for (uint32_t spin = 1; VQ_USED[1] == b->used_idx; spin++) {
+        /* The clock only now and then: reading it may cost an exit (PVM). */
+        if (!(spin & 1023)) {
+            if (!deadline) deadline = deadline_ms(ms);
+            else if (rdtsc() > deadline) return -1;
+        }
         __asm__ volatile("pause");
     }
     barrier();
-    uint32_t i = b->used_idx % b->qsize;
+    uint32_t i = b->used_idx & (b->qsize - 1);
     b->last_id = VQ_USED_RING[2 * i];
     b->last_len = VQ_USED_RING[2 * i + 1];
     b->used_idx++;
@@ -696,7 +726,7 @@ static int blk_reap(struct blk *b, uint64_t deadline) {
 static int blk_do(struct blk *b, uint32_t type, uint64_t sector, const struct seg *segs, int nseg) {
     blk_post(b, 0, type, sector, segs, nseg);
     blk_notify(b);
-    if (blk_reap(b, deadline_ms(BLK_TIMEOUT_MS))) return -1;
+    if (blk_reap(b, BLK_TIMEOUT_MS)) return -1;
     return *(volatile uint8_t *)&blk_slots[0].status;
 }
 
@@ -927,7 +957,7 @@ struct rawdesc { uint64_t addr; uint32_t len; uint16_t flags, next; };
 static int bad_wait(struct blk *b, uint64_t ms) {
     uint64_t end = deadline_ms(ms), grace = 0;
     for (;;) {
-        if (VQ_USED[1] != b->used_idx) return blk_reap(b, end) == 0;
+        if (VQ_USED[1] != b->used_idx) return blk_reap(b, 1) == 0;
         uint64_t now = rdtsc();
         if (now > end || (grace && now > grace)) return 0;
         if (!grace && (blk_r(b, VM_STATUS) & S_NEEDS_RESET)) grace = deadline_ms(50);
@@ -991,7 +1021,7 @@ static void bad_chain(struct blk *b, const char *name, uint32_t type, uint64_t s
             writable = d[i].len < 4096 ? d[i].len : 4096;
     for (uint32_t i = 0; i < 4096; i++) ((volatile uint8_t *)blk_buf)[i] = 0xa5;
     barrier();
-    VQ_AVAIL[2 + b->avail_idx % b->qsize] = 0;
+    VQ_AVAIL[2 + (b->avail_idx & (b->qsize - 1))] = 0;
     barrier();
     b->avail_idx = (uint16_t)(b->avail_idx + 1 + extra);
     VQ_AVAIL[1] = b->avail_idx;
@@ -1037,14 +1067,17 @@ static void blk_bad(struct blk *b) {
         {"in_readonly_data", BLK_T_IN, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N, 2}, {st, 1, W, 0}}},
         /* a write from a device-writable buffer */
         {"out_writable_data", BLK_T_OUT, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N | W, 2}, {st, 1, W, 0}}},
-        /* 4 GiB - 1 of data */
+        /* 4 GiB - 1 of data: the chain is longer than 2^32 bytes, which no driver may post */
         {"huge_len", BLK_T_IN, 0, 3, {{hdr, 16, N, 1}, {buf, 0xffffffffu, N | W, 2}, {st, 1, W, 0}}},
+        /* 4 GiB - 512 of data, a whole number of sectors, the chain under 2^32 bytes */
+        {"huge_len_sectors", BLK_T_IN, 0, 3, {{hdr, 16, N, 1}, {buf, 0xfffffe00u, N | W, 2}, {st, 1, W, 0}}},
         /* a length that is no multiple of 512 */
         {"odd_len", BLK_T_IN, 0, 3, {{hdr, 16, N, 1}, {buf, 100, N | W, 2}, {st, 1, W, 0}}},
         /* sector * 512 overflows 64 bits to 0 */
         {"sector_overflow", BLK_T_IN, 1ull << 55, 3, {{hdr, 16, N, 1}, {buf, 512, N | W, 2}, {st, 1, W, 0}}},
-        /* a request type nobody knows */
-        {"unknown_type", 0x1234, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N | W, 2}, {st, 1, W, 0}}},
+        /* a request type nobody knows, with a device-readable or a device-writable buffer */
+        {"unknown_type", 0x1234, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N, 2}, {st, 1, W, 0}}},
+        {"unknown_type_writable_data", 0x1234, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N | W, 2}, {st, 1, W, 0}}},
         /* a zero-length status descriptor */
         {"status_len0", BLK_T_IN, 0, 3, {{hdr, 16, N, 1}, {buf, 512, N | W, 2}, {st, 0, W, 0}}},
         /* GET_ID into 4 bytes */
@@ -1087,7 +1120,7 @@ static void blk_bad(struct blk *b) {
     }
     {   /* the avail ring names a head beyond the queue */
         *(volatile uint8_t *)&blk_slots[0].status = 0xff;
-        VQ_AVAIL[2 + b->avail_idx % b->qsize] = 1000;
+        VQ_AVAIL[2 + (b->avail_idx & (b->qsize - 1))] = 1000;
         barrier();
         VQ_AVAIL[1] = ++b->avail_idx;
         blk_notify(b);
@@ -1168,6 +1201,14 @@ static void blk_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode)
     struct vloc v[VIRTIO_MAX_DEVS];
     const char *source;
     int n = virtio_devices(cmdline, rsdp_hint, v, &source);
+    const uint8_t *dsdt = acpi_dsdt(acpi_rsdp(rsdp_hint));
+    if (dsdt) {
+        puts_("PROBE: dsdt com1=");
+        put_dec((uint64_t)dsdt_has_eisaid(dsdt, 0x0105d041u)); /* PNP0501 */
+        puts_(" i8042=");
+        put_dec((uint64_t)dsdt_has_eisaid(dsdt, 0x0303d041u)); /* PNP0303 */
+        putc_('\n');
+    }
     list_virtio(v, n, source);
     if (word_is(mode, "list")) return;
     for (int i = 0; i < n; i++) {
@@ -1181,10 +1222,11 @@ static void blk_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode)
     if (word_is(mode, "bad")) puts_("PROBE: blk bad failed no-device\n");
 }
 
-/* probe.bench=blkread|blkwrite|blkrand probe.n=N [probe.bs=BYTES] [probe.qd=N] [probe.dev=I]:
- * N requests of BS bytes (default 4096) on virtio-blk device I (default the first), sequential
- * and wrapping at the capacity, or at random 4 KiB-aligned places; up to QD (default 1) in
- * flight. */
+/* probe.bench=blkread|blkwrite|blkrand|blkid probe.n=N [probe.bs=BYTES] [probe.qd=N]
+ * [probe.dev=I]: N requests of BS bytes (default 4096) on virtio-blk device I (default the
+ * first), sequential and wrapping at the capacity, or at random BS-aligned places; up to QD
+ * (default 1) in flight. blkid sends GET_ID requests (20 bytes, no disk I/O): the cost of the
+ * round trip alone. */
 static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind, const char *name, uint64_t n) {
     struct vloc v[VIRTIO_MAX_DEVS];
     const char *source, *tsrc;
@@ -1227,20 +1269,36 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
     if (b.seg_max && b.seg_max < max_segs) max_segs = b.seg_max;
     uint64_t seg_len = 65536;
     while ((bs + seg_len - 1) / seg_len > max_segs) seg_len *= 2;
-    int write = word_is(kind, "blkwrite"), rnd = word_is(kind, "blkrand");
-    uint32_t type = write ? BLK_T_OUT : BLK_T_IN;
+    int write = word_is(kind, "blkwrite"), rnd = word_is(kind, "blkrand"), getid = word_is(kind, "blkid");
+    uint32_t type = write ? BLK_T_OUT : getid ? BLK_T_GET_ID : BLK_T_IN;
     uint16_t dflag = write ? 0 : VRING_DESC_F_WRITE;
     if (write)
         for (uint64_t i = 0; i < qd * bs; i++) blk_buf[i] = (uint8_t)(i * 7);
+    /* Each slot's chain once: its own part of blk_buf, in segments of at most seg_len. */
+    for (uint32_t slot = 0; slot < qd; slot++) {
+        struct seg segs[BLK_MAX_SEGS];
+        int nseg = 0;
+        for (uint64_t off = 0; off < bs; off += seg_len, nseg++) {
+            segs[nseg].addr = (uint64_t)(uintptr_t)(blk_buf + slot * bs + off);
+            segs[nseg].len = (uint32_t)(bs - off < seg_len ? bs - off : seg_len);
+            segs[nseg].flags = dflag;
+        }
+        if (getid) {
+            segs[0].len = 20;
+            nseg = 1;
+        }
+        blk_chain(slot, type, segs, nseg);
+    }
     uint64_t next = 0, lcg = 0x2545f4914f6cdd1dull, slots_of = b.capacity / spr;
-    uint64_t issued = 0, done = 0, errors = 0;
+    uint64_t issued = 0, done = 0, errors = 0, waits = 0;
     uint32_t free_slots[BLK_SLOTS], nfree = 0;
     for (uint32_t i = (uint32_t)qd; i > 0; i--) free_slots[nfree++] = i - 1;
     int timed_out = 0;
     uint64_t t0 = rdtsc();
     for (;;) {
-        while (issued < n && issued - done < qd) {
-            uint32_t slot = free_slots[--nfree];
+        /* Fill every free slot, then notify once for all of them. */
+        int posted = 0;
+        while (issued < n && nfree) {
             uint64_t sector;
             if (rnd) {
                 lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
@@ -1250,24 +1308,24 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
                 sector = next;
                 next += spr;
             }
-            struct seg segs[BLK_MAX_SEGS];
-            int nseg = 0;
-            for (uint64_t off = 0; off < bs; off += seg_len, nseg++) {
-                segs[nseg].addr = (uint64_t)(uintptr_t)(blk_buf + slot * bs + off);
-                segs[nseg].len = (uint32_t)(bs - off < seg_len ? bs - off : seg_len);
-                segs[nseg].flags = dflag;
-            }
-            blk_post(&b, slot, type, sector, segs, nseg);
+            blk_submit(&b, free_slots[--nfree], sector);
             issued++;
-            if (issued - done == qd || issued == n) blk_notify(&b);
+            posted = 1;
         }
+        if (posted) blk_notify(&b);
         if (done == n) break;
-        if (blk_reap(&b, deadline_ms(BLK_TIMEOUT_MS))) { timed_out = 1; break; }
-        uint32_t slot = b.last_id / BLK_DPS;
-        if (b.last_id % BLK_DPS || slot >= qd) { errors++; slot = 0; } /* not a head we posted */
-        else if (*(volatile uint8_t *)&blk_slots[slot].status != 0) errors++;
-        free_slots[nfree++] = slot;
-        done++;
+        /* Wait for one completion, then take every other one already there. */
+        if (blk_reap(&b, BLK_TIMEOUT_MS)) { timed_out = 1; break; }
+        waits++;
+        do {
+            uint32_t slot = b.last_id / BLK_DPS;
+            if (b.last_id % BLK_DPS || slot >= qd) errors++; /* not a head we posted */
+            else {
+                if (*(volatile uint8_t *)&blk_slots[slot].status != 0) errors++;
+                free_slots[nfree++] = slot;
+            }
+            done++;
+        } while (VQ_USED[1] != b.used_idx && blk_reap(&b, 0) == 0);
     }
     uint64_t cycles = rdtsc() - t0;
     if (timed_out) {
@@ -1292,6 +1350,8 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
     put_dec(qd);
     puts_(" errors=");
     put_dec(errors);
+    puts_(" waits=");
+    put_dec(waits);
     putc_('\n');
 }
 
@@ -1307,6 +1367,7 @@ static void bench(const char *cmdline, uint64_t rsdp_hint) {
     if (word_is(kind, "blkread")) { bench_blk(cmdline, rsdp_hint, kind, "blkread", n); return; }
     if (word_is(kind, "blkwrite")) { bench_blk(cmdline, rsdp_hint, kind, "blkwrite", n); return; }
     if (word_is(kind, "blkrand")) { bench_blk(cmdline, rsdp_hint, kind, "blkrand", n); return; }
+    if (word_is(kind, "blkid")) { bench_blk(cmdline, rsdp_hint, kind, "blkid", n); return; }
     static const char text[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-\n";
     const char *name = "none";
     uint64_t t0 = rdtsc();
@@ -1339,7 +1400,10 @@ void pvh_main(const uint8_t *start_info) {
     puts_("PROBE: pvh cmdline=");
     if (cmdline) puts_(cmdline);
     putc_('\n');
-    if (cmdline) bench(cmdline, *(const uint64_t *)(start_info + 32)); /* rsdp_paddr */
+    uint64_t rsdp = *(const uint64_t *)(start_info + 32); /* rsdp_paddr */
+    if (cmdline) bench(cmdline, rsdp);
+    const char *blk = cmdline ? cmdline_arg(cmdline, "probe.blk") : 0;
+    if (blk) blk_probe(cmdline, rsdp, blk);
     puts_("PROBE: done\n");
     if (cmdline && word_is(cmdline_arg(cmdline, "probe.end"), "halt")) {
         puts_("PROBE: halting\n");
