@@ -138,6 +138,7 @@ impl Vm {
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
         let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
+        crate::memory::advise_huge_pages(&memory);
         register_guest_memory(&vm_fd, &memory)?;
 
         // Devices first: the DSDT the boot tables carry describes them.
