@@ -79,6 +79,9 @@ pub enum Error {
     /// Setting up the vCPU boot state failed.
     #[error(transparent)]
     Arch(#[from] crate::arch::x86_64::Error),
+    /// The vCPUs did not leave guest code in time for a pause.
+    #[error("the vCPUs did not stop within {0:?}")]
+    PauseTimeout(std::time::Duration),
     /// Building or wiring a device failed.
     #[error(transparent)]
     DeviceManager(#[from] crate::device_manager::Error),

@@ -90,10 +90,7 @@ impl Vcpu {
                 .get(written)
                 .map(|e| e.index)
                 .unwrap_or_default();
-            return Err(Error::Io {
-                what: format!("KVM_SET_MSRS stopped at MSR {index:#x}"),
-                source: std::io::Error::from(std::io::ErrorKind::Unsupported),
-            });
+            return Err(crate::arch::x86_64::Error::MsrRefused(index).into());
         }
         let mut lapic_state = fd.get_lapic().map_err(Error::kvm("KVM_GET_LAPIC"))?;
         lapic::set_lint(&mut lapic_state);

@@ -287,10 +287,7 @@ impl Vm {
             Ok(())
         } else {
             self.gate.open();
-            Err(Error::Io {
-                what: format!("the vCPUs did not stop within {PAUSE_TIMEOUT:?}"),
-                source: std::io::Error::from(std::io::ErrorKind::TimedOut),
-            })
+            Err(Error::PauseTimeout(PAUSE_TIMEOUT))
         }
     }
 

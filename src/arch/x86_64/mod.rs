@@ -38,6 +38,9 @@ pub enum Error {
     /// A vmm-sys-util FAM wrapper could not be built.
     #[error("cannot build the {0} list for KVM")]
     Fam(&'static str),
+    /// KVM took only part of the boot MSRs.
+    #[error("KVM_SET_MSRS stopped at MSR {0:#x}: this host's KVM does not support it")]
+    MsrRefused(u32),
 }
 
 /// Result type of this module.
