@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import lzma
+import os
 import shutil
 import struct
 import subprocess
 
 import pytest
+from vmm_reference import assets
+from vmm_reference.assets import AssetError, e2fsprogs_command, module_load_order
 from vmm_reference.initramfs import build_initramfs
 from vmm_reference.kernel_image import extract_vmlinux, lz4_legacy_decompress
 
@@ -74,11 +78,106 @@ def test_guest_assets_are_bootable_files(guest_assets):
     assert (guest_assets.modules / "kernel").is_dir()
     entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
     assert b"VMM-REFERENCE-GUEST-READY" in entries["init"][1]
+    assert b"switch_root" in entries["init"][1]
+
+
+def test_initramfs_loads_the_virtio_modules_after_their_dependencies(guest_assets):
+    entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
+    loaded = [name.split("-", 1)[1] for name in sorted(entries) if name.startswith("lib/vmm/") and name.endswith(".ko")]
+    for module in ("evdev.ko", "button.ko", "virtio_mmio.ko", "virtio_blk.ko"):
+        assert module in loaded, loaded  # all four are modules in Debian's cloud kernel
+    for first, then in (("virtio.ko", "virtio_mmio.ko"), ("virtio_ring.ko", "virtio_mmio.ko"),
+                        ("virtio.ko", "virtio_blk.ko"), ("virtio_ring.ko", "virtio_blk.ko")):
+        assert loaded.index(first) < loaded.index(then), loaded
+    for name in loaded:
+        assert entries[f"lib/vmm/{loaded.index(name):02d}-{name}"][1][:4] == b"\x7fELF"
+
+
+def test_rootfs_is_an_ext4_image_with_busybox_and_an_init(guest_assets):
+    image = guest_assets.rootfs.read_bytes()
+    assert len(image) == assets.ROOTFS_SIZE_MIB << 20
+    assert image[1024 + 0x38:1024 + 0x3A] == b"\x53\xef"  # the ext2/3/4 superblock magic
+    try:
+        debugfs = e2fsprogs_command("debugfs")
+    except AssetError as e:
+        pytest.skip(str(e))
+    done = subprocess.run([*debugfs, "-R", "cat /sbin/init", str(guest_assets.rootfs)], capture_output=True, check=True)
+    assert assets.ROOTFS_READY_MARKER.encode() in done.stdout
+    done = subprocess.run([*debugfs, "-R", "stat /bin/mount", str(guest_assets.rootfs)], capture_output=True,
+                          text=True, check=True)
+    assert "Type: symlink" in done.stdout and '"/bin/busybox"' in done.stdout
+
+
+def test_env_exports_the_rootfs(guest_assets, capsys):
+    assert assets.main(["--env"]) == 0
+    assert f"export VMM_ROOTFS={guest_assets.rootfs}" in capsys.readouterr().out.splitlines()
+
+
+def fake_module(depends: str, softdep: str = "") -> bytes:
+    """A 64-bit ELF file with just a .modinfo section, as a kernel module has."""
+    info = b"license=GPL\0" + (f"softdep={softdep}\0".encode() if softdep else b"") + f"depends={depends}\0".encode()
+    strtab = b"\0.modinfo\0.shstrtab\0"
+    body_at = 64
+    strtab_at = body_at + len(info)
+    shoff = (strtab_at + len(strtab) + 7) & ~7
+    header = b"\x7fELF\x02\x01\x01" + bytes(9) + struct.pack("<HHIQQQIHHHHHH", 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0,
+                                                             64, 3, 2)
+    sections = bytes(64)
+    sections += struct.pack("<IIQQQQIIQQ", 1, 1, 0, 0, body_at, len(info), 0, 0, 1, 0)
+    sections += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, strtab_at, len(strtab), 0, 0, 1, 0)
+    return (header + info + strtab).ljust(shoff, b"\0") + sections
+
+
+def test_module_load_order_reads_dependencies_from_the_modules(tmp_path):
+    release = tmp_path / "6.0-test"
+    files = {
+        "kernel/drivers/block/top.ko.xz": lzma.compress(fake_module("mid,base")),
+        "kernel/drivers/mid.ko": fake_module("base", softdep="pre: early no-such-alias post: late"),
+        "kernel/lib/base.ko": fake_module(""),
+        "kernel/lib/early.ko": fake_module(""),
+        "kernel/lib/late.ko": fake_module(""),
+        "kernel/lib/other-thing.ko": fake_module("base,inside"),
+    }
+    for name, data in files.items():
+        (release / name).parent.mkdir(parents=True, exist_ok=True)
+        (release / name).write_bytes(data)
+    (release / "modules.builtin").write_text("kernel/fs/inside.ko\n")
+    order = module_load_order(release, ["top", "missing", "other_thing", "inside"])
+    assert [p.relative_to(release).as_posix() for p in order] == [
+        "kernel/lib/early.ko", "kernel/lib/base.ko", "kernel/drivers/mid.ko", "kernel/drivers/block/top.ko.xz",
+        "kernel/lib/other-thing.ko",
+    ]
+    assert assets._module_bytes(order[3]) == fake_module("mid,base")
+    (release / "kernel/lib/base.ko").unlink()
+    with pytest.raises(AssetError, match="mid depends on base"):
+        module_load_order(release, ["top"])
+
+
+def test_e2fsprogs_command_prefers_the_hosts_tool(tmp_path, monkeypatch):
+    tool = tmp_path / "bin" / "mkfs.ext4"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tool.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert e2fsprogs_command("mkfs.ext4", tmp_path / "cache") == [str(tool)]
+
+
+def test_e2fsprogs_command_offline_uses_the_cache_copy_or_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(assets, "_find_tool", lambda tool: None)
+    monkeypatch.setenv("VMM_REFERENCE_OFFLINE", "1")
+    with pytest.raises(AssetError, match="install e2fsprogs"):
+        e2fsprogs_command("debugfs", tmp_path)
+    tree = tmp_path / "e2fsprogs_1.0"
+    (tree / "sbin").mkdir(parents=True)
+    (tree / "sbin" / "debugfs").write_bytes(b"")
+    (tree / "lib" / "x86_64-linux-gnu").mkdir(parents=True)
+    (tree / "lib" / "x86_64-linux-gnu" / "libext2fs.so.2").write_bytes(b"")
+    (tree / ".complete").touch()
+    assert e2fsprogs_command("debugfs", tmp_path) == [
+        "env", f"LD_LIBRARY_PATH={tree / 'lib' / 'x86_64-linux-gnu'}", str(tree / "sbin" / "debugfs")]
 
 
 def test_cache_list_verify_and_clear(tmp_path):
-    from vmm_reference import assets
-
     entry = tmp_path / "linux-image-x_1"
     (entry / "boot").mkdir(parents=True)
     (entry / ".complete").touch()

@@ -1,17 +1,32 @@
-"""Full boots of the Debian cloud kernel to its initramfs, where KVM is hardware-backed.
+"""Full boots of the Debian cloud kernel to its initramfs (or the root filesystem image), where
+KVM is hardware-backed.
 
 On PVM hosts stock kernels cannot finish booting; the ``full_boot`` marker makes the pytest
-plugin run these inside the nested-KVM lab instead (one ``vmm-lab::full_boot`` item).
+plugin run these inside the nested-KVM lab instead (one ``vmm-lab::full_boot`` item). The
+lab sees the host (and its asset cache) read-only: everything a test writes is in tmp_path.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from vmm_reference import Vm
-from vmm_reference.assets import GUEST_DONE_MARKER, GUEST_POWER_BUTTON_MARKER, GUEST_READY_MARKER
+from vmm_reference import Disk, Vm
+from vmm_reference.assets import (
+    GUEST_DONE_MARKER,
+    GUEST_POWER_BUTTON_MARKER,
+    GUEST_READY_MARKER,
+    GUEST_ROOT_FAILED_MARKER,
+    ROOTFS_READY_MARKER,
+    AssetError,
+    e2fsprogs_command,
+)
+from vmm_reference.pytest_plugin import skip_or_fail
 
 # Run directly where KVM is hardware-backed; on PVM hosts the plugin runs them in the lab.
 pytestmark = pytest.mark.full_boot
@@ -51,14 +66,17 @@ def test_cli_boots_the_guest(guest_assets):
     assert GUEST_READY_MARKER in r.stdout
 
 
-def shell(vm_factory, guest_assets, vcpus: int = 1) -> Vm:
+# The shell prompt: a partial line, which busybox's line editing may follow at once with a
+# cursor-position query (ESC [6n).
+PROMPT = r"# (\x1b\[6n)?$"
+
+
+def shell(vm_factory, guest_assets, vcpus: int = 1, disks=()) -> Vm:
     vm = vm_factory(memory_mib=256, vcpus=vcpus, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
-                    cmdline="reboot=k panic=-1 quiet vmm.init=shell")
+                    cmdline="reboot=k panic=-1 quiet vmm.init=shell", disks=list(disks))
     vm.start()
     vm.expect(GUEST_READY_MARKER, timeout=120)
-    # The shell prompt: a partial line, which busybox's line editing may follow at once with a
-    # cursor-position query (ESC [6n).
-    vm.expect(r"# (\x1b\[6n)?$", timeout=60)
+    vm.expect(PROMPT, timeout=60)
     return vm
 
 
@@ -101,5 +119,155 @@ def test_nproc_equals_vcpus(vm_factory, guest_assets, vcpus):
     m = vm.expect(r"nproc=(\d+) online=(\S+)\r?\n")
     assert int(m.group(1)) == vcpus
     assert m.group(2) == ("0" if vcpus == 1 else f"0-{vcpus - 1}")
+    vm.write("reboot -f\n")
+    assert vm.wait(timeout=60).reason == "reset"
+
+
+# Disks (virtio-blk, found by the guest's virtio_mmio driver through the DSDT).
+
+
+@pytest.fixture
+def e2fs(request):
+    """Run e2fsprogs' tools on the host: ``e2fs("mkfs.ext4", ...)`` returns the finished process."""
+
+    def run(tool: str, *args: object) -> subprocess.CompletedProcess:
+        try:
+            command = e2fsprogs_command(tool)
+        except AssetError as e:
+            skip_or_fail(request.config, str(e))
+        return subprocess.run([*command, *map(str, args)], capture_output=True, timeout=60, check=False)
+
+    return run
+
+
+def ext4_image(e2fs, directory: Path, files: dict[str, bytes], size_mib: int = 16) -> Path:
+    """An ext4 image of ``size_mib`` holding ``files``, made without root (``mkfs.ext4 -d``)."""
+    tree = directory / "tree"
+    tree.mkdir()
+    for name, data in files.items():
+        (tree / name).write_bytes(data)
+    image = directory / "disk.ext4"
+    done = e2fs("mkfs.ext4", "-q", "-F", "-d", tree, image, f"{size_mib}M")
+    assert done.returncode == 0, done.stderr
+    return image
+
+
+def debugfs_cat(e2fs, image: Path, path: str) -> bytes:
+    """A file's contents inside an ext4 image, read on the host."""
+    done = e2fs("debugfs", "-R", f"cat {path}", image)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def status(vm: Vm, command: str) -> int:
+    """Run ``command`` in the guest's shell and return its exit status."""
+    vm.write(f"{command}; echo status=$?\n")  # the echoed command line shows `status=$?`, not a number
+    return int(vm.expect(r"status=(\d+)\r?\n").group(1))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_disk_is_found_through_acpi_then_read_and_written(vm_factory, guest_assets, tmp_path, e2fs):
+    payload = os.urandom((3 << 20) + 123)
+    image = ext4_image(e2fs, tmp_path, {"payload": payload})
+    vm = shell(vm_factory, guest_assets, disks=[image])
+    [dev] = vm.boot_info.devices
+    assert (dev.kind, dev.mmio_base, dev.gsi, dev.path, dev.read_only) == (
+        "virtio-blk", 0xD0010000, 5, str(image), False)
+    # virtio_mmio bound the DSDT's LNRO0005 device; virtio_blk made /dev/vda on it.
+    vm.write("readlink -f /sys/block/vda\n")
+    vm.expect(r"/sys/devices/platform/LNRO0005:00/virtio\d+/block/vda\r?\n")
+    vm.write("echo ro=$(cat /sys/block/vda/ro) size=$(cat /sys/block/vda/size)\n")
+    assert vm.expect(r"ro=(\d) size=(\d+)\r?\n").groups() == ("0", str(16 * 2048))
+    assert status(vm, "mount -t ext4 /dev/vda /mnt") == 0
+    vm.write("sha256sum /mnt/payload\n")
+    assert vm.expect(r"([0-9a-f]{64})  /mnt/payload").group(1) == sha256(payload)
+    token = os.urandom(16).hex()
+    assert status(vm, f"echo {token} >/mnt/newfile && sync && umount /mnt") == 0
+    vm.write("poweroff -f\n")
+    assert vm.wait(timeout=60).reason == "poweroff"
+    assert debugfs_cat(e2fs, image, "/newfile") == f"{token}\n".encode()
+    assert debugfs_cat(e2fs, image, "/payload") == payload
+    check = e2fs("e2fsck", "-fn", image)
+    assert check.returncode == 0, check.stdout.decode()
+
+
+def test_read_only_disk_refuses_writes(vm_factory, guest_assets, tmp_path, e2fs):
+    payload = os.urandom(1 << 20)
+    image = ext4_image(e2fs, tmp_path, {"payload": payload})
+    before = sha256(image.read_bytes())
+    vm = shell(vm_factory, guest_assets, disks=[Disk(image, read_only=True)])
+    assert vm.boot_info.devices[0].read_only
+    vm.write("echo ro=$(cat /sys/block/vda/ro)\n")
+    assert vm.expect(r"ro=(\d)\r?\n").group(1) == "1"
+    assert status(vm, "dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=fsync") != 0
+    # A read-write mount fails, or busybox's mount falls back to read-only: either way no write.
+    assert status(vm, "mount -t ext4 -o rw /dev/vda /mnt && touch /mnt/written") != 0
+    assert status(vm, "grep -q ' /mnt ' /proc/mounts || mount -t ext4 -o ro /dev/vda /mnt") == 0
+    vm.write("sha256sum /mnt/payload\n")
+    assert vm.expect(r"([0-9a-f]{64})  /mnt/payload").group(1) == sha256(payload)
+    assert status(vm, "umount /mnt") == 0
+    vm.write("poweroff -f\n")
+    assert vm.wait(timeout=60).reason == "poweroff"
+    assert sha256(image.read_bytes()) == before
+
+
+@pytest.mark.parametrize("mode", ["rw", "ro"])
+def test_boots_the_rootfs_image_with_root_dev_vda(vm_factory, guest_assets, tmp_path, e2fs, mode):
+    rootfs = tmp_path / "rootfs.ext4"  # a copy: the guest writes to its disks
+    shutil.copyfile(guest_assets.rootfs, rootfs)
+    before = sha256(rootfs.read_bytes())
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    disks=[Disk(rootfs, read_only=mode == "ro")],
+                    cmdline=f"reboot=k panic=-1 quiet root=/dev/vda {mode} vmm.init=shell")
+    vm.start()
+    m = vm.expect(rf"{ROOTFS_READY_MARKER} kernel=(\S+) cpus=(\d+)\r?\n", timeout=120,
+                  fail=[GUEST_ROOT_FAILED_MARKER, GUEST_READY_MARKER])
+    assert m.groups() == (guest_assets.modules.name, "1")
+    vm.expect(PROMPT)
+    vm.write("grep ' / ' /proc/mounts\n")
+    assert vm.expect(r"/dev/vda / ext4 (r[ow])[,\s]").group(1) == mode
+    token = os.urandom(16).hex()
+    assert (status(vm, f"echo {token} >/root/token") == 0) == (mode == "rw")
+    if mode == "rw":
+        vm.write("exit\n")  # the rootfs's init remounts / read-only, then reboots
+        assert vm.wait(timeout=60).reason == "reset"
+        assert GUEST_DONE_MARKER in vm.console_log
+        assert debugfs_cat(e2fs, rootfs, "/root/token") == f"{token}\n".encode()
+    else:
+        assert vm.stop(timeout=60).reason == "poweroff"  # the rootfs's acpid handles the power button
+        assert GUEST_POWER_BUTTON_MARKER in vm.console_log
+        assert sha256(rootfs.read_bytes()) == before
+    check = e2fs("e2fsck", "-fn", rootfs)
+    assert check.returncode == 0, check.stdout.decode()
+
+
+def test_missing_root_device_falls_back_to_the_initramfs(vm_factory, guest_assets):
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    cmdline="reboot=k panic=-1 quiet root=/dev/vda")  # and no disk
+    vm.start()
+    vm.expect(rf"{GUEST_ROOT_FAILED_MARKER} root=/dev/vda: no such block device", timeout=120,
+              fail=[ROOTFS_READY_MARKER, GUEST_READY_MARKER])
+    vm.expect(GUEST_READY_MARKER, timeout=60)
+    assert vm.wait(timeout=60).reason == "reset"
+
+
+def test_two_disks_appear_in_order_with_serials_and_sizes(vm_factory, guest_assets, tmp_path):
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    sizes = {first: 4 << 20, second: (1 << 20) + 1536 + 100}  # a partial last sector is not part of the disk
+    for path, size in sizes.items():
+        with open(path, "wb") as f:
+            f.truncate(size)
+    vm = shell(vm_factory, guest_assets,
+               disks=[Disk(first, serial="first-disk"), Disk(second, read_only=True, serial="second")])
+    assert [(d.path, d.serial, d.mmio_base, d.gsi) for d in vm.boot_info.devices] == [
+        (str(first), "first-disk", 0xD0010000, 5), (str(second), "second", 0xD0011000, 6)]
+    for name, path, serial, ro in (("vda", first, "first-disk", "0"), ("vdb", second, "second", "1")):
+        b = f"/sys/block/{name}"
+        vm.write(f'echo "{name}: serial=$(cat {b}/serial) size=$(cat {b}/size) ro=$(cat {b}/ro)"\n')
+        m = vm.expect(rf"{name}: serial=([\w-]*) size=(\d+) ro=(\d)\r?\n")
+        assert m.groups() == (serial, str(sizes[path] // 512), ro)
     vm.write("reboot -f\n")
     assert vm.wait(timeout=60).reason == "reset"

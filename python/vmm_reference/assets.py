@@ -1,8 +1,10 @@
-"""Guest assets from Debian's packages: a kernel (bzImage and ELF vmlinux) and an initramfs.
+"""Guest assets from Debian's packages: a kernel (bzImage and ELF vmlinux), an initramfs, a root filesystem.
 
 Run ``python -m vmm_reference.assets`` to fetch them into the cache and print their paths.
 Packages are fetched with ``apt-get download`` (no root needed, nothing is installed) and
 unpacked with ``dpkg-deb``. Results are keyed by package version, so a second run is instant.
+The root filesystem is an ext4 image made with e2fsprogs' ``mkfs.ext4 -d`` (no root needed
+either): the host's, or else Debian's package unpacked into the cache.
 
 The cache is ``$VMM_REFERENCE_CACHE`` or ``~/.cache/vmm-reference``.
 """
@@ -12,13 +14,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import json
+import lzma
 import os
 import re
 import shlex
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -35,13 +40,17 @@ __all__ = [
     "GUEST_DONE_MARKER",
     "GUEST_POWER_BUTTON_MARKER",
     "GUEST_READY_MARKER",
+    "GUEST_ROOT_FAILED_MARKER",
+    "ROOTFS_READY_MARKER",
     "AssetError",
     "GuestAssets",
     "LabAssets",
     "cache_dir",
+    "e2fsprogs_command",
     "fetch_guest",
     "fetch_lab",
     "main",
+    "module_load_order",
 ]
 
 #: Printed by the initramfs's /init once userspace runs.
@@ -52,8 +61,22 @@ GUEST_DONE_MARKER = "VMM-REFERENCE-GUEST-DONE"
 #: Printed by the guest when its ACPI power button was pressed, just before it powers off.
 GUEST_POWER_BUTTON_MARKER = "VMM-REFERENCE-GUEST-POWER-BUTTON"
 
-# Kernel modules the initramfs loads: the ACPI power button and the input device acpid reads.
-_GUEST_MODULES = ["kernel/drivers/input/evdev.ko", "kernel/drivers/acpi/button.ko"]
+#: Printed by the initramfs's /init when the command line's ``root=`` device did not appear
+#: within :data:`ROOT_WAIT_SECONDS` or could not be mounted; /init then goes on as without ``root=``.
+GUEST_ROOT_FAILED_MARKER = "VMM-REFERENCE-GUEST-ROOT-FAILED"
+
+#: Printed by the root filesystem image's /sbin/init once it runs.
+ROOTFS_READY_MARKER = "VMM-REFERENCE-ROOTFS-READY"
+
+#: How long the initramfs waits for the ``root=`` block device to appear.
+ROOT_WAIT_SECONDS = 5
+
+# Kernel modules the initramfs loads, each after the modules it depends on (read from the
+# modules themselves: the package has no modules.dep): the ACPI power button and the input
+# device acpid reads; virtio-mmio (which finds the VMM's disks through the DSDT) and
+# virtio-blk; ext4 and its dependencies where they are not built in (Debian's cloud kernel
+# has ext4 built in, virtio as modules). Names missing from a kernel are left out.
+_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_blk", "ext4"]
 
 _INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -61,6 +84,38 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 for m in /lib/vmm/*.ko; do insmod "$m" 2>/dev/null; done
+root= fstype= flags=rw init=/sbin/init
+set -f
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    root=/dev/*) root="${{arg#root=}}" ;;
+    rootfstype=*) fstype="${{arg#rootfstype=}}" ;;
+    ro|rw) flags="$arg" ;;
+    init=*) init="${{arg#init=}}" ;;
+  esac
+done
+set +f
+if [ -n "$root" ]; then
+  n=0
+  while [ ! -b "$root" ] && [ $n -lt {ROOT_WAIT_SECONDS * 10} ]; do
+    grep -q " /dev devtmpfs " /proc/mounts || mdev -s
+    sleep 0.1; n=$((n + 1))
+  done
+  mkdir -p /newroot
+  if [ ! -b "$root" ]; then
+    echo "{GUEST_ROOT_FAILED_MARKER} root=$root: no such block device after {ROOT_WAIT_SECONDS} s"
+  elif ! mount ${{fstype:+-t $fstype}} -o "$flags" "$root" /newroot; then
+    echo "{GUEST_ROOT_FAILED_MARKER} root=$root: mount -o $flags failed"
+  elif [ ! -e "/newroot$init" ] && [ ! -L "/newroot$init" ]; then
+    echo "{GUEST_ROOT_FAILED_MARKER} root=$root: no $init on it"
+    umount /newroot
+  else
+    for d in dev proc sys; do
+      [ -d "/newroot/$d" ] && mount --move "/$d" "/newroot/$d" || umount -l "/$d"
+    done
+    exec switch_root /newroot "$init"
+  fi
+fi
 acpid -d -c /etc/acpi >/dev/null 2>&1 &
 echo "{GUEST_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
 case " $(cat /proc/cmdline) " in
@@ -69,6 +124,30 @@ esac
 echo "{GUEST_DONE_MARKER}"
 reboot -f
 """
+
+# The root filesystem image's /sbin/init: like the initramfs's, on a disk. /proc, /sys and
+# /dev arrive mounted from the initramfs (mounted here otherwise); / is left read-only
+# before the reboot so that the image is clean when the VM ends.
+_ROOTFS_INIT = f"""#!/bin/sh
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sys /sys
+[ -c /dev/null ] || mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+acpid -d -c /etc/acpi >/dev/null 2>&1 &
+echo "{ROOTFS_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
+case " $(cat /proc/cmdline) " in
+  *" vmm.init=shell "*) setsid cttyhack sh ;;
+esac
+echo "{GUEST_DONE_MARKER}"
+sync
+mount -o remount,ro / 2>/dev/null
+reboot -f
+"""
+
+#: Size of the root filesystem image (about 23 MiB of it free).
+ROOTFS_SIZE_MIB = 32
 
 
 # busybox acpid runs /etc/acpi/PWRF/00000080 when the power button (KEY_POWER) is pressed.
@@ -84,7 +163,7 @@ class AssetError(RuntimeError):
 
 @dataclass(frozen=True)
 class GuestAssets:
-    """A Debian cloud kernel and a busybox initramfs, ready to boot."""
+    """A Debian cloud kernel, a busybox initramfs and an ext4 root filesystem image, ready to boot."""
 
     kernel_package: str
     kernel_version: str
@@ -98,6 +177,12 @@ class GuestAssets:
     """A gzip-compressed cpio initramfs whose /init prints :data:`GUEST_READY_MARKER` and reboots."""
     busybox: Path
     """The static busybox binary inside the initramfs."""
+    rootfs: Path
+    """An ext4 root filesystem image (busybox; /sbin/init prints :data:`ROOTFS_READY_MARKER`).
+
+    Boot it with ``root=/dev/vda`` on the command line and :attr:`initrd`, which loads the
+    virtio modules and switches to it. Give the VM a copy: the guest writes to its disks.
+    """
 
 
 @dataclass(frozen=True)
@@ -275,9 +360,13 @@ def _cached_guest(base: Path) -> GuestAssets:
                      key=lambda p: p.stat().st_mtime)
     if not initrds:
         raise missing
+    rootfses = sorted(initrds[-1].parent.glob("rootfs-*.ext4"), key=lambda p: p.stat().st_mtime)
+    if not rootfses:
+        raise missing
     package, _, version = root.name.partition("_")
     return GuestAssets(
         package, version, root / "vmlinux", bzimage, modules, initrds[-1], initrds[-1].parent / "busybox",
+        rootfses[-1],
     )
 
 
@@ -292,7 +381,7 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
         vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
         vmlinux.with_suffix(".tmp").replace(vmlinux)
     busybox = _busybox(base)
-    modules_used = [modules / m for m in _GUEST_MODULES if (modules / m).exists()]
+    modules_used = module_load_order(modules, _GUEST_MODULES)
     recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode()
                             + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
     initrd = busybox.parent / f"initramfs-{_safe(modules.name)}-{recipe}.cpio.gz"
@@ -301,15 +390,209 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
         extra = [CpioEntry("lib", d), CpioEntry("lib/vmm", d), CpioEntry("etc/acpi", d),
                  CpioEntry("etc/acpi/PWRF", d),
                  CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode())]
-        extra += [CpioEntry(f"lib/vmm/{i}-{m.name}", stat.S_IFREG | 0o644, m.read_bytes())
+        # Numbered so that the init's glob (/lib/vmm/*.ko) loads them in this order.
+        extra += [CpioEntry(f"lib/vmm/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
                   for i, m in enumerate(modules_used)]
         _say(f"building {initrd.name}")
         build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
-    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox)
-    if not (root / MANIFEST).exists() or not (busybox.parent / MANIFEST).exists() or \
-            initrd.name not in (busybox.parent / MANIFEST).read_text():
+    rootfs = _rootfs(base, busybox)
+    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox, rootfs)
+    recorded = (busybox.parent / MANIFEST).read_text() if (busybox.parent / MANIFEST).exists() else ""
+    if not (root / MANIFEST).exists() or initrd.name not in recorded or rootfs.name not in recorded:
         record_manifests(assets)
     return assets
+
+
+def _module_name(path: Path) -> str:
+    """Return a module's name as the kernel knows it: ``virtio_blk`` for ``.../virtio_blk.ko.xz``."""
+    return path.name.split(".ko")[0].replace("-", "_")
+
+
+def _module_bytes(path: Path) -> bytes:
+    """Return a module file's contents, decompressed (busybox's insmod takes plain ELF modules)."""
+    data = path.read_bytes()
+    if path.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.name.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.name.endswith(".ko.zst"):
+        if not shutil.which("zstd"):
+            raise AssetError(f"{path} is zstd-compressed: install zstd to unpack it")
+        return subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True).stdout
+    return data
+
+
+def _modinfo(image: bytes) -> dict[str, list[str]]:
+    """Return the ``key=value`` strings of a module's ``.modinfo`` ELF section, by key."""
+    if image[:5] != b"\x7fELF\x02" or image[5] != 1:
+        raise AssetError("not a 64-bit little-endian ELF kernel module")
+    (shoff,) = struct.unpack_from("<Q", image, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", image, 0x3A)
+
+    def section(i: int) -> tuple[int, bytes]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", image, shoff + i * shentsize)
+        return name, image[offset:offset + size]
+
+    strings = section(shstrndx)[1]
+    info: dict[str, list[str]] = {}
+    for i in range(shnum):
+        name_at, body = section(i)
+        if strings[name_at:strings.find(b"\0", name_at)] == b".modinfo":
+            for item in body.split(b"\0"):
+                key, eq, value = item.decode("utf-8", errors="replace").partition("=")
+                if eq:
+                    info.setdefault(key, []).append(value)
+    return info
+
+
+def module_load_order(modules: Path, names: list[str]) -> list[Path]:
+    """Return the module files of ``names`` and of all they depend on, each after its dependencies.
+
+    ``modules`` is a kernel's ``lib/modules/<release>`` directory as Debian's package ships it
+    (without the ``modules.dep`` that ``depmod`` writes on installation): dependencies are
+    read from each module's ``depends=`` (and ``softdep=`` ``pre:``) information. Modules built
+    into the kernel (``modules.builtin``) and names the kernel does not have are left out.
+    """
+    index = {_module_name(p): p for p in sorted((modules / "kernel").rglob("*.ko*"))
+             if re.search(r"\.ko(\.xz|\.gz|\.zst)?$", p.name)}
+    builtin_list = modules / "modules.builtin"
+    builtin = {_module_name(Path(line)) for line in builtin_list.read_text().split()} \
+        if builtin_list.exists() else set()
+    order: list[Path] = []
+    done: set[str] = set()
+
+    def visit(name: str, needed_by: Optional[str], optional: bool) -> None:
+        name = name.replace("-", "_")
+        if name in done or name in builtin:
+            return
+        path = index.get(name)
+        if path is None:
+            if needed_by is None or optional:
+                return
+            raise AssetError(f"module {needed_by} depends on {name}, which {modules} does not have")
+        done.add(name)
+        info = _modinfo(_module_bytes(path))
+        for softdep in info.get("softdep", []):
+            pre = re.search(r"pre:\s*(.*?)\s*(post:|$)", softdep)
+            for dep in pre.group(1).split() if pre else []:
+                visit(dep, name, optional=True)
+        for depends in info.get("depends", []):
+            for dep in filter(None, depends.split(",")):
+                visit(dep, name, optional=False)
+        order.append(path)
+
+    for name in names:
+        visit(name, None, optional=True)
+    return order
+
+
+def _rootfs(base: Path, busybox: Path) -> Path:
+    """Build (once) the ext4 root filesystem image beside ``busybox``; return its path.
+
+    Keyed like the initramfs: by busybox's version (its directory) and a hash of the recipe
+    (the image's /sbin/init, the power-button script and the size).
+    """
+    recipe = hashlib.sha256(_ROOTFS_INIT.encode() + _POWER_BUTTON_SCRIPT.encode()
+                            + str(ROOTFS_SIZE_MIB).encode()).hexdigest()[:12]
+    image = busybox.parent / f"rootfs-{recipe}.ext4"
+    if image.exists():
+        return image
+    mkfs = _e2fsprogs(base, "mkfs.ext4")
+    listed = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=False)
+    if listed.returncode != 0 or not listed.stdout.strip():
+        raise AssetError(f"`{busybox} --list-full` failed: {listed.stderr.strip()}")
+    _say(f"building {image.name} (mkfs.ext4 -d)")
+    with tempfile.TemporaryDirectory(dir=busybox.parent) as tmp:
+        tree = Path(tmp) / "root"
+        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root", "mnt",
+                  "var", "lib", "etc/acpi/PWRF"]:
+            (tree / d).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(busybox, tree / "bin" / "busybox")
+        (tree / "bin" / "busybox").chmod(0o755)
+        for applet in listed.stdout.split():
+            link = tree / applet
+            if applet in ("sbin/init", "linuxrc") or link.exists() or link.is_symlink():
+                continue
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to("/bin/busybox")
+        for path, text in (("sbin/init", _ROOTFS_INIT), ("etc/acpi/PWRF/00000080", _POWER_BUTTON_SCRIPT)):
+            (tree / path).write_text(text)
+            (tree / path).chmod(0o755)
+        (tree / "etc" / "hostname").write_text("vmm-reference\n")
+        (tree / "var" / "run").symlink_to("../run")
+        partial = Path(tmp) / image.name
+        _run([*mkfs, "-q", "-t", "ext4", "-L", "rootfs", "-d", str(tree), "-F", str(partial), f"{ROOTFS_SIZE_MIB}M"])
+        partial.replace(image)
+    return image
+
+
+def _find_tool(tool: str) -> Optional[str]:
+    """Find the host's ``tool`` on ``$PATH`` or in /usr/sbin and /sbin (not on a user's PATH on Debian)."""
+    return shutil.which(tool, path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
+
+
+def _e2fsprogs_tree(base: Path) -> Optional[Path]:
+    """Return the newest e2fsprogs unpacked in the cache, if any."""
+    trees = sorted(base.glob("e2fsprogs_*/.complete"), key=lambda p: p.stat().st_mtime)
+    return trees[-1].parent if trees else None
+
+
+def _e2fsprogs_download(base: Path) -> Path:
+    """Download e2fsprogs and the libraries it links (not libc) and unpack them into one directory."""
+    version = _version("e2fsprogs")
+    tree = base / f"e2fsprogs_{_safe(version)}"
+    if (tree / ".complete").exists():
+        return tree
+    deps = re.findall(r"^\s*\|?(?:Pre)?Depends: (lib[\w.+-]+)$", _run(["apt-cache", "depends", "e2fsprogs"]), re.M)
+    packages = ["e2fsprogs", *dict.fromkeys(d for d in deps if not d.startswith("libc6"))]
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        _say(f"downloading and unpacking {' '.join(packages)} (apt-get download): no mkfs.ext4 on this host")
+        unpacked = _download(packages, Path(tmp))
+        merged = Path(tmp) / "merged"
+        for directory in unpacked.values():
+            shutil.copytree(directory, merged, symlinks=True, dirs_exist_ok=True)
+        if tree.exists():
+            shutil.rmtree(tree)
+        merged.rename(tree)
+    (tree / ".complete").touch()
+    return tree
+
+
+def _e2fsprogs(base: Path, tool: str, download: bool = True) -> list[str]:
+    """Return the command that runs e2fsprogs' ``tool``: the host's, else the cache's (downloaded if allowed)."""
+    found = _find_tool(tool)
+    if found:
+        return [found]
+    tree = _e2fsprogs_tree(base)
+    if tree is None:
+        if not download:
+            raise AssetError(f"no {tool} on this host and no e2fsprogs in {base}: install e2fsprogs, or run "
+                             "`python -m vmm_reference.assets` (it unpacks Debian's e2fsprogs into the cache)")
+        tree = _e2fsprogs_download(base)
+    binaries = [tree / d / tool for d in ("sbin", "usr/sbin", "bin", "usr/bin") if (tree / d / tool).exists()]
+    if not binaries:
+        raise AssetError(f"e2fsprogs in {tree} has no {tool}")
+    libs = sorted({str(p.parent) for p in tree.rglob("*.so*")})
+    env = [f"LD_LIBRARY_PATH={os.pathsep.join(libs)}"]
+    if (tree / "etc" / "mke2fs.conf").exists():
+        env.append(f"MKE2FS_CONFIG={tree / 'etc' / 'mke2fs.conf'}")
+    return ["env", *env, str(binaries[0])]
+
+
+def e2fsprogs_command(tool: str, cache: Optional[Union[str, Path]] = None) -> list[str]:
+    """Return the command (a list to extend with arguments) that runs e2fsprogs' ``tool`` here.
+
+    ``tool`` is ``mkfs.ext4``, ``debugfs``, ``e2fsck`` and so on. The host's own is used when
+    it is installed (also from /usr/sbin when that is not on ``$PATH``); otherwise the copy
+    of Debian's e2fsprogs package the asset cache holds, fetched with ``apt-get download``
+    unless ``VMM_REFERENCE_OFFLINE`` is set. No root is needed: for example
+    ``subprocess.run([*e2fsprogs_command("mkfs.ext4"), "-d", "tree/", "disk.img", "64M"])``
+    makes an ext4 image holding ``tree/``.
+    """
+    if _find_tool(tool) or _offline():
+        return _e2fsprogs(cache_dir(cache), tool, download=False)
+    with _cache_lock(cache):
+        return _e2fsprogs(cache_dir(cache), tool)
 
 
 def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
@@ -372,10 +655,10 @@ def _record(directory: Path, files: list[Path]) -> None:
 
 
 def record_manifests(assets: GuestAssets) -> None:
-    """Write the checksums of a guest's kernel and initramfs files, for :func:`verify`."""
+    """Write the checksums of a guest's kernel, initramfs and root filesystem files, for :func:`verify`."""
     root = assets.vmlinux.parent
     _record(root, [assets.vmlinux, assets.bzimage])
-    _record(assets.busybox.parent, [assets.busybox, assets.initrd])
+    _record(assets.busybox.parent, [assets.busybox, assets.initrd, assets.rootfs])
 
 
 def verify(cache: Optional[Union[str, Path]] = None) -> list[str]:
@@ -423,8 +706,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Command line: fetch the assets and print their paths (``--json`` for machines)."""
     parser = argparse.ArgumentParser(
         prog="python -m vmm_reference.assets",
-        description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs; "
-                    "or list, verify or clear the cache.",
+        description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs "
+                    "and an ext4 root filesystem image; or list, verify or clear the cache.",
     )
     parser.add_argument("action", nargs="?", default="fetch", choices=["fetch", "list", "verify", "clear"],
                         help="fetch (the default) and print the paths; list the cache's entries; verify the "
@@ -434,7 +717,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--lab", action="store_true", help="also fetch the nested-KVM lab's generic kernel")
     parser.add_argument("--json", action="store_true", help="print the paths as JSON")
     parser.add_argument("--env", action="store_true",
-                        help="print shell exports (VMM_VMLINUX, VMM_BZIMAGE, VMM_INITRD) for eval")
+                        help="print shell exports (VMM_VMLINUX, VMM_BZIMAGE, VMM_INITRD, VMM_ROOTFS) for eval")
     args = parser.parse_args(argv)
     if args.action == "list":
         print(f"{cache_dir(args.cache_dir)}:")
@@ -462,7 +745,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif args.env:
         guest = result["guest"]
         assert isinstance(guest, dict)
-        for name, key in (("VMM_VMLINUX", "vmlinux"), ("VMM_BZIMAGE", "bzimage"), ("VMM_INITRD", "initrd")):
+        for name, key in (("VMM_VMLINUX", "vmlinux"), ("VMM_BZIMAGE", "bzimage"), ("VMM_INITRD", "initrd"),
+                          ("VMM_ROOTFS", "rootfs")):
             print(f"export {name}={shlex.quote(str(guest[key]))}")
     else:
         for group, values in result.items():
