@@ -28,7 +28,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from vmm_reference import Vm
 from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
@@ -508,6 +508,177 @@ def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
                 "s", s["ours"], s["qemu"], "QEMU microvm in the same lab")]
 
 
+# ---- case 9: disks under the Debian guest, in the lab ---------------------------------------
+
+LAB_DISK_MIB = 256
+GUEST_PROMPT = r"# (\x1b\[6n)?$"
+SHELL_CMDLINE = "reboot=k panic=-1 quiet vmm.init=shell"
+# (name, shell command timed by busybox's `time`).
+DD_CASES = [
+    ("read", f"echo 3 >/proc/sys/vm/drop_caches; time dd if=/dev/vda of=/dev/null bs=1M count={LAB_DISK_MIB}"),
+    ("write", f"time dd if=/dev/zero of=/dev/vda bs=1M count={LAB_DISK_MIB} conv=fsync"),
+]
+
+
+class ProcConsole:
+    """A VMM process whose serial console is its stdin and stdout (QEMU, Firecracker)."""
+
+    def __init__(self, args: list[str]) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        self.out = bytearray()
+        self.pos = 0
+        self.cond = threading.Condition()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for chunk in iter(lambda: self.proc.stdout.read1(65536), b""):  # type: ignore[union-attr]
+            with self.cond:
+                self.out += chunk
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    def expect(self, pattern: str, timeout: float) -> re.Match[bytes]:
+        regex = re.compile(pattern.encode(), re.M)
+        end = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                m = regex.search(self.out, self.pos)
+                if m:
+                    self.pos = m.end()
+                    return m
+                left = end - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise RuntimeError(f"{pattern!r} not seen; last output: {bytes(self.out[-800:])!r}")
+                self.cond.wait(min(left, 0.5))
+
+    def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+class VmConsole:
+    """Ours, with the same two methods."""
+
+    def __init__(self, vm: Vm) -> None:
+        self.vm = vm
+
+    def expect(self, pattern: str, timeout: float) -> re.Match[Any]:
+        return self.vm.expect(pattern.encode(), timeout=timeout)
+
+    def write(self, data: bytes) -> None:
+        self.vm.write(data)
+
+    def close(self) -> None:
+        self.vm.close()
+
+
+def dd_rates(console: Any) -> dict[str, float]:
+    """MB/s of each DD_CASES command, timed in the guest by busybox's ``time``."""
+    console.expect(GUEST_READY_MARKER, 300)
+    console.expect(GUEST_PROMPT, 60)
+    rates = {}
+    for name, command in DD_CASES:
+        console.write(command.encode() + b"\n")
+        m = console.expect(r"real\s+(\d+)m\s*([\d.]+)s", 300)
+        seconds = int(m.group(1)) * 60 + float(m.group(2))
+        rates[name] = LAB_DISK_MIB * MIB / 1e6 / max(seconds, 0.01)
+        console.expect(GUEST_PROMPT, 60)
+    return rates
+
+
+def dd_ours(g: Any, image: Path) -> dict[str, float]:
+    console = VmConsole(Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=SHELL_CMDLINE,
+                           disks=[image]))
+    try:
+        console.vm.start()
+        return dd_rates(console)
+    finally:
+        console.close()
+
+
+def dd_qemu(g: Any, image: Path) -> dict[str, float]:
+    console = ProcConsole([*QEMU, "-m", "256", "-kernel", str(g.vmlinux), "-initrd", str(g.initrd),
+                           "-append", f"console=ttyS0 {SHELL_CMDLINE}", "-global", "virtio-mmio.force-legacy=false",
+                           "-drive", f"id=d0,file={image},format=raw,if=none", "-device", "virtio-blk-device,drive=d0"])
+    try:
+        return dd_rates(console)
+    finally:
+        console.close()
+
+
+def dd_firecracker(g: Any, image: Path, firecracker: str) -> dict[str, float]:
+    config = {
+        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
+                        "boot_args": f"console=ttyS0 {SHELL_CMDLINE}"},
+        "drives": [{"drive_id": "data", "path_on_host": str(image), "is_root_device": False,
+                    "is_read_only": False}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+    }
+    path = image.with_suffix(".firecracker.json")
+    path.write_text(json.dumps(config))
+    console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
+    try:
+        return dd_rates(console)
+    finally:
+        console.close()
+
+
+def inner_disks(reps: int, firecracker: Optional[str]) -> dict[str, dict[str, list[float]]]:
+    """Run inside the lab: ours, QEMU's and Firecracker's dd rates, interleaved."""
+    g = fetch_guest()
+    out: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="vmm-bench-") as scratch:
+        image = Path(scratch) / "dd.img"
+        with image.open("wb") as f:
+            f.write(os.urandom(LAB_DISK_MIB * MIB))
+        runners: list[tuple[str, Callable[[], dict[str, float]]]] = [
+            ("ours", lambda: dd_ours(g, image)), ("qemu", lambda: dd_qemu(g, image))]
+        if firecracker:
+            runners.append(("firecracker", lambda: dd_firecracker(g, image, firecracker)))
+        for _ in range(reps):
+            for name, fn in runners:
+                for case, rate in fn().items():
+                    out.setdefault(case, {}).setdefault(name, []).append(rate)
+    return out
+
+
+def case_lab_disks(reps: int, firecracker: Optional[str]) -> list[Row]:
+    metric = "Debian guest dd {}, 1 MiB blocks, nested-KVM lab (emulated: ratio only)"
+    why = lab_available()
+    if why:
+        return [Row("9 disks, real guest", metric.format(c), "MB/s", [], note=f"not run: {why}")
+                for c, _ in DD_CASES]
+    fetch_guest()
+    args = [str(Path(__file__)), "--inner-disks", str(reps)]
+    if firecracker:
+        args += ["--firecracker", str(Path(firecracker).resolve())]
+    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
+    found = re.findall(r"^DISKS (\{.*\})\s*$", result.output, re.M)
+    if result.status != 0 or not found:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
+    s = json.loads(found[-1])
+    rows = []
+    for case, _ in DD_CASES:
+        rows.append(Row("9 disks, real guest", metric.format(case), "MB/s", s[case]["ours"], s[case]["qemu"],
+                        "QEMU microvm in the same lab"))
+        fc = s[case].get("firecracker", [])
+        rows.append(Row("9 disks, real guest", metric.format(case), "MB/s", s[case]["ours"], fc,
+                        "Firecracker in the same lab",
+                        note="" if fc else "Firecracker not run: pass --firecracker PATH (a binary built from "
+                                            "its source; none is shipped)"))
+    return rows
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -561,10 +732,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no lab case")
     parser.add_argument("--out", default=str(REPO / "bench"), help="where results.md and results.png go")
     parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
+    parser.add_argument("--firecracker", metavar="PATH",
+                        help="a Firecracker binary: adds it as a peer in the lab's disk case (skipped without)")
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-disks", type=int, metavar="REPS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inner_userspace:
         print("USERSPACE " + json.dumps(kernel_samples(args.inner_userspace, READY_LINE)), flush=True)
+        return 0
+    if args.inner_disks:
+        print("DISKS " + json.dumps(inner_disks(args.inner_disks, args.firecracker)), flush=True)
         return 0
     for need, how in [(PROBE, "make -C tests/guest"), (RAW_LOOP, "cargo build --release --example raw_kvm_loop")]:
         if not need.exists():
@@ -597,6 +774,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run("disks", lambda: case_disks(reps, hz, Path(scratch)))
     if not args.quick:
         run("userspace", lambda: case_userspace(3, kind))
+        run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))
     took = time.perf_counter() - started
     header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
               f"Medians compared; ratio = ours / peer.")

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use vm_memory::GuestMemoryMmap;
 
 use event_manager::MutEventSubscriber;
 
@@ -28,7 +27,7 @@ use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
-use crate::memory::{create_guest_memory, register_guest_memory};
+use crate::memory::{create_guest_memory, register_guest_memory, GuestRam};
 use crate::pause::{PauseGate, VcpuThreads};
 use crate::vcpu::{register_kick_handler, Vcpu};
 
@@ -111,7 +110,7 @@ struct Resources {
     // Fields drop in order: the VM (which maps the memory) before the memory.
     _vm_fd: Arc<VmFd>,
     _kvm: Kvm,
-    _memory: Arc<GuestMemoryMmap>,
+    _ram: GuestRam,
 }
 
 impl Vm {
@@ -137,7 +136,10 @@ impl Vm {
             .create_pit2(pit)
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
-        let memory = Arc::new(create_guest_memory(config.memory_bytes())?);
+        // Declared first, dropped last: if building fails below, every other user of the
+        // memory is gone by the time `ram` unmaps it.
+        let ram = create_guest_memory(config.memory_bytes())?;
+        let memory = ram.memory().clone();
         crate::memory::advise_huge_pages(&memory);
         register_guest_memory(&vm_fd, &memory)?;
 
@@ -203,7 +205,7 @@ impl Vm {
             resources: Some(Resources {
                 _vm_fd: vm_fd,
                 _kvm: kvm,
-                _memory: memory,
+                _ram: ram,
             }),
         })
     }
