@@ -70,6 +70,25 @@ impl DiskConfig {
     }
 }
 
+/// The smallest CID a guest may have (0–2 are the hypervisor's and the host's).
+pub const MIN_GUEST_CID: u32 = 3;
+/// The longest path a UNIX socket can be bound to (`sun_path` less its NUL), leaving room for
+/// the `_PORT` suffix of guest-initiated connections' sockets.
+pub const MAX_VSOCK_UDS_LEN: usize = 107 - 11;
+
+/// A virtio-vsock device whose host side is a UNIX socket, as Firecracker's is.
+///
+/// A host program connects to `uds` and writes `CONNECT <port>\n` to reach the guest's
+/// listener on `port` (answered `OK <host port>\n`); a guest connecting to the host's port
+/// `P` (CID 2) is connected to the UNIX socket `<uds>_<P>`, if something listens there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id.
+    pub cid: u32,
+    /// Where the VMM listens for host connections; must not exist yet.
+    pub uds: PathBuf,
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -86,6 +105,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     pub disks: Vec<DiskConfig>,
+    /// A vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl Default for VmConfig {
@@ -97,6 +118,7 @@ impl Default for VmConfig {
             console_limit: DEFAULT_CONSOLE_LIMIT,
             acpi: true,
             disks: Vec::new(),
+            vsock: None,
         }
     }
 }
@@ -132,7 +154,8 @@ impl VmConfig {
                 format!("expected at least {MIN_CONSOLE_LIMIT} bytes"),
             ));
         }
-        let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
+        let max_devices =
+            crate::device_manager::allocator::MAX_IRQ_DEVICES - usize::from(self.vsock.is_some());
         if self.disks.len() > max_devices {
             return Err(Error::invalid(
                 "disks",
@@ -150,6 +173,40 @@ impl VmConfig {
                     ));
                 }
             }
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate()?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a guest CID given as any integer (front ends pass what the user wrote).
+pub fn guest_cid(value: i128) -> Result<u32> {
+    match u32::try_from(value) {
+        Ok(cid) if cid >= MIN_GUEST_CID && cid != u32::MAX => Ok(cid),
+        _ => Err(Error::invalid(
+            "vsock.cid",
+            value,
+            format!("expected {MIN_GUEST_CID} to {}", u32::MAX - 1),
+        )),
+    }
+}
+
+impl VsockConfig {
+    /// Checks the CID and the socket path (the path's directory is checked when it is bound).
+    pub fn validate(&self) -> Result<()> {
+        guest_cid(i128::from(self.cid))?;
+        let len = self.uds.as_os_str().len();
+        if len == 0 || len > MAX_VSOCK_UDS_LEN {
+            return Err(Error::invalid(
+                "vsock.uds",
+                format!("{:?}", self.uds),
+                format!(
+                    "expected a path of 1 to {MAX_VSOCK_UDS_LEN} bytes (a UNIX socket's limit, \
+                     less room for the _PORT suffix)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -189,6 +246,33 @@ mod tests {
         assert!(err.contains("vcpus=0") && err.contains("1 to 64"), "{err}");
         assert!(config(256, 65).validate(1024, 64).is_err());
         assert!(config(256, 255).validate(1024, 1024).is_err());
+    }
+
+    #[test]
+    fn checks_the_vsock_cid_and_socket_path() {
+        let mut c = config(256, 1);
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: "/tmp/v.sock".into(),
+        });
+        c.validate(1024, 64).unwrap();
+        for cid in [0, 2, u32::MAX] {
+            c.vsock.as_mut().unwrap().cid = cid;
+            let err = c.validate(1024, 64).unwrap_err().to_string();
+            assert!(
+                err.contains("vsock.cid") && err.contains("3 to 4294967294"),
+                "{err}"
+            );
+        }
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: format!("/tmp/{}", "x".repeat(100)).into(),
+        });
+        assert!(c
+            .validate(1024, 64)
+            .unwrap_err()
+            .to_string()
+            .contains("vsock.uds"));
     }
 
     #[test]

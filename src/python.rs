@@ -14,7 +14,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::config::{DiskConfig, KernelConfig, VmConfig};
+use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
 use crate::vm::Vm;
@@ -94,7 +94,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new()))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), vsock=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,7 +107,15 @@ impl NativeVm {
         console_limit: usize,
         acpi: bool,
         disks: Vec<(PathBuf, bool, Option<String>)>,
+        vsock: Option<(i128, PathBuf)>,
     ) -> PyResult<Self> {
+        let vsock = match vsock {
+            Some((cid, uds)) => Some(VsockConfig {
+                cid: crate::config::guest_cid(cid).map_err(|e| to_py(py, e))?,
+                uds,
+            }),
+            None => None,
+        };
         let config = VmConfig {
             memory_mib,
             vcpus,
@@ -127,6 +135,7 @@ impl NativeVm {
                     serial,
                 })
                 .collect(),
+            vsock,
         };
         let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
         match result {

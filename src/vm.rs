@@ -23,6 +23,7 @@ use crate::devices::acpi_pm::AcpiPm1;
 use crate::devices::boot_marker::BootMarkers;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
@@ -100,6 +101,8 @@ pub struct Vm {
     devices: Vec<DeviceInfo>,
     /// The disks, in `config.disks` order.
     disks: Vec<Arc<Mutex<Block>>>,
+    /// The vsock device.
+    vsock: Option<Arc<Mutex<Vsock>>>,
     /// Released by `Drop` once the vCPU threads are joined (guest memory must outlive them),
     /// through [`crate::reaper`].
     resources: Option<Resources>,
@@ -154,6 +157,10 @@ impl Vm {
             .enumerate()
             .map(|(i, disk)| Ok(dm.register_virtio(Block::new(i, disk)?)?))
             .collect::<Result<Vec<_>>>()?;
+        let vsock = match &config.vsock {
+            Some(v) => Some(dm.register_virtio(Vsock::new(v)?)?),
+            None => None,
+        };
         let devices = dm.finish();
         let boot = boot::load(&memory, &config, &devices.info, &devices.dsdt_devices)?;
         let buses = devices.buses;
@@ -202,6 +209,7 @@ impl Vm {
             pm1: legacy.pm1,
             devices: devices.info,
             disks,
+            vsock,
             resources: Some(Resources {
                 _vm_fd: vm_fd,
                 _kvm: kvm,
@@ -436,6 +444,7 @@ impl Drop for Vm {
         }
         // Devices hold guest memory too: let go of them first, so the reaper unmaps it.
         self.disks.clear();
+        self.vsock = None;
         if let Some(resources) = self.resources.take() {
             crate::reaper::release(resources);
         }

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from . import _native
-from .devices import DeviceInfo, Disk
+from .devices import DeviceInfo, Disk, Vsock
 from .errors import (
     KvmUnavailableError,
     VmConfigError,
@@ -44,6 +44,7 @@ __all__ = [
     "VmPermissionError",
     "VmStateError",
     "VmTimeoutError",
+    "Vsock",
     "__version__",
     "max_vcpus",
 ]

@@ -26,6 +26,7 @@ class NativeVm:
         console_limit: int,
         acpi: bool,
         disks: list[tuple[str, bool, Optional[str]]] = ...,
+        vsock: Optional[tuple[int, str]] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

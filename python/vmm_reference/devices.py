@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from .errors import VmConfigError
 
-__all__ = ["DeviceInfo", "Disk", "DiskArg"]
+__all__ = ["DeviceInfo", "Disk", "DiskArg", "Vsock"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class DeviceInfo:
     """A device of the VM, as :attr:`Vm.boot_info` lists it."""
 
     kind: str
-    """``"virtio-blk"``."""
+    """``"virtio-blk"`` or ``"virtio-vsock"``."""
     mmio_base: int
     """Guest-physical address of its virtio-mmio registers."""
     mmio_len: int
@@ -69,3 +69,20 @@ class DeviceInfo:
     """Whether the guest's writes are refused (disks)."""
     serial: Optional[str] = None
     """The disk's serial."""
+
+
+@dataclass(frozen=True)
+class Vsock:
+    """A virtio-vsock device: sockets between the host and the guest, without a network.
+
+    The host side is a UNIX socket at ``uds`` (by default one in a private temporary
+    directory, removed with the VM), with Firecracker's protocol: a host program connects to
+    it and writes ``CONNECT <port>`` and a newline to reach the guest's listener on ``port``; a guest
+    connecting to the host (CID 2) port ``P`` reaches whoever listens on ``<uds>_<P>``.
+    :attr:`Vm.vsock <vmm_reference.Vm.vsock>` does both for you.
+    """
+
+    cid: int = 3
+    """The guest's context id, 3 to 2**32 - 2."""
+    uds: Optional[Union[str, os.PathLike[str]]] = None
+    """Where the VMM listens for host connections (must not exist yet)."""

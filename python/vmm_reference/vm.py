@@ -6,15 +6,18 @@ import codecs
 import os
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
-from .devices import DeviceInfo, DiskArg, disk_tuples
+from .devices import DeviceInfo, DiskArg, Vsock, disk_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
+from .vsock import VsockEndpoint
+from .vsock import resolve as resolve_vsock
 
 
 class _Default:
@@ -244,6 +247,11 @@ class Vm:
             ACPI (``acpi=True``), then ``virtio_blk`` serves them. With ``acpi=False`` the
             command line names them instead (``virtio_mmio.device=4K@0xd0010000:5``), for
             kernels built with ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``.
+        vsock: ``True`` for a virtio-vsock device with guest CID 3 and its host socket in a
+            private temporary directory, or a :class:`~vmm_reference.Vsock` (``cid``,
+            ``uds``); :attr:`vsock` then connects to the guest's ports and listens for its
+            connections. The guest needs the ``vsock`` and ``vmw_vsock_virtio_transport``
+            modules (the asset initramfs loads them).
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -261,23 +269,34 @@ class Vm:
         console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
         acpi: bool = True,
         disks: Sequence[DiskArg] = (),
+        vsock: Union[bool, Vsock, None] = None,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
         kernel_path = _check_path("kernel", kernel)
         assert kernel_path is not None
         disk_list = disk_tuples(disks)
-        self._native = _native.NativeVm(
-            memory_mib=_check_int("memory_mib", memory_mib, 1),
-            vcpus=_check_int("vcpus", vcpus, 1, 2**32 - 1),
-            kernel=kernel_path,
-            cmdline=cmdline,
-            himem_start=_check_int("himem_start", himem_start, 0),
-            initrd=_check_path("initrd", initrd, optional=True),
-            console_limit=_check_int("console_limit", console_limit, 0, 2**62),
-            acpi=bool(acpi),
-            disks=disk_list,
-        )
+        endpoint = resolve_vsock(vsock)
+        try:
+            self._native = _native.NativeVm(
+                memory_mib=_check_int("memory_mib", memory_mib, 1),
+                vcpus=_check_int("vcpus", vcpus, 1, 2**32 - 1),
+                kernel=kernel_path,
+                cmdline=cmdline,
+                himem_start=_check_int("himem_start", himem_start, 0),
+                initrd=_check_path("initrd", initrd, optional=True),
+                console_limit=_check_int("console_limit", console_limit, 0, 2**62),
+                acpi=bool(acpi),
+                disks=disk_list,
+                vsock=None if endpoint is None else (endpoint.cid, endpoint.uds),
+            )
+        except BaseException:
+            if endpoint is not None:
+                endpoint.close()
+            raise
+        self._vsock = endpoint
+        if endpoint is not None:
+            weakref.finalize(self, endpoint.close)
         self.disks = disk_list
         """The disks as ``(path, read_only, serial)``, in the order the guest sees them."""
         self._serial = Serial(self._native)
@@ -492,6 +511,13 @@ class Vm:
         self._native.kill()
         if self._native.state != "created":
             self._native.wait(None)
+        if self._vsock is not None:
+            self._vsock.close()
+
+    @property
+    def vsock(self) -> Optional[VsockEndpoint]:
+        """The vsock device's host end (``connect(port)``, ``listen(port)``), or None without one."""
+        return self._vsock
 
     def _repr_html_(self) -> str:
         """State, configuration, exit status and the console's tail, for Jupyter."""

@@ -25,10 +25,9 @@ use std::sync::{Arc, Mutex};
 
 use acpi_tables::aml;
 use acpi_tables::Aml;
-use event_manager::{EventOps, Events, MutEventSubscriber};
+use event_manager::MutEventSubscriber;
 use kvm_ioctls::{IoEventAddress, VmFd};
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::allocator::{Allocator, MMIO_SLOT};
@@ -203,20 +202,12 @@ impl DeviceManager {
             events.push(event);
         }
         let shared: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-        let transport = MmioTransport::new(
-            shared.clone(),
-            self.mem.clone(),
-            interrupt,
-            transport_events,
-        );
+        let transport = MmioTransport::new(shared, self.mem.clone(), interrupt, transport_events);
         self.mmio
             .insert(base, MMIO_SLOT, 0, Arc::new(Mutex::new(transport)))?;
         let number = self.info.len();
         self.add_dsdt(&VirtioMmioAml { number, base, gsi });
-        self.add_subscriber(Box::new(QueueHandler {
-            device: shared,
-            events,
-        }));
+        self.add_subscriber(D::subscriber(device.clone(), events));
         self.info.push(DeviceInfo {
             kind,
             mmio_base: base,
@@ -264,37 +255,6 @@ impl Aml for VirtioMmioAml {
             ],
         )
         .to_aml_bytes(sink);
-    }
-}
-
-/// Serves a virtio device's queues when the guest notifies them.
-struct QueueHandler {
-    device: Arc<Mutex<dyn VirtioDevice>>,
-    events: Vec<EventFd>,
-}
-
-impl MutEventSubscriber for QueueHandler {
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        let index = events.data() as usize;
-        let Some(event) = self.events.get(index) else {
-            return;
-        };
-        let _ = event.read();
-        let more = self
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .process_queue(index);
-        if more {
-            // Work is left after a full batch: come back after the loop's other events.
-            let _ = event.write(1);
-        }
-    }
-
-    fn init(&mut self, ops: &mut EventOps) {
-        for (index, event) in self.events.iter().enumerate() {
-            let _ = ops.add(Events::with_data(event, index as u32, EventSet::IN));
-        }
     }
 }
 

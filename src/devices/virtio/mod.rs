@@ -13,9 +13,13 @@
 
 pub mod block;
 pub mod mmio;
+pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use vmm_sys_util::epoll::EventSet;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
@@ -131,4 +135,51 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize) -> bool;
     /// A short name of the device's kind for people, e.g. `virtio-blk`.
     fn kind(&self) -> &'static str;
+
+    /// The device's handler in the event loop, given its queues' notification eventfds. The
+    /// default calls [`VirtioDevice::process_queue`] for each notified queue; a device with
+    /// host-side sources to watch too (vsock's sockets) brings its own.
+    fn subscriber(
+        device: Arc<Mutex<Self>>,
+        queue_events: Vec<EventFd>,
+    ) -> Box<dyn MutEventSubscriber + Send>
+    where
+        Self: Sized + 'static,
+    {
+        Box::new(QueueHandler {
+            device,
+            events: queue_events,
+        })
+    }
+}
+
+/// Serves a virtio device's queues when the guest notifies them.
+pub struct QueueHandler {
+    device: Arc<Mutex<dyn VirtioDevice>>,
+    events: Vec<EventFd>,
+}
+
+impl MutEventSubscriber for QueueHandler {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        let Some(event) = self.events.get(index) else {
+            return;
+        };
+        let _ = event.read();
+        let more = self
+            .device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .process_queue(index);
+        if more {
+            // Work is left after a full batch: come back after the loop's other events.
+            let _ = event.write(1);
+        }
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, event) in self.events.iter().enumerate() {
+            let _ = ops.add(Events::with_data(event, index as u32, EventSet::IN));
+        }
+    }
 }

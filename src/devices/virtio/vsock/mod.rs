@@ -1,0 +1,1161 @@
+//! virtio-vsock: stream sockets between the guest and host programs (virtio 1.2, 5.10).
+//!
+//! - [`packet`]: the header, and reading/writing packets across a descriptor chain;
+//! - [`unix`]: the host side, UNIX sockets with Firecracker's protocol;
+//! - this file: the device and its connections.
+//!
+//! Everything runs on the event-loop thread: the device's own handler ([`VsockHandler`])
+//! watches its queues, the listening socket and every connection's socket, and tells the
+//! event loop which sockets to watch as connections come and go.
+//!
+//! Memory stays bounded whatever the guest or a host program does: data from the host is
+//! read straight into the guest's receive buffers, only while the guest has buffers and
+//! credit for it (otherwise the socket is simply not read); data from the guest that the
+//! host program does not take at once is kept up to the credit this device advertises per
+//! connection ([`CONN_BUF`]) — a guest that sends beyond it gets its connection reset. The
+//! number of connections and of queued control packets is capped too.
+
+pub mod packet;
+pub mod unix;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Write};
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use self::packet::*;
+use self::unix::Listener;
+use super::VIRTIO_F_VERSION_1;
+use super::{ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING};
+use crate::config::VsockConfig;
+use crate::error::Result;
+
+/// The virtio device type of a socket device.
+pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+/// Size of each queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Receive buffer this device advertises per connection: what a guest may send ahead.
+pub const CONN_BUF: u32 = 256 << 10;
+/// Most connections at once.
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Largest payload taken from or given to the guest in one packet.
+const MAX_PAYLOAD: usize = 64 << 10;
+/// Most control packets (requests, responses, resets, credit updates) waiting for receive
+/// buffers; beyond that the device stops taking the guest's packets until the guest
+/// makes room.
+const MAX_PENDING: usize = 2 * MAX_CONNECTIONS;
+/// Host-initiated connections get local ports from here up.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+
+const RXQ: usize = 0;
+const TXQ: usize = 1;
+const EVQ: usize = 2;
+/// Event-loop tokens: the queues are 0..3, the listener 3, connections from 16.
+const TOKEN_LISTENER: u32 = 3;
+const TOKEN_CONN_BASE: u32 = 16;
+
+/// A connection: `(host-side port, guest-side port)`.
+type Key = (u32, u32);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// A host program connected; its `CONNECT` line is not in yet.
+    AwaitingConnect,
+    /// We asked the guest to accept; waiting for its RESPONSE.
+    Requested,
+    /// Data flows.
+    Established,
+}
+
+struct Conn {
+    stream: UnixStream,
+    token: u32,
+    state: State,
+    /// The host socket may have data for the guest (it is not watched for input meanwhile).
+    readable: bool,
+    /// What the host socket is watched for.
+    interest: EventSet,
+    /// Data from the guest the host program has not taken yet (at most `CONN_BUF`).
+    to_host: Vec<u8>,
+    /// Shut the host socket's write side once `to_host` is flushed.
+    shut_write: bool,
+    /// Bytes sent to the guest, and the guest's credit (its buffer and what it consumed).
+    tx_cnt: u32,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Bytes of the guest's data handed to the host program, and what we last told the guest.
+    fwd_cnt: u32,
+    fwd_cnt_sent: u32,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, token: u32, state: State) -> Conn {
+        Conn {
+            stream,
+            token,
+            state,
+            readable: false,
+            interest: EventSet::empty(),
+            to_host: Vec::new(),
+            shut_write: false,
+            tx_cnt: 0,
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            fwd_cnt: 0,
+            fwd_cnt_sent: 0,
+        }
+    }
+
+    /// Bytes the guest can still take on this connection.
+    fn peer_credit(&self) -> u32 {
+        self.peer_buf_alloc
+            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
+    }
+}
+
+/// A change to what the event loop watches, applied by [`VsockHandler`].
+enum Watch {
+    Set(RawFd, u32, EventSet),
+    Forget(RawFd),
+}
+
+struct Active {
+    queues: Vec<Queue>,
+    mem: Arc<GuestMemoryMmap>,
+    interrupt: Arc<Interrupt>,
+}
+
+/// A virtio-vsock device with its host side on UNIX sockets.
+pub struct Vsock {
+    cid: u64,
+    config: [u8; 8],
+    listener: Listener,
+    uds: PathBuf,
+    active: Option<Active>,
+    conns: HashMap<Key, Conn>,
+    tokens: HashMap<u32, Key>,
+    next_token: u32,
+    next_local_port: u32,
+    /// Control packets for the guest: `(key, op, flags)`.
+    pending: VecDeque<(Key, u16, u32)>,
+    /// Connections that may have data for the guest, in turn.
+    ready: VecDeque<Key>,
+    watch: Vec<Watch>,
+}
+
+impl Vsock {
+    /// A device for `config`: binds its UNIX socket.
+    pub fn new(config: &VsockConfig) -> Result<Vsock> {
+        let listener = Listener::bind(&config.uds)?;
+        let cid = u64::from(config.cid);
+        Ok(Vsock {
+            cid,
+            config: cid.to_le_bytes(),
+            uds: listener.path().into(),
+            listener,
+            active: None,
+            conns: HashMap::new(),
+            tokens: HashMap::new(),
+            next_token: TOKEN_CONN_BASE,
+            next_local_port: FIRST_LOCAL_PORT,
+            pending: VecDeque::new(),
+            ready: VecDeque::new(),
+            watch: Vec::new(),
+        })
+    }
+
+    /// The number of open connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn header(&self, key: Key, op: u16, flags: u32, len: u32) -> Header {
+        let fwd_cnt = self.conns.get(&key).map_or(0, |c| c.fwd_cnt);
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.cid,
+            src_port: key.0,
+            dst_port: key.1,
+            len,
+            type_: TYPE_STREAM,
+            op,
+            flags,
+            buf_alloc: CONN_BUF,
+            fwd_cnt,
+        }
+    }
+
+    fn set_interest(&mut self, key: Key, interest: EventSet) {
+        if let Some(c) = self.conns.get_mut(&key) {
+            if c.interest != interest {
+                c.interest = interest;
+                self.watch
+                    .push(Watch::Set(c.stream.as_raw_fd(), c.token, interest));
+            }
+        }
+    }
+
+    fn add_conn(&mut self, key: Key, stream: UnixStream, state: State) {
+        let token = self.next_token;
+        self.next_token = self.next_token.wrapping_add(1).max(TOKEN_CONN_BASE);
+        self.tokens.insert(token, key);
+        self.conns.insert(key, Conn::new(stream, token, state));
+        let interest = match state {
+            State::Requested => EventSet::empty(),
+            _ => EventSet::IN,
+        };
+        // Registered once with its first interest; later changes modify it.
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.interest = interest;
+            self.watch
+                .push(Watch::Set(c.stream.as_raw_fd(), token, interest));
+        }
+    }
+
+    fn remove_conn(&mut self, key: Key) {
+        if let Some(c) = self.conns.remove(&key) {
+            self.tokens.remove(&c.token);
+            self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
+            // `c.stream` closes here, after the event loop was told to forget its fd (the
+            // handler applies that before anything can reuse the number).
+            drop(c);
+        }
+    }
+
+    /// Queues a control packet; false when the queue is full.
+    fn push(&mut self, key: Key, op: u16, flags: u32) -> bool {
+        if self.pending.len() >= MAX_PENDING {
+            return false;
+        }
+        self.pending.push_back((key, op, flags));
+        true
+    }
+
+    fn reset_conn(&mut self, key: Key) {
+        self.remove_conn(key);
+        self.push(key, OP_RST, 0);
+    }
+
+    /// Accepts host connections.
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok(Some(stream)) => {
+                    if self.conns.len() >= MAX_CONNECTIONS {
+                        continue; // dropped: the host program sees the socket close
+                    }
+                    let key = (self.alloc_local_port(), u32::MAX);
+                    self.add_conn(key, stream, State::AwaitingConnect);
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+
+    fn alloc_local_port(&mut self) -> u32 {
+        loop {
+            let port = self.next_local_port;
+            self.next_local_port = self.next_local_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
+            if !self.conns.keys().any(|k| k.0 == port) {
+                return port;
+            }
+        }
+    }
+
+    /// Something happened on a connection's socket.
+    fn conn_event(&mut self, token: u32, set: EventSet) {
+        let Some(&key) = self.tokens.get(&token) else {
+            return;
+        };
+        let Some(conn) = self.conns.get(&key) else {
+            return;
+        };
+        match conn.state {
+            State::AwaitingConnect => match unix::read_connect_line(&conn.stream) {
+                Ok(None) => {}
+                Ok(Some(line)) => match unix::parse_connect(&line) {
+                    Some(port) => {
+                        // Re-key: (local port, the guest port asked for).
+                        let Some(conn) = self.conns.remove(&key) else {
+                            return;
+                        };
+                        let new_key = (key.0, port);
+                        self.tokens.insert(conn.token, new_key);
+                        self.conns.insert(
+                            new_key,
+                            Conn {
+                                state: State::Requested,
+                                ..conn
+                            },
+                        );
+                        self.set_interest(new_key, EventSet::empty());
+                        if !self.push(new_key, OP_REQUEST, 0) {
+                            self.remove_conn(new_key);
+                        }
+                    }
+                    None => self.remove_conn(key),
+                },
+                Err(_) => self.remove_conn(key),
+            },
+            State::Requested => {
+                if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                    self.reset_conn(key);
+                }
+            }
+            State::Established => {
+                if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
+                    // Reported whatever the interest: stop watching, or it fires for ever.
+                    // What is left to read (then the end) reaches the guest through the
+                    // ready list.
+                    self.mark_readable(key);
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.interest = EventSet::empty();
+                        self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
+                    }
+                    return;
+                }
+                if set.contains(EventSet::OUT) {
+                    self.flush_to_host(key);
+                }
+                if set.contains(EventSet::IN) {
+                    self.mark_readable(key);
+                }
+            }
+        }
+    }
+
+    /// The host socket has data (or an end): stop watching it for input until it is read.
+    fn mark_readable(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if !c.readable {
+            c.readable = true;
+            self.ready.push_back(key);
+        }
+        let keep = c.interest & EventSet::OUT;
+        self.set_interest(key, keep);
+    }
+
+    /// Writes what the guest sent and the host program has not taken yet.
+    fn flush_to_host(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        while !c.to_host.is_empty() {
+            match c.stream.write(&c.to_host) {
+                Ok(n) => {
+                    c.to_host.drain(..n);
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.reset_conn(key);
+                    return;
+                }
+            }
+        }
+        let drained = c.to_host.is_empty();
+        if drained && c.shut_write {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        let mut interest = c.interest;
+        interest.set(EventSet::OUT, !drained);
+        self.maybe_credit_update(key);
+        self.set_interest(key, interest);
+    }
+
+    /// Tells the guest about consumed data once a good share of its window is free again.
+    fn maybe_credit_update(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= CONN_BUF / 4 {
+            c.fwd_cnt_sent = c.fwd_cnt;
+            self.push(key, OP_CREDIT_UPDATE, 0);
+        }
+    }
+
+    /// Serves the guest's transmit queue.
+    fn process_tx(&mut self) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let mut used_any = false;
+        loop {
+            if self.pending.len() >= MAX_PENDING {
+                break; // room for our answers first; the guest's rx buffers make it
+            }
+            let chain = match active.queues[TXQ].iter(mem.as_ref()) {
+                Ok(mut it) => it.next(),
+                Err(_) => {
+                    active.interrupt.fail();
+                    self.active = Some(active);
+                    return;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut readable = Vec::new();
+            let mut writable = false;
+            for d in chain {
+                if d.is_write_only() {
+                    writable = true;
+                } else {
+                    readable.push((d.addr(), d.len()));
+                }
+            }
+            let bufs = GuestBufs::new(readable);
+            if !writable {
+                self.tx_packet(&mem, &bufs);
+            }
+            used_any = true;
+            if active.queues[TXQ].add_used(mem.as_ref(), head, 0).is_err() {
+                active.interrupt.fail();
+                self.active = Some(active);
+                return;
+            }
+        }
+        if used_any
+            && active.queues[TXQ]
+                .needs_notification(mem.as_ref())
+                .unwrap_or(true)
+        {
+            active.interrupt.trigger(INT_USED_RING);
+        }
+        self.active = Some(active);
+    }
+
+    /// One packet from the guest.
+    fn tx_packet(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs) {
+        let mut raw = [0u8; HDR_LEN];
+        if bufs.read(mem, 0, &mut raw).is_err() {
+            return; // not even a header: dropped
+        }
+        let h = Header::from_bytes(&raw);
+        let key = (h.dst_port, h.src_port);
+        if h.src_cid != self.cid || h.dst_cid != HOST_CID {
+            return; // not from this guest to us: dropped, as a NIC drops a spoofed frame
+        }
+        let payload = h.len as usize;
+        if h.type_ != TYPE_STREAM
+            || payload > MAX_PAYLOAD
+            || payload > bufs.len().saturating_sub(HDR_LEN)
+        {
+            if h.op != OP_RST {
+                self.reset_conn(key);
+            }
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&key) {
+            c.peer_buf_alloc = h.buf_alloc;
+            c.peer_fwd_cnt = h.fwd_cnt;
+        }
+        let state = self.conns.get(&key).map(|c| c.state);
+        match (h.op, state) {
+            (OP_REQUEST, None) => self.guest_connect(key, &h),
+            (OP_REQUEST, Some(_)) => self.reset_conn(key),
+            (OP_RESPONSE, Some(State::Requested)) => self.host_connected(key),
+            (OP_RW, Some(State::Established)) => self.guest_data(mem, bufs, key, payload),
+            (OP_SHUTDOWN, Some(State::Established)) => {
+                if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                    self.reset_conn(key);
+                } else if h.flags & SHUTDOWN_SEND != 0 {
+                    if let Some(c) = self.conns.get_mut(&key) {
+                        c.shut_write = true;
+                    }
+                    self.flush_to_host(key);
+                }
+            }
+            (OP_CREDIT_UPDATE, Some(State::Established)) => {
+                if self.conns.get(&key).is_some_and(|c| c.readable) && !self.ready.contains(&key) {
+                    self.ready.push_back(key);
+                }
+            }
+            (OP_CREDIT_REQUEST, Some(State::Established)) => {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.fwd_cnt_sent = c.fwd_cnt;
+                }
+                self.push(key, OP_CREDIT_UPDATE, 0);
+            }
+            (OP_RST, Some(_)) => self.remove_conn(key),
+            (OP_RST, None) => {}
+            _ => self.reset_conn(key),
+        }
+    }
+
+    /// The guest connects to the host's port `key.0`.
+    fn guest_connect(&mut self, key: Key, request: &Header) {
+        if self.conns.len() >= MAX_CONNECTIONS {
+            self.push(key, OP_RST, 0);
+            return;
+        }
+        match unix::connect_port(&self.uds, key.0) {
+            Ok(stream) => {
+                self.add_conn(key, stream, State::Established);
+                if let Some(c) = self.conns.get_mut(&key) {
+                    // The REQUEST carries the guest's credit.
+                    c.peer_buf_alloc = request.buf_alloc;
+                    c.peer_fwd_cnt = request.fwd_cnt;
+                }
+                self.push(key, OP_RESPONSE, 0);
+            }
+            Err(_) => {
+                self.push(key, OP_RST, 0);
+            }
+        }
+    }
+
+    /// The guest accepted a host program's connection.
+    fn host_connected(&mut self, key: Key) {
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        let reply = format!("OK {}\n", key.0);
+        // A few bytes into an idle socket: they fit unless the program misbehaves.
+        if c.stream.write_all(reply.as_bytes()).is_err() {
+            self.reset_conn(key);
+            return;
+        }
+        c.state = State::Established;
+        self.set_interest(key, EventSet::IN);
+    }
+
+    /// Data from the guest for the host program.
+    fn guest_data(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs, key: Key, len: usize) {
+        if len == 0 {
+            return;
+        }
+        let Some(c) = self.conns.get_mut(&key) else {
+            return;
+        };
+        if c.to_host.len() + len > CONN_BUF as usize {
+            // Beyond the credit we gave: the guest broke the protocol.
+            self.reset_conn(key);
+            return;
+        }
+        let mut written = 0;
+        if c.to_host.is_empty() {
+            if let Ok(iovecs) = bufs.iovecs(mem, HDR_LEN, len) {
+                // SAFETY: the iovecs point into guest memory that `mem` keeps mapped, with
+                // their lengths; writev only reads them.
+                let n = unsafe {
+                    libc::writev(
+                        c.stream.as_raw_fd(),
+                        iovecs.as_ptr(),
+                        iovecs.len().min(1024) as libc::c_int,
+                    )
+                };
+                if n > 0 {
+                    written = n as usize;
+                } else if n < 0 && io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock {
+                    self.reset_conn(key);
+                    return;
+                }
+            }
+        }
+        c.fwd_cnt = c.fwd_cnt.wrapping_add(written as u32);
+        if written < len {
+            let start = c.to_host.len();
+            c.to_host.resize(start + len - written, 0);
+            if bufs
+                .read(mem, HDR_LEN + written, &mut c.to_host[start..])
+                .is_err()
+            {
+                self.reset_conn(key);
+                return;
+            }
+            let interest = c.interest | EventSet::OUT;
+            self.set_interest(key, interest);
+        }
+        self.maybe_credit_update(key);
+    }
+
+    /// Fills the guest's receive buffers: control packets first, then data from the host
+    /// sockets that have some, in turn, within each connection's credit.
+    fn process_rx(&mut self) {
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        let mut used_any = false;
+        while !self.pending.is_empty() || !self.ready.is_empty() {
+            let chain = match active.queues[RXQ].iter(mem.as_ref()) {
+                Ok(mut it) => it.next(),
+                Err(_) => {
+                    active.interrupt.fail();
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let head = chain.head_index();
+            let mut writable = Vec::new();
+            for d in chain {
+                if d.is_write_only() {
+                    writable.push((d.addr(), d.len()));
+                }
+            }
+            let bufs = GuestBufs::new(writable);
+            let len = if bufs.len() < HDR_LEN {
+                0 // too small for anything: returned empty
+            } else if let Some((key, op, flags)) = self.pending.pop_front() {
+                let h = self.header(key, op, flags, 0);
+                if bufs.write(mem.as_ref(), 0, &h.to_bytes()).is_ok() {
+                    HDR_LEN as u32
+                } else {
+                    0
+                }
+            } else {
+                match self.rx_data(mem.as_ref(), &bufs) {
+                    Some(n) => n,
+                    None => {
+                        // Nothing to send after all: give the buffer back.
+                        let q = &mut active.queues[RXQ];
+                        q.set_next_avail(q.next_avail().wrapping_sub(1));
+                        break;
+                    }
+                }
+            };
+            used_any = true;
+            if active.queues[RXQ]
+                .add_used(mem.as_ref(), head, len)
+                .is_err()
+            {
+                active.interrupt.fail();
+                break;
+            }
+        }
+        if used_any
+            && active.queues[RXQ]
+                .needs_notification(mem.as_ref())
+                .unwrap_or(true)
+        {
+            active.interrupt.trigger(INT_USED_RING);
+        }
+        self.active = Some(active);
+    }
+
+    /// Reads a ready connection's socket into `bufs`; the bytes used, or None when no
+    /// connection had anything.
+    fn rx_data(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs) -> Option<u32> {
+        while let Some(key) = self.ready.pop_front() {
+            let Some(c) = self.conns.get(&key) else {
+                continue;
+            };
+            let credit = c.peer_credit() as usize;
+            if !c.readable || c.state != State::Established {
+                continue;
+            }
+            if credit == 0 {
+                continue; // back on the list with the guest's next credit update
+            }
+            let room = (bufs.len() - HDR_LEN).min(credit).min(MAX_PAYLOAD);
+            let Ok(iovecs) = bufs.iovecs(mem, HDR_LEN, room) else {
+                return Some(0);
+            };
+            // SAFETY: the iovecs point into guest memory that `mem` keeps mapped, with their
+            // lengths; readv writes at most that much.
+            let n = unsafe {
+                libc::readv(
+                    c.stream.as_raw_fd(),
+                    iovecs.as_ptr(),
+                    iovecs.len().min(1024) as libc::c_int,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.readable = false;
+                }
+                let interest = self.conns.get(&key).map_or(EventSet::empty(), |c| {
+                    (c.interest & EventSet::OUT) | EventSet::IN
+                });
+                self.set_interest(key, interest);
+                continue;
+            }
+            if n <= 0 {
+                // The host program closed (or broke) its end: tell the guest.
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.readable = false;
+                }
+                let h = self.header(key, OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND, 0);
+                let written = bufs.write(mem, 0, &h.to_bytes()).is_ok();
+                let interest = self
+                    .conns
+                    .get(&key)
+                    .map_or(EventSet::empty(), |c| c.interest & EventSet::OUT);
+                self.set_interest(key, interest);
+                return Some(if written { HDR_LEN as u32 } else { 0 });
+            }
+            let n = n as u32;
+            if let Some(c) = self.conns.get_mut(&key) {
+                c.tx_cnt = c.tx_cnt.wrapping_add(n);
+                c.fwd_cnt_sent = c.fwd_cnt;
+            }
+            let h = self.header(key, OP_RW, 0, n);
+            if bufs.write(mem, 0, &h.to_bytes()).is_err() {
+                return Some(0);
+            }
+            // Still readable: its turn comes again after the others'.
+            self.ready.push_back(key);
+            return Some(HDR_LEN as u32 + n);
+        }
+        None
+    }
+
+    /// Closes every connection (device reset).
+    fn drop_connections(&mut self) {
+        let keys: Vec<Key> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.remove_conn(key);
+        }
+        self.pending.clear();
+        self.ready.clear();
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn features(&self) -> u64 {
+        // No EVENT_IDX: the guest then notifies every queue update, which a device that
+        // gives receive buffers back (nothing to send after all) needs to stay simple.
+        VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = usize::try_from(offset)
+                .ok()
+                .and_then(|o| o.checked_add(i))
+                .and_then(|o| self.config.get(o))
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    fn activate(&mut self, activation: Activation) -> std::result::Result<(), ActivateError> {
+        for (i, q) in activation.queues.iter().enumerate().take(EVQ) {
+            if !q.ready() {
+                return Err(ActivateError::QueueNotReady(i));
+            }
+        }
+        self.active = Some(Active {
+            queues: activation.queues,
+            mem: activation.mem,
+            interrupt: activation.interrupt,
+        });
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.drop_connections();
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        match index {
+            TXQ => {
+                self.process_tx();
+                self.process_rx();
+            }
+            RXQ => self.process_rx(),
+            _ => {}
+        }
+        false
+    }
+
+    fn kind(&self) -> &'static str {
+        "virtio-vsock"
+    }
+
+    fn subscriber(
+        device: Arc<Mutex<Self>>,
+        queue_events: Vec<EventFd>,
+    ) -> Box<dyn MutEventSubscriber + Send> {
+        Box::new(VsockHandler {
+            device,
+            queue_events,
+        })
+    }
+}
+
+/// The vsock device's part of the event loop: its queues, its listening socket and its
+/// connections' sockets.
+pub struct VsockHandler {
+    device: Arc<Mutex<Vsock>>,
+    queue_events: Vec<EventFd>,
+}
+
+impl VsockHandler {
+    fn apply(ops: &mut EventOps, device: &mut Vsock) {
+        for change in device.watch.drain(..) {
+            match change {
+                Watch::Set(fd, token, set) => {
+                    let events = Events::with_data_raw(fd, token, set);
+                    if ops.modify(events).is_err() {
+                        let _ = ops.add(events);
+                    }
+                }
+                Watch::Forget(fd) => {
+                    let _ = ops.remove(Events::empty_raw(fd));
+                }
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for VsockHandler {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let token = events.data();
+        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            t if (t as usize) < self.queue_events.len() => {
+                let _ = self.queue_events[t as usize].read();
+                device.process_queue(t as usize);
+            }
+            TOKEN_LISTENER => device.accept(),
+            t => device.conn_event(t, events.event_set()),
+        }
+        device.process_rx();
+        Self::apply(ops, &mut device);
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        for (i, e) in self.queue_events.iter().enumerate() {
+            let _ = ops.add(Events::with_data(e, i as u32, EventSet::IN));
+        }
+        let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = ops.add(Events::with_data(
+            &device.listener,
+            TOKEN_LISTENER,
+            EventSet::IN,
+        ));
+    }
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        self.drop_connections();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+    use virtio_queue::QueueState;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const SIZE: u16 = 16;
+    /// Queue i's rings at 0x1000 * (1 + 3i); tx buffers at 0x40000, rx buffers at 0x80000.
+    fn ring(i: usize) -> (u64, u64, u64) {
+        let base = 0x1000 * (1 + 3 * i as u64);
+        (base, base + 0x1000, base + 0x2000)
+    }
+
+    struct Driver {
+        mem: Arc<GuestMemoryMmap>,
+        avail: [u16; 3],
+        used_seen: [u16; 3],
+    }
+
+    impl Driver {
+        fn start(dev: &mut Vsock) -> Driver {
+            let mem =
+                Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+            let queues = (0..3)
+                .map(|i| {
+                    let (d, a, u) = ring(i);
+                    Queue::try_from(QueueState {
+                        max_size: QUEUE_SIZE,
+                        size: SIZE,
+                        ready: true,
+                        desc_table: d,
+                        avail_ring: a,
+                        used_ring: u,
+                        ..QueueState::default()
+                    })
+                    .unwrap()
+                })
+                .collect();
+            dev.activate(Activation {
+                queues,
+                mem: mem.clone(),
+                interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
+                features: VIRTIO_F_VERSION_1,
+            })
+            .unwrap();
+            Driver {
+                mem,
+                avail: [0; 3],
+                used_seen: [0; 3],
+            }
+        }
+
+        /// Puts a one-descriptor chain at slot `avail % SIZE` of queue `q`.
+        fn give(&mut self, q: usize, addr: u64, len: u32, write: bool) {
+            let (d, a, _) = ring(q);
+            let slot = self.avail[q] % SIZE;
+            let mut desc = [0u8; 16];
+            desc[..8].copy_from_slice(&addr.to_le_bytes());
+            desc[8..12].copy_from_slice(&len.to_le_bytes());
+            let flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
+            desc[12..14].copy_from_slice(&flags.to_le_bytes());
+            self.mem
+                .write_slice(&desc, GuestAddress(d + 16 * u64::from(slot)))
+                .unwrap();
+            self.mem
+                .write_obj(slot, GuestAddress(a + 4 + 2 * u64::from(slot)))
+                .unwrap();
+            self.avail[q] = self.avail[q].wrapping_add(1);
+            self.mem
+                .write_obj(self.avail[q], GuestAddress(a + 2))
+                .unwrap();
+        }
+
+        fn send(&mut self, dev: &mut Vsock, h: Header, payload: &[u8]) {
+            let at = 0x40000 + 0x1000 * u64::from(self.avail[TXQ] % SIZE);
+            let h = Header {
+                len: payload.len() as u32,
+                ..h
+            };
+            self.mem
+                .write_slice(&h.to_bytes(), GuestAddress(at))
+                .unwrap();
+            self.mem
+                .write_slice(payload, GuestAddress(at + HDR_LEN as u64))
+                .unwrap();
+            self.give(TXQ, at, (HDR_LEN + payload.len()) as u32, false);
+            dev.process_queue(TXQ);
+        }
+
+        /// Gives the device receive buffers, lets it fill them; returns what it sent.
+        fn receive(&mut self, dev: &mut Vsock) -> Vec<(Header, Vec<u8>)> {
+            for _ in 0..4 {
+                let at = 0x80000 + 0x2000 * u64::from(self.avail[RXQ] % SIZE);
+                self.give(RXQ, at, 0x1000 + HDR_LEN as u32, true);
+            }
+            dev.process_queue(RXQ);
+            let (_, _, u) = ring(RXQ);
+            let idx: u16 = self.mem.read_obj(GuestAddress(u + 2)).unwrap();
+            let mut out = Vec::new();
+            while self.used_seen[RXQ] != idx {
+                let slot = u64::from(self.used_seen[RXQ] % SIZE);
+                let id: u32 = self.mem.read_obj(GuestAddress(u + 4 + 8 * slot)).unwrap();
+                let len: u32 = self.mem.read_obj(GuestAddress(u + 8 + 8 * slot)).unwrap();
+                let (d, _, _) = ring(RXQ);
+                let addr: u64 = self
+                    .mem
+                    .read_obj(GuestAddress(d + 16 * u64::from(id)))
+                    .unwrap();
+                let mut raw = [0u8; HDR_LEN];
+                self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
+                let mut payload = vec![0u8; len as usize - HDR_LEN];
+                self.mem
+                    .read_slice(&mut payload, GuestAddress(addr + HDR_LEN as u64))
+                    .unwrap();
+                out.push((Header::from_bytes(&raw), payload));
+                self.used_seen[RXQ] = self.used_seen[RXQ].wrapping_add(1);
+            }
+            // Buffers not used were given back: forget them.
+            self.avail[RXQ] = self.used_seen[RXQ];
+            let (_, a, _) = ring(RXQ);
+            self.mem
+                .write_obj(self.avail[RXQ], GuestAddress(a + 2))
+                .unwrap();
+            out
+        }
+    }
+
+    fn temp_uds(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-ref-vsock-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("v.sock")
+    }
+
+    fn guest(op: u16, src_port: u32, dst_port: u32) -> Header {
+        Header {
+            src_cid: 3,
+            dst_cid: HOST_CID,
+            src_port,
+            dst_port,
+            type_: TYPE_STREAM,
+            op,
+            buf_alloc: 65536,
+            ..Header::default()
+        }
+    }
+
+    #[test]
+    fn guest_connects_to_a_host_listener_and_data_flows_both_ways() {
+        let uds = temp_uds("out");
+        let mut dev = Vsock::new(&VsockConfig {
+            cid: 3,
+            uds: uds.clone(),
+        })
+        .unwrap();
+        let mut drv = Driver::start(&mut dev);
+        let host = UnixListener::bind(format!("{}_5000", uds.display())).unwrap();
+        drv.send(&mut dev, guest(OP_REQUEST, 777, 5000), &[]);
+        let got = drv.receive(&mut dev);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.op, got[0].0.src_port, got[0].0.dst_port),
+            (OP_RESPONSE, 5000, 777)
+        );
+        assert_eq!(got[0].0.buf_alloc, CONN_BUF);
+        let (mut conn, _) = host.accept().unwrap();
+        drv.send(&mut dev, guest(OP_RW, 777, 5000), b"hello host");
+        let mut buf = [0u8; 10];
+        conn.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello host");
+        // The host answers: once the socket is seen readable, the guest gets the bytes.
+        conn.write_all(b"hi guest").unwrap();
+        let token = dev.conns[&(5000, 777)].token;
+        dev.conn_event(token, EventSet::IN);
+        let got = drv.receive(&mut dev);
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].0.op, got[0].1.as_slice()),
+            (OP_RW, &b"hi guest"[..])
+        );
+        assert_eq!(
+            got[0].0.fwd_cnt, 10,
+            "the host consumed the guest's 10 bytes"
+        );
+        // The host closes: the guest is told both directions are shut.
+        drop(conn);
+        dev.conn_event(token, EventSet::IN | EventSet::HANG_UP);
+        let got = drv.receive(&mut dev);
+        assert_eq!(
+            (got[0].0.op, got[0].0.flags),
+            (OP_SHUTDOWN, SHUTDOWN_RCV | SHUTDOWN_SEND)
+        );
+        drv.send(&mut dev, guest(OP_RST, 777, 5000), &[]);
+        assert_eq!(dev.connections(), 0);
+        let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+    }
+
+    #[test]
+    fn refused_ports_and_spoofed_or_broken_packets() {
+        let uds = temp_uds("bad");
+        let mut dev = Vsock::new(&VsockConfig {
+            cid: 3,
+            uds: uds.clone(),
+        })
+        .unwrap();
+        let mut drv = Driver::start(&mut dev);
+        drv.send(&mut dev, guest(OP_REQUEST, 1, 5001), &[]);
+        // Not from this guest, not to the host: dropped without an answer.
+        drv.send(
+            &mut dev,
+            Header {
+                src_cid: 9,
+                ..guest(OP_REQUEST, 2, 5001)
+            },
+            &[],
+        );
+        drv.send(
+            &mut dev,
+            Header {
+                dst_cid: 7,
+                ..guest(OP_REQUEST, 3, 5001)
+            },
+            &[],
+        );
+        // Data on no connection, an unknown op, a datagram type: reset.
+        drv.send(&mut dev, guest(OP_RW, 4, 5001), b"x");
+        drv.send(&mut dev, guest(99, 5, 5001), &[]);
+        drv.send(
+            &mut dev,
+            Header {
+                type_: 2,
+                ..guest(OP_REQUEST, 6, 5001)
+            },
+            &[],
+        );
+        let got = drv.receive(&mut dev);
+        let ports: Vec<(u16, u32)> = got.iter().map(|(h, _)| (h.op, h.dst_port)).collect();
+        assert_eq!(
+            ports,
+            vec![(OP_RST, 1), (OP_RST, 4), (OP_RST, 5), (OP_RST, 6)]
+        );
+        // A header claiming more payload than the buffer holds.
+        let at = 0x40000;
+        let h = Header {
+            len: 5000,
+            ..guest(OP_RW, 8, 5001)
+        };
+        drv.mem
+            .write_slice(&h.to_bytes(), GuestAddress(at))
+            .unwrap();
+        drv.give(TXQ, at, HDR_LEN as u32 + 10, false);
+        dev.process_queue(TXQ);
+        assert_eq!(drv.receive(&mut dev)[0].0.op, OP_RST);
+        assert_eq!(dev.connections(), 0);
+        let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+    }
+
+    #[test]
+    fn host_program_connects_with_the_firecracker_protocol_and_credit_bounds_reads() {
+        let uds = temp_uds("in");
+        let mut dev = Vsock::new(&VsockConfig {
+            cid: 3,
+            uds: uds.clone(),
+        })
+        .unwrap();
+        let mut drv = Driver::start(&mut dev);
+        let mut client = UnixStream::connect(&uds).unwrap();
+        dev.accept();
+        client.write_all(b"CONNECT 52\n").unwrap();
+        let token = *dev.tokens.keys().next().unwrap();
+        dev.conn_event(token, EventSet::IN);
+        let got = drv.receive(&mut dev);
+        let req = got[0].0;
+        assert_eq!((req.op, req.dst_port, req.dst_cid), (OP_REQUEST, 52, 3));
+        assert!(req.src_port >= FIRST_LOCAL_PORT);
+        // The guest accepts with only 100 bytes of credit.
+        let accept = Header {
+            buf_alloc: 100,
+            ..guest(OP_RESPONSE, 52, req.src_port)
+        };
+        drv.send(&mut dev, accept, &[]);
+        let mut ok = [0u8; 14];
+        client.read_exact(&mut ok).unwrap();
+        assert_eq!(ok, *format!("OK {}\n", req.src_port).as_bytes());
+        // The program sends 1000 bytes: the guest gets 100, then nothing until it has read.
+        client.write_all(&[7u8; 1000]).unwrap();
+        let key = (req.src_port, 52);
+        dev.conn_event(dev.conns[&key].token, EventSet::IN);
+        let got = drv.receive(&mut dev);
+        assert_eq!(got.iter().map(|(_, p)| p.len()).sum::<usize>(), 100);
+        assert!(drv.receive(&mut dev).is_empty());
+        let update = Header {
+            buf_alloc: 100,
+            fwd_cnt: 100,
+            ..guest(OP_CREDIT_UPDATE, 52, req.src_port)
+        };
+        drv.send(&mut dev, update, &[]);
+        let got = drv.receive(&mut dev);
+        assert_eq!(got.iter().map(|(_, p)| p.len()).sum::<usize>(), 100);
+        let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+    }
+}
