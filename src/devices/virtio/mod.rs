@@ -12,6 +12,7 @@
 //! `virtio-bindings`.
 
 pub mod block;
+pub mod bufs;
 pub mod mmio;
 pub mod vsock;
 
