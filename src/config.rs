@@ -89,6 +89,115 @@ pub struct VsockConfig {
     pub uds: PathBuf,
 }
 
+/// Where a network device's frames go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NetBackendConfig {
+    /// A TAP device, opened (or created) by name; needs CAP_NET_ADMIN to create it.
+    Tap {
+        /// The interface's name, e.g. `tap0`.
+        name: String,
+    },
+    /// User-mode networking through passt: DHCP, the host's sockets, forwarded host ports.
+    User {
+        /// TCP ports forwarded from the host to the guest: `(host port, guest port)`.
+        forward: Vec<(u16, u16)>,
+    },
+}
+
+/// A virtio-net device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Its backend.
+    pub backend: NetBackendConfig,
+    /// Its MAC address (unicast).
+    pub mac: [u8; 6],
+}
+
+/// Parses a MAC address `aa:bb:cc:dd:ee:ff` given as `arg`; it must be unicast.
+pub fn parse_mac(arg: &str, text: &str) -> Result<[u8; 6]> {
+    let bad = || {
+        Error::invalid(
+            arg.to_string(),
+            format!("{text:?}"),
+            "expected a unicast MAC address like 06:00:ac:10:00:02 (six hex pairs, the first even)",
+        )
+    };
+    let parts: Vec<&str> = text.split(':').collect();
+    if parts.len() != 6 {
+        return Err(bad());
+    }
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        if part.len() != 2 {
+            return Err(bad());
+        }
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if mac[0] & 1 != 0 {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// Builds network device `index` from what a front end passed: `kind` `"tap"` (with
+/// `name`) or `"user"` (with `forward` ports, host to guest), an optional MAC.
+pub fn net_config(
+    index: usize,
+    kind: &str,
+    name: &str,
+    mac: Option<&str>,
+    forward: &[(i64, i64)],
+) -> Result<NetConfig> {
+    let arg = format!("net[{index}]");
+    let port = |v: i64| {
+        u16::try_from(v).ok().filter(|&p| p != 0).ok_or_else(|| {
+            Error::invalid(
+                format!("{arg}.forward"),
+                v,
+                "expected TCP ports from 1 to 65535",
+            )
+        })
+    };
+    let backend = match kind {
+        "tap" => NetBackendConfig::Tap { name: name.into() },
+        "user" => NetBackendConfig::User {
+            forward: forward
+                .iter()
+                .map(|&(h, g)| Ok((port(h)?, port(g)?)))
+                .collect::<Result<Vec<_>>>()?,
+        },
+        other => {
+            return Err(Error::invalid(
+                arg,
+                format!("{other:?}"),
+                "expected a Tap or a UserNet",
+            ))
+        }
+    };
+    let mac = match mac {
+        Some(text) => parse_mac(&format!("{arg}.mac"), text)?,
+        None => random_mac(),
+    };
+    Ok(NetConfig { backend, mac })
+}
+
+/// A random locally administered unicast MAC address.
+pub fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // SAFETY: getrandom writes at most `mac.len()` bytes into `mac`.
+    let n = unsafe { libc::getrandom(mac.as_mut_ptr().cast(), mac.len(), 0) };
+    if n != mac.len() as isize {
+        // No entropy source: still unique enough per process and time.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        mac.copy_from_slice(&(t as u64 ^ u64::from(std::process::id())).to_le_bytes()[..6]);
+    }
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -105,6 +214,8 @@ pub struct VmConfig {
     pub acpi: bool,
     /// Disks, in the order the guest sees them (`/dev/vda`, `/dev/vdb`, ...).
     pub disks: Vec<DiskConfig>,
+    /// Network devices, in the order the guest sees them (`eth0`, `eth1`, ...).
+    pub net: Vec<NetConfig>,
     /// A vsock device.
     pub vsock: Option<VsockConfig>,
 }
@@ -118,6 +229,7 @@ impl Default for VmConfig {
             console_limit: DEFAULT_CONSOLE_LIMIT,
             acpi: true,
             disks: Vec::new(),
+            net: Vec::new(),
             vsock: None,
         }
     }
@@ -154,13 +266,17 @@ impl VmConfig {
                 format!("expected at least {MIN_CONSOLE_LIMIT} bytes"),
             ));
         }
-        let max_devices =
-            crate::device_manager::allocator::MAX_IRQ_DEVICES - usize::from(self.vsock.is_some());
-        if self.disks.len() > max_devices {
+        let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
+        let devices = self.disks.len() + self.net.len() + usize::from(self.vsock.is_some());
+        if devices > max_devices {
             return Err(Error::invalid(
                 "disks",
-                format!("a list of {}", self.disks.len()),
-                format!("expected at most {max_devices} disks (one interrupt line each)"),
+                format!(
+                    "{} disks, {} network devices",
+                    self.disks.len(),
+                    self.net.len()
+                ),
+                format!("expected at most {max_devices} devices in all (one interrupt line each)"),
             ));
         }
         for (i, disk) in self.disks.iter().enumerate() {
@@ -249,6 +365,26 @@ mod tests {
     }
 
     #[test]
+    fn parses_macs() {
+        assert_eq!(
+            parse_mac("net[0].mac", "06:00:AC:10:00:02").unwrap(),
+            [6, 0, 0xac, 0x10, 0, 2]
+        );
+        for bad in [
+            "",
+            "06:00:ac:10:00",
+            "01:00:00:00:00:00",
+            "06:00:ac:10:00:2",
+            "zz:00:ac:10:00:02",
+        ] {
+            let err = parse_mac("net[0].mac", bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid net[0].mac="), "{err}");
+        }
+        let m = random_mac();
+        assert_eq!(m[0] & 3, 2, "locally administered unicast");
+    }
+
+    #[test]
     fn checks_the_vsock_cid_and_socket_path() {
         let mut c = config(256, 1);
         c.vsock = Some(VsockConfig {
@@ -287,6 +423,6 @@ mod tests {
         c.validate(1024, 64).unwrap();
         c.disks = vec![DiskConfig::new("a"); 17];
         let err = c.validate(1024, 64).unwrap_err().to_string();
-        assert!(err.contains("at most 16 disks"), "{err}");
+        assert!(err.contains("at most 16 devices in all"), "{err}");
     }
 }

@@ -52,7 +52,7 @@ pub mod vm;
 #[cfg(feature = "python")]
 mod python;
 
-pub use config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
+pub use config::{DiskConfig, KernelConfig, NetBackendConfig, NetConfig, VmConfig, VsockConfig};
 pub use console::Console;
 pub use error::{Error, ErrorKind, Result};
 pub use exit::{ExitReason, ExitStatus};

@@ -81,6 +81,9 @@ fn next_slice(deadline: Option<Instant>) -> Duration {
 
 type StatusTuple = (&'static str, Option<String>, Option<u32>);
 
+/// A network device as Python passes it: kind (`tap`/`user`), TAP name, MAC, TCP forwards.
+type NetArg = (String, String, Option<String>, Vec<(i64, i64)>);
+
 fn status_tuple(s: ExitStatus) -> StatusTuple {
     (s.reason.as_str(), s.detail, s.code)
 }
@@ -94,7 +97,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), vsock=None))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,8 +110,17 @@ impl NativeVm {
         console_limit: usize,
         acpi: bool,
         disks: Vec<(PathBuf, bool, Option<String>)>,
+        net: Vec<NetArg>,
         vsock: Option<(i128, PathBuf)>,
     ) -> PyResult<Self> {
+        let net = net
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, name, mac, forward))| {
+                crate::config::net_config(i, kind, name, mac.as_deref(), forward)
+            })
+            .collect::<Result<Vec<_>, Error>>()
+            .map_err(|e| to_py(py, e))?;
         let vsock = match vsock {
             Some((cid, uds)) => Some(VsockConfig {
                 cid: crate::config::guest_cid(cid).map_err(|e| to_py(py, e))?,
@@ -135,6 +147,7 @@ impl NativeVm {
                     serial,
                 })
                 .collect(),
+            net,
             vsock,
         };
         let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
@@ -272,6 +285,13 @@ impl NativeVm {
         d.set_item("rss_bytes", rss_bytes())?;
         d.set_item("console_bytes", s.console_bytes)?;
         d.set_item("disk_requests", self.vm.disk_requests())?;
+        let net: Vec<(u64, u64, u64)> = self
+            .vm
+            .net_counters()
+            .iter()
+            .map(|c| (c.tx_frames, c.rx_frames, c.dropped))
+            .collect();
+        d.set_item("net_frames", net)?;
         d.set_item("uptime", s.uptime.as_secs_f64())?;
         Ok(d)
     }

@@ -23,6 +23,7 @@ use crate::devices::acpi_pm::AcpiPm1;
 use crate::devices::boot_marker::BootMarkers;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::net::{Net, NetCounters};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
@@ -101,6 +102,8 @@ pub struct Vm {
     devices: Vec<DeviceInfo>,
     /// The disks, in `config.disks` order.
     disks: Vec<Arc<Mutex<Block>>>,
+    /// The network devices, in `config.net` order.
+    nets: Vec<Arc<Mutex<Net>>>,
     /// The vsock device.
     vsock: Option<Arc<Mutex<Vsock>>>,
     /// Released by `Drop` once the vCPU threads are joined (guest memory must outlive them),
@@ -157,6 +160,12 @@ impl Vm {
             .enumerate()
             .map(|(i, disk)| Ok(dm.register_virtio(Block::new(i, disk)?)?))
             .collect::<Result<Vec<_>>>()?;
+        let nets = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, net)| Ok(dm.register_virtio(Net::new(i, net)?)?))
+            .collect::<Result<Vec<_>>>()?;
         let vsock = match &config.vsock {
             Some(v) => Some(dm.register_virtio(Vsock::new(v)?)?),
             None => None,
@@ -209,6 +218,7 @@ impl Vm {
             pm1: legacy.pm1,
             devices: devices.info,
             disks,
+            nets,
             vsock,
             resources: Some(Resources {
                 _vm_fd: vm_fd,
@@ -410,6 +420,14 @@ impl Vm {
             .collect()
     }
 
+    /// Frames each network device moved, in `config.net` order.
+    pub fn net_counters(&self) -> Vec<NetCounters> {
+        self.nets
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).counters())
+            .collect()
+    }
+
     /// Boot-time markers the guest wrote to the marker port: `(value, time since start)`.
     pub fn boot_markers(&self) -> Vec<(u8, Duration)> {
         self.markers.events()
@@ -444,6 +462,7 @@ impl Drop for Vm {
         }
         // Devices hold guest memory too: let go of them first, so the reaper unmaps it.
         self.disks.clear();
+        self.nets.clear();
         self.vsock = None;
         if let Some(resources) = self.resources.take() {
             crate::reaper::release(resources);

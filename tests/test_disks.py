@@ -65,7 +65,7 @@ def test_empty_directory_and_long_serial_are_refused(probe_elf, tmp_path, image)
         Vm(kernel=probe_elf, disks=[tmp_path])
     with pytest.raises(VmConfigError, match=r'invalid disks\[0\]\.serial="x{21}": expected at most 20 ASCII'):
         Vm(kernel=probe_elf, disks=[Disk(image, serial="x" * 21)])
-    with pytest.raises(VmConfigError, match=r"expected at most 16 disks"):
+    with pytest.raises(VmConfigError, match=r"expected at most 16 devices in all"):
         Vm(kernel=probe_elf, disks=[image] * 17)
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from . import _native
-from .devices import DeviceInfo, Disk, Vsock
+from .devices import DeviceInfo, Disk, Tap, UserNet, Vsock
 from .errors import (
     KvmUnavailableError,
     VmConfigError,
@@ -36,6 +36,8 @@ __all__ = [
     "ExpectFailure",
     "KvmUnavailableError",
     "Serial",
+    "Tap",
+    "UserNet",
     "Vm",
     "VmConfigError",
     "VmError",

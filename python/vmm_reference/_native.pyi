@@ -26,6 +26,7 @@ class NativeVm:
         console_limit: int,
         acpi: bool,
         disks: list[tuple[str, bool, Optional[str]]] = ...,
+        net: list[tuple[str, str, Optional[str], list[tuple[int, int]]]] = ...,
         vsock: Optional[tuple[int, str]] = ...,
     ) -> None: ...
     def start(self) -> None:

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from .errors import VmConfigError
 
-__all__ = ["DeviceInfo", "Disk", "DiskArg", "Vsock"]
+__all__ = ["DeviceInfo", "Disk", "DiskArg", "NetArg", "Tap", "UserNet", "Vsock"]
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class DeviceInfo:
     """A device of the VM, as :attr:`Vm.boot_info` lists it."""
 
     kind: str
-    """``"virtio-blk"`` or ``"virtio-vsock"``."""
+    """``"virtio-blk"``, ``"virtio-net"`` or ``"virtio-vsock"``."""
     mmio_base: int
     """Guest-physical address of its virtio-mmio registers."""
     mmio_len: int
@@ -86,3 +86,57 @@ class Vsock:
     """The guest's context id, 3 to 2**32 - 2."""
     uds: Optional[Union[str, os.PathLike[str]]] = None
     """Where the VMM listens for host connections (must not exist yet)."""
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A virtio-net device on a TAP interface of the host (``eth0`` in the guest for the first).
+
+    The TAP is opened by ``name`` and created if it does not exist and this process may
+    (``CAP_NET_ADMIN``); otherwise create it beforehand with ``ip tuntap add dev NAME mode tap
+    user $USER``. Checksum and segmentation offloads pass through when the guest takes them.
+    ``mac``: the guest's MAC address (random locally administered when ``None``).
+    """
+
+    name: str
+    mac: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class UserNet:
+    """A virtio-net device with user-mode networking through passt: no root needed.
+
+    The guest gets an address by DHCP and reaches the host's services and the outside
+    through the host's own sockets; ``forward={8080: 80}`` makes the host's TCP port 8080
+    reach the guest's port 80. Needs ``passt`` (Debian: ``apt-get install passt``).
+    """
+
+    forward: Optional[dict[int, int]] = None
+    mac: Optional[str] = None
+
+
+NetArg = Union[Tap, UserNet]
+"""What ``Vm(net=[...])`` takes."""
+
+
+def net_tuples(net: object) -> list[tuple[str, str, Optional[str], list[tuple[int, int]]]]:
+    """Turn ``net`` into what the native layer takes; type errors name ``net[i]``."""
+    if isinstance(net, (str, bytes, Tap, UserNet)) or not hasattr(net, "__iter__"):
+        raise VmConfigError(f"invalid net={net!r}: expected a list of Tap or UserNet objects")
+    out = []
+    for i, dev in enumerate(net):
+        if isinstance(dev, Tap):
+            if not isinstance(dev.name, str):
+                raise VmConfigError(f"invalid net[{i}].name={dev.name!r}: expected a str")
+            kind, name, forward = "tap", dev.name, []
+        elif isinstance(dev, UserNet):
+            pairs = dict(dev.forward or {})
+            if not all(isinstance(p, int) and not isinstance(p, bool) for kv in pairs.items() for p in kv):
+                raise VmConfigError(f"invalid net[{i}].forward={dev.forward!r}: expected {{host port: guest port}}")
+            kind, name, forward = "user", "", sorted(pairs.items())
+        else:
+            raise VmConfigError(f"invalid net[{i}]={dev!r}: expected a Tap or a UserNet")
+        if dev.mac is not None and not isinstance(dev.mac, str):
+            raise VmConfigError(f"invalid net[{i}].mac={dev.mac!r}: expected a str like 06:00:ac:10:00:02")
+        out.append((kind, name, dev.mac, forward))
+    return out

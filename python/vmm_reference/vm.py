@@ -13,7 +13,7 @@ from types import TracebackType
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
-from .devices import DeviceInfo, DiskArg, Vsock, disk_tuples
+from .devices import DeviceInfo, DiskArg, NetArg, Vsock, disk_tuples, net_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 from .vsock import VsockEndpoint
@@ -247,6 +247,10 @@ class Vm:
             ACPI (``acpi=True``), then ``virtio_blk`` serves them. With ``acpi=False`` the
             command line names them instead (``virtio_mmio.device=4K@0xd0010000:5``), for
             kernels built with ``CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES``.
+        net: network devices (virtio-net), each a :class:`~vmm_reference.Tap` (a TAP
+            interface of the host) or a :class:`~vmm_reference.UserNet` (user-mode networking
+            through passt, no root); the guest needs ``virtio_net`` (the asset initramfs
+            loads it).
         vsock: ``True`` for a virtio-vsock device with guest CID 3 and its host socket in a
             private temporary directory, or a :class:`~vmm_reference.Vsock` (``cid``,
             ``uds``); :attr:`vsock` then connects to the guest's ports and listens for its
@@ -269,6 +273,7 @@ class Vm:
         console_limit: int = _native.DEFAULT_CONSOLE_LIMIT,
         acpi: bool = True,
         disks: Sequence[DiskArg] = (),
+        net: Sequence[NetArg] = (),
         vsock: Union[bool, Vsock, None] = None,
     ) -> None:
         if not isinstance(cmdline, str):
@@ -276,6 +281,7 @@ class Vm:
         kernel_path = _check_path("kernel", kernel)
         assert kernel_path is not None
         disk_list = disk_tuples(disks)
+        net_list = net_tuples(net)
         endpoint = resolve_vsock(vsock)
         try:
             self._native = _native.NativeVm(
@@ -288,6 +294,7 @@ class Vm:
                 console_limit=_check_int("console_limit", console_limit, 0, 2**62),
                 acpi=bool(acpi),
                 disks=disk_list,
+                net=net_list,
                 vsock=None if endpoint is None else (endpoint.cid, endpoint.uds),
             )
         except BaseException:

@@ -14,6 +14,7 @@
 pub mod block;
 pub mod bufs;
 pub mod mmio;
+pub mod net;
 pub mod vsock;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
