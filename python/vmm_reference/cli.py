@@ -4,7 +4,8 @@ The syntax is the original vmm-reference's::
 
     vmm-reference --memory mem_size_mib=1024 --vcpus num_vcpus=1 \\
         --kernel path=/path/to/vmlinux,himem_start=1048576,cmdline="console=ttyS0 pci=off" \\
-        --blk path=/path/to/rootfs.ext4 --blk path=/path/to/data.img,read_only=on
+        --blk path=/path/to/rootfs.ext4 --blk path=/path/to/data.img,read_only=on \\
+        --net tap=tap0,mac=06:00:ac:10:00:02 --net user,forward=8080:80
 
 Each option takes comma-separated ``key=value`` pairs. An empty value means the default; an
 unknown key is an error. The guest's console goes to stdout and stdin goes to the guest
@@ -24,14 +25,16 @@ import threading
 from typing import Callable, Optional, TextIO
 
 from . import __version__
-from .devices import Disk
+from .devices import Disk, NetArg, Tap, UserNet
 from .errors import VmError
 from .vm import DEFAULT_CMDLINE, Vm
 
-__all__ = ["CliError", "main", "parse_disk", "parse_key_values"]
+__all__ = ["CliError", "main", "parse_disk", "parse_key_values", "parse_net"]
 
 _KERNEL_KEYS = ("path", "himem_start", "cmdline", "initrd")
 _BLK_KEYS = ("path", "read_only", "serial")
+_TAP_KEYS = ("tap", "mac")
+_USER_KEYS = ("forward", "mac")
 _BOOLS = {"on": True, "true": True, "off": False, "false": False}
 _CTRL_A = 0x01
 
@@ -101,8 +104,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--blk", action="append", default=[], metavar="path=PATH[,read_only=on][,serial=S]",
                    help="a raw disk image as a virtio-blk device (repeatable: /dev/vda, /dev/vdb, ... in "
                         "order); read_only: on/off/true/false (default off); serial: at most 20 characters")
+    p.add_argument("--net", action="append", default=[], metavar="tap=NAME[,mac=MAC] | user[,forward=H:G]",
+                   help="a virtio-net device (repeatable: eth0, eth1, ... in order): a host TAP interface (opened, "
+                        "or created with CAP_NET_ADMIN), or user-mode networking through passt (no root; forward "
+                        "host TCP ports to the guest with forward=8080:80, several joined by +)")
     p.add_argument("--version", action="version", version=f"vmm-reference {__version__}")
     return p
+
+
+def parse_net(text: str) -> NetArg:
+    """Parse a ``--net`` value: ``tap=NAME[,mac=MAC]`` or ``user[,forward=HOST:GUEST[+HOST:GUEST...]][,mac=MAC]``."""
+    if text == "user" or text.startswith("user,"):
+        opts = parse_key_values("net", text[len("user,"):] if text != "user" else "", _USER_KEYS)
+        forward: dict[int, int] = {}
+        for pair in filter(None, opts.get("forward", "").split("+")):
+            host, sep, guest = pair.partition(":")
+            if not sep or not host.isdigit() or not guest.isdigit():
+                raise CliError(f"--net: invalid forward={pair!r}: expected HOST_PORT:GUEST_PORT (e.g. 8080:80)")
+            forward[int(host)] = int(guest)
+        return UserNet(forward=forward, mac=opts.get("mac"))
+    opts = parse_key_values("net", text, _TAP_KEYS)
+    if "tap" not in opts:
+        raise CliError("--net: expected tap=NAME[,mac=MAC] or user[,forward=HOST:GUEST]")
+    return Tap(opts["tap"], mac=opts.get("mac"))
 
 
 def parse_disk(text: str) -> Disk:
@@ -130,6 +154,7 @@ def _build_vm(args: argparse.Namespace) -> Vm:
         himem_start=_int("kernel", "himem_start", kernel.get("himem_start", "1048576")),
         initrd=kernel.get("initrd"),
         disks=[parse_disk(text) for text in args.blk],
+        net=[parse_net(text) for text in args.net],
     )
 
 
