@@ -149,6 +149,8 @@ pub struct Vsock {
     /// Connections that may have data for the guest, in turn.
     ready: VecDeque<Key>,
     watch: Vec<Watch>,
+    /// Sockets of removed connections, closed after `watch` is applied.
+    closing: Vec<UnixStream>,
 }
 
 impl Vsock {
@@ -169,6 +171,7 @@ impl Vsock {
             pending: VecDeque::new(),
             ready: VecDeque::new(),
             watch: Vec::new(),
+            closing: Vec::new(),
         })
     }
 
@@ -224,9 +227,9 @@ impl Vsock {
         if let Some(c) = self.conns.remove(&key) {
             self.tokens.remove(&c.token);
             self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
-            // `c.stream` closes here, after the event loop was told to forget its fd (the
-            // handler applies that before anything can reuse the number).
-            drop(c);
+            // Closed only once the event loop has forgotten the fd: closed earlier, its number
+            // could come back for a new socket in the same round and be forgotten instead.
+            self.closing.push(c.stream);
         }
     }
 
@@ -816,6 +819,7 @@ impl VsockHandler {
                 }
             }
         }
+        device.closing.clear();
     }
 }
 
