@@ -197,3 +197,25 @@ def test_cache_list_verify_and_clear(tmp_path):
     assert assets.clear(tmp_path) > 0
     assert [p.name for p in tmp_path.iterdir()] == [".lock"]
     assert assets.main(["verify", "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_initramfs_and_rootfs_carry_and_start_the_guest_agent(guest_assets):
+    entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
+    assert entries["sbin/vmm-agent"] == (0o100755, guest_assets.agent.read_bytes())
+    loaded = [name.split("-", 1)[1] for name in sorted(entries) if name.startswith("lib/vmm/") and name.endswith(".ko")]
+    order = ["virtio_mmio.ko", "vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"]
+    assert [loaded.index(m) for m in order] == sorted(loaded.index(m) for m in order), loaded
+    for init in (entries["init"][1].decode(), assets._ROOTFS_INIT):
+        assert init.index("/sbin/vmm-agent") < init.index("READY")
+    try:
+        debugfs = e2fsprogs_command("debugfs")
+    except AssetError as e:
+        pytest.skip(str(e))
+    done = subprocess.run([*debugfs, "-R", "cat /sbin/vmm-agent", str(guest_assets.rootfs)], capture_output=True,
+                          check=True)
+    assert done.stdout == guest_assets.agent.read_bytes()
+
+
+def test_assets_agent_prints_the_agent_path(guest_assets, capsys):
+    assert assets.main(["agent"]) == 0
+    assert capsys.readouterr().out.strip() == str(guest_assets.agent)

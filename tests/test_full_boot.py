@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from vmm_reference import Disk, Vm
+from vmm_reference import Disk, Vm, VmAgentError, VmTimeoutError
 from vmm_reference.assets import (
     GUEST_DONE_MARKER,
     GUEST_POWER_BUTTON_MARKER,
@@ -271,3 +271,99 @@ def test_two_disks_appear_in_order_with_serials_and_sizes(vm_factory, guest_asse
         assert m.groups() == (serial, str(sizes[path] // 512), ro)
     vm.write("reboot -f\n")
     assert vm.wait(timeout=60).reason == "reset"
+
+
+# The guest agent (vmm-agent, started by the initramfs) over vsock: vm.run, copies, the CLI.
+
+
+@pytest.fixture
+def agent_vm(vm_factory, guest_assets):
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    cmdline="reboot=k panic=-1 quiet", vsock=True)
+    vm.start()
+    vm.wait_ready(timeout=120)
+    return vm
+
+
+def test_agent_runs_commands_with_their_codes_and_output(agent_vm):
+    vm = agent_vm
+    assert [vm.run(cmd).returncode for cmd in ("true", "false", "no-such-command")] == [0, 1, 127]
+    assert vm.run(["/no/such/program"]).returncode == 127
+    assert vm.run("kill -KILL $$").returncode == -9
+    assert vm.run(["sh", "-c", "kill -TERM $$"]).returncode == -15
+    r = vm.run("echo out; echo err >&2; echo out2; exit 3")
+    assert (r.returncode, r.stdout, r.stderr) == (3, b"out\nout2\n", b"err\n")
+    assert vm.run(["uname", "-r"], text=True).stdout.strip() == vm.run("uname -r", text=True).stdout.strip()
+    data = os.urandom((1 << 20) + 3)
+    assert vm.run("sha256sum", input=data).stdout.split()[0].decode() == sha256(data)
+    r = vm.run('echo "$GREETING from $(pwd)"', env={"GREETING": "hello"}, cwd="/proc", text=True)
+    assert r.stdout == "hello from /proc\n"
+    with pytest.raises(subprocess.CalledProcessError):
+        vm.run("exit 2", check=True)
+    import asyncio
+
+    assert asyncio.run(vm.run_async("echo async")).stdout == b"async\n"
+
+
+def test_agent_streams_64_mib_of_output(agent_vm):
+    size = 64 << 20
+    # $PPID is the agent's handler for this connection: its peak RSS after streaming it all.
+    r = agent_vm.run(f"head -c {size} /dev/zero; grep VmHWM /proc/$PPID/status >&2", timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == size and r.stdout.count(0) == size
+    assert int(r.stderr.split()[1]) < 16 * 1024, r.stderr  # kB
+
+
+def test_agent_timeout_kills_the_command_and_keeps_partial_output(agent_vm):
+    vm = agent_vm
+    with pytest.raises(VmTimeoutError) as e:
+        vm.run("echo partial; echo err >&2; exec sleep 1234", timeout=3)
+    assert (e.value.stdout, e.value.stderr) == (b"partial\n", b"err\n")
+    assert "sleep 1234" not in vm.run("ps", text=True).stdout  # (the init's own loop sleeps 3600)
+
+
+def test_agent_copies_32_mib_both_ways(agent_vm, tmp_path):
+    vm = agent_vm
+    src = tmp_path / "blob"
+    src.write_bytes(os.urandom(32 << 20))
+    src.chmod(0o640)
+    vm.copy_to(src, "/tmp/blob", timeout=900)
+    r = vm.run("sha256sum /tmp/blob; stat -c %a /tmp/blob", text=True)
+    assert r.stdout.split() == [sha256(src.read_bytes()), "/tmp/blob", "640"]
+    vm.run("cp /tmp/blob /tmp/blob2 && chmod 604 /tmp/blob2", check=True)
+    back = tmp_path / "back"
+    vm.copy_from("/tmp/blob2", back, timeout=900)
+    assert sha256(back.read_bytes()) == sha256(src.read_bytes())
+    assert back.stat().st_mode & 0o777 == 0o604
+    with pytest.raises(VmAgentError, match="/no/such/file: No such file or directory"):
+        vm.copy_from("/no/such/file", tmp_path / "x")
+
+
+def test_agent_guest_powers_off_on_stop(agent_vm):
+    # With a vsock device the init serves the agent until the power button, instead of rebooting.
+    assert agent_vm.stop(timeout=60).reason == "poweroff"
+    assert GUEST_DONE_MARKER not in agent_vm.console_log
+
+
+def test_agent_runs_in_the_rootfs_too(vm_factory, guest_assets, tmp_path):
+    rootfs = tmp_path / "rootfs.ext4"
+    shutil.copyfile(guest_assets.rootfs, rootfs)
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd, disks=[rootfs],
+                    cmdline="reboot=k panic=-1 quiet root=/dev/vda", vsock=True)
+    vm.start()
+    vm.wait_ready(timeout=120)
+    assert ROOTFS_READY_MARKER in vm.console_log
+    assert vm.run("cat /etc/hostname; grep ' / ' /proc/mounts", text=True).stdout.split()[:2] == [
+        "vmm-reference", "/dev/vda"]
+
+
+def test_cli_runs_a_command_and_exits_with_its_code(guest_assets):
+    kernel = f"path={guest_assets.vmlinux},initrd={guest_assets.initrd},cmdline=reboot=k panic=-1 quiet"
+    r = subprocess.run([sys.executable, "-m", "vmm_reference", "--kernel", kernel, "--",
+                        "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout) == (3, "to-stdout\n"), r.stderr
+    assert "to-stderr\n" in r.stderr and GUEST_READY_MARKER not in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "vmm_reference", "--kernel", kernel, "--", "uname", "-r"],
+                       capture_output=True, text=True, timeout=300, input="")
+    assert (r.returncode, r.stdout) == (0, f"{guest_assets.modules.name}\n"), r.stderr

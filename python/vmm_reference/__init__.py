@@ -14,6 +14,7 @@ from . import _native
 from .devices import DeviceInfo, Disk, Tap, UserNet, Vsock
 from .errors import (
     KvmUnavailableError,
+    VmAgentError,
     VmConfigError,
     VmError,
     VmFileNotFoundError,
@@ -39,6 +40,7 @@ __all__ = [
     "Tap",
     "UserNet",
     "Vm",
+    "VmAgentError",
     "VmConfigError",
     "VmError",
     "VmExitedError",

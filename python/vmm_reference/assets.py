@@ -42,9 +42,11 @@ __all__ = [
     "GUEST_READY_MARKER",
     "GUEST_ROOT_FAILED_MARKER",
     "ROOTFS_READY_MARKER",
+    "AGENT_SOURCE_DIR",
     "AssetError",
     "GuestAssets",
     "LabAssets",
+    "build_agent",
     "cache_dir",
     "e2fsprogs_command",
     "fetch_guest",
@@ -74,9 +76,31 @@ ROOT_WAIT_SECONDS = 5
 # Kernel modules the initramfs loads, each after the modules it depends on (read from the
 # modules themselves: the package has no modules.dep): the ACPI power button and the input
 # device acpid reads; virtio-mmio (which finds the VMM's disks through the DSDT) and
-# virtio-blk; ext4 and its dependencies where they are not built in (Debian's cloud kernel
-# has ext4 built in, virtio as modules). Names missing from a kernel are left out.
-_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_blk", "ext4"]
+# virtio-blk and virtio-net; ext4 and its dependencies where they are not built in (Debian's cloud kernel
+# has ext4 built in, virtio as modules); vsock and its virtio transport, for the guest agent.
+# Names missing from a kernel are left out.
+_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_blk", "virtio_net", "ext4", "vsock",
+                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+
+#: Where the guest agent's sources are: in the package (``vmm_reference/guest_agent``), so an
+#: installed wheel can build it too.
+AGENT_SOURCE_DIR = Path(__file__).resolve().parent / "guest_agent"
+
+#: How the agent is compiled: static, so that it runs whatever libc the guest has (or none).
+AGENT_CFLAGS = ["-static", "-O2", "-Wall", "-Wextra"]
+
+# Both inits start the guest agent (vmm-agent, on vsock port 52) before their ready line.
+# With a virtio-vsock device (virtio device id 0x0013), the default init then waits, serving
+# the agent, until the guest is powered off (the ACPI power button: ``vm.stop()``), instead
+# of rebooting at once; ``vmm.init=shell`` gives the shell as before.
+_AGENT_START = "[ -x /sbin/vmm-agent ] && /sbin/vmm-agent >/dev/null 2>&1 &"
+_AGENT_WAIT = """if [ "$mode" != shell ] && grep -qx 0x0013 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+  while :; do sleep 3600; done
+fi"""
+_MODE = """mode=
+case " $(cat /proc/cmdline) " in
+  *" vmm.init=shell "*) mode=shell ;;
+esac"""
 
 _INIT_SCRIPT = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -117,10 +141,11 @@ if [ -n "$root" ]; then
   fi
 fi
 acpid -d -c /etc/acpi >/dev/null 2>&1 &
+{_AGENT_START}
 echo "{GUEST_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
-case " $(cat /proc/cmdline) " in
-  *" vmm.init=shell "*) setsid cttyhack sh ;;
-esac
+{_MODE}
+[ "$mode" = shell ] && setsid cttyhack sh
+{_AGENT_WAIT}
 echo "{GUEST_DONE_MARKER}"
 reboot -f
 """
@@ -136,10 +161,11 @@ export PATH=/sbin:/usr/sbin:/bin:/usr/bin
 mount -t tmpfs tmp /tmp
 mount -t tmpfs run /run
 acpid -d -c /etc/acpi >/dev/null 2>&1 &
+{_AGENT_START}
 echo "{ROOTFS_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
-case " $(cat /proc/cmdline) " in
-  *" vmm.init=shell "*) setsid cttyhack sh ;;
-esac
+{_MODE}
+[ "$mode" = shell ] && setsid cttyhack sh
+{_AGENT_WAIT}
 echo "{GUEST_DONE_MARKER}"
 sync
 mount -o remount,ro / 2>/dev/null
@@ -183,6 +209,8 @@ class GuestAssets:
     Boot it with ``root=/dev/vda`` on the command line and :attr:`initrd`, which loads the
     virtio modules and switches to it. Give the VM a copy: the guest writes to its disks.
     """
+    agent: Path
+    """The guest agent (``vmm-agent``, static), which the initramfs and the root filesystem hold as /sbin/vmm-agent."""
 
 
 @dataclass(frozen=True)
@@ -363,10 +391,16 @@ def _cached_guest(base: Path) -> GuestAssets:
     rootfses = sorted(initrds[-1].parent.glob("rootfs-*.ext4"), key=lambda p: p.stat().st_mtime)
     if not rootfses:
         raise missing
+    agent = _agent_path(base)
+    if not agent.exists():
+        agents = sorted(base.glob("vmm-agent-*/vmm-agent"), key=lambda p: p.stat().st_mtime)
+        if not agents:
+            raise missing
+        agent = agents[-1]
     package, _, version = root.name.partition("_")
     return GuestAssets(
         package, version, root / "vmlinux", bzimage, modules, initrds[-1], initrds[-1].parent / "busybox",
-        rootfses[-1],
+        rootfses[-1], agent,
     )
 
 
@@ -381,24 +415,27 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
         vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
         vmlinux.with_suffix(".tmp").replace(vmlinux)
     busybox = _busybox(base)
+    agent = _build_agent(base)
     modules_used = module_load_order(modules, _GUEST_MODULES)
-    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode()
+    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + agent.parent.name.encode()
                             + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
     initrd = busybox.parent / f"initramfs-{_safe(modules.name)}-{recipe}.cpio.gz"
     if not initrd.exists():
         d = stat.S_IFDIR | 0o755
         extra = [CpioEntry("lib", d), CpioEntry("lib/vmm", d), CpioEntry("etc/acpi", d),
                  CpioEntry("etc/acpi/PWRF", d),
-                 CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode())]
+                 CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode()),
+                 CpioEntry("sbin", d), CpioEntry("sbin/vmm-agent", stat.S_IFREG | 0o755, agent.read_bytes())]
         # Numbered so that the init's glob (/lib/vmm/*.ko) loads them in this order.
         extra += [CpioEntry(f"lib/vmm/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
                   for i, m in enumerate(modules_used)]
         _say(f"building {initrd.name}")
         build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
-    rootfs = _rootfs(base, busybox)
-    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox, rootfs)
+    rootfs = _rootfs(base, busybox, agent)
+    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox, rootfs, agent)
     recorded = (busybox.parent / MANIFEST).read_text() if (busybox.parent / MANIFEST).exists() else ""
-    if not (root / MANIFEST).exists() or initrd.name not in recorded or rootfs.name not in recorded:
+    if (not (root / MANIFEST).exists() or initrd.name not in recorded or rootfs.name not in recorded
+            or not (agent.parent / MANIFEST).exists()):
         record_manifests(assets)
     return assets
 
@@ -486,13 +523,13 @@ def module_load_order(modules: Path, names: list[str]) -> list[Path]:
     return order
 
 
-def _rootfs(base: Path, busybox: Path) -> Path:
+def _rootfs(base: Path, busybox: Path, agent: Path) -> Path:
     """Build (once) the ext4 root filesystem image beside ``busybox``; return its path.
 
     Keyed like the initramfs: by busybox's version (its directory) and a hash of the recipe
-    (the image's /sbin/init, the power-button script and the size).
+    (the image's /sbin/init, the power-button script, the agent's build and the size).
     """
-    recipe = hashlib.sha256(_ROOTFS_INIT.encode() + _POWER_BUTTON_SCRIPT.encode()
+    recipe = hashlib.sha256(_ROOTFS_INIT.encode() + _POWER_BUTTON_SCRIPT.encode() + agent.parent.name.encode()
                             + str(ROOTFS_SIZE_MIB).encode()).hexdigest()[:12]
     image = busybox.parent / f"rootfs-{recipe}.ext4"
     if image.exists():
@@ -519,11 +556,63 @@ def _rootfs(base: Path, busybox: Path) -> Path:
             (tree / path).write_text(text)
             (tree / path).chmod(0o755)
         (tree / "etc" / "hostname").write_text("vmm-reference\n")
+        shutil.copyfile(agent, tree / "sbin" / "vmm-agent")
+        (tree / "sbin" / "vmm-agent").chmod(0o755)
         (tree / "var" / "run").symlink_to("../run")
         partial = Path(tmp) / image.name
         _run([*mkfs, "-q", "-t", "ext4", "-L", "rootfs", "-d", str(tree), "-F", str(partial), f"{ROOTFS_SIZE_MIB}M"])
         partial.replace(image)
     return image
+
+
+def _agent_sources() -> list[Path]:
+    sources = sorted(p for p in AGENT_SOURCE_DIR.glob("*") if p.suffix in (".c", ".h")) \
+        if AGENT_SOURCE_DIR.is_dir() else []
+    if not any(p.suffix == ".c" for p in sources):
+        raise AssetError(f"the guest agent's sources are missing from {AGENT_SOURCE_DIR} (part of the "
+                         "vmm_reference package: reinstall it)")
+    return sources
+
+
+def _agent_path(base: Path) -> Path:
+    """Where the agent built from the current sources lives in the cache (keyed by their hash and the flags)."""
+    digest = hashlib.sha256(" ".join(AGENT_CFLAGS).encode())
+    for source in _agent_sources():
+        digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    return base / f"vmm-agent-{digest.hexdigest()[:12]}" / "vmm-agent"
+
+
+def _build_agent(base: Path) -> Path:
+    """Compile the guest agent with ``gcc -static`` into the cache, once per version of its sources."""
+    out = _agent_path(base)
+    if out.exists():
+        return out
+    gcc = shutil.which(os.environ.get("CC", "gcc"))
+    if not gcc:
+        raise AssetError("gcc is needed to build the guest agent (vmm_reference/guest_agent/agent.c; "
+                         "Debian: apt-get install gcc libc6-dev)")
+    _say(f"building the guest agent {out.parent.name} (gcc -static)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_suffix(".tmp")
+    sources = [str(p) for p in _agent_sources() if p.suffix == ".c"]
+    _run([gcc, *AGENT_CFLAGS, "-o", str(partial), *sources])
+    partial.replace(out)
+    return out
+
+
+def build_agent(cache: Optional[Union[str, Path]] = None) -> Path:
+    """Build the guest agent ``vmm-agent`` (cached, keyed by a hash of its sources) and return its path.
+
+    It is a static x86-64 binary: copy it into any guest and start it early (docs/guide.md),
+    or run it on the host with ``--listen-unix PATH`` to talk to it over a UNIX socket. Needs
+    gcc and the static C library (Debian: ``gcc``, which brings ``libc6-dev``).
+    """
+    base = cache_dir(cache)
+    out = _agent_path(base)
+    if out.exists():
+        return out
+    with _cache_lock(cache):
+        return _build_agent(base)
 
 
 def _find_tool(tool: str) -> Optional[str]:
@@ -659,6 +748,7 @@ def record_manifests(assets: GuestAssets) -> None:
     root = assets.vmlinux.parent
     _record(root, [assets.vmlinux, assets.bzimage])
     _record(assets.busybox.parent, [assets.busybox, assets.initrd, assets.rootfs])
+    _record(assets.agent.parent, [assets.agent])
 
 
 def verify(cache: Optional[Union[str, Path]] = None) -> list[str]:
@@ -683,7 +773,7 @@ def listing(cache: Optional[Union[str, Path]] = None) -> list[tuple[str, int, bo
         if not entry.is_dir():
             continue
         size = sum(f.stat().st_size for f in entry.rglob("*") if f.is_file() and not f.is_symlink())
-        complete = (entry / ".complete").exists() or (entry / "busybox").exists()
+        complete = (entry / ".complete").exists() or (entry / "busybox").exists() or (entry / "vmm-agent").exists()
         rows.append((entry.name, size, complete))
     return rows
 
@@ -709,9 +799,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         description="Fetch Debian's cloud kernel and busybox into the cache and build a bootable initramfs "
                     "and an ext4 root filesystem image; or list, verify or clear the cache.",
     )
-    parser.add_argument("action", nargs="?", default="fetch", choices=["fetch", "list", "verify", "clear"],
-                        help="fetch (the default) and print the paths; list the cache's entries; verify the "
-                             "built files' sha256 against their manifests; clear the cache")
+    parser.add_argument("action", nargs="?", default="fetch", choices=["fetch", "agent", "list", "verify", "clear"],
+                        help="fetch (the default) and print the paths; agent: build the guest agent and print "
+                             "its path; list the cache's entries; verify the built files' sha256 against their "
+                             "manifests; clear the cache")
     parser.add_argument("--cache-dir", help="cache directory (default: $VMM_REFERENCE_CACHE or "
                         "~/.cache/vmm-reference)")
     parser.add_argument("--lab", action="store_true", help="also fetch the nested-KVM lab's generic kernel")
@@ -732,6 +823,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 1 if problems else 0
     if args.action == "clear":
         print(f"freed {clear(args.cache_dir) / (1 << 20):.1f} MiB from {cache_dir(args.cache_dir)}")
+        return 0
+    if args.action == "agent":
+        try:
+            print(build_agent(args.cache_dir))
+        except AssetError as e:
+            print(f"vmm_reference.assets: {e}", file=sys.stderr)
+            return 1
         return 0
     try:
         result: dict[str, object] = {"guest": asdict(fetch_guest(args.cache_dir))}

@@ -22,7 +22,7 @@ import re
 import select
 import sys
 import threading
-from typing import Callable, Optional, TextIO
+from typing import BinaryIO, Callable, Optional, TextIO
 
 from . import __version__
 from .devices import Disk, NetArg, Tap, UserNet
@@ -88,7 +88,10 @@ def _parser() -> argparse.ArgumentParser:
         description="Boot a Linux kernel on KVM with its serial console on this terminal.",
         epilog="Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset "
                "or shut down the machine; the guest's code when it wrote one to the exit device (0xd0000000); "
-               "1 when the VM failed, panicked or was killed; 2 on a usage error.",
+               "1 when the VM failed, panicked or was killed; 2 on a usage error.\n\n"
+               "vmm-reference OPTIONS -- COMMAND [ARG...] runs COMMAND in the guest through its agent "
+               "(vmm-agent, started by the asset initramfs) instead: its output on ours, the console hidden "
+               "(--console shows it on stderr), the guest powered off after it, and its exit status ours.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--memory", default="", metavar="mem_size_mib=N",
@@ -108,6 +111,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="a virtio-net device (repeatable: eth0, eth1, ... in order): a host TAP interface (opened, "
                         "or created with CAP_NET_ADMIN), or user-mode networking through passt (no root; forward "
                         "host TCP ports to the guest with forward=8080:80, several joined by +)")
+    p.add_argument("--console", action="store_true",
+                   help="with -- COMMAND: copy the guest's console to stderr (it is hidden by default)")
+    p.add_argument("--ready-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="with -- COMMAND: how long to wait for the guest agent after boot (default 120)")
     p.add_argument("--version", action="version", version=f"vmm-reference {__version__}")
     return p
 
@@ -155,6 +162,7 @@ def _build_vm(args: argparse.Namespace) -> Vm:
         initrd=kernel.get("initrd"),
         disks=[parse_disk(text) for text in args.blk],
         net=[parse_net(text) for text in args.net],
+        vsock=True if getattr(args, "command", None) else None,
     )
 
 
@@ -251,15 +259,91 @@ def _run(vm: Vm, stdout: TextIO) -> int:
     return 1
 
 
+def _run_command(vm: Vm, command: list[str], console: bool, ready_timeout: float) -> int:
+    """Boot, run ``command`` through the guest agent with its output on ours, power off; return its code."""
+    from .agent import argv_of
+
+    stop = threading.Event()
+    echo: Optional[threading.Thread] = None
+    err = sys.stderr.buffer if hasattr(sys.stderr, "buffer") else None
+    out = sys.stdout.buffer if hasattr(sys.stdout, "buffer") else None
+
+    def copy_console() -> None:
+        while not stop.is_set():
+            data = vm.serial.read(timeout=0.2)
+            if data and err is not None:
+                err.write(data)
+                err.flush()
+            elif vm.serial.at_eof:
+                return
+
+    def writer(stream: Optional[BinaryIO], text: TextIO) -> Callable[[bytes], None]:
+        def write(data: bytes) -> None:
+            if stream is not None:
+                stream.write(data)
+                stream.flush()
+            else:
+                text.write(data.decode("utf-8", errors="replace"))
+                text.flush()
+        return write
+
+    stdin: Optional[BinaryIO] = None
+    try:
+        if not os.isatty(sys.stdin.fileno()):
+            stdin = sys.stdin.buffer
+    except (OSError, ValueError, AttributeError):
+        stdin = None
+    try:
+        vm.start()
+        if console:
+            echo = threading.Thread(target=copy_console, name="vmm-console", daemon=True)
+            echo.start()
+        try:
+            vm.wait_ready(timeout=ready_timeout)
+        except VmError as e:
+            print(f"vmm-reference: the guest agent did not answer: {e}", file=sys.stderr)
+            return 1
+        with vm._agent_client("the command") as client:
+            code: int = client.exec(argv_of(command), input=stdin, stdout=writer(out, sys.stdout),
+                                    stderr=writer(err, sys.stderr))
+    finally:
+        try:
+            vm.stop(timeout=30)
+        finally:
+            stop.set()
+            if echo is not None:
+                echo.join(timeout=1)
+            vm.close()
+    return code if code >= 0 else 128 - code
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the ``vmm-reference`` command."""
+    """Entry point of the ``vmm-reference`` command.
+
+    Everything after ``--`` is a command to run in the guest instead of attaching the
+    terminal to its console: the VM gets a vsock device, the command runs through the guest
+    agent (``vmm-agent``, which the asset initramfs starts) with its stdout and stderr on
+    ours (and our stdin, unless it is a terminal), the guest is powered off, and the exit
+    status is the command's (128+N when signal N killed it).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        at = argv.index("--")
+        argv, command = argv[:at], argv[at + 1:]
+        if not command:
+            print("vmm-reference: error: expected a command after --", file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
+    args.command = command
     try:
         vm = _build_vm(args)
     except (CliError, VmError) as e:
         print(f"vmm-reference: error: {e}", file=sys.stderr)
         return 2 if isinstance(e, CliError) else 1
     try:
+        if command:
+            return _run_command(vm, command, args.console, args.ready_timeout)
         return _run(vm, sys.stdout)
     except KeyboardInterrupt:
         vm.close()

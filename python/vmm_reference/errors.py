@@ -7,8 +7,11 @@ and what is accepted.
 
 from __future__ import annotations
 
+from typing import Union
+
 __all__ = [
     "KvmUnavailableError",
+    "VmAgentError",
     "VmConfigError",
     "VmError",
     "VmFileNotFoundError",
@@ -43,4 +46,17 @@ class VmStateError(VmError, RuntimeError):
 
 
 class VmTimeoutError(VmError, TimeoutError):
-    """A wait ran out of time; the message shows the last console lines."""
+    """A wait ran out of time; the message shows the last console lines.
+
+    When :meth:`Vm.run <vmm_reference.Vm.run>` times out, :attr:`stdout` and :attr:`stderr`
+    hold what the command printed until then (bytes, or str with ``text=True``).
+    """
+
+    stdout: Union[bytes, str, None] = None
+    """What the command wrote to its stdout before the timeout (:meth:`Vm.run <vmm_reference.Vm.run>`)."""
+    stderr: Union[bytes, str, None] = None
+    """What the command wrote to its stderr before the timeout."""
+
+
+class VmAgentError(VmError):
+    """The guest agent (``vmm-agent``) is not there, failed a request, or broke the connection."""

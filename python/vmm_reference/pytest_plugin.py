@@ -3,7 +3,10 @@
 Fixtures:
 
 - ``vm``: one started VM from the configured kernel and initrd (Debian's cloud kernel and the
-  busybox initramfs unless ``--vmm-kernel`` says otherwise), killed at teardown.
+  busybox initramfs unless ``--vmm-kernel`` says otherwise), killed at teardown. It has a
+  vsock device (``vsock=True``; ``@pytest.mark.vm(vsock=None)`` leaves it out), so that
+  ``vm.wait_ready()`` then ``vm.run(...)``, ``vm.copy_to(...)`` and ``vm.copy_from(...)``
+  reach the guest agent the busybox initramfs starts.
   ``@pytest.mark.vm(memory_mib=..., vcpus=..., cmdline=..., ...)`` sets its ``Vm`` arguments;
   several such markers on one test run it once per marker.
 - ``vm_factory``: call it like :class:`~vmm_reference.Vm` (defaults from the options below);
@@ -168,7 +171,10 @@ def vm_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
 
 @pytest.fixture
 def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
-    """One started VM: ``--vmm-kernel``/``--vmm-initrd`` (or the Debian guest), ``@pytest.mark.vm`` arguments."""
+    """One started VM: ``--vmm-kernel``/``--vmm-initrd`` (or the Debian guest), ``@pytest.mark.vm`` arguments.
+
+    It has a vsock device unless the marker says ``vsock=None`` (or ``False``), for :meth:`Vm.run`.
+    """
     kwargs: dict[str, Any] = {}
     marker = request.node.get_closest_marker("vm")
     if hasattr(request, "param"):
@@ -190,6 +196,7 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
         specs = request.config.getoption("vmm_disk") or request.config.getini("vmm_disk")
         if specs:
             kwargs["disks"] = [_disk_option(spec) for spec in specs]
+    kwargs.setdefault("vsock", True)  # for vm.run(), vm.copy_to() and friends (the guest agent)
     machine = vm_factory(**kwargs)
     machine.start()
     return machine
