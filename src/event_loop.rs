@@ -16,6 +16,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::console::Console;
 use crate::devices::serial::{SerialDevice, INPUT_QUEUE_LIMIT};
+use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::pause::{PauseGate, VcpuThreads};
 
@@ -151,6 +152,15 @@ pub struct EventLoop {
     pub threads: Arc<VcpuThreads>,
     /// The devices' handlers (virtio queue notifications), from the device manager.
     pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
+    /// The virtio devices, released once every vCPU has stopped.
+    pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+}
+
+/// Lets every device give back its host resources (TAPs, passt, sockets).
+pub fn release_devices(devices: &[Arc<Mutex<dyn VirtioDevice>>]) {
+    for device in devices {
+        device.lock().unwrap_or_else(|e| e.into_inner()).release();
+    }
 }
 
 /// How long the loop sleeps in epoll between checks of the stop flag, as a safety net.
@@ -174,6 +184,7 @@ impl EventLoop {
             ));
         }
         self.stop_vcpus();
+        release_devices(&self.devices);
         let status = self.exit.status().unwrap_or_else(|| {
             ExitStatus::with_detail(ExitReason::Error, "stopped without a reason")
         });

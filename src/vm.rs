@@ -25,6 +25,7 @@ use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::net::{Net, NetCounters};
 use crate::devices::virtio::vsock::Vsock;
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
@@ -79,6 +80,7 @@ pub struct VmStats {
 struct Unstarted {
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
+    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// A virtual machine.
@@ -212,6 +214,7 @@ impl Vm {
             unstarted: Mutex::new(Some(Unstarted {
                 vcpus,
                 subscribers: devices.subscribers,
+                devices: devices.virtio,
             })),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
@@ -275,6 +278,7 @@ impl Vm {
             gate: self.gate.clone(),
             threads: self.threads.clone(),
             subscribers: parts.subscribers,
+            devices: parts.devices,
         };
         let handle = event_loop
             .spawn()
@@ -328,7 +332,8 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if unstarted.is_some() {
+        if let Some(parts) = unstarted {
+            crate::event_loop::release_devices(&parts.devices);
             self.console.close();
             self.finished.set(ExitStatus::new(ExitReason::Killed));
         }

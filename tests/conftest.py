@@ -137,3 +137,150 @@ def parse_blk(log: str) -> BlkReport:
         elif body.startswith("blk bad "):
             r.bad[words[2]] = kv
     return r
+
+
+@dataclass
+class NetReport:
+    """What the probe guest printed in ``probe.net=ping|bad`` mode (its driver is tests/guest/net.c).
+
+    ``dev``: the ``PROBE: net dev=`` line's values (dev, base, gsi, features, mac, status,
+    driver_features, max_pairs, rx_size, tx_size); ``arp``: ``peer_mac`` and ``tries``;
+    ``pings``: one dict per ``PROBE: net ping`` line (seq, reply, ttl); ``udp``: the
+    ``PROBE: net udp`` values (sent, tries, len); ``udp_got``: the received payload (the rest
+    of its line) or None; ``stats``: the last ``PROBE: net stats`` line; ``timeouts``: where
+    it timed out (the word after ``timeout``); ``failed``: the reason after ``PROBE: net
+    failed``; ``bad``: per hostile case of ``probe.net=bad``, its values (``flood`` too);
+    ``survived``: the ``PROBE: net bad survived`` values; ``bench``: a ``PROBE: bench nettx``
+    line's values; ``done``: ``PROBE: net done`` was seen."""
+
+    dev: dict = field(default_factory=dict)
+    arp: dict = field(default_factory=dict)
+    pings: list[dict] = field(default_factory=list)
+    udp: dict = field(default_factory=dict)
+    udp_got: str | None = None
+    stats: dict = field(default_factory=dict)
+    timeouts: list[str] = field(default_factory=list)
+    failed: str | None = None
+    bad: dict[str, dict] = field(default_factory=dict)
+    survived: dict | None = None
+    bench: dict | None = None
+    done: bool = False
+
+
+def parse_net(log: str) -> NetReport:
+    r = NetReport()
+    for line in log.splitlines():
+        if not line.startswith("PROBE: "):
+            continue
+        body = line[len("PROBE: "):]
+        if body.startswith("net udp got="):
+            r.udp_got = body[len("net udp got="):]
+            continue
+        kv = {k: _value(v) for k, v in re.findall(r"(\w+)=(\S*)", body)}
+        words = body.split()
+        if body.startswith("net dev="):
+            r.dev = kv
+        elif body.startswith("net arp "):
+            r.arp = kv
+        elif body.startswith("net ping "):
+            r.pings.append(kv)
+        elif body.startswith("net udp "):
+            r.udp.update(kv)
+        elif body.startswith("net stats "):
+            r.stats = kv
+        elif body.startswith("net timeout "):
+            r.timeouts.append(words[2])
+        elif body.startswith("net failed "):
+            r.failed = words[2]
+        elif body.startswith("net bad survived"):
+            r.survived = kv
+        elif body.startswith("net bad ") and len(words) > 2:
+            r.bad[words[2]] = kv
+        elif body.startswith("bench nettx"):
+            r.bench = kv
+        elif body == "net done":
+            r.done = True
+    return r
+
+
+@dataclass
+class VsockReport:
+    """What the probe guest printed in ``probe.vsock=info|test|bad`` mode (and its vsock benches).
+
+    Each ``PROBE: vsock ...`` line becomes a dict of its ``key=value`` pairs (numbers as ints):
+    ``dev`` (the device line: base, gsi, features, cid, ...), ``out`` (the guest's connection to
+    the host: response, end, and ``got``, the rest of its line: the host's reply), ``refused``,
+    ``listening`` (ports), ``echo`` and ``credit`` (one dict per connection, in the order they
+    closed), ``bad`` (per hostile case of ``probe.vsock=bad``), ``reinit`` (the device set up
+    again after a case), ``survived``, ``stats``, ``timeouts`` (where the probe gave up
+    waiting), ``failed`` (``init=...`` when the driver could not start), ``done`` (the
+    ``END`` command came), ``bench`` (a ``PROBE: bench vsockrx|vsocktx`` line)."""
+
+    dev: dict | None = None
+    out: dict | None = None
+    refused: dict | None = None
+    listening: list[int] = field(default_factory=list)
+    echo: list[dict] = field(default_factory=list)
+    credit: list[dict] = field(default_factory=list)
+    bad: dict[str, dict] = field(default_factory=dict)
+    reinit: list[dict] = field(default_factory=list)
+    survived: dict | None = None
+    stats: dict | None = None
+    timeouts: list[str] = field(default_factory=list)
+    failed: dict | None = None
+    done: bool = False
+    bench: dict | None = None
+
+
+def vsock_values(body: str) -> dict:
+    """The ``key=value`` pairs of a vsock report line (after ``PROBE: ``); ``got=`` takes the rest."""
+    got = None
+    if " got=" in body:
+        body, got = body.split(" got=", 1)
+    kv = {k: _value(v) for k, v in re.findall(r"(\w+)=(\S*)", body)}
+    if got is not None:
+        kv["got"] = got
+    return kv
+
+
+def parse_vsock(log: str) -> VsockReport:
+    r = VsockReport()
+    for line in log.splitlines():
+        if not line.startswith("PROBE: "):
+            continue
+        body = line[len("PROBE: "):].rstrip("\r")
+        words = body.split()
+        if body.startswith("bench vsock"):
+            r.bench = {"kind": words[1], "failed": words[3] if words[2:3] == ["failed"] else None, **vsock_values(body)}
+            continue
+        if not body.startswith("vsock "):
+            continue
+        kv = vsock_values(body)
+        kind = words[1]
+        if kind.startswith("dev="):
+            r.dev = kv
+        elif kind == "out":
+            r.out = kv
+        elif kind == "refused":
+            r.refused = kv
+        elif kind == "listening":
+            r.listening.append(kv["port"])
+        elif kind == "echo":
+            r.echo.append(kv)
+        elif kind == "credit":
+            r.credit.append(kv)
+        elif kind == "bad" and words[2] == "reinit":
+            r.reinit.append(kv)
+        elif kind == "bad" and words[2] == "survived":
+            r.survived = kv
+        elif kind == "bad":
+            r.bad[words[2]] = kv
+        elif kind == "stats":
+            r.stats = kv
+        elif kind == "timeout":
+            r.timeouts.append(words[2])
+        elif kind == "failed":
+            r.failed = kv
+        elif kind == "done":
+            r.done = True
+    return r

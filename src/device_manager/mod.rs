@@ -90,6 +90,8 @@ pub struct Devices {
     pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     /// The virtio devices, in registration order.
     pub info: Vec<DeviceInfo>,
+    /// The same devices, to release when the VM stops.
+    pub virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// Builds the VM's devices; see the module documentation.
@@ -102,6 +104,7 @@ pub struct DeviceManager {
     dsdt_devices: Vec<u8>,
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     info: Vec<DeviceInfo>,
+    virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 impl DeviceManager {
@@ -116,6 +119,7 @@ impl DeviceManager {
             dsdt_devices: Vec::new(),
             subscribers: Vec::new(),
             info: Vec::new(),
+            virtio: Vec::new(),
         }
     }
 
@@ -227,6 +231,7 @@ impl DeviceManager {
             dsdt_devices: self.dsdt_devices,
             subscribers: self.subscribers,
             info: self.info,
+            virtio: self.virtio,
         }
     }
 }

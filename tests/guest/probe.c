@@ -8,8 +8,12 @@
  * It also has a small polled virtio-mmio (version 2) + virtio-blk driver: `probe.blk=list`
  * reports the virtio devices in the DSDT, `probe.blk=test` exercises every disk, `probe.blk=bad`
  * sends the first one hostile requests, and `probe.bench=blkread|blkwrite|blkrand|blkid` times
- * requests (see blk_probe and bench_blk). */
+ * requests (see blk_probe and bench_blk). A virtio-vsock driver on the same virtio-mmio code
+ * talks to the host through the VMM's vsock device: `probe.vsock=info|test|bad` and
+ * `probe.bench=vsockrx|vsocktx` (see vsock_probe and bench_vsock). */
 #include <stdint.h>
+
+#include "net.h" /* the virtio-net driver in net.c: probe.net=, probe.bench=nettx */
 
 #define COM1 0x3f8
 #define LSR_DATA_READY 0x01
@@ -259,9 +263,14 @@ __attribute__((optimize("no-tree-loop-distribute-patterns"))) void *memset(void 
     while (n--) *p++ = (uint8_t)c;
     return d;
 }
+/* Unaligned 64-bit access, for the loops below that take 8 bytes at a time: every guest
+ * instruction counts where the CPU is emulated (PVM), more than the bytes. */
+typedef uint64_t __attribute__((aligned(1), may_alias)) u64u;
+
 __attribute__((optimize("no-tree-loop-distribute-patterns"))) void *memcpy(void *d, const void *s, unsigned long n) {
     uint8_t *p = d;
     const uint8_t *q = s;
+    for (; n >= 8; n -= 8, p += 8, q += 8) *(u64u *)p = *(const u64u *)q;
     while (n--) *p++ = *q++;
     return d;
 }
@@ -567,74 +576,100 @@ struct blk {
 #define VQ_USED ((volatile uint16_t *)(uintptr_t)vq_mem[2])           /* flags, idx */
 #define VQ_USED_RING ((volatile uint32_t *)(uintptr_t)(vq_mem[2] + 4)) /* {id, len}[] */
 
-static uint32_t blk_r(const struct blk *b, uint32_t off) { return mmio_read32(b->base + off); }
-static void blk_w(const struct blk *b, uint32_t off, uint32_t v) { mmio_write32(b->base + off, v); }
+static uint32_t vr(uint64_t base, uint32_t off) { return mmio_read32(base + off); }
+static void vw(uint64_t base, uint32_t off, uint32_t v) { mmio_write32(base + off, v); }
+static uint32_t blk_r(const struct blk *b, uint32_t off) { return vr(b->base, off); }
+static void blk_w(const struct blk *b, uint32_t off, uint32_t v) { vw(b->base, off, v); }
 static uint8_t cfg8(const struct blk *b, uint32_t off) { return *(volatile uint8_t *)(uintptr_t)(b->base + VM_CONFIG + off); }
 static uint32_t cfg32(const struct blk *b, uint32_t off) { return blk_r(b, VM_CONFIG + off); }
-static uint64_t cfg64(const struct blk *b, uint32_t off) {
+/* A 64-bit field of a device's configuration space, read as two halves under its generation. */
+static uint64_t cfg64(uint64_t base, uint32_t off) {
     uint32_t gen, lo, hi;
     int tries = 0;
     do {
-        gen = blk_r(b, VM_CONFIG_GENERATION);
-        lo = cfg32(b, off);
-        hi = cfg32(b, off + 4);
-    } while (gen != blk_r(b, VM_CONFIG_GENERATION) && ++tries < 100);
+        gen = vr(base, VM_CONFIG_GENERATION);
+        lo = vr(base, VM_CONFIG + off);
+        hi = vr(base, VM_CONFIG + off + 4);
+    } while (gen != vr(base, VM_CONFIG_GENERATION) && ++tries < 100);
     return (uint64_t)hi << 32 | lo;
 }
 
-static void blk_reset(struct blk *b) {
-    blk_w(b, VM_STATUS, 0);
-    for (int i = 0; i < 1000000 && blk_r(b, VM_STATUS); i++) __asm__ volatile("pause");
+/* ---- virtio-mmio bring-up, shared by the drivers (virtio 1.2, 3.1.1 and 4.2.3) ----------- */
+
+static void virtio_reset(uint64_t base) {
+    vw(base, VM_STATUS, 0);
+    for (int i = 0; i < 1000000 && vr(base, VM_STATUS); i++) __asm__ volatile("pause");
+}
+static void blk_reset(struct blk *b) { virtio_reset(b->base); }
+
+/* Resets the device at `base`, checks it is a version-2 device with `device_id`, then
+ * ACKNOWLEDGE, DRIVER, the offered features that are in `wanted` (VERSION_1 required) and
+ * FEATURES_OK. Returns 0, or why it went wrong. */
+static const char *virtio_begin(uint64_t base, uint32_t device_id, uint64_t wanted, uint64_t *offered, uint64_t *features) {
+    virtio_reset(base);
+    if (vr(base, VM_MAGIC) != VIRTIO_MAGIC || vr(base, VM_VERSION) != 2 || vr(base, VM_DEVICE_ID) != device_id)
+        return device_id == 2 ? "not-virtio-blk-v2" : "not-the-device-v2";
+    if (vr(base, VM_STATUS) != 0) return "reset-failed";
+    vw(base, VM_STATUS, S_ACKNOWLEDGE);
+    vw(base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    vw(base, VM_DEVICE_FEATURES_SEL, 0);
+    uint64_t lo = vr(base, VM_DEVICE_FEATURES);
+    vw(base, VM_DEVICE_FEATURES_SEL, 1);
+    uint64_t hi = vr(base, VM_DEVICE_FEATURES);
+    *offered = hi << 32 | lo;
+    *features = *offered & wanted;
+    if (!(*features & F_VERSION_1)) return "no-version-1";
+    vw(base, VM_DRIVER_FEATURES_SEL, 0);
+    vw(base, VM_DRIVER_FEATURES, (uint32_t)*features);
+    vw(base, VM_DRIVER_FEATURES_SEL, 1);
+    vw(base, VM_DRIVER_FEATURES, (uint32_t)(*features >> 32));
+    vw(base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if (!(vr(base, VM_STATUS) & S_FEATURES_OK)) return "features-not-ok";
+    return 0;
+}
+
+/* Selects queue `q` and returns its QueueNumMax (0: no such queue). */
+static uint32_t virtio_queue_max(uint64_t base, uint32_t q) {
+    vw(base, VM_QUEUE_SEL, q);
+    return vr(base, VM_QUEUE_NUM_MAX);
+}
+
+/* Queue `q`: `num` entries, its three parts at the given addresses (zeroed by the caller),
+ * then QueueReady. Returns 0, or why not. */
+static const char *virtio_queue(uint64_t base, uint32_t q, uint32_t num, uint64_t desc, uint64_t driver, uint64_t device) {
+    vw(base, VM_QUEUE_SEL, q);
+    if (vr(base, VM_QUEUE_READY)) return "queue-already-ready";
+    vw(base, VM_QUEUE_NUM, num);
+    vw(base, VM_QUEUE_DESC, (uint32_t)desc);
+    vw(base, VM_QUEUE_DESC + 4, (uint32_t)(desc >> 32));
+    vw(base, VM_QUEUE_DRIVER, (uint32_t)driver);
+    vw(base, VM_QUEUE_DRIVER + 4, (uint32_t)(driver >> 32));
+    vw(base, VM_QUEUE_DEVICE, (uint32_t)device);
+    vw(base, VM_QUEUE_DEVICE + 4, (uint32_t)(device >> 32));
+    vw(base, VM_QUEUE_READY, 1);
+    return 0;
 }
 
 #define QNUM_DEFAULT 0xffffffffu
+#define S_LIVE (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)
 
 /* Reset, negotiate features and set up queue 0 with `qnum` entries (QNUM_DEFAULT: as many as
  * the device allows, up to 256) at the given addresses, then set DRIVER_OK. Returns the Status register as read back at the end, or 0 with *why
  * set when it went wrong before DRIVER_OK. */
 static uint32_t blk_setup(struct blk *b, uint32_t qnum, uint64_t desc, uint64_t driver, uint64_t device, const char **why) {
-    *why = 0;
-    blk_reset(b);
-    if (blk_r(b, VM_MAGIC) != VIRTIO_MAGIC || blk_r(b, VM_VERSION) != 2 || blk_r(b, VM_DEVICE_ID) != 2) {
-        *why = "not-virtio-blk-v2";
-        return 0;
-    }
-    if (blk_r(b, VM_STATUS) != 0) { *why = "reset-failed"; return 0; }
-    blk_w(b, VM_STATUS, S_ACKNOWLEDGE);
-    blk_w(b, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
-    blk_w(b, VM_DEVICE_FEATURES_SEL, 0);
-    uint64_t lo = blk_r(b, VM_DEVICE_FEATURES);
-    blk_w(b, VM_DEVICE_FEATURES_SEL, 1);
-    uint64_t hi = blk_r(b, VM_DEVICE_FEATURES);
-    b->offered = hi << 32 | lo;
-    b->features = b->offered & BLK_WANTED;
-    if (!(b->features & F_VERSION_1)) { *why = "no-version-1"; return 0; }
-    blk_w(b, VM_DRIVER_FEATURES_SEL, 0);
-    blk_w(b, VM_DRIVER_FEATURES, (uint32_t)b->features);
-    blk_w(b, VM_DRIVER_FEATURES_SEL, 1);
-    blk_w(b, VM_DRIVER_FEATURES, (uint32_t)(b->features >> 32));
-    blk_w(b, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-    if (!(blk_r(b, VM_STATUS) & S_FEATURES_OK)) { *why = "features-not-ok"; return 0; }
-
-    blk_w(b, VM_QUEUE_SEL, 0);
-    uint32_t max = blk_r(b, VM_QUEUE_NUM_MAX);
+    *why = virtio_begin(b->base, 2, BLK_WANTED, &b->offered, &b->features);
+    if (*why) return 0;
+    uint32_t max = virtio_queue_max(b->base, 0);
     if (!max) { *why = "no-queue-0"; return 0; }
-    if (blk_r(b, VM_QUEUE_READY)) { *why = "queue-already-ready"; return 0; }
     if (qnum == QNUM_DEFAULT) qnum = max < VQ_MAX ? max : VQ_MAX;
     b->qsize = qnum ? qnum : 1; /* only ever a divisor once the device is live */
     b->slots = qnum / BLK_DPS < BLK_SLOTS ? qnum / BLK_DPS : BLK_SLOTS;
     b->avail_idx = b->used_idx = 0;
     for (int p = 0; p < 3; p++)
         for (int i = 0; i < 4096; i++) ((volatile uint8_t *)vq_mem[p])[i] = 0;
-    blk_w(b, VM_QUEUE_NUM, qnum);
-    blk_w(b, VM_QUEUE_DESC, (uint32_t)desc);
-    blk_w(b, VM_QUEUE_DESC + 4, (uint32_t)(desc >> 32));
-    blk_w(b, VM_QUEUE_DRIVER, (uint32_t)driver);
-    blk_w(b, VM_QUEUE_DRIVER + 4, (uint32_t)(driver >> 32));
-    blk_w(b, VM_QUEUE_DEVICE, (uint32_t)device);
-    blk_w(b, VM_QUEUE_DEVICE + 4, (uint32_t)(device >> 32));
-    blk_w(b, VM_QUEUE_READY, 1);
-    blk_w(b, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK);
+    *why = virtio_queue(b->base, 0, qnum, desc, driver, device);
+    if (*why) return 0;
+    blk_w(b, VM_STATUS, S_LIVE);
     return blk_r(b, VM_STATUS);
 }
 
@@ -645,10 +680,10 @@ static const char *blk_init(struct blk *b) {
     uint32_t s = blk_setup(b, QNUM_DEFAULT, (uint64_t)(uintptr_t)vq_mem[0], (uint64_t)(uintptr_t)vq_mem[1],
                            (uint64_t)(uintptr_t)vq_mem[2], &why);
     if (why) return why;
-    if (s != (S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK)) return "driver-ok-refused";
+    if (s != S_LIVE) return "driver-ok-refused";
     if (b->slots == 0) return "queue-too-small";
     b->ro = (b->features & F_BLK_RO) != 0;
-    b->capacity = cfg64(b, 0);
+    b->capacity = cfg64(b->base, 0);
     b->seg_max = (b->features & F_BLK_SEG_MAX) ? cfg32(b, 0x0c) : 0;
     b->blk_size = (b->features & F_BLK_BLK_SIZE) ? cfg32(b, 0x14) : 512;
     return 0;
@@ -745,7 +780,14 @@ static int blk_range_req(struct blk *b, uint32_t type, uint64_t sector, uint32_t
 }
 
 static uint64_t fnv1a(uint64_t h, const uint8_t *p, uint32_t n) {
-    for (uint32_t i = 0; i < n; i++) { h ^= p[i]; h *= 0x100000001b3ull; }
+    const uint64_t prime = 0x100000001b3ull;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint64_t w = *(const u64u *)p;
+#define FNV_STEP h = (h ^ (w & 0xff)) * prime, w >>= 8
+        FNV_STEP; FNV_STEP; FNV_STEP; FNV_STEP; FNV_STEP; FNV_STEP; FNV_STEP; FNV_STEP;
+#undef FNV_STEP
+    }
+    for (; n; n--) h = (h ^ *p++) * prime;
     return h;
 }
 #define FNV_INIT 0xcbf29ce484222325ull
@@ -1355,6 +1397,1127 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
     putc_('\n');
 }
 
+/* ---- A virtio-vsock driver: three split virtqueues, polled (virtio 1.2, 5.10) ------------ */
+
+/* probe.vsock=info|test|bad and probe.bench=vsockrx|vsocktx drive the first device with
+ * DeviceID 19 (features: VERSION_1 only). Everything is polled from one loop (vs_poll +
+ * vs_service): the rx queue always holds one buffer of 44 + 4096 bytes per descriptor, each tx
+ * packet takes a slot of two descriptors (header and payload in one, or in two), and control
+ * packets wait in a small queue when no slot is free, so nothing blocks inside the packet
+ * handler. Guest instructions are dear where the CPU is emulated (PVM): the data paths work
+ * eight bytes at a time and send echoed data from where it already is.
+ *
+ * probe.vsock=test (ports are the host's, CID 2, unless "guest"):
+ *   PROBE: vsock dev=N base=0x.. gsi=G features=0x.. cid=C driver_features=0x.. queue_num_max=M
+ *          queues=RX,TX,EV source=dsdt|cmdline
+ *   PROBE: vsock out port=5000 response=OP end=OP got=<the host's reply line>
+ *          (REQUEST, "hello from the guest
+" in two descriptors, a line back, SHUTDOWN: the
+ *          host's RST or SHUTDOWN is `end`)
+ *   PROBE: vsock refused port=5001 op=OP               (nobody listens: RST, 3)
+ *   PROBE: vsock listening port=1234
+ * then serves guest ports 1234 (echo: every byte + 1, buf_alloc 64 KiB, CREDIT_UPDATE every
+ * 16 KiB consumed), 1237 (the same, but its credit only in the headers of its RW replies) and
+ * 1235 (buf_alloc 4 KiB, nothing consumed until the host has been quiet for 500 ms, then
+ * everything, with a CREDIT_UPDATE per packet), at most 8 connections at once, each reported
+ * when the host shuts it down (answered with RST):
+ *   PROBE: vsock echo|credit port=P peer=HOSTPORT max_over=N bytes=N fnv=0x.. end=OP flags=F
+ *          unsent=N dropped=N updates=N credit_requests=N
+ * (max_over: the most bytes the host had in flight beyond our window, which must stay 0), until
+ * a connection to 1234 brings exactly "END\n": PROBE: vsock stats ..., PROBE: vsock done.
+ * `PROBE: vsock timeout <where>` whenever an answer does not come in time (10 s; 120 s idle).
+ *
+ * probe.vsock=bad: hostile tx packets (see vs_bad), each reported as
+ *   PROBE: vsock bad <case> reply=OP replies=N rst=N used=0|1 dev_status=0x.. [extras]
+ * (reply: the op of the first packet back to the case's port, 0 if none), then the `out`
+ * connection again and PROBE: vsock bad survived out=ok|failed dev_status=0x.. */
+
+#define VSOCK_ID 19
+#define VS_HDR 44
+#define VS_MAXPAY 4096
+#define VS_PKT (VS_HDR + VS_MAXPAY)
+#define VS_QMAX 128            /* rx and tx queue sizes (or QueueNumMax if smaller) */
+#define VS_EVQ 8
+#define VS_RAW 4               /* the last tx descriptors: hand-made chains (probe.vsock=bad) */
+#define VS_CONNS 8
+#define VS_RING 65536          /* an echo connection's bytes not echoed yet */
+#define VS_CTLQ 256
+#define VS_HOST 2
+#define VS_STREAM 1
+#define VS_TIMEOUT_MS 10000
+enum { OP_REQUEST = 1, OP_RESPONSE, OP_RST, OP_SHUTDOWN, OP_RW, OP_CREDIT_UPDATE, OP_CREDIT_REQUEST };
+
+struct vs_hdr {
+    uint64_t src_cid, dst_cid;
+    uint32_t src_port, dst_port, len;
+    uint16_t type, op;
+    uint32_t flags, buf_alloc, fwd_cnt;
+} __attribute__((packed));
+
+/* A split virtqueue in the driver's memory. */
+struct vq {
+    volatile struct vring_desc *desc;
+    volatile uint16_t *avail; /* flags, idx, ring[] */
+    volatile uint16_t *used;  /* flags, idx, then {le32 id, le32 len}[] */
+    uint32_t size;
+    uint16_t avail_idx, used_idx;
+};
+
+static void vq_make_avail(struct vq *q, uint16_t head) {
+    q->avail[2 + (q->avail_idx & (q->size - 1))] = head;
+    barrier();
+    q->avail[1] = ++q->avail_idx;
+}
+
+static int vq_take_used(struct vq *q, uint32_t *id, uint32_t *len) {
+    if (q->used[1] == q->used_idx) return 0;
+    barrier();
+    volatile uint32_t *ring = (volatile uint32_t *)(q->used + 2);
+    uint32_t i = q->used_idx & (q->size - 1);
+    *id = ring[2 * i];
+    *len = ring[2 * i + 1];
+    q->used_idx++;
+    return 1;
+}
+
+static uint8_t vs_qmem[3][3][4096] __attribute__((aligned(4096)));
+static uint8_t vs_rxbuf[VS_QMAX][VS_PKT] __attribute__((aligned(64)));
+static uint8_t vs_txbuf[VS_QMAX / 2][VS_PKT] __attribute__((aligned(64)));
+static uint8_t vs_evbuf[VS_EVQ][8];
+static uint8_t vs_pattern[VS_MAXPAY + 256]; /* byte i is i & 0xff: what vsocktx sends */
+static uint8_t vs_rings[VS_CONNS][VS_RING];
+
+enum { C_FREE, C_CONNECTING, C_OPEN, C_CLOSING, C_CLOSED };
+enum { M_COLLECT, M_ECHO, M_ECHO_PIGGYBACK, M_HOLD, M_SINK };
+
+struct vconn {
+    int state, mode, released;
+    uint32_t lport, pport;                         /* guest port, host port */
+    uint32_t buf_alloc, fwd_cnt, fwd_adv, rx_cnt;  /* ours: fwd_adv is what the host was last told */
+    uint32_t upd_adv;                              /* fwd_cnt in our last CREDIT_UPDATE */
+    uint32_t peer_buf_alloc, peer_fwd_cnt, tx_cnt; /* the host's, and what we sent */
+    uint32_t end_op, end_flags;                    /* what closed it: RST or SHUTDOWN (flags) */
+    uint64_t bytes, fnv, first_rx, last_rx, blocked;
+    uint32_t max_over, dropped, credit_requests, updates;
+    uint32_t rhead, rlen;                          /* echo: the ring's unsent bytes */
+    uint8_t head[4];
+    char line[128];
+    uint32_t line_len;
+};
+
+struct vs {
+    int n;
+    uint64_t base, offered, features, cid;
+    uint32_t gsi, rx_len, tx_slots, ntx_free, next_port;
+    struct vq q[3];
+    uint16_t tx_free[VS_QMAX / 2];
+    int tx_kick, end, raw_busy;
+    struct vs_hdr ctlq[VS_CTLQ];
+    uint32_t ctl_head, ctl_n;
+    uint64_t errors, stray, ctl_dropped, short_rx, rx_packets;
+    uint32_t listen_port[4], listen_buf[4], nlisten;
+    int listen_mode[4];
+    /* probe.vsock=bad: packets to watch_port are only counted */
+    uint32_t watch_port, w_count, w_rst, w_credit, w_first, w_buf_alloc, w_fwd_cnt;
+};
+static struct vs vs;
+static struct vconn vconns[VS_CONNS];
+
+static uint64_t ms_to_tsc(uint64_t ms) { return deadline_ms(ms) - rdtsc(); }
+
+static void vs_notify(uint32_t q) {
+    __asm__ volatile("mfence" ::: "memory");
+    if (!(vs.q[q].used[0] & 1)) vw(vs.base, VM_QUEUE_NOTIFY, q); /* VRING_USED_F_NO_NOTIFY */
+}
+
+/* Sets up the device (found by vs_open) with rx buffers of `rx_len` bytes. */
+static const char *vs_init(uint32_t rx_len) {
+    const char *why = virtio_begin(vs.base, VSOCK_ID, F_VERSION_1, &vs.offered, &vs.features);
+    if (why) return why;
+    static const uint32_t want[3] = {VS_QMAX, VS_QMAX, VS_EVQ};
+    for (uint32_t q = 0; q < 3; q++) {
+        uint32_t max = virtio_queue_max(vs.base, q), num = want[q];
+        if (!max) return "no-queue";
+        while (num > max) num >>= 1;
+        for (int p = 0; p < 3; p++)
+            for (int i = 0; i < 4096; i++) ((volatile uint8_t *)vs_qmem[q][p])[i] = 0;
+        vs.q[q].desc = (volatile struct vring_desc *)(uintptr_t)vs_qmem[q][0];
+        vs.q[q].avail = (volatile uint16_t *)(uintptr_t)vs_qmem[q][1];
+        vs.q[q].used = (volatile uint16_t *)(uintptr_t)vs_qmem[q][2];
+        vs.q[q].size = num;
+        vs.q[q].avail_idx = vs.q[q].used_idx = 0;
+        why = virtio_queue(vs.base, q, num, (uint64_t)(uintptr_t)vs_qmem[q][0], (uint64_t)(uintptr_t)vs_qmem[q][1],
+                           (uint64_t)(uintptr_t)vs_qmem[q][2]);
+        if (why) return why;
+    }
+    if (vs.q[1].size < 4 + VS_RAW) return "tx-queue-too-small";
+    vs.rx_len = rx_len;
+    for (uint32_t i = 0; i < vs.q[0].size; i++) {
+        vs.q[0].desc[i].addr = (uint64_t)(uintptr_t)vs_rxbuf[i];
+        vs.q[0].desc[i].len = rx_len;
+        vs.q[0].desc[i].flags = VRING_DESC_F_WRITE;
+        vs.q[0].desc[i].next = 0;
+        vq_make_avail(&vs.q[0], (uint16_t)i);
+    }
+    for (uint32_t i = 0; i < vs.q[2].size; i++) {
+        vs.q[2].desc[i].addr = (uint64_t)(uintptr_t)vs_evbuf[i];
+        vs.q[2].desc[i].len = 8;
+        vs.q[2].desc[i].flags = VRING_DESC_F_WRITE;
+        vs.q[2].desc[i].next = 0;
+        vq_make_avail(&vs.q[2], (uint16_t)i);
+    }
+    vs.tx_slots = (vs.q[1].size - VS_RAW) / 2;
+    for (uint32_t i = 0; i < vs.tx_slots; i++) vs.tx_free[i] = (uint16_t)(vs.tx_slots - 1 - i);
+    vs.ntx_free = vs.tx_slots;
+    vs.ctl_n = vs.ctl_head = 0;
+    vs.tx_kick = vs.raw_busy = 0;
+    vw(vs.base, VM_STATUS, S_LIVE);
+    if (vr(vs.base, VM_STATUS) != S_LIVE) return "driver-ok-refused";
+    vs.cid = cfg64(vs.base, 0);
+    vs_notify(0);
+    vs_notify(2);
+    return 0;
+}
+
+/* Finds the first vsock device and sets it up; returns 0 or why not. */
+static const char *vs_open(const char *cmdline, uint64_t rsdp_hint, const char **source) {
+    struct vloc v[VIRTIO_MAX_DEVS];
+    int n = virtio_devices(cmdline, rsdp_hint, v, source);
+    memset(&vs, 0, sizeof(vs));
+    memset(vconns, 0, sizeof(vconns));
+    vs.n = -1;
+    for (int i = 0; i < n && vs.n < 0; i++)
+        if (mmio_read32(v[i].base + VM_DEVICE_ID) == VSOCK_ID) {
+            vs.n = i;
+            vs.base = v[i].base;
+            vs.gsi = v[i].gsi;
+        }
+    if (vs.n < 0) return "no-device";
+    vs.next_port = 49152;
+    for (uint32_t i = 0; i < sizeof(vs_pattern); i++) vs_pattern[i] = (uint8_t)i;
+    return vs_init(VS_PKT);
+}
+
+static void vs_fill(struct vs_hdr *h, uint32_t lport, uint32_t pport, uint16_t op, uint32_t flags, uint32_t len,
+                    uint32_t buf_alloc, uint32_t fwd_cnt) {
+    h->src_cid = vs.cid;
+    h->dst_cid = VS_HOST;
+    h->src_port = lport;
+    h->dst_port = pport;
+    h->len = len;
+    h->type = VS_STREAM;
+    h->op = op;
+    h->flags = flags;
+    h->buf_alloc = buf_alloc;
+    h->fwd_cnt = fwd_cnt;
+}
+
+/* Makes tx slot `slot` available: its header at the start of its buffer and `len` bytes of
+ * payload at `payload`, in one descriptor (payload right after the header, !split) or two. */
+static void vs_post(uint32_t slot, const uint8_t *payload, uint32_t len, int split) {
+    volatile struct vring_desc *d = &vs.q[1].desc[2 * slot];
+    uint8_t *b = vs_txbuf[slot];
+    d[0].addr = (uint64_t)(uintptr_t)b;
+    if (len && (split || payload != b + VS_HDR)) {
+        d[0].len = VS_HDR;
+        d[0].flags = VRING_DESC_F_NEXT;
+        d[0].next = (uint16_t)(2 * slot + 1);
+        d[1].addr = (uint64_t)(uintptr_t)payload;
+        d[1].len = len;
+        d[1].flags = 0;
+        d[1].next = 0;
+    } else {
+        d[0].len = VS_HDR + len;
+        d[0].flags = 0;
+        d[0].next = 0;
+    }
+    vq_make_avail(&vs.q[1], (uint16_t)(2 * slot));
+    vs.tx_kick = 1;
+}
+
+/* Sends a header-only packet now, or queues it until a tx slot is free. */
+static void vs_ctl(uint32_t lport, uint32_t pport, uint16_t op, uint32_t flags, uint32_t buf_alloc, uint32_t fwd_cnt) {
+    struct vs_hdr h;
+    vs_fill(&h, lport, pport, op, flags, 0, buf_alloc, fwd_cnt);
+    if (vs.ntx_free && !vs.ctl_n) {
+        uint32_t slot = vs.tx_free[--vs.ntx_free];
+        memcpy(vs_txbuf[slot], &h, VS_HDR);
+        vs_post(slot, 0, 0, 0);
+    } else if (vs.ctl_n == VS_CTLQ) {
+        vs.ctl_dropped++;
+    } else {
+        memcpy(&vs.ctlq[(vs.ctl_head + vs.ctl_n++) % VS_CTLQ], &h, VS_HDR);
+    }
+}
+
+static void vs_ctl_flush(void) {
+    while (vs.ctl_n && vs.ntx_free) {
+        uint32_t slot = vs.tx_free[--vs.ntx_free];
+        memcpy(vs_txbuf[slot], &vs.ctlq[vs.ctl_head], VS_HDR);
+        vs.ctl_head = (vs.ctl_head + 1) % VS_CTLQ;
+        vs.ctl_n--;
+        vs_post(slot, 0, 0, 0);
+    }
+}
+
+/* Whether a data packet can go now (after every queued control packet). */
+static int vs_can_send(void) { return vs.ntx_free && !vs.ctl_n; }
+
+static void vs_conn_ctl(struct vconn *c, uint16_t op, uint32_t flags) {
+    c->fwd_adv = c->fwd_cnt;
+    if (op == OP_CREDIT_UPDATE) {
+        c->updates++;
+        c->upd_adv = c->fwd_cnt;
+    }
+    vs_ctl(c->lport, c->pport, op, flags, c->buf_alloc, c->fwd_cnt);
+}
+
+/* Bytes the host can still take on `c` (negative: we went beyond its credit). */
+static int64_t vs_credit(const struct vconn *c) {
+    return (int64_t)c->peer_buf_alloc - (int64_t)(uint32_t)(c->tx_cnt - c->peer_fwd_cnt);
+}
+
+/* One RW packet of `len` bytes from `src`: copied right after the header in the slot when
+ * `copy` (then one descriptor unless `split`), else sent from where it is (two descriptors).
+ * The caller checked vs_can_send(). */
+static void vs_conn_rw(struct vconn *c, const uint8_t *src, uint32_t len, int copy, int split) {
+    uint32_t slot = vs.tx_free[--vs.ntx_free];
+    uint8_t *b = vs_txbuf[slot];
+    const uint8_t *payload = src;
+    if (copy) {
+        memcpy(b + VS_HDR, src, len);
+        payload = b + VS_HDR;
+    }
+    c->fwd_adv = c->fwd_cnt;
+    vs_fill((struct vs_hdr *)b, c->lport, c->pport, OP_RW, 0, len, c->buf_alloc, c->fwd_cnt);
+    c->tx_cnt += len;
+    vs_post(slot, payload, len, split);
+}
+
+static struct vconn *vs_find(uint32_t lport, uint32_t pport) {
+    for (int i = 0; i < VS_CONNS; i++)
+        if (vconns[i].state != C_FREE && vconns[i].lport == lport && vconns[i].pport == pport) return &vconns[i];
+    return 0;
+}
+
+static struct vconn *vs_alloc(uint32_t lport, uint32_t pport, int mode, uint32_t buf_alloc) {
+    for (int i = 0; i < VS_CONNS; i++) {
+        struct vconn *c = &vconns[i];
+        if (c->state != C_FREE) continue;
+        memset(c, 0, sizeof(*c));
+        c->state = C_CONNECTING;
+        c->mode = mode;
+        c->lport = lport;
+        c->pport = pport;
+        c->buf_alloc = buf_alloc;
+        c->fnv = FNV_INIT;
+        return c;
+    }
+    return 0;
+}
+
+/* d[i] = s[i] + 1, eight bytes at a time (no carry crosses a byte). */
+static void plus_one(uint8_t *d, const uint8_t *s, uint32_t n) {
+    for (; n >= 8; n -= 8, s += 8, d += 8) {
+        uint64_t x = *(const u64u *)s;
+        *(u64u *)d = ((x & 0x7f7f7f7f7f7f7f7full) + 0x0101010101010101ull) ^ (x & 0x8080808080808080ull);
+    }
+    for (; n; n--) *d++ = (uint8_t)(*s++ + 1);
+}
+
+/* RW payload for `c`: counted, hashed, and consumed now or kept as its mode says. */
+static void vs_conn_data(struct vconn *c, const uint8_t *p, uint32_t n) {
+    if (c->mode == M_HOLD || !c->bytes) c->last_rx = rdtsc();
+    if (!c->bytes) c->first_rx = c->last_rx;
+    for (uint32_t i = 0; i < n && c->bytes + i < 4; i++) c->head[c->bytes + i] = p[i];
+    c->bytes += n;
+    c->rx_cnt += n;
+    uint32_t in_flight = c->rx_cnt - c->fwd_cnt;
+    if (in_flight > c->buf_alloc && in_flight - c->buf_alloc > c->max_over) c->max_over = in_flight - c->buf_alloc;
+    if (c->mode != M_SINK) c->fnv = fnv1a(c->fnv, p, n);
+    if (c->mode == M_ECHO || c->mode == M_ECHO_PIGGYBACK) {
+        uint8_t *ring = vs_rings[c - vconns];
+        uint32_t take = VS_RING - c->rlen < n ? VS_RING - c->rlen : n;
+        uint32_t at = (c->rhead + c->rlen) & (VS_RING - 1), first = VS_RING - at < take ? VS_RING - at : take;
+        plus_one(ring + at, p, first);
+        plus_one(ring, p + first, take - first);
+        c->rlen += take;
+        c->dropped += n - take; /* beyond our credit: counted as consumed, not kept */
+        c->fwd_cnt += n - take;
+        if (c->bytes == 4 && c->head[0] == 'E' && c->head[1] == 'N' && c->head[2] == 'D' && c->head[3] == '\n') vs.end = 1;
+    } else if (c->mode == M_HOLD) {
+        if (c->released) c->fwd_cnt = c->rx_cnt;
+    } else {
+        for (uint32_t i = 0; i < n && c->mode == M_COLLECT && c->line_len < sizeof(c->line) - 1; i++) c->line[c->line_len++] = (char)p[i];
+        c->fwd_cnt = c->rx_cnt;
+    }
+}
+
+static void vs_rx_packet(const uint8_t *b, uint32_t len) {
+    struct vs_hdr h;
+    memcpy(&h, b, VS_HDR);
+    uint32_t plen = len - VS_HDR;
+    vs.rx_packets++;
+    if (h.len != plen) {
+        vs.errors++;
+        if (h.len < plen) plen = h.len;
+    }
+    if (vs.watch_port && h.dst_port == vs.watch_port) {
+        if (!vs.w_count++) vs.w_first = h.op;
+        vs.w_rst += h.op == OP_RST;
+        vs.w_credit += h.op == OP_CREDIT_UPDATE;
+        vs.w_buf_alloc = h.buf_alloc;
+        vs.w_fwd_cnt = h.fwd_cnt;
+        return;
+    }
+    if (h.dst_cid != vs.cid || h.src_cid != VS_HOST || h.type != VS_STREAM) { vs.stray++; return; }
+    struct vconn *c = vs_find(h.dst_port, h.src_port);
+    if (!c) {
+        if (h.op == OP_REQUEST) {
+            for (uint32_t i = 0; i < vs.nlisten; i++) {
+                if (vs.listen_port[i] != h.dst_port) continue;
+                c = vs_alloc(h.dst_port, h.src_port, vs.listen_mode[i], vs.listen_buf[i]);
+                if (!c) break;
+                c->state = C_OPEN;
+                c->peer_buf_alloc = h.buf_alloc;
+                c->peer_fwd_cnt = h.fwd_cnt;
+                vs_conn_ctl(c, OP_RESPONSE, 0);
+                return;
+            }
+        } else {
+            vs.stray++;
+        }
+        if (h.op != OP_RST) vs_ctl(h.dst_port, h.src_port, OP_RST, 0, 0, 0); /* refused, or no such connection */
+        return;
+    }
+    if (c->state == C_CLOSED) return;
+    c->peer_buf_alloc = h.buf_alloc;
+    c->peer_fwd_cnt = h.fwd_cnt;
+    switch (h.op) {
+    case OP_RESPONSE:
+        if (c->state == C_CONNECTING) c->state = C_OPEN;
+        else vs.errors++;
+        break;
+    case OP_RST:
+        c->state = C_CLOSED;
+        c->end_op = OP_RST;
+        break;
+    case OP_SHUTDOWN:
+        c->end_op = OP_SHUTDOWN;
+        c->end_flags = h.flags;
+        vs_conn_ctl(c, OP_RST, 0);
+        c->state = C_CLOSED;
+        break;
+    case OP_RW:
+        if (c->state == C_OPEN || c->state == C_CLOSING) vs_conn_data(c, b + VS_HDR, plen);
+        else vs.errors++;
+        break;
+    case OP_CREDIT_REQUEST:
+        vs_conn_ctl(c, OP_CREDIT_UPDATE, 0);
+        break;
+    case OP_CREDIT_UPDATE:
+        break;
+    default:
+        vs.errors++;
+    }
+}
+
+/* Takes what the device used: tx slots back, rx packets handled and their buffers given back.
+ * Returns how many rx packets came. */
+static int vs_poll(void) {
+    uint32_t id, len, raw = vs.q[1].size - VS_RAW;
+    int got = 0;
+    while (vq_take_used(&vs.q[1], &id, &len)) {
+        if (id == raw) vs.raw_busy = 0;
+        else if (id % 2 || id / 2 >= vs.tx_slots || vs.ntx_free >= vs.tx_slots) vs.errors++;
+        else vs.tx_free[vs.ntx_free++] = (uint16_t)(id / 2);
+    }
+    vs_ctl_flush();
+    while (vq_take_used(&vs.q[0], &id, &len)) {
+        got++;
+        if (id >= vs.q[0].size) { vs.errors++; continue; }
+        if (len > vs.rx_len) { vs.errors++; len = vs.rx_len; }
+        if (len >= VS_HDR) vs_rx_packet(vs_rxbuf[id], len);
+        else vs.short_rx++;
+        vq_make_avail(&vs.q[0], (uint16_t)id);
+    }
+    if (got) vs_notify(0);
+    vs_ctl_flush();
+    if (vs.tx_kick) {
+        vs.tx_kick = 0;
+        vs_notify(1);
+    }
+    return got;
+}
+
+/* Between polls: echo what waits (within the host's credit, asking for credit after 100 ms
+ * without), release held bytes once the host has been quiet for 500 ms, and tell the host
+ * what was consumed (every RW header does; a CREDIT_UPDATE when nothing else will). */
+static void vs_service(void) {
+    uint64_t now = 0;
+    for (int progress = 1; progress;) {
+        progress = 0;
+        for (int i = 0; i < VS_CONNS && vs_can_send(); i++) {
+            struct vconn *c = &vconns[i];
+            if (c->state != C_OPEN || (c->mode != M_ECHO && c->mode != M_ECHO_PIGGYBACK) || !c->rlen) continue;
+            int64_t credit = vs_credit(c);
+            if (credit <= 0) {
+                if (!now) now = rdtsc();
+                if (!c->blocked) c->blocked = now;
+                else if (now - c->blocked > ms_to_tsc(100)) {
+                    vs_conn_ctl(c, OP_CREDIT_REQUEST, 0);
+                    c->credit_requests++;
+                    c->blocked = now;
+                }
+                continue;
+            }
+            c->blocked = 0;
+            uint32_t n = c->rlen < VS_MAXPAY ? c->rlen : VS_MAXPAY;
+            if ((int64_t)n > credit) n = (uint32_t)credit;
+            if (n > VS_RING - c->rhead) n = VS_RING - c->rhead;
+            c->fwd_cnt += n;
+            /* Small replies are copied after their header (one descriptor); larger ones go
+             * from the ring (two): the host sends into that part of the ring again only
+             * after the device took this packet, which carries the credit for it. */
+            vs_conn_rw(c, vs_rings[i] + c->rhead, n, n <= 256, n > 256);
+            c->rhead = (c->rhead + n) & (VS_RING - 1);
+            c->rlen -= n;
+            progress = 1;
+        }
+    }
+    for (int i = 0; i < VS_CONNS; i++) {
+        struct vconn *c = &vconns[i];
+        if (c->state != C_OPEN) continue;
+        if (c->mode == M_HOLD && !c->released && c->bytes) {
+            if (!now) now = rdtsc();
+            if (now - c->last_rx > ms_to_tsc(500)) {
+                c->released = 1;
+                c->fwd_cnt = c->rx_cnt;
+            }
+        }
+        uint32_t unadv = c->fwd_cnt - c->fwd_adv;
+        if (c->mode == M_ECHO) {
+            /* the RW replies carry fwd_cnt too, but an explicit update every quarter window */
+            if (c->fwd_cnt - c->upd_adv >= c->buf_alloc / 4) vs_conn_ctl(c, OP_CREDIT_UPDATE, 0);
+        } else if (unadv && (unadv >= c->buf_alloc / 2 || (c->mode != M_SINK && c->fwd_cnt == c->rx_cnt))) {
+            vs_conn_ctl(c, OP_CREDIT_UPDATE, 0);
+        }
+    }
+}
+
+static void vs_listen(uint32_t port, int mode, uint32_t buf_alloc) {
+    vs.listen_port[vs.nlisten] = port;
+    vs.listen_mode[vs.nlisten] = mode;
+    vs.listen_buf[vs.nlisten++] = buf_alloc;
+}
+
+static void vs_timeout(const char *where) {
+    puts_("PROBE: vsock timeout ");
+    puts_(where);
+    puts_(" dev_status=");
+    put_hex(vr(vs.base, VM_STATUS));
+    putc_('\n');
+}
+
+/* Polls until `*state` is no longer `from` (0) or `ms` milliseconds pass (-1). */
+static int vs_wait_state(volatile int *state, int from, uint64_t ms) {
+    uint64_t end = deadline_ms(ms);
+    for (uint32_t spin = 1; *state == from; spin++) {
+        vs_poll();
+        vs_service();
+        if (!(spin & 255) && rdtsc() > end) return -1;
+        __asm__ volatile("pause");
+    }
+    return 0;
+}
+
+/* Polls for `ms` milliseconds. */
+static void vs_idle(uint64_t ms) {
+    int never = 0;
+    vs_wait_state(&never, 0, ms);
+}
+
+static struct vconn *vs_connect(uint32_t port, int mode, uint32_t buf_alloc) {
+    struct vconn *c = vs_alloc(vs.next_port++, port, mode, buf_alloc);
+    if (c) vs_conn_ctl(c, OP_REQUEST, 0);
+    return c;
+}
+
+/* Waits for a free tx slot (for data); returns 0, or -1 after `ms`. */
+static int vs_wait_slot(uint64_t ms) {
+    uint64_t end = deadline_ms(ms);
+    for (uint32_t spin = 1; !vs_can_send(); spin++) {
+        vs_poll();
+        if (!(spin & 255) && rdtsc() > end) return -1;
+        __asm__ volatile("pause");
+    }
+    return 0;
+}
+
+/* SHUTDOWN (both directions), then waits for the host's RST or SHUTDOWN; frees `c`. */
+static void vs_close(struct vconn *c) {
+    if (c->state == C_OPEN) {
+        vs_conn_ctl(c, OP_SHUTDOWN, 3);
+        c->state = C_CLOSING;
+        if (vs_wait_state(&c->state, C_CLOSING, VS_TIMEOUT_MS)) vs_timeout("close");
+    }
+    c->state = C_FREE;
+}
+
+static void put_line(const char *s, uint32_t n) {
+    for (uint32_t i = 0; i < n && s[i] != '\n'; i++) putc_(s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?');
+}
+
+/* A connection to the host's `port`: "hello from the guest\n" out (header and payload in two
+ * descriptors), the host's reply line back, then SHUTDOWN. Returns whether all went well. */
+static int vs_out(uint32_t port) {
+    struct vconn *c = vs_connect(port, M_COLLECT, 65536);
+    if (!c) { puts_("PROBE: vsock out failed no-connection-slot\n"); return 0; }
+    uint32_t response = 0, end = 0;
+    int ok = 0;
+    if (vs_wait_state(&c->state, C_CONNECTING, VS_TIMEOUT_MS)) vs_timeout("out-response");
+    else response = c->state == C_OPEN ? OP_RESPONSE : c->end_op;
+    if (c->state == C_OPEN) {
+        static const char hello[] = "hello from the guest\n";
+        if (vs_wait_slot(VS_TIMEOUT_MS)) vs_timeout("out-send");
+        else vs_conn_rw(c, (const uint8_t *)hello, sizeof(hello) - 1, 1, 1);
+        uint64_t deadline = deadline_ms(VS_TIMEOUT_MS);
+        for (uint32_t spin = 1; c->state == C_OPEN; spin++) {
+            vs_poll();
+            vs_service();
+            int nl = 0;
+            for (uint32_t i = 0; i < c->line_len; i++) nl |= c->line[i] == '\n';
+            if (nl) break;
+            if (!(spin & 255) && rdtsc() > deadline) { vs_timeout("out-reply"); break; }
+        }
+        ok = c->line_len > 0;
+        vs_close(c);
+        end = c->end_op;
+    }
+    c->state = C_FREE;
+    puts_("PROBE: vsock out port=");
+    put_dec(port);
+    puts_(" response=");
+    put_dec(response);
+    puts_(" end=");
+    put_dec(end);
+    puts_(" got=");
+    put_line(c->line, c->line_len);
+    putc_('\n');
+    return ok && response == OP_RESPONSE;
+}
+
+static void vs_stats(void) {
+    puts_("PROBE: vsock stats errors=");
+    put_dec(vs.errors);
+    puts_(" stray=");
+    put_dec(vs.stray);
+    puts_(" short_rx=");
+    put_dec(vs.short_rx);
+    puts_(" ctl_dropped=");
+    put_dec(vs.ctl_dropped);
+    puts_(" rx_packets=");
+    put_dec(vs.rx_packets);
+    putc_('\n');
+}
+
+/* Reports and frees the connections that closed (echo and credit ones). */
+static void vs_report_closed(void) {
+    for (int i = 0; i < VS_CONNS; i++) {
+        struct vconn *c = &vconns[i];
+        if (c->state != C_CLOSED) continue;
+        if (c->mode != M_COLLECT && c->mode != M_SINK) {
+            puts_(c->mode == M_HOLD ? "PROBE: vsock credit port=" : "PROBE: vsock echo port=");
+            put_dec(c->lport);
+            puts_(" peer=");
+            put_dec(c->pport);
+            puts_(" max_over=");
+            put_dec(c->max_over);
+            puts_(" bytes=");
+            put_dec(c->bytes);
+            puts_(" fnv=");
+            put_hex(c->fnv);
+            puts_(" end=");
+            put_dec(c->end_op);
+            puts_(" flags=");
+            put_dec(c->end_flags);
+            puts_(" unsent=");
+            put_dec(c->rlen);
+            puts_(" dropped=");
+            put_dec(c->dropped);
+            puts_(" updates=");
+            put_dec(c->updates);
+            puts_(" credit_requests=");
+            put_dec(c->credit_requests);
+            putc_('\n');
+        }
+        c->state = C_FREE;
+    }
+}
+
+/* probe.vsock=test */
+static void vs_test(void) {
+    vs_out(5000);
+    struct vconn *c = vs_connect(5001, M_COLLECT, 65536);
+    uint32_t op = 0;
+    if (c && vs_wait_state(&c->state, C_CONNECTING, VS_TIMEOUT_MS)) vs_timeout("refused");
+    else if (c) op = c->state == C_OPEN ? OP_RESPONSE : c->end_op;
+    if (c && c->state == C_OPEN) vs_conn_ctl(c, OP_RST, 0);
+    if (c) c->state = C_FREE;
+    puts_("PROBE: vsock refused port=5001 op=");
+    put_dec(op);
+    putc_('\n');
+
+    vs_listen(1234, M_ECHO, 65536);
+    vs_listen(1235, M_HOLD, 4096);
+    vs_listen(1237, M_ECHO_PIGGYBACK, 65536);
+    puts_("PROBE: vsock listening port=1234\n");
+    uint64_t idle = ms_to_tsc(120000), last = rdtsc();
+    int active = 0;
+    for (uint32_t spin = 1; !vs.end; spin++) {
+        active |= vs_poll();
+        vs_service();
+        vs_report_closed();
+        if (!(spin & 1023)) {
+            uint64_t now = rdtsc();
+            if (active) { last = now; active = 0; }
+            else if (now - last > idle) { vs_timeout("serve"); break; }
+        }
+        __asm__ volatile("pause");
+    }
+    for (int i = 0; i < VS_CONNS; i++)
+        if (vconns[i].state == C_OPEN) { vs_conn_ctl(&vconns[i], OP_RST, 0); vconns[i].state = C_FREE; }
+    vs_idle(50);
+    vs_stats();
+    if (vs.end) puts_("PROBE: vsock done\n");
+}
+
+/* ---- probe.vsock=bad: hostile tx packets, then the device must still work ---------------- */
+
+static uint8_t vs_raw[8192] __attribute__((aligned(64)));
+
+static void vs_watch(uint32_t port) {
+    vs.watch_port = port;
+    vs.w_count = vs.w_rst = vs.w_credit = vs.w_first = 0;
+}
+
+/* Polls for up to `ms`, or until `want` packets came to the watched port (then 50 ms more). */
+static void vs_watch_wait(uint64_t ms, uint32_t want) {
+    uint64_t end = deadline_ms(ms);
+    for (uint32_t spin = 1;; spin++) {
+        vs_poll();
+        if (!(spin & 255)) {
+            if (rdtsc() > end) return;
+            if (vs.w_count >= want) { vs_idle(50); return; }
+        }
+        __asm__ volatile("pause");
+    }
+}
+
+/* Posts a hand-made chain at the tx descriptors kept for it (next fields relative to the
+ * first) and waits up to 1 s for the device to use it; returns whether it did. */
+static int vs_raw_chain(const struct rawdesc *d, int n) {
+    uint32_t first = vs.q[1].size - VS_RAW;
+    for (int i = 0; i < n; i++) {
+        vs.q[1].desc[first + i].addr = d[i].addr;
+        vs.q[1].desc[first + i].len = d[i].len;
+        vs.q[1].desc[first + i].flags = d[i].flags;
+        vs.q[1].desc[first + i].next = (uint16_t)(first + d[i].next);
+    }
+    vs.raw_busy = 1;
+    vq_make_avail(&vs.q[1], (uint16_t)first);
+    vs_notify(1);
+    volatile int *busy = &vs.raw_busy;
+    vs_wait_state(busy, 1, 1000);
+    return !vs.raw_busy;
+}
+
+/* A packet with header `h` and `len` bytes at `payload` through an ordinary tx slot. */
+static int vs_send_hdr(const struct vs_hdr *h, const uint8_t *payload, uint32_t len) {
+    if (vs_wait_slot(1000)) return -1;
+    uint32_t slot = vs.tx_free[--vs.ntx_free];
+    memcpy(vs_txbuf[slot], h, VS_HDR);
+    vs_post(slot, payload, len, 1);
+    return 0;
+}
+
+static void vs_bad_line(const char *name, int used) {
+    puts_("PROBE: vsock bad ");
+    puts_(name);
+    puts_(" reply=");
+    put_dec(vs.w_first);
+    puts_(" replies=");
+    put_dec(vs.w_count);
+    puts_(" rst=");
+    put_dec(vs.w_rst);
+    puts_(" used=");
+    put_dec((uint64_t)used);
+    puts_(" dev_status=");
+    put_hex(vr(vs.base, VM_STATUS));
+}
+
+/* After a case: the device is set up again if it stopped (reported); nonzero if it fails. */
+static int vs_bad_check(const char *name) {
+    uint32_t s = vr(vs.base, VM_STATUS);
+    if (s == S_LIVE) return 0;
+    const char *why = vs_init(VS_PKT);
+    puts_("PROBE: vsock bad reinit after=");
+    puts_(name);
+    puts_(" status=");
+    put_hex(s);
+    puts_(" why=");
+    puts_(why ? why : "ok");
+    putc_('\n');
+    return why != 0;
+}
+
+/* One malformed packet in a hand-made chain from guest port `port`, then a RST with the same
+ * addresses to clean up whatever the device made of it. */
+static int vs_bad_simple(const char *name, uint32_t port, uint64_t src_cid, uint64_t dst_cid, uint32_t dport,
+                         uint16_t type, uint16_t op, uint32_t len, uint32_t desc_len, uint16_t dflags) {
+    struct vs_hdr *h = (struct vs_hdr *)vs_raw;
+    vs_fill(h, port, dport, op, 0, len, 65536, 0);
+    h->src_cid = src_cid;
+    h->dst_cid = dst_cid;
+    h->type = type;
+    memcpy(vs_raw + VS_HDR, "hello", 5);
+    struct rawdesc d = {(uint64_t)(uintptr_t)vs_raw, desc_len, dflags, 0};
+    vs_watch(port);
+    int used = vs_raw_chain(&d, 1);
+    vs_watch_wait(300, 1);
+    vs_bad_line(name, used);
+    putc_('\n');
+    struct vs_hdr rst = *h;
+    rst.op = OP_RST;
+    rst.len = 0;
+    rst.type = VS_STREAM;
+    vs_send_hdr(&rst, 0, 0);
+    vs_idle(20);
+    return vs_bad_check(name);
+}
+
+/* A connection by hand from `port` to the host's `dport`: the reply's op (RESPONSE: open). */
+static uint32_t vs_bad_connect(uint32_t port, uint32_t dport) {
+    struct vs_hdr h;
+    vs_fill(&h, port, dport, OP_REQUEST, 0, 0, 65536, 0);
+    vs_watch(port);
+    vs_send_hdr(&h, 0, 0);
+    vs_watch_wait(VS_TIMEOUT_MS, 1);
+    uint32_t op = vs.w_first;
+    vs_watch(port);
+    return op;
+}
+
+static void vs_bad_rst(uint32_t port, uint32_t dport) {
+    struct vs_hdr h;
+    vs_fill(&h, port, dport, OP_RST, 0, 0, 0, 0);
+    vs_send_hdr(&h, 0, 0);
+    vs_idle(20);
+}
+
+static void vs_bad(void) {
+    uint64_t cid = vs.cid, raw = (uint64_t)(uintptr_t)vs_raw;
+    const uint16_t N = VRING_DESC_F_NEXT, W = VRING_DESC_F_WRITE;
+    uint32_t p = 40000;
+    /* Packets the device must not act on (5000 has a host listener that counts connections). */
+    if (vs_bad_simple("src_cid", p++, 99, VS_HOST, 5000, VS_STREAM, OP_REQUEST, 0, VS_HDR, 0)) return;
+    if (vs_bad_simple("dst_cid", p++, cid, 7, 5000, VS_STREAM, OP_REQUEST, 0, VS_HDR, 0)) return;
+    if (vs_bad_simple("unknown_op", p++, cid, VS_HOST, 5000, VS_STREAM, 99, 0, VS_HDR, 0)) return;
+    if (vs_bad_simple("bad_type", p++, cid, VS_HOST, 5000, 2, OP_REQUEST, 0, VS_HDR, 0)) return;
+    /* 20 bytes of a header that is whole in memory: the device must not read past them */
+    if (vs_bad_simple("short_desc", p++, cid, VS_HOST, 5000, VS_STREAM, OP_REQUEST, 0, 20, 0)) return;
+    if (vs_bad_simple("rw_no_conn", p++, cid, VS_HOST, 5000, VS_STREAM, OP_RW, 5, VS_HDR + 5, 0)) return;
+    if (vs_bad_simple("writable_desc", p++, cid, VS_HOST, 5000, VS_STREAM, OP_REQUEST, 0, VS_HDR, W)) return;
+    {   /* a good REQUEST to a port nobody listens on, its header in three descriptors: RST */
+        struct vs_hdr *h = (struct vs_hdr *)vs_raw;
+        uint32_t port = p++;
+        vs_fill(h, port, 5001, OP_REQUEST, 0, 0, 65536, 0);
+        struct rawdesc d[3] = {{raw, 10, N, 1}, {raw + 10, 20, N, 2}, {raw + 30, 14, 0, 0}};
+        vs_watch(port);
+        int used = vs_raw_chain(d, 3);
+        vs_watch_wait(1000, 1);
+        vs_bad_line("split3", used);
+        putc_('\n');
+        if (vs_bad_check("split3")) return;
+    }
+    {   /* RW whose len (1000) is beyond its descriptor (10 bytes of payload), with a secret
+           right after in memory that must never reach the host */
+        uint32_t port = p++;
+        uint32_t op = vs_bad_connect(port, 5004);
+        struct vs_hdr *h = (struct vs_hdr *)vs_raw;
+        vs_fill(h, port, 5004, OP_RW, 0, 1000, 65536, 0);
+        memcpy(vs_raw + VS_HDR, "0123456789", 10);
+        for (uint32_t i = VS_HDR + 10; i < VS_HDR + 1100; i++) vs_raw[i] = (uint8_t)"SECRET-"[i % 7];
+        struct rawdesc d = {raw, VS_HDR + 10, 0, 0};
+        int used = op == OP_RESPONSE ? vs_raw_chain(&d, 1) : 0;
+        if (op == OP_RESPONSE) vs_watch_wait(300, 1);
+        vs_bad_line("len_too_big", used);
+        puts_(" connect=");
+        put_dec(op);
+        putc_('\n');
+        if (op == OP_RESPONSE && !vs.w_rst) {  /* still open: a good RW, then RST */
+            vs_fill(h, port, 5004, OP_RW, 0, 6, 65536, 0);
+            memcpy(vs_raw + VS_HDR, "AFTER\n", 6);
+            vs_send_hdr(h, vs_raw + VS_HDR, 6);
+            vs_idle(50);
+        }
+        vs_bad_rst(port, 5004);
+        if (vs_bad_check("len_too_big")) return;
+    }
+    {   /* RW without waiting for credit, to a host program that reads nothing, until 300000
+           bytes beyond the window the device last advertised (buf_alloc + fwd_cnt), or its RST */
+        uint32_t port = p++;
+        uint32_t op = vs_bad_connect(port, 5004), sent = 0, limit = 0;
+        uint64_t end = deadline_ms(VS_TIMEOUT_MS);
+        struct vs_hdr h;
+        while (op == OP_RESPONSE && !vs.w_rst && sent < (limit = vs.w_buf_alloc + vs.w_fwd_cnt) + 300000u &&
+               rdtsc() < end) {
+            uint32_t n = VS_MAXPAY;
+            vs_fill(&h, port, 5004, OP_RW, 0, n, 65536, 0);
+            if (vs_send_hdr(&h, vs_pattern, n)) break;
+            sent += n;
+        }
+        vs_watch_wait(500, 1000);
+        vs_bad_line("over_credit", op == OP_RESPONSE);
+        puts_(" connect=");
+        put_dec(op);
+        puts_(" sent=");
+        put_dec(sent);
+        puts_(" window=");
+        put_dec(limit);
+        puts_(" credit_updates=");
+        put_dec(vs.w_credit);
+        putc_('\n');
+        vs_bad_rst(port, 5004);
+        if (vs_bad_check("over_credit")) return;
+    }
+    {   /* REQUESTs to 200 host ports nobody listens on: 200 RSTs */
+        uint32_t port = p++, sent = 0;
+        vs_watch(port);
+        struct vs_hdr h;
+        for (uint32_t i = 0; i < 200; i++) {
+            vs_fill(&h, port, 20000 + i, OP_REQUEST, 0, 0, 65536, 0);
+            if (vs_send_hdr(&h, 0, 0)) break;
+            sent++;
+        }
+        vs_watch_wait(5000, 200);
+        vs_bad_line("request_flood", 1);
+        puts_(" sent=");
+        put_dec(sent);
+        putc_('\n');
+        if (vs_bad_check("request_flood")) return;
+    }
+    {   /* rx buffers of 8 bytes, too small for any packet: the device must not write past them */
+        for (uint32_t i = 0; i < VS_QMAX; i++)
+            for (uint32_t j = 0; j < 64; j++) vs_rxbuf[i][j] = 0xa5;
+        const char *why = vs_init(8);
+        uint64_t short_before = vs.short_rx, errors_before = vs.errors;
+        uint32_t port = p++;
+        struct vs_hdr h;
+        vs_fill(&h, port, 5001, OP_REQUEST, 0, 0, 65536, 0);
+        vs_watch(port);
+        if (!why) vs_send_hdr(&h, 0, 0);
+        vs_watch_wait(500, 1);
+        uint32_t over = 0, status = vr(vs.base, VM_STATUS);
+        for (uint32_t i = 0; i < VS_QMAX; i++)
+            for (uint32_t j = 8; j < 64; j++) over += vs_rxbuf[i][j] != 0xa5;
+        vs_bad_line("small_rx", !why);
+        puts_(" short=");
+        put_dec(vs.short_rx - short_before);
+        puts_(" too_long=");
+        put_dec(vs.errors - errors_before);
+        puts_(" over=");
+        put_dec(over);
+        putc_('\n');
+        vs.watch_port = 0;
+        why = vs_init(VS_PKT);
+        if (why) {
+            puts_("PROBE: vsock bad reinit after=small_rx status=");
+            put_hex(status);
+            puts_(" why=");
+            puts_(why);
+            putc_('\n');
+            return;
+        }
+    }
+    vs.watch_port = 0;
+    int ok = vs_out(5000);
+    puts_("PROBE: vsock bad survived out=");
+    puts_(ok ? "ok" : "failed");
+    puts_(" dev_status=");
+    put_hex(vr(vs.base, VM_STATUS));
+    putc_('\n');
+}
+
+static void vsock_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode) {
+    const char *source;
+    const char *why = vs_open(cmdline, rsdp_hint, &source);
+    if (why) {
+        puts_("PROBE: vsock failed init=");
+        puts_(why);
+        if (vs.n >= 0) {
+            puts_(" status=");
+            put_hex(vr(vs.base, VM_STATUS));
+        }
+        putc_('\n');
+        if (vs.n >= 0) virtio_reset(vs.base);
+        return;
+    }
+    puts_("PROBE: vsock dev=");
+    put_dec((uint64_t)vs.n);
+    puts_(" base=");
+    put_hex(vs.base);
+    puts_(" gsi=");
+    put_dec(vs.gsi);
+    puts_(" features=");
+    put_hex(vs.offered);
+    puts_(" cid=");
+    put_dec(vs.cid);
+    puts_(" driver_features=");
+    put_hex(vs.features);
+    puts_(" queue_num_max=");
+    put_dec(virtio_queue_max(vs.base, 0));
+    puts_(" queues=");
+    put_dec(vs.q[0].size);
+    putc_(',');
+    put_dec(vs.q[1].size);
+    putc_(',');
+    put_dec(vs.q[2].size);
+    puts_(" source=");
+    puts_(source);
+    putc_('\n');
+    if (word_is(mode, "test")) vs_test();
+    else if (word_is(mode, "bad")) vs_bad();
+    virtio_reset(vs.base);
+}
+
+/* probe.bench=vsockrx|vsocktx probe.n=N: one connection's throughput, timed by the guest.
+ * vsocktx connects to the host's port 5002 and sends N bytes (byte i of the stream is
+ * i & 0xff) in RW packets of up to 4 KiB within the host's credit, timed from the RESPONSE
+ * until the device used the last one, then shuts down ("PROBE: vsock shutdown sent port=5002"
+ * once the device took the SHUTDOWN) and waits for the device's RST; vsockrx prints
+ * "PROBE: vsock listening port=1236" (buf_alloc 256 KiB) and times from the first byte to the
+ * N-th. Then: PROBE: bench vsocktx|vsockrx n=N tsc=CYCLES bytes=N packets=N credit_waits=N
+ * updates=N errors=N end=OP (end: how the connection ended, 3 for RST), or
+ * PROBE: bench vsocktx|vsockrx failed <why> bytes=N. */
+static void bench_vsock(const char *cmdline, uint64_t rsdp_hint, const char *name, uint64_t n) {
+    const char *source, *tsrc;
+    uint64_t khz = tsc_khz(&tsrc);
+    puts_("PROBE: tsc khz=");
+    put_dec(khz);
+    puts_(" source=");
+    puts_(tsrc);
+    putc_('\n');
+    const char *err = vs_open(cmdline, rsdp_hint, &source);
+    int tx = word_is(name, "vsocktx");
+    struct vconn *c = 0;
+    uint64_t t0 = 0, t1 = 0, sent = 0, packets = 0, waits = 0, end_op = 0;
+    if (!err && tx) {
+        c = vs_connect(5002, M_SINK, 65536);
+        if (vs_wait_state(&c->state, C_CONNECTING, VS_TIMEOUT_MS)) err = "timeout-connect";
+        else if (c->state != C_OPEN) err = "refused";
+    } else if (!err) {
+        vs_listen(1236, M_SINK, 256 << 10);
+        puts_("PROBE: vsock listening port=1236\n");
+        uint64_t end = deadline_ms(60000);
+        for (uint32_t spin = 1; !c; spin++) {
+            vs_poll();
+            for (int i = 0; i < VS_CONNS; i++) if (vconns[i].state == C_OPEN) c = &vconns[i];
+            if (!(spin & 255) && rdtsc() > end) { err = "timeout-accept"; break; }
+        }
+    }
+    if (!err && tx) {
+        t0 = rdtsc();
+        uint64_t end = deadline_ms(60000);
+        for (uint32_t spin = 1; sent < n && c->state == C_OPEN; spin++) {
+            vs_poll();
+            int posted = 0;
+            int64_t credit;
+            while (sent < n && vs_can_send() && (credit = vs_credit(c)) > 0) {
+                uint32_t k = n - sent < VS_MAXPAY ? (uint32_t)(n - sent) : VS_MAXPAY;
+                if ((int64_t)k > credit) k = (uint32_t)credit;
+                vs_conn_rw(c, vs_pattern + (sent & 255), k, 0, 1);
+                sent += k;
+                packets++;
+                posted = 1;
+            }
+            if (posted) {
+                vs.tx_kick = 0;
+                vs_notify(1);
+                continue;
+            }
+            if (vs_credit(c) <= 0) waits++;
+            if (!(spin & 255) && rdtsc() > end) { err = "timeout-send"; break; }
+            __asm__ volatile("pause");
+        }
+        for (uint32_t spin = 1; !err && vs.ntx_free < vs.tx_slots; spin++) {
+            vs_poll();
+            if (!(spin & 255) && rdtsc() > end) err = "timeout-used";
+        }
+        t1 = rdtsc();
+        if (!err && c->state != C_OPEN) err = "closed";
+        if (!err) {
+            /* SHUTDOWN, and once the device took it say so (a host program may only now start
+               reading what it was sent), then wait for the device's RST or SHUTDOWN */
+            vs_conn_ctl(c, OP_SHUTDOWN, 3);
+            c->state = C_CLOSING;
+            for (uint32_t spin = 1; (vs.ctl_n || vs.ntx_free < vs.tx_slots) && c->state == C_CLOSING; spin++) {
+                vs_poll();
+                if (!(spin & 255) && rdtsc() > end) { vs_timeout("shutdown-used"); break; }
+            }
+            puts_("PROBE: vsock shutdown sent port=5002\n");
+            if (vs_wait_state(&c->state, C_CLOSING, 60000)) vs_timeout("close");
+            end_op = c->end_op;
+        }
+    } else if (!err) {
+        uint64_t end = deadline_ms(60000), last_bytes = 0;
+        for (uint32_t spin = 1; c->bytes < n && c->state == C_OPEN; spin++) {
+            vs_poll();
+            vs_service();
+            if (!(spin & 1023)) {
+                if (c->bytes != last_bytes) { last_bytes = c->bytes; end = deadline_ms(60000); }
+                else if (rdtsc() > end) { err = "timeout-receive"; break; }
+            }
+        }
+        t1 = rdtsc();
+        t0 = c->first_rx;
+        sent = c->bytes;
+        if (!err && c->bytes < n) err = "closed";
+    }
+    if (c) {
+        vs_close(c);
+        if (!end_op) end_op = c->end_op;
+    }
+    if (vs.n >= 0) virtio_reset(vs.base);
+    puts_("PROBE: bench ");
+    puts_(tx ? "vsocktx" : "vsockrx");
+    if (err) {
+        puts_(" failed ");
+        puts_(err);
+        puts_(" bytes=");
+        put_dec(sent);
+        putc_('\n');
+        return;
+    }
+    puts_(" n=");
+    put_dec(n);
+    puts_(" tsc=");
+    put_dec(t1 - t0);
+    puts_(" bytes=");
+    put_dec(sent);
+    puts_(" packets=");
+    put_dec(tx ? packets : vs.rx_packets);
+    puts_(" credit_waits=");
+    put_dec(waits);
+    puts_(" updates=");
+    put_dec(c->updates);
+    puts_(" errors=");
+    put_dec(vs.errors);
+    puts_(" end=");
+    put_dec(end_op);
+    putc_('\n');
+}
+
 /* ---- Benchmarks: probe.bench=pio|scratch|console|blkread|blkwrite|blkrand probe.n=N ------ */
 
 /* N port writes: to an unused port (pio), to the UART's scratch register (scratch), or N
@@ -1368,6 +2531,8 @@ static void bench(const char *cmdline, uint64_t rsdp_hint) {
     if (word_is(kind, "blkwrite")) { bench_blk(cmdline, rsdp_hint, kind, "blkwrite", n); return; }
     if (word_is(kind, "blkrand")) { bench_blk(cmdline, rsdp_hint, kind, "blkrand", n); return; }
     if (word_is(kind, "blkid")) { bench_blk(cmdline, rsdp_hint, kind, "blkid", n); return; }
+    if (word_is(kind, "vsockrx") || word_is(kind, "vsocktx")) { bench_vsock(cmdline, rsdp_hint, kind, n); return; }
+    if (word_is(kind, "nettx")) { net_bench(cmdline, rsdp_hint, n); return; } /* net.c */
     static const char text[] = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-\n";
     const char *name = "none";
     uint64_t t0 = rdtsc();
@@ -1391,6 +2556,30 @@ static void bench(const char *cmdline, uint64_t rsdp_hint) {
     putc_('\n');
 }
 
+/* ---- Exports for net.c (see net.h): the probe's own helpers, for the virtio-net driver -- */
+
+void probe_puts(const char *s) { puts_(s); }
+void probe_putc(char c) { putc_(c); }
+void probe_put_hex(uint64_t v) { put_hex(v); }
+void probe_put_dec(uint64_t v) { put_dec(v); }
+const char *probe_cmdline_arg(const char *cmdline, const char *key) { return cmdline_arg(cmdline, key); }
+int probe_word_is(const char *v, const char *word) { return word_is(v, word); }
+uint64_t probe_parse_dec(const char *v) { return parse_dec(v); }
+uint64_t probe_deadline_ms(uint64_t ms) { return deadline_ms(ms); }
+uint64_t probe_tsc_khz(const char **source) { return tsc_khz(source); }
+int probe_virtio_find(const char *cmdline, uint64_t rsdp_hint, uint32_t device_id, uint64_t *base, uint32_t *gsi) {
+    struct vloc v[VIRTIO_MAX_DEVS];
+    const char *source;
+    int n = virtio_devices(cmdline, rsdp_hint, v, &source);
+    for (int i = 0; i < n; i++) {
+        if (mmio_read32(v[i].base + VM_DEVICE_ID) != device_id) continue;
+        *base = v[i].base;
+        *gsi = v[i].gsi;
+        return i;
+    }
+    return -1;
+}
+
 /* Entered through the PVH note (QEMU's microvm boots the ELF this way): start_info is Xen's
  * struct hvm_start_info, whose command line pointer is at offset 24. */
 void pvh_main(const uint8_t *start_info) {
@@ -1404,6 +2593,10 @@ void pvh_main(const uint8_t *start_info) {
     if (cmdline) bench(cmdline, rsdp);
     const char *blk = cmdline ? cmdline_arg(cmdline, "probe.blk") : 0;
     if (blk) blk_probe(cmdline, rsdp, blk);
+    const char *net = cmdline ? cmdline_arg(cmdline, "probe.net") : 0;
+    if (net) net_probe(cmdline, rsdp, net); /* net.c */
+    const char *vsk = cmdline ? cmdline_arg(cmdline, "probe.vsock") : 0;
+    if (vsk) vsock_probe(cmdline, rsdp, vsk);
     puts_("PROBE: done\n");
     if (cmdline && word_is(cmdline_arg(cmdline, "probe.end"), "halt")) {
         puts_("PROBE: halting\n");
@@ -1496,6 +2689,10 @@ void probe_main(const uint8_t *zp) {
 
     const char *blk = cmd_ptr ? cmdline_arg(cmdline, "probe.blk") : 0;
     if (blk) blk_probe(cmdline, *(const uint64_t *)(zp + 0x70), blk);
+    const char *vsk = cmd_ptr ? cmdline_arg(cmdline, "probe.vsock") : 0;
+    if (vsk) vsock_probe(cmdline, *(const uint64_t *)(zp + 0x70), vsk);
+    const char *net = cmd_ptr ? cmdline_arg(cmdline, "probe.net") : 0;
+    if (net) net_probe(cmdline, *(const uint64_t *)(zp + 0x70), net); /* net.c */
 
     const char *marker = cmd_ptr ? cmdline_arg(cmdline, "probe.marker") : 0;
     if (marker) { /* the port, then the MMIO register with the next value */

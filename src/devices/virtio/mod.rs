@@ -138,6 +138,10 @@ pub trait VirtioDevice: Send {
     /// A short name of the device's kind for people, e.g. `virtio-blk`.
     fn kind(&self) -> &'static str;
 
+    /// The VM has stopped: let go of host resources others may want (a TAP, a child
+    /// process, a listening socket) now rather than when the VM object is dropped.
+    fn release(&mut self) {}
+
     /// The device's handler in the event loop, given its queues' notification eventfds. The
     /// default calls [`VirtioDevice::process_queue`] for each notified queue; a device with
     /// host-side sources to watch too (vsock's sockets) brings its own.

@@ -79,9 +79,12 @@ pub struct NetCounters {
 
 /// A virtio-net device.
 pub struct Net {
-    backend: Backend,
+    /// None once the VM has stopped ([`VirtioDevice::release`]) or the backend failed.
+    backend: Option<Backend>,
     config: [u8; 10],
     offered: u64,
+    /// The features the guest accepted.
+    acked: u64,
     active: Option<Active>,
     /// The backend may have frames for the guest (it is not watched meanwhile).
     rx_pending: bool,
@@ -90,6 +93,8 @@ pub struct Net {
     watch: Option<EventSet>,
     /// A frame from passt that did not fit the guest's next buffers yet.
     held: Option<Vec<u8>>,
+    /// The backend failed (or was released): its descriptor must be unwatched.
+    backend_gone: bool,
     counters: NetCounters,
 }
 
@@ -118,14 +123,16 @@ impl Net {
         cfg[6..8].copy_from_slice(&(VIRTIO_NET_S_LINK_UP as u16).to_le_bytes());
         cfg[8..10].copy_from_slice(&1u16.to_le_bytes());
         Ok(Net {
-            backend,
+            backend: Some(backend),
             config: cfg,
             offered,
+            acked: 0,
             active: None,
             rx_pending: true,
             interest: EventSet::IN,
             watch: None,
             held: None,
+            backend_gone: false,
             counters: NetCounters::default(),
         })
     }
@@ -155,7 +162,7 @@ impl Net {
                 more = true;
                 break;
             }
-            if let Backend::Passt(p) = &self.backend {
+            if let Some(Backend::Passt(p)) = &self.backend {
                 if p.busy() {
                     break; // the socket is full: the rest waits in the ring
                 }
@@ -197,7 +204,7 @@ impl Net {
         {
             active.interrupt.trigger(INT_USED_RING);
         }
-        if let Backend::Passt(p) = &self.backend {
+        if let Some(Backend::Passt(p)) = &self.backend {
             let want_out = p.busy();
             let mut interest = self.interest;
             interest.set(EventSet::OUT, want_out);
@@ -209,13 +216,25 @@ impl Net {
 
     /// One frame (header + Ethernet frame in `bufs`) to the backend; false if dropped.
     fn send(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs) -> bool {
+        let mut hdr = [0u8; HDR_LEN];
+        if bufs.read(mem, 0, &mut hdr).is_err() || !self.header_allowed(&hdr) {
+            return false;
+        }
         match &mut self.backend {
-            Backend::Tap(tap) => {
-                let Ok(iovecs) = bufs.iovecs(mem, 0, bufs.len()) else {
+            Some(Backend::Tap(tap)) => {
+                // The header goes from our checked copy, the frame straight from the guest.
+                let Ok(frame) = bufs.iovecs(mem, HDR_LEN, bufs.len() - HDR_LEN) else {
                     return false;
                 };
-                // SAFETY: the iovecs point into guest memory that `mem` keeps mapped, with
-                // their lengths; writev only reads them.
+                let mut iovecs = Vec::with_capacity(frame.len() + 1);
+                iovecs.push(libc::iovec {
+                    iov_base: hdr.as_mut_ptr().cast(),
+                    iov_len: HDR_LEN,
+                });
+                iovecs.extend(frame);
+                // SAFETY: the first iovec is `hdr` (alive for the call), the others point into
+                // guest memory that `mem` keeps mapped, each with its length; writev only
+                // reads them.
                 let n = unsafe {
                     libc::writev(
                         tap.as_raw_fd(),
@@ -225,7 +244,7 @@ impl Net {
                 };
                 n >= 0
             }
-            Backend::Passt(p) => {
+            Some(Backend::Passt(p)) => {
                 // passt takes plain frames with full checksums (no offloads are offered
                 // with it), so the header is dropped.
                 let mut frame = vec![0u8; bufs.len() - HDR_LEN];
@@ -234,12 +253,38 @@ impl Net {
                 }
                 p.send(&frame).unwrap_or(false)
             }
+            None => false,
         }
+    }
+
+    /// Whether a transmit header asks only for offloads the guest negotiated: a frame that
+    /// needs a checksum or segmentation the device did not agree to do is dropped rather
+    /// than handed to the host half-made.
+    fn header_allowed(&self, hdr: &[u8; HDR_LEN]) -> bool {
+        let has = |b: u32| self.acked & (1u64 << b) != 0;
+        let needs_csum = hdr[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM as u8 != 0;
+        let gso_ok = match u32::from(hdr[1]) {
+            VIRTIO_NET_HDR_GSO_NONE => true,
+            VIRTIO_NET_HDR_GSO_TCPV4 => has(VIRTIO_NET_F_HOST_TSO4),
+            VIRTIO_NET_HDR_GSO_TCPV6 => has(VIRTIO_NET_F_HOST_TSO6),
+            _ => false,
+        };
+        (!needs_csum || has(VIRTIO_NET_F_CSUM)) && gso_ok
+    }
+
+    /// The smallest receive buffer a frame is guaranteed to fit: a whole 64 KiB segment when
+    /// the guest takes TSO, else a (VLAN-tagged) 1500-byte frame. A shorter buffer is handed
+    /// back empty rather than given a cut-off frame.
+    fn min_rx(&self) -> usize {
+        let big = [VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6]
+            .iter()
+            .any(|&b| self.acked & (1u64 << b) != 0);
+        HDR_LEN + if big { 65_550 } else { 1_518 }
     }
 
     /// Moves frames from the backend into the guest's receive buffers.
     fn process_rx(&mut self) -> bool {
-        if !self.rx_pending {
+        if !self.rx_pending || self.backend.is_none() {
             return false;
         }
         let Some(mut active) = self.active.take() else {
@@ -272,35 +317,28 @@ impl Net {
                 .map(|d| (d.addr(), d.len()))
                 .collect();
             let bufs = GuestBufs::new(writable);
-            match self.recv(&mem, &bufs) {
-                Ok(Some(len)) => {
-                    served += 1;
-                    if active.queues[RXQ]
-                        .add_used(mem.as_ref(), head, len as u32)
-                        .is_err()
-                    {
-                        active.interrupt.fail();
-                        break;
-                    }
-                }
-                Ok(None) => {
-                    // Nothing waiting: give the buffer back and watch the backend again.
+            let used = match self.recv(&mem, &bufs) {
+                Rx::Frame(len) => len,
+                Rx::Empty => 0,
+                Rx::Nothing | Rx::Gone => {
+                    // Give the buffer back; watch the backend again, unless it is gone.
                     let q = &mut active.queues[RXQ];
                     q.set_next_avail(q.next_avail().wrapping_sub(1));
                     self.rx_pending = false;
-                    let interest = self.interest | EventSet::IN;
-                    self.set_interest(interest);
+                    if self.backend.is_some() {
+                        let interest = self.interest | EventSet::IN;
+                        self.set_interest(interest);
+                    }
                     break;
                 }
-                Err(_) => {
-                    // A frame that does not fit is dropped; the buffer goes back empty.
-                    self.counters.dropped += 1;
-                    served += 1;
-                    if active.queues[RXQ].add_used(mem.as_ref(), head, 0).is_err() {
-                        active.interrupt.fail();
-                        break;
-                    }
-                }
+            };
+            served += 1;
+            if active.queues[RXQ]
+                .add_used(mem.as_ref(), head, used as u32)
+                .is_err()
+            {
+                active.interrupt.fail();
+                break;
             }
         }
         if served > 0
@@ -314,18 +352,19 @@ impl Net {
         more
     }
 
-    /// One frame into `bufs`: its length with the header, None when the backend has none,
-    /// Err when it does not fit (dropped).
-    fn recv(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs) -> io::Result<Option<usize>> {
-        if bufs.len() < HDR_LEN {
-            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    /// One frame into `bufs`.
+    fn recv(&mut self, mem: &GuestMemoryMmap, bufs: &GuestBufs) -> Rx {
+        if bufs.len() < self.min_rx() {
+            return Rx::Empty;
         }
-        let num_buffers = 1u16.to_le_bytes();
+        // The header the guest gets: flags only with GUEST_CSUM (the TAP may set DATA_VALID),
+        // one buffer.
+        let clear_flags = self.acked & (1u64 << VIRTIO_NET_F_GUEST_CSUM) == 0;
         match &mut self.backend {
-            Backend::Tap(tap) => {
-                let iovecs = bufs
-                    .iovecs(mem, 0, bufs.len())
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            Some(Backend::Tap(tap)) => {
+                let Ok(iovecs) = bufs.iovecs(mem, 0, bufs.len()) else {
+                    return Rx::Empty; // not guest memory: nothing read, the frame waits
+                };
                 // SAFETY: the iovecs point into guest memory that `mem` keeps mapped, with
                 // their lengths; readv writes at most that much.
                 let n = unsafe {
@@ -336,40 +375,67 @@ impl Net {
                     )
                 };
                 if n < 0 {
-                    let e = io::Error::last_os_error();
-                    return if e.kind() == io::ErrorKind::WouldBlock {
-                        Ok(None)
-                    } else {
-                        Err(e)
-                    };
+                    if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock {
+                        return Rx::Nothing;
+                    }
+                    // The TAP is gone (deleted under us): stop using it.
+                    self.backend = None;
+                    self.backend_gone = true;
+                    return Rx::Gone;
                 }
                 // The TAP writes the 10-byte legacy header; num_buffers is ours.
-                bufs.write(mem, 10, &num_buffers)
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                let _ = bufs.write(mem, 10, &1u16.to_le_bytes());
+                if clear_flags {
+                    let _ = bufs.write(mem, 0, &[0]);
+                }
                 self.counters.rx_frames += 1;
-                Ok(Some(n as usize))
+                Rx::Frame(n as usize)
             }
-            Backend::Passt(p) => {
+            Some(Backend::Passt(p)) => {
                 let frame = match self.held.take() {
                     Some(f) => f,
-                    None => match p.recv()? {
-                        Some(f) => f,
-                        None => return Ok(None),
+                    None => match p.recv() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => return Rx::Nothing,
+                        Err(_) => {
+                            self.backend = None;
+                            self.backend_gone = true;
+                            return Rx::Gone;
+                        }
                     },
                 };
                 if frame.len() + HDR_LEN > bufs.len() {
-                    return Err(io::Error::from(io::ErrorKind::InvalidData));
+                    self.held = Some(frame);
+                    return Rx::Empty;
                 }
                 let mut hdr = [0u8; HDR_LEN];
-                hdr[10..12].copy_from_slice(&num_buffers);
-                bufs.write(mem, 0, &hdr)
+                hdr[10..12].copy_from_slice(&1u16.to_le_bytes());
+                if bufs
+                    .write(mem, 0, &hdr)
                     .and_then(|()| bufs.write(mem, HDR_LEN, &frame))
-                    .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+                    .is_err()
+                {
+                    self.held = Some(frame);
+                    return Rx::Empty;
+                }
                 self.counters.rx_frames += 1;
-                Ok(Some(HDR_LEN + frame.len()))
+                Rx::Frame(HDR_LEN + frame.len())
             }
+            None => Rx::Gone,
         }
     }
+}
+
+/// What became of a receive buffer.
+enum Rx {
+    /// A frame of this length (with its header) is in it.
+    Frame(usize),
+    /// Returned empty: too small or not in guest memory; the frame waits for the next.
+    Empty,
+    /// No frame waiting: the buffer goes back to the ring.
+    Nothing,
+    /// The backend is gone: the buffer goes back to the ring.
+    Gone,
 }
 
 impl VirtioDevice for Net {
@@ -402,7 +468,8 @@ impl VirtioDevice for Net {
                 return Err(ActivateError::QueueNotReady(i));
             }
         }
-        if let Backend::Tap(tap) = &self.backend {
+        self.acked = activation.features;
+        if let Some(Backend::Tap(tap)) = &self.backend {
             // Offloads only as far as the guest takes them: otherwise the TAP would hand it
             // frames with partial checksums or 64 KiB segments it cannot handle.
             let f = activation.features;
@@ -442,13 +509,26 @@ impl VirtioDevice for Net {
         "virtio-net"
     }
 
+    fn release(&mut self) {
+        // Closes the TAP (so another VM may open it) or stops passt.
+        self.backend = None;
+        self.held = None;
+    }
+
     fn subscriber(
         device: Arc<Mutex<Self>>,
         queue_events: Vec<EventFd>,
     ) -> Box<dyn MutEventSubscriber + Send> {
+        let backend_fd = device
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .backend
+            .as_ref()
+            .map_or(-1, |b| b.as_raw_fd());
         Box::new(NetHandler {
             device,
             queue_events,
+            backend_fd,
         })
     }
 }
@@ -457,6 +537,8 @@ impl VirtioDevice for Net {
 pub struct NetHandler {
     device: Arc<Mutex<Net>>,
     queue_events: Vec<EventFd>,
+    /// The backend's descriptor, as registered.
+    backend_fd: RawFd,
 }
 
 impl MutEventSubscriber for NetHandler {
@@ -468,8 +550,11 @@ impl MutEventSubscriber for NetHandler {
             TOKEN_BACKEND => {
                 let set = events.event_set();
                 if set.contains(EventSet::OUT) {
-                    if let Backend::Passt(p) = &mut dev.backend {
-                        let _ = p.flush();
+                    if let Some(Backend::Passt(p)) = &mut dev.backend {
+                        if p.flush().is_err() {
+                            dev.backend = None;
+                            dev.backend_gone = true;
+                        }
                     }
                     if dev.process_tx() {
                         again = Some(TXQ);
@@ -485,11 +570,7 @@ impl MutEventSubscriber for NetHandler {
                     }
                 }
                 if set.intersects(EventSet::HANG_UP | EventSet::ERROR) {
-                    // The backend went away (passt died): stop watching it for good.
-                    dev.interest = EventSet::empty();
-                    dev.watch = None;
-                    let _ = ops.remove(Events::empty_raw(dev.backend.as_raw_fd()));
-                    return;
+                    dev.backend_gone = true;
                 }
             }
             t => {
@@ -506,9 +587,17 @@ impl MutEventSubscriber for NetHandler {
                 let _ = event.write(1);
             }
         }
+        if dev.backend_gone {
+            // The backend went away (passt died, the TAP was deleted): stop watching it for
+            // good. Its fd was registered under this number; removing by number is all epoll
+            // needs, whether or not it is still open.
+            dev.backend_gone = false;
+            dev.watch = None;
+            let _ = ops.remove(Events::empty_raw(self.backend_fd));
+            return;
+        }
         if let Some(set) = dev.watch.take() {
-            let fd = dev.backend.as_raw_fd();
-            let _ = ops.modify(Events::with_data_raw(fd, TOKEN_BACKEND, set));
+            let _ = ops.modify(Events::with_data_raw(self.backend_fd, TOKEN_BACKEND, set));
         }
     }
 
@@ -518,7 +607,7 @@ impl MutEventSubscriber for NetHandler {
         }
         let dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
         let _ = ops.add(Events::with_data_raw(
-            dev.backend.as_raw_fd(),
+            self.backend_fd,
             TOKEN_BACKEND,
             dev.interest,
         ));

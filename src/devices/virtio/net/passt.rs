@@ -35,7 +35,9 @@ impl Passt {
         })?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new("passt");
-        cmd.args(["--foreground", "--quiet", "--fd", "3"]);
+        // MTU 1500: the guest's receive buffers are sized for it unless it takes TSO (which
+        // passt frames do not need).
+        cmd.args(["--foreground", "--quiet", "--fd", "3", "--mtu", "1500"]);
         for (host, guest) in forward {
             cmd.args(["-t", &format!("{host}:{guest}")]);
         }

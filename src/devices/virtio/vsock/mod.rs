@@ -52,6 +52,8 @@ const MAX_PAYLOAD: usize = 64 << 10;
 /// buffers; beyond that the device stops taking the guest's packets until the guest
 /// makes room.
 const MAX_PENDING: usize = 2 * MAX_CONNECTIONS;
+/// How long a stopping VM keeps writing what its guest sent to host programs.
+const RELEASE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 /// Host-initiated connections get local ports from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -87,6 +89,8 @@ struct Conn {
     to_host: Vec<u8>,
     /// Shut the host socket's write side once `to_host` is flushed.
     shut_write: bool,
+    /// The guest shut down both ways: end the connection once `to_host` is flushed.
+    peer_done: bool,
     /// Bytes sent to the guest, and the guest's credit (its buffer and what it consumed).
     tx_cnt: u32,
     peer_buf_alloc: u32,
@@ -106,6 +110,7 @@ impl Conn {
             interest: EventSet::empty(),
             to_host: Vec::new(),
             shut_write: false,
+            peer_done: false,
             tx_cnt: 0,
             peer_buf_alloc: 0,
             peer_fwd_cnt: 0,
@@ -137,7 +142,8 @@ struct Active {
 pub struct Vsock {
     cid: u64,
     config: [u8; 8],
-    listener: Listener,
+    /// None once the VM has stopped ([`VirtioDevice::release`]).
+    listener: Option<Listener>,
     uds: PathBuf,
     active: Option<Active>,
     conns: HashMap<Key, Conn>,
@@ -151,6 +157,9 @@ pub struct Vsock {
     watch: Vec<Watch>,
     /// Sockets of removed connections, closed after `watch` is applied.
     closing: Vec<UnixStream>,
+    /// Connections the guest has closed, still writing what it sent before to the host
+    /// program, by token (they count against `MAX_CONNECTIONS`).
+    draining: HashMap<u32, Conn>,
 }
 
 impl Vsock {
@@ -162,7 +171,7 @@ impl Vsock {
             cid,
             config: cid.to_le_bytes(),
             uds: listener.path().into(),
-            listener,
+            listener: Some(listener),
             active: None,
             conns: HashMap::new(),
             tokens: HashMap::new(),
@@ -172,6 +181,7 @@ impl Vsock {
             ready: VecDeque::new(),
             watch: Vec::new(),
             closing: Vec::new(),
+            draining: HashMap::new(),
         })
     }
 
@@ -250,9 +260,12 @@ impl Vsock {
     /// Accepts host connections.
     fn accept(&mut self) {
         loop {
-            match self.listener.accept() {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
                 Ok(Some(stream)) => {
-                    if self.conns.len() >= MAX_CONNECTIONS {
+                    if self.conns.len() + self.draining.len() >= MAX_CONNECTIONS {
                         continue; // dropped: the host program sees the socket close
                     }
                     let key = (self.alloc_local_port(), u32::MAX);
@@ -275,6 +288,10 @@ impl Vsock {
 
     /// Something happened on a connection's socket.
     fn conn_event(&mut self, token: u32, set: EventSet) {
+        if self.draining.contains_key(&token) {
+            self.drain(token, set);
+            return;
+        }
         let Some(&key) = self.tokens.get(&token) else {
             return;
         };
@@ -335,6 +352,34 @@ impl Vsock {
         }
     }
 
+    /// Writes on for a connection the guest has closed; closes it once done (or broken).
+    fn drain(&mut self, token: u32, set: EventSet) {
+        let Some(c) = self.draining.get_mut(&token) else {
+            return;
+        };
+        let mut done = set.intersects(EventSet::HANG_UP | EventSet::ERROR);
+        while !done && !c.to_host.is_empty() {
+            match c.stream.write(&c.to_host) {
+                Ok(n) => {
+                    c.to_host.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => done = true,
+            }
+        }
+        if done || c.to_host.is_empty() {
+            if let Some(c) = self.draining.remove(&token) {
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
+                self.closing.push(c.stream);
+            }
+        } else if c.interest != EventSet::OUT {
+            c.interest = EventSet::OUT;
+            self.watch
+                .push(Watch::Set(c.stream.as_raw_fd(), token, EventSet::OUT));
+        }
+    }
+
     /// The host socket has data (or an end): stop watching it for input until it is read.
     fn mark_readable(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
@@ -369,6 +414,22 @@ impl Vsock {
         let drained = c.to_host.is_empty();
         if drained && c.shut_write {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        if c.peer_done {
+            // The guest is done: it gets its RST now (so its close() completes), and what it
+            // sent before still goes to the host program, from the draining list.
+            let waiting = !drained;
+            if let Some(c) = self.conns.remove(&key) {
+                self.tokens.remove(&c.token);
+                if waiting {
+                    self.draining.insert(c.token, c);
+                } else {
+                    self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
+                    self.closing.push(c.stream);
+                }
+            }
+            self.push(key, OP_RST, 0);
+            return;
         }
         let mut interest = c.interest;
         interest.set(EventSet::OUT, !drained);
@@ -460,8 +521,13 @@ impl Vsock {
             return;
         }
         if let Some(c) = self.conns.get_mut(&key) {
+            // Every header carries the guest's credit, not only CREDIT_UPDATE: a connection
+            // that was waiting for credit may go on.
             c.peer_buf_alloc = h.buf_alloc;
             c.peer_fwd_cnt = h.fwd_cnt;
+            if c.readable && c.peer_credit() > 0 && !self.ready.contains(&key) {
+                self.ready.push_back(key);
+            }
         }
         let state = self.conns.get(&key).map(|c| c.state);
         match (h.op, state) {
@@ -470,20 +536,16 @@ impl Vsock {
             (OP_RESPONSE, Some(State::Requested)) => self.host_connected(key),
             (OP_RW, Some(State::Established)) => self.guest_data(mem, bufs, key, payload),
             (OP_SHUTDOWN, Some(State::Established)) => {
-                if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
-                    self.reset_conn(key);
-                } else if h.flags & SHUTDOWN_SEND != 0 {
-                    if let Some(c) = self.conns.get_mut(&key) {
-                        c.shut_write = true;
-                    }
-                    self.flush_to_host(key);
+                // What the guest sent before still goes to the host program first; the
+                // connection ends (RST) once it has, when the guest is done both ways.
+                if let Some(c) = self.conns.get_mut(&key) {
+                    c.shut_write |= h.flags & SHUTDOWN_SEND != 0;
+                    c.peer_done |=
+                        h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND;
                 }
+                self.flush_to_host(key);
             }
-            (OP_CREDIT_UPDATE, Some(State::Established)) => {
-                if self.conns.get(&key).is_some_and(|c| c.readable) && !self.ready.contains(&key) {
-                    self.ready.push_back(key);
-                }
-            }
+            (OP_CREDIT_UPDATE, Some(State::Established)) => {} // credit taken above
             (OP_CREDIT_REQUEST, Some(State::Established)) => {
                 if let Some(c) = self.conns.get_mut(&key) {
                     c.fwd_cnt_sent = c.fwd_cnt;
@@ -498,7 +560,7 @@ impl Vsock {
 
     /// The guest connects to the host's port `key.0`.
     fn guest_connect(&mut self, key: Key, request: &Header) {
-        if self.conns.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.draining.len() >= MAX_CONNECTIONS {
             self.push(key, OP_RST, 0);
             return;
         }
@@ -720,6 +782,10 @@ impl Vsock {
         for key in keys {
             self.remove_conn(key);
         }
+        for (_, c) in self.draining.drain() {
+            self.watch.push(Watch::Forget(c.stream.as_raw_fd()));
+            self.closing.push(c.stream);
+        }
         self.pending.clear();
         self.ready.clear();
     }
@@ -786,6 +852,27 @@ impl VirtioDevice for Vsock {
         "virtio-vsock"
     }
 
+    fn release(&mut self) {
+        // What the guest sent before it stopped still reaches the host programs (within a
+        // bounded time: a program that reads nothing must not hold up the VM's end), then
+        // they see their connections close, and the socket file goes.
+        let deadline = std::time::Instant::now() + RELEASE_FLUSH;
+        for c in self.conns.values_mut().chain(self.draining.values_mut()) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if c.to_host.is_empty() || left.is_zero() {
+                continue;
+            }
+            if c.stream.set_nonblocking(false).is_ok()
+                && c.stream.set_write_timeout(Some(left)).is_ok()
+            {
+                let _ = c.stream.write_all(&c.to_host);
+            }
+        }
+        self.drop_connections();
+        self.closing.clear();
+        self.listener = None;
+    }
+
     fn subscriber(
         device: Arc<Mutex<Self>>,
         queue_events: Vec<EventFd>,
@@ -844,11 +931,9 @@ impl MutEventSubscriber for VsockHandler {
             let _ = ops.add(Events::with_data(e, i as u32, EventSet::IN));
         }
         let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = ops.add(Events::with_data(
-            &device.listener,
-            TOKEN_LISTENER,
-            EventSet::IN,
-        ));
+        if let Some(listener) = &device.listener {
+            let _ = ops.add(Events::with_data(listener, TOKEN_LISTENER, EventSet::IN));
+        }
     }
 }
 
