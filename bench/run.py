@@ -684,6 +684,120 @@ def case_lab_disks(reps: int, firecracker: Optional[str]) -> list[Row]:
     return rows
 
 
+# ---- case 10: commands and vsock under the Debian guest, in the lab ------------------------
+
+RUN_REPS = 200
+STREAM_MIB = 128
+AGENT_CMDLINE = "reboot=k panic=-1 quiet"
+
+
+def agent_client(uds: str, timeout: float = 180.0) -> Any:
+    """An agent client over a Firecracker-protocol vsock socket at ``uds``, once the agent answers."""
+    from vmm_reference.agent import AGENT_PORT, Client
+    from vmm_reference.vsock import VsockEndpoint
+
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            client = Client(VsockEndpoint(3, uds).connect(AGENT_PORT, timeout=5))
+            client.ping()
+            return client
+        except OSError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.2)
+
+
+def agent_rates(uds: str) -> dict[str, float]:
+    """``run("true")`` round trip (ms, median of RUN_REPS) and command output over vsock (MB/s)."""
+    times = []
+    for _ in range(RUN_REPS):
+        with agent_client(uds) as c:
+            t0 = time.perf_counter()
+            c.run(["true"])
+            times.append((time.perf_counter() - t0) * 1e3)
+    with agent_client(uds) as c:
+        t0 = time.perf_counter()
+        r = c.run(["head", "-c", str(STREAM_MIB * MIB), "/dev/zero"])
+        dt = time.perf_counter() - t0
+    assert len(r.stdout) == STREAM_MIB * MIB
+    return {"run": statistics.median(times), "stream": STREAM_MIB * MIB / 1e6 / dt}
+
+
+def agent_ours(g: Any, scratch: Path) -> dict[str, float]:
+    uds = str(scratch / "ours.sock")
+    from vmm_reference import Vsock
+
+    with Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=AGENT_CMDLINE,
+            vsock=Vsock(cid=3, uds=uds)) as vm:
+        vm.start()
+        return agent_rates(uds)
+
+
+def agent_firecracker(g: Any, scratch: Path, firecracker: str) -> dict[str, float]:
+    uds = str(scratch / "fc.sock")
+    config = {
+        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
+                        "boot_args": f"console=ttyS0 {AGENT_CMDLINE}"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+        "vsock": {"guest_cid": 3, "uds_path": uds},
+    }
+    path = scratch / "fc-agent.json"
+    path.write_text(json.dumps(config))
+    console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
+    try:
+        console.expect(GUEST_READY_MARKER, 300)
+        return agent_rates(uds)
+    finally:
+        console.close()
+        Path(uds).unlink(missing_ok=True)
+
+
+def inner_agent(reps: int, firecracker: Optional[str]) -> dict[str, dict[str, list[float]]]:
+    """Run inside the lab: ours and Firecracker's agent round trip and vsock stream, interleaved."""
+    g = fetch_guest()
+    out: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="vmm-bench-") as d:
+        scratch = Path(d)
+        runners: list[tuple[str, Callable[[], dict[str, float]]]] = [("ours", lambda: agent_ours(g, scratch))]
+        if firecracker:
+            runners.append(("firecracker", lambda: agent_firecracker(g, scratch, firecracker)))
+        for _ in range(reps):
+            for name, fn in runners:
+                for case, value in fn().items():
+                    out.setdefault(case, {}).setdefault(name, []).append(value)
+    return out
+
+
+def case_lab_agent(reps: int, firecracker: Optional[str]) -> list[Row]:
+    run_metric = "`vm.run([\"true\"])` round trip through the guest agent, nested-KVM lab (emulated: ratio only)"
+    stream_metric = f"{STREAM_MIB} MiB of command output over vsock, nested-KVM lab (emulated: ratio only)"
+    why = lab_available()
+    if why:
+        return [Row("10 vsock", m, u, [], note=f"not run: {why}") for m, u in
+                ((run_metric, "ms"), (stream_metric, "MB/s"))]
+    fetch_guest()
+    args = [str(Path(__file__)), "--inner-agent", str(reps)]
+    if firecracker:
+        args += ["--firecracker", str(Path(firecracker).resolve())]
+    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
+    found = re.findall(r"^AGENT (\{.*\})\s*$", result.output, re.M)
+    if result.status != 0 or not found:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
+    s = json.loads(found[-1])
+    note = "" if firecracker else "Firecracker not run: pass --firecracker PATH"
+    fc_run, fc_stream = s["run"].get("firecracker", []), s["stream"].get("firecracker", [])
+    return [
+        Row("10 vsock", run_metric, "ms", s["run"]["ours"], fc_run, "Firecracker's vsock in the same lab",
+            "≤ 1.0× peer" if fc_run else "", (lambda r: r.ratio is not None and r.ratio <= 1.0) if fc_run else None,
+            note=note),
+        Row("10 vsock", stream_metric, "MB/s", s["stream"]["ours"], fc_stream, "Firecracker's vsock in the same lab",
+            "≥ 1.0× peer" if fc_stream else "", at_least_peer if fc_stream else None, note=note),
+    ]
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -741,12 +855,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="a Firecracker binary: adds it as a peer in the lab's disk case (skipped without)")
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-disks", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-agent", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--only", metavar="CASE", help="run only the cases whose name contains CASE")
     args = parser.parse_args(argv)
     if args.inner_userspace:
         print("USERSPACE " + json.dumps(kernel_samples(args.inner_userspace, READY_LINE)), flush=True)
         return 0
     if args.inner_disks:
         print("DISKS " + json.dumps(inner_disks(args.inner_disks, args.firecracker)), flush=True)
+        return 0
+    if args.inner_agent:
+        print("AGENT " + json.dumps(inner_agent(args.inner_agent, args.firecracker)), flush=True)
         return 0
     for need, how in [(PROBE, "make -C tests/guest"), (RAW_LOOP, "cargo build --release --example raw_kvm_loop")]:
         if not need.exists():
@@ -759,6 +878,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows: list[Row] = []
 
     def run(name: str, fn: Callable[[], list[Row]]) -> list[Row]:
+        if args.only and args.only not in name:
+            return []
         t = time.perf_counter()
         got = fn()
         print(f"{name}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
@@ -771,7 +892,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     run("start latency", lambda: case_start(reps * 2))
     exit_rows = run("exit path", lambda: case_exits(reps, 100_000, hz))
-    run("console", lambda: case_console(reps, 200_000, exit_rows[0].ours))
+    run("console", lambda: case_console(reps, 200_000, exit_rows[0].ours if exit_rows else []))
     run("memory", lambda: case_memory(1 if args.quick else 2))
     run("scale", lambda: case_scale(1 if args.quick else 2, 100))
     run("real kernel", lambda: case_kernel(2 if args.quick else 3, kind))
@@ -780,14 +901,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.quick:
         run("userspace", lambda: case_userspace(3, kind))
         run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))
+        run("vsock in the lab", lambda: case_lab_agent(3, args.firecracker))
     took = time.perf_counter() - started
     header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
               f"Medians compared; ratio = ours / peer.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(rows, header))
-    chart(rows, out / "results.png")
-    if args.readme:
+    if not args.only:
+        (out / "results.md").write_text(markdown(rows, header))
+        chart(rows, out / "results.png")
+    if args.readme and not args.only:
         readme = REPO / "README.md"
         text = readme.read_text()
         begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"

@@ -2399,7 +2399,8 @@ static void vsock_probe(const char *cmdline, uint64_t rsdp_hint, const char *mod
  * "PROBE: vsock listening port=1236" (buf_alloc 256 KiB) and times from the first byte to the
  * N-th. Then: PROBE: bench vsocktx|vsockrx n=N tsc=CYCLES bytes=N packets=N credit_waits=N
  * updates=N errors=N end=OP (end: how the connection ended, 3 for RST), or
- * PROBE: bench vsocktx|vsockrx failed <why> bytes=N. */
+ * PROBE: bench vsocktx|vsockrx failed <why> bytes=N; then "PROBE: vsock device reset" once the
+ * device is reset, unless probe.keep=1 leaves it live (with probe.end=halt: for ever). */
 static void bench_vsock(const char *cmdline, uint64_t rsdp_hint, const char *name, uint64_t n) {
     const char *source, *tsrc;
     uint64_t khz = tsc_khz(&tsrc);
@@ -2488,7 +2489,8 @@ static void bench_vsock(const char *cmdline, uint64_t rsdp_hint, const char *nam
         vs_close(c);
         if (!end_op) end_op = c->end_op;
     }
-    if (vs.n >= 0) virtio_reset(vs.base);
+    int reset = vs.n >= 0 && !word_is(cmdline_arg(cmdline, "probe.keep"), "1");
+    if (reset) virtio_reset(vs.base);
     puts_("PROBE: bench ");
     puts_(tx ? "vsocktx" : "vsockrx");
     if (err) {
@@ -2497,6 +2499,7 @@ static void bench_vsock(const char *cmdline, uint64_t rsdp_hint, const char *nam
         puts_(" bytes=");
         put_dec(sent);
         putc_('\n');
+        if (reset) puts_("PROBE: vsock device reset\n");
         return;
     }
     puts_(" n=");
@@ -2516,6 +2519,7 @@ static void bench_vsock(const char *cmdline, uint64_t rsdp_hint, const char *nam
     puts_(" end=");
     put_dec(end_op);
     putc_('\n');
+    if (reset) puts_("PROBE: vsock device reset\n");
 }
 
 /* ---- Benchmarks: probe.bench=pio|scratch|console|blkread|blkwrite|blkrand probe.n=N ------ */

@@ -833,7 +833,11 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.active = None;
+        // Connections the guest already closed keep draining to their host programs: the
+        // guest was told they were done (its RST), so what it sent must still arrive.
+        let draining = std::mem::take(&mut self.draining);
         self.drop_connections();
+        self.draining = draining;
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
