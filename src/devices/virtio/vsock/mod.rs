@@ -437,12 +437,14 @@ impl Vsock {
         self.set_interest(key, interest);
     }
 
-    /// Tells the guest about consumed data once a good share of its window is free again.
+    /// Tells the guest about consumed data once half its window is free again: often enough
+    /// that a guest keeping up never waits, rarely enough that the updates (a receive
+    /// buffer and an interrupt each) cost little.
     fn maybe_credit_update(&mut self, key: Key) {
         let Some(c) = self.conns.get_mut(&key) else {
             return;
         };
-        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= CONN_BUF / 4 {
+        if c.fwd_cnt.wrapping_sub(c.fwd_cnt_sent) >= CONN_BUF / 2 {
             c.fwd_cnt_sent = c.fwd_cnt;
             self.push(key, OP_CREDIT_UPDATE, 0);
         }
