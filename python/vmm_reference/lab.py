@@ -41,8 +41,9 @@ _MODULES = [
     "drivers/virtio/virtio_ring", "drivers/virtio/virtio", "drivers/virtio/virtio_pci_legacy_dev",
     "drivers/virtio/virtio_pci_modern_dev", "drivers/virtio/virtio_pci", "net/9p/9pnet",
     "net/9p/9pnet_virtio", "fs/netfs/netfs", "fs/fscache/fscache", "fs/9p/9p",
-    # TAP devices for the network tests (in their own network namespaces).
-    "drivers/net/tun",
+    # TAP devices for the network tests (in their own network namespaces); a dummy interface
+    # with a default route gives passt (user-mode networking) its template interface there.
+    "drivers/net/tun", "drivers/net/dummy",
 ]
 
 _INIT = f"""#!/bin/busybox sh
