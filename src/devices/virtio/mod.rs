@@ -95,6 +95,19 @@ impl Interrupt {
     }
 }
 
+/// Reads `data.len()` bytes of a device's configuration space `config` at `offset`; bytes
+/// past its end (or an offset beyond any) read as 0, as the spec asks of unused space.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// What a device gets when the driver sets DRIVER_OK.
 pub struct Activation {
     /// The queues, checked against guest memory, in queue-index order (unused ones too).
