@@ -798,6 +798,120 @@ def case_lab_agent(reps: int, firecracker: Optional[str]) -> list[Row]:
     ]
 
 
+# ---- case 11: TCP over a TAP under the Debian guest, in the lab ------------------------------
+
+TAP_MIB = 64
+
+
+class TcpSink:
+    """Counts what one TCP connection at a time sends to ``addr``:5555 and how fast."""
+
+    def __init__(self, addr: str) -> None:
+        import socket
+        import threading
+
+        self.server = socket.create_server((addr, 5555))
+        self.server.settimeout(300)
+        self.rates: list[float] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            with conn:
+                n, first = 0, None
+                while chunk := conn.recv(1 << 20):
+                    first = first or time.perf_counter()
+                    n += len(chunk)
+                if first is not None and n == TAP_MIB * MIB:
+                    self.rates.append(n / 1e6 / max(time.perf_counter() - first, 1e-6))
+
+    def wait_for(self, count: int, timeout: float = 300) -> float:
+        end = time.monotonic() + timeout
+        while len(self.rates) < count and time.monotonic() < end:
+            self.thread.join(0.1)
+        if len(self.rates) < count:
+            raise RuntimeError("the guest's transfer never completed")
+        return self.rates[-1]
+
+
+def tap_transfer(console: Any, guest_ip: str, host_ip: str, sink: TcpSink) -> float:
+    """In the guest's shell: bring eth0 up and send TAP_MIB MiB to the host's sink."""
+    console.expect(GUEST_READY_MARKER, 300)
+    console.expect(GUEST_PROMPT, 60)
+    before = len(sink.rates)
+    console.write(f"ip addr add {guest_ip}/24 dev eth0 && ip link set eth0 up && "
+                  f"dd if=/dev/zero bs=1M count={TAP_MIB} 2>/dev/null | nc {host_ip} 5555; echo SENT=$?\n".encode())
+    console.expect(r"SENT=0", 300)
+    return sink.wait_for(before + 1)
+
+
+def inner_tap_ns(reps: int, firecracker: Optional[str]) -> dict[str, list[float]]:
+    """Inside a private network namespace in the lab: ours on tap0, Firecracker on tap1."""
+    def sh(cmd: str) -> None:
+        subprocess.run(cmd, shell=True, check=True)
+
+    sh("ip link set lo up")
+    for i, tap in enumerate(["tap0", "tap1"]):
+        sh(f"ip tuntap add dev {tap} mode tap && ip addr add 10.0.{2 + i}.1/24 dev {tap} && ip link set {tap} up")
+    sinks = [TcpSink("10.0.2.1"), TcpSink("10.0.3.1")]
+    g = fetch_guest()
+    out: dict[str, list[float]] = {"ours": [], "firecracker": []}
+    for _ in range(reps):
+        from vmm_reference import Tap
+
+        vm = Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=SHELL_CMDLINE,
+                net=[Tap("tap0", mac="06:00:ac:10:00:02")])
+        try:
+            vm.start()
+            out["ours"].append(tap_transfer(VmConsole(vm), "10.0.2.15", "10.0.2.1", sinks[0]))
+        finally:
+            vm.close()
+        if firecracker:
+            with tempfile.TemporaryDirectory(prefix="vmm-bench-") as d:
+                config = {
+                    "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
+                                    "boot_args": f"console=ttyS0 {SHELL_CMDLINE}"},
+                    "drives": [],
+                    "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+                    "network-interfaces": [{"iface_id": "eth0", "guest_mac": "06:00:ac:10:00:03",
+                                            "host_dev_name": "tap1"}],
+                }
+                path = Path(d) / "fc-net.json"
+                path.write_text(json.dumps(config))
+                console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
+                try:
+                    out["firecracker"].append(tap_transfer(console, "10.0.3.15", "10.0.3.1", sinks[1]))
+                finally:
+                    console.close()
+    return out
+
+
+def case_lab_tap(reps: int, firecracker: Optional[str]) -> list[Row]:
+    metric = f"Debian guest sends {TAP_MIB} MiB over TCP through a TAP, nested-KVM lab (emulated: ratio only)"
+    why = lab_available()
+    if why:
+        return [Row("11 network", metric, "MB/s", [], note=f"not run: {why}")]
+    fetch_guest()
+    args = [str(Path(__file__)), "--inner-tap", str(reps)]
+    if firecracker:
+        args += ["--firecracker", str(Path(firecracker).resolve())]
+    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
+    found = re.findall(r"^TAP (\{.*\})\s*$", result.output, re.M)
+    if result.status != 0 or not found:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
+    s = json.loads(found[-1])
+    fc = s.get("firecracker", [])
+    return [Row("11 network", metric, "MB/s", s["ours"], fc, "Firecracker's virtio-net in the same lab",
+                "≥ 1.0× peer" if fc else "", at_least_peer if fc else None,
+                note="" if fc else "Firecracker not run: pass --firecracker PATH")]
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -856,6 +970,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-disks", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-agent", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-tap", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-tap-ns", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--only", metavar="CASE", help="run only the cases whose name contains CASE")
     args = parser.parse_args(argv)
     if args.inner_userspace:
@@ -866,6 +982,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     if args.inner_agent:
         print("AGENT " + json.dumps(inner_agent(args.inner_agent, args.firecracker)), flush=True)
+        return 0
+    if args.inner_tap:
+        # The TAPs live in a network namespace of their own, so the lab's network is untouched.
+        cmd = ["unshare", "--net", sys.executable, str(Path(__file__)), "--inner-tap-ns", str(args.inner_tap)]
+        if args.firecracker:
+            cmd += ["--firecracker", args.firecracker]
+        return subprocess.run(cmd, check=False).returncode
+    if args.inner_tap_ns:
+        print("TAP " + json.dumps(inner_tap_ns(args.inner_tap_ns, args.firecracker)), flush=True)
         return 0
     for need, how in [(PROBE, "make -C tests/guest"), (RAW_LOOP, "cargo build --release --example raw_kvm_loop")]:
         if not need.exists():
@@ -902,6 +1027,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run("userspace", lambda: case_userspace(3, kind))
         run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))
         run("vsock in the lab", lambda: case_lab_agent(3, args.firecracker))
+        run("network in the lab", lambda: case_lab_tap(3, args.firecracker))
     took = time.perf_counter() - started
     header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
               f"Medians compared; ratio = ours / peer.")

@@ -206,6 +206,7 @@ impl DeviceManager {
             events.push(event);
         }
         let shared: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+        self.virtio.push(shared.clone());
         let transport = MmioTransport::new(shared, self.mem.clone(), interrupt, transport_events);
         self.mmio
             .insert(base, MMIO_SLOT, 0, Arc::new(Mutex::new(transport)))?;
@@ -266,6 +267,38 @@ impl Aml for VirtioMmioAml {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn registered_devices_are_listed_for_release() {
+        use crate::config::VsockConfig;
+        use crate::devices::virtio::vsock::Vsock;
+
+        let kvm = match kvm_ioctls::Kvm::new() {
+            Ok(kvm) => kvm,
+            Err(_) => return, // no KVM here: the probe-guest tests cover it
+        };
+        let vm_fd = Arc::new(kvm.create_vm().unwrap());
+        vm_fd.create_irq_chip().unwrap();
+        let mem = Arc::new(
+            GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap(),
+        );
+        let mut dm = DeviceManager::new(vm_fd, mem);
+        let uds = std::env::temp_dir().join(format!("vmm-ref-dm-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&uds);
+        dm.register_virtio(
+            Vsock::new(&VsockConfig {
+                cid: 3,
+                uds: uds.clone(),
+            })
+            .unwrap(),
+        )
+        .unwrap();
+        let devices = dm.finish();
+        assert_eq!(devices.virtio.len(), 1);
+        assert!(uds.exists());
+        crate::event_loop::release_devices(&devices.virtio);
+        assert!(!uds.exists(), "release closes the listening socket");
+    }
 
     #[test]
     fn virtio_dsdt_entry_has_the_hid_page_and_interrupt() {
