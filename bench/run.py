@@ -485,6 +485,16 @@ def case_kernel(reps: int, kvm_kind: str) -> list[Row]:
                 "QEMU microvm", note=note)]
 
 
+def lab_json(command: str, tag: str, timeout: float) -> Any:
+    """Run ``command`` in the lab and return the JSON it printed on its last ``TAG {...}`` line."""
+    result = run_in_lab(command, timeout=timeout, cwd=str(REPO))
+    found = re.findall(rf"^{tag} (\{{.*\}})\s*$", result.output, re.M)
+    if result.status != 0 or not found:
+        tail = "\n".join(result.output.splitlines()[-15:])
+        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
+    return json.loads(found[-1])
+
+
 # ---- case 7: boot to userspace -------------------------------------------------------------
 
 def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
@@ -498,12 +508,7 @@ def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
                     note=f"not run: {why}")]
     fetch_guest()
     command = host_python_command([str(Path(__file__)), "--inner-userspace", str(reps)])
-    result = run_in_lab(command, timeout=600, cwd=str(REPO))
-    found = re.findall(r"^USERSPACE (\{.*\})\s*$", result.output, re.M)
-    if result.status != 0 or not found:
-        tail = "\n".join(result.output.splitlines()[-15:])
-        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
-    s = json.loads(found[-1])
+    s = lab_json(command, "USERSPACE", timeout=600)
     return [Row("7 userspace", "start to the initramfs's ready marker, nested-KVM lab (emulated: ratio only)",
                 "s", s["ours"], s["qemu"], "QEMU microvm in the same lab")]
 
@@ -666,12 +671,7 @@ def case_lab_disks(reps: int, firecracker: Optional[str]) -> list[Row]:
     args = [str(Path(__file__)), "--inner-disks", str(reps)]
     if firecracker:
         args += ["--firecracker", str(Path(firecracker).resolve())]
-    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
-    found = re.findall(r"^DISKS (\{.*\})\s*$", result.output, re.M)
-    if result.status != 0 or not found:
-        tail = "\n".join(result.output.splitlines()[-15:])
-        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
-    s = json.loads(found[-1])
+    s = lab_json(host_python_command(args), "DISKS", timeout=1800)
     rows = []
     for case, _ in DD_CASES:
         rows.append(Row("9 disks, real guest", metric.format(case), "MB/s", s[case]["ours"], s[case]["qemu"],
@@ -781,12 +781,7 @@ def case_lab_agent(reps: int, firecracker: Optional[str]) -> list[Row]:
     args = [str(Path(__file__)), "--inner-agent", str(reps)]
     if firecracker:
         args += ["--firecracker", str(Path(firecracker).resolve())]
-    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
-    found = re.findall(r"^AGENT (\{.*\})\s*$", result.output, re.M)
-    if result.status != 0 or not found:
-        tail = "\n".join(result.output.splitlines()[-15:])
-        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
-    s = json.loads(found[-1])
+    s = lab_json(host_python_command(args), "AGENT", timeout=1800)
     note = "" if firecracker else "Firecracker not run: pass --firecracker PATH"
     fc_run, fc_stream = s["run"].get("firecracker", []), s["stream"].get("firecracker", [])
     return [
@@ -900,12 +895,7 @@ def case_lab_tap(reps: int, firecracker: Optional[str]) -> list[Row]:
     args = [str(Path(__file__)), "--inner-tap", str(reps)]
     if firecracker:
         args += ["--firecracker", str(Path(firecracker).resolve())]
-    result = run_in_lab(host_python_command(args), timeout=1800, cwd=str(REPO))
-    found = re.findall(r"^TAP (\{.*\})\s*$", result.output, re.M)
-    if result.status != 0 or not found:
-        tail = "\n".join(result.output.splitlines()[-15:])
-        raise RuntimeError(f"the lab run failed (status {result.status}):\n{tail}")
-    s = json.loads(found[-1])
+    s = lab_json(host_python_command(args), "TAP", timeout=1800)
     fc = s.get("firecracker", [])
     return [Row("11 network", metric, "MB/s", s["ours"], fc, "Firecracker's virtio-net in the same lab",
                 "≥ 1.0× peer" if fc else "", at_least_peer if fc else None,
