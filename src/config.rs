@@ -21,7 +21,7 @@ pub const MIN_CONSOLE_LIMIT: usize = 4096;
 pub const MAX_VCPUS_XAPIC: u32 = 254;
 
 /// The kernel and how to boot it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelConfig {
     /// An ELF vmlinux or a bzImage; the format is detected from the file.
     pub path: PathBuf,
@@ -49,7 +49,7 @@ impl KernelConfig {
 pub const MAX_DISK_SERIAL: usize = 20;
 
 /// A disk: a raw image file the guest sees as a virtio-blk device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DiskConfig {
     /// The image; its size (rounded down to 512-byte sectors) is the disk's capacity.
     pub path: PathBuf,
@@ -81,7 +81,7 @@ pub const MAX_VSOCK_UDS_LEN: usize = 107 - 11;
 /// A host program connects to `uds` and writes `CONNECT <port>\n` to reach the guest's
 /// listener on `port` (answered `OK <host port>\n`); a guest connecting to the host's port
 /// `P` (CID 2) is connected to the UNIX socket `<uds>_<P>`, if something listens there.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VsockConfig {
     /// The guest's context id.
     pub cid: u32,
@@ -90,7 +90,7 @@ pub struct VsockConfig {
 }
 
 /// Where a network device's frames go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum NetBackendConfig {
     /// A TAP device, opened (or created) by name; needs CAP_NET_ADMIN to create it.
     Tap {
@@ -105,7 +105,7 @@ pub enum NetBackendConfig {
 }
 
 /// A virtio-net device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NetConfig {
     /// Its backend.
     pub backend: NetBackendConfig,
@@ -199,7 +199,7 @@ pub fn random_mac() -> [u8; 6] {
 }
 
 /// Everything needed to build a VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
     /// Guest RAM in MiB.
     pub memory_mib: u64,

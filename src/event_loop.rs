@@ -18,7 +18,7 @@ use crate::console::Console;
 use crate::devices::serial::{SerialDevice, INPUT_QUEUE_LIMIT};
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
-use crate::pause::{PauseGate, VcpuThreads};
+use crate::vcpu::VcpuHandles;
 
 /// Host input on its way to the serial device.
 #[derive(Debug)]
@@ -144,12 +144,8 @@ pub struct EventLoop {
     pub console: Arc<Console>,
     /// Where the final status is published.
     pub finished: Arc<Finished>,
-    /// The vCPU threads.
-    pub vcpus: Vec<JoinHandle<()>>,
-    /// Where paused vCPUs wait; released when the VM stops.
-    pub gate: Arc<PauseGate>,
-    /// The kick registry, emptied before the vCPU threads are joined.
-    pub threads: Arc<VcpuThreads>,
+    /// The vCPU threads, stopped and joined here when the VM stops.
+    pub vcpus: Arc<VcpuHandles>,
     /// The devices' handlers (virtio queue notifications), from the device manager.
     pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     /// The virtio devices, released once every vCPU has stopped.
@@ -214,21 +210,11 @@ impl EventLoop {
     }
 
     fn stop_vcpus(&mut self) {
-        self.gate.release();
-        // Kick through the same registry `pause` uses, until every vCPU thread has returned;
-        // only then is the registry emptied and are the threads joined.
-        while !self.vcpus.iter().all(|h| h.is_finished()) {
-            self.threads.kick_all();
-            std::thread::sleep(KICK_INTERVAL);
-        }
-        self.threads.clear();
-        for handle in self.vcpus.drain(..) {
-            if handle.join().is_err() {
-                self.exit.request(ExitStatus::with_detail(
-                    ExitReason::Error,
-                    "a vCPU thread panicked",
-                ));
-            }
+        if !self.vcpus.stop_and_join(KICK_INTERVAL) {
+            self.exit.request(ExitStatus::with_detail(
+                ExitReason::Error,
+                "a vCPU thread panicked",
+            ));
         }
     }
 }

@@ -44,8 +44,8 @@ pub mod event_loop;
 pub mod exit;
 pub mod kvm;
 pub mod memory;
-pub mod pause;
 pub mod reaper;
+pub mod snapshot;
 pub mod vcpu;
 pub mod vm;
 

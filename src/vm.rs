@@ -5,6 +5,7 @@
 //! threads. Every method takes `&self`: one thread may block in [`Vm::wait`] while another
 //! calls [`Vm::kill`] or reads the console.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -31,8 +32,7 @@ use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::memory::{create_guest_memory, register_guest_memory, GuestRam};
-use crate::pause::{PauseGate, VcpuThreads};
-use crate::vcpu::{register_kick_handler, Vcpu};
+use crate::vcpu::{register_kick_handler, Vcpu, VcpuEvent, VcpuHandles, VcpuResponse};
 
 /// Where a VM is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +94,10 @@ pub struct Vm {
     finished: Arc<Finished>,
     stats: Arc<DeviceStats>,
     markers: Arc<BootMarkers>,
-    gate: Arc<PauseGate>,
-    threads: Arc<VcpuThreads>,
+    /// The vCPU threads' handles, once started.
+    vcpus: Arc<VcpuHandles>,
+    /// Every vCPU is paused (between [`Vm::pause`] and [`Vm::resume`]).
+    paused: AtomicBool,
     unstarted: Mutex<Option<Unstarted>>,
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
@@ -181,19 +183,19 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let count = config.vcpus as u8;
+        let msr_indices = Arc::new(crate::arch::x86_64::state::msrs_to_save(&kvm)?);
         let vcpus = (0..count)
             .map(|id| {
-                Vcpu::new(
+                let vcpu = Vcpu::create(
                     &vm_fd,
                     id,
-                    count,
-                    &supported,
-                    &memory,
-                    boot.entry,
                     buses.clone(),
                     exit.clone(),
                     stats.clone(),
-                )
+                    msr_indices.clone(),
+                )?;
+                vcpu.configure_boot(count, &supported, &memory, boot.entry)?;
+                Ok(vcpu)
             })
             .collect::<Result<Vec<_>>>()?;
 
@@ -209,8 +211,8 @@ impl Vm {
             finished: Arc::new(Finished::default()),
             stats,
             markers: legacy.markers,
-            gate: Arc::new(PauseGate::default()),
-            threads: Arc::new(VcpuThreads::default()),
+            vcpus: Arc::new(VcpuHandles::default()),
+            paused: AtomicBool::new(false),
             unstarted: Mutex::new(Some(Unstarted {
                 vcpus,
                 subscribers: devices.subscribers,
@@ -246,14 +248,10 @@ impl Vm {
         };
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.markers.start_clock();
-        let mut threads = Vec::with_capacity(parts.vcpus.len());
+        let mut handles = Vec::with_capacity(parts.vcpus.len());
         for vcpu in parts.vcpus {
-            let name = format!("vcpu{}", vcpu.id());
-            match std::thread::Builder::new().name(name).spawn({
-                let gate = self.gate.clone();
-                move || vcpu.run(gate)
-            }) {
-                Ok(handle) => threads.push(handle),
+            match vcpu.start(false) {
+                Ok(handle) => handles.push(handle),
                 Err(e) => {
                     self.exit.request(ExitStatus::with_detail(
                         ExitReason::Error,
@@ -263,20 +261,14 @@ impl Vm {
                 }
             }
         }
-        {
-            use std::os::unix::thread::JoinHandleExt;
-            self.threads
-                .set(threads.iter().map(|h| h.as_pthread_t()).collect());
-        }
+        self.vcpus.set(handles);
         let event_loop = EventLoop {
             exit: self.exit.clone(),
             input: self.input.clone(),
             serial: self.serial.clone(),
             console: self.console.clone(),
             finished: self.finished.clone(),
-            vcpus: threads,
-            gate: self.gate.clone(),
-            threads: self.threads.clone(),
+            vcpus: self.vcpus.clone(),
             subscribers: parts.subscribers,
             devices: parts.devices,
         };
@@ -296,29 +288,31 @@ impl Vm {
         self.finished.wait(timeout)
     }
 
-    /// Pauses a running VM: returns once every vCPU has left guest code and parked.
+    /// Pauses a running VM: returns once every vCPU has left guest code (its last port or
+    /// MMIO access completed) and waits for the next event.
     pub fn pause(&self) -> Result<()> {
         self.require_state(VmState::Running, "pause")?;
-        self.gate.close();
-        let count = self.config.vcpus as usize;
-        let deadline = Instant::now() + PAUSE_TIMEOUT;
-        while !self.gate.wait_parked(count, Duration::from_millis(5)) {
-            if self.threads.kick_all() == 0 || Instant::now() >= deadline {
-                break;
-            }
-        }
-        if self.gate.wait_parked(count, Duration::ZERO) || self.state() == VmState::Exited {
+        let answers = self.vcpus.request(|_| VcpuEvent::Pause);
+        let all_paused =
+            answers.is_some_and(|a| a.iter().all(|r| matches!(r, VcpuResponse::Paused)));
+        if all_paused {
+            self.paused.store(true, Ordering::SeqCst);
+            Ok(())
+        } else if self.exit.stop_requested() {
+            // The VM stopped meanwhile: nothing is left to pause.
             Ok(())
         } else {
-            self.gate.open();
-            Err(Error::PauseTimeout(PAUSE_TIMEOUT))
+            // Some vCPU did not answer: let the others run on rather than half-pause.
+            self.vcpus.request(|_| VcpuEvent::Resume);
+            Err(Error::PauseTimeout(crate::vcpu::VCPU_ANSWER_TIMEOUT))
         }
     }
 
     /// Resumes a paused VM.
     pub fn resume(&self) -> Result<()> {
         self.require_state(VmState::Paused, "resume")?;
-        self.gate.open();
+        self.paused.store(false, Ordering::SeqCst);
+        self.vcpus.request(|_| VcpuEvent::Resume);
         Ok(())
     }
 
@@ -378,7 +372,7 @@ impl Vm {
             .is_some()
         {
             VmState::Created
-        } else if self.gate.is_paused() {
+        } else if self.paused.load(Ordering::SeqCst) {
             VmState::Paused
         } else {
             VmState::Running
@@ -474,9 +468,6 @@ impl Drop for Vm {
         }
     }
 }
-
-/// How long [`Vm::pause`] keeps kicking vCPUs before giving up.
-const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io {

@@ -26,7 +26,7 @@ const XLF_KERNEL_64: u16 = 1 << 0;
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
 
 /// The kernel image formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum KernelFormat {
     /// An uncompressed ELF64 vmlinux, entered at its ELF entry point.
     Elf,

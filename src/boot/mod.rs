@@ -21,7 +21,7 @@ use crate::device_manager::DeviceInfo;
 use crate::error::Result;
 
 /// Where things ended up, for the vCPUs and for anyone inspecting the VM.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BootInfo {
     /// The kernel's format.
     pub format: image::KernelFormat,

@@ -92,6 +92,21 @@ pub struct Devices {
     pub info: Vec<DeviceInfo>,
     /// The same devices, to release when the VM stops.
     pub virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    /// Their transports, whose state snapshots carry.
+    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+}
+
+/// Every device's state, as saved in a snapshot: COM1, the PM1 block (with ACPI) and each
+/// virtio transport with its queues, in registration order. The i8042, the exit device and
+/// the boot-marker port keep no guest-visible state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DevicesState {
+    /// COM1.
+    pub serial: crate::devices::serial::SerialSnapshot,
+    /// PM1_STS and PM1_EN.
+    pub pm1: Option<(u16, u16)>,
+    /// The virtio transports.
+    pub virtio: Vec<crate::devices::virtio::mmio::MmioState>,
 }
 
 /// Builds the VM's devices; see the module documentation.
@@ -105,6 +120,7 @@ pub struct DeviceManager {
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     info: Vec<DeviceInfo>,
     virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
 impl DeviceManager {
@@ -120,6 +136,7 @@ impl DeviceManager {
             subscribers: Vec::new(),
             info: Vec::new(),
             virtio: Vec::new(),
+            transports: Vec::new(),
         }
     }
 
@@ -207,9 +224,14 @@ impl DeviceManager {
         }
         let shared: Arc<Mutex<dyn VirtioDevice>> = device.clone();
         self.virtio.push(shared.clone());
-        let transport = MmioTransport::new(shared, self.mem.clone(), interrupt, transport_events);
-        self.mmio
-            .insert(base, MMIO_SLOT, 0, Arc::new(Mutex::new(transport)))?;
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            shared,
+            self.mem.clone(),
+            interrupt,
+            transport_events,
+        )));
+        self.transports.push(transport.clone());
+        self.mmio.insert(base, MMIO_SLOT, 0, transport)?;
         let number = self.info.len();
         self.add_dsdt(&VirtioMmioAml { number, base, gsi });
         self.add_subscriber(D::subscriber(device.clone(), events));
@@ -233,6 +255,7 @@ impl DeviceManager {
             subscribers: self.subscribers,
             info: self.info,
             virtio: self.virtio,
+            transports: self.transports,
         }
     }
 }

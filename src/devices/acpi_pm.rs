@@ -52,6 +52,17 @@ impl AcpiPm1 {
         }
     }
 
+    /// PM1_STS and PM1_EN, for snapshots.
+    pub fn save(&self) -> (u16, u16) {
+        (self.status, self.enable)
+    }
+
+    /// Takes saved PM1_STS and PM1_EN.
+    pub fn restore(&mut self, (status, enable): (u16, u16)) {
+        self.status = status;
+        self.enable = enable;
+    }
+
     /// Presses the power button: the guest sees PWRBTN_STS and, if it enabled the event, an SCI.
     pub fn press_power_button(&mut self) {
         self.status |= PWRBTN;

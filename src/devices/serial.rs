@@ -38,6 +38,11 @@ impl SerialOutput {
         }
     }
 
+    /// Another output into the same console, with no partial line.
+    fn fresh(&self) -> Self {
+        SerialOutput::new(self.console.clone(), self.exit.clone())
+    }
+
     fn end_of_line(&mut self) {
         if let Some(at) = self
             .line
@@ -100,7 +105,64 @@ pub struct SerialDevice {
     pending: VecDeque<u8>,
 }
 
+/// The UART's registers and receive FIFO, as saved in a snapshot (vm-superio's
+/// `SerialState`, which has no serde). Host input not yet in the FIFO is not kept.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    /// DLL, DLM, IER, IIR, LCR, LSR, MCR, MSR, SCR.
+    pub registers: [u8; 9],
+    /// The receive FIFO.
+    pub fifo: Vec<u8>,
+}
+
 impl SerialDevice {
+    /// The UART's state.
+    pub fn save(&self) -> SerialSnapshot {
+        let st = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                st.baud_divisor_low,
+                st.baud_divisor_high,
+                st.interrupt_enable,
+                st.interrupt_identification,
+                st.line_control,
+                st.line_status,
+                st.modem_control,
+                st.modem_status,
+                st.scratch,
+            ],
+            fifo: st.in_buffer,
+        }
+    }
+
+    /// Takes a saved state (same interrupt line and output).
+    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), String> {
+        let r = saved.registers;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: saved.fifo.clone(),
+        };
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .0
+            .try_clone()
+            .map_err(|e| format!("cannot clone the serial interrupt: {e}"))?;
+        let out = self.uart.writer().fresh();
+        self.uart = Serial::from_state(&state, IrqTrigger(irq), NoEvents, out)
+            .map_err(|e| format!("the saved serial state does not fit: {e:?}"))?;
+        self.pending.clear();
+        Ok(())
+    }
+
     /// A UART raising `irq` and printing into `out`.
     pub fn new(irq: EventFd, out: SerialOutput) -> Self {
         SerialDevice {

@@ -13,6 +13,7 @@ pub mod mptable;
 pub mod msr;
 pub mod paging;
 pub mod regs;
+pub mod state;
 
 use thiserror::Error;
 

@@ -265,6 +265,143 @@ impl MmioTransport {
     }
 }
 
+/// A queue's configuration and position, as saved in a snapshot (virtio-queue's
+/// `QueueState`, which has no serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueSnapshot {
+    /// The device's maximum.
+    pub max_size: u16,
+    /// The size the driver chose.
+    pub size: u16,
+    /// The driver marked it ready.
+    pub ready: bool,
+    /// Ring addresses.
+    pub desc_table: u64,
+    /// Ring addresses.
+    pub avail_ring: u64,
+    /// Ring addresses.
+    pub used_ring: u64,
+    /// Where the device is in the avail ring.
+    pub next_avail: u16,
+    /// Where the device is in the used ring.
+    pub next_used: u16,
+}
+
+impl From<&QueueState> for QueueSnapshot {
+    fn from(q: &QueueState) -> Self {
+        QueueSnapshot {
+            max_size: q.max_size,
+            size: q.size,
+            ready: q.ready,
+            desc_table: q.desc_table,
+            avail_ring: q.avail_ring,
+            used_ring: q.used_ring,
+            next_avail: q.next_avail,
+            next_used: q.next_used,
+        }
+    }
+}
+
+/// A transport's registers and its device's queues, as saved in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MmioState {
+    /// The virtio device type, checked on restore.
+    pub device_type: u32,
+    /// QueueSel.
+    pub queue_sel: u32,
+    /// DeviceFeaturesSel.
+    pub device_features_sel: u32,
+    /// DriverFeaturesSel.
+    pub driver_features_sel: u32,
+    /// The features the driver accepted.
+    pub driver_features: u64,
+    /// Status.
+    pub status: u32,
+    /// ConfigGeneration.
+    pub config_generation: u32,
+    /// InterruptStatus.
+    pub interrupt_status: u32,
+    /// DEVICE_NEEDS_RESET was raised.
+    pub needs_reset: bool,
+    /// The queues: as the driver set them up and, once running, where the device is in them.
+    pub queues: Vec<QueueSnapshot>,
+}
+
+impl MmioTransport {
+    /// The transport's state and its queues' (the device's, once it runs). The caller keeps
+    /// the device from serving its queues meanwhile.
+    pub fn save(&self) -> MmioState {
+        let device = lock(&self.device);
+        let live = if self.status & status::DRIVER_OK != 0 {
+            device.queue_states()
+        } else {
+            None
+        };
+        MmioState {
+            device_type: device.device_type(),
+            queue_sel: self.queue_sel,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            status: self.status,
+            config_generation: self.config_generation,
+            interrupt_status: self.interrupt.status(),
+            needs_reset: self.interrupt.needs_reset(),
+            queues: live
+                .unwrap_or_else(|| self.queues.clone())
+                .iter()
+                .map(QueueSnapshot::from)
+                .collect(),
+        }
+    }
+
+    /// Takes a saved state (a freshly built transport, same device). A running device is
+    /// activated again with its queues where they were, then told it was restored.
+    pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+        let device_type = lock(&self.device).device_type();
+        if state.device_type != device_type || state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "a device of type {} with {} queues was saved where this VM has type {} with {}",
+                state.device_type,
+                state.queues.len(),
+                device_type,
+                self.queues.len()
+            ));
+        }
+        for (q, saved) in self.queues.iter_mut().zip(&state.queues) {
+            if saved.max_size != q.max_size {
+                return Err("a queue's maximum size changed".into());
+            }
+            *q = QueueState {
+                max_size: q.max_size,
+                size: saved.size,
+                ready: saved.ready,
+                desc_table: saved.desc_table,
+                avail_ring: saved.avail_ring,
+                used_ring: saved.used_ring,
+                next_avail: saved.next_avail,
+                next_used: saved.next_used,
+                event_idx_enabled: false,
+            };
+        }
+        self.queue_sel = state.queue_sel;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.status = state.status;
+        self.config_generation = state.config_generation;
+        self.interrupt
+            .restore(state.interrupt_status, state.needs_reset);
+        if state.status & status::DRIVER_OK != 0 && !state.needs_reset {
+            if !self.activate() {
+                return Err("the saved queues do not fit guest memory".into());
+            }
+            lock(&self.device).restored();
+        }
+        Ok(())
+    }
+}
+
 fn lock(
     device: &Arc<Mutex<dyn VirtioDevice>>,
 ) -> std::sync::MutexGuard<'_, dyn VirtioDevice + 'static> {
@@ -328,6 +465,9 @@ mod tests {
             }
             self.active = Some((a.queues.len(), a.features));
             Ok(())
+        }
+        fn queue_states(&self) -> Option<Vec<QueueState>> {
+            None
         }
         fn reset(&mut self) {
             self.active = None;

@@ -14,12 +14,14 @@ pub mod request;
 use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::backend::RawFile;
 use self::request::{Request, RequestType, ID_LEN, SECTOR_SIZE, S_IOERR, S_OK, S_UNSUPP};
-use super::{ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING};
+use super::{
+    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
+};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::DiskConfig;
 use crate::error::Result;
@@ -256,6 +258,10 @@ impl VirtioDevice for Block {
         more
     }
 
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active.as_ref().map(|a| vec![a.queue.state()])
+    }
+
     fn kind(&self) -> &'static str {
         "virtio-blk"
     }
@@ -269,54 +275,40 @@ impl Block {
         let mut served = 0;
         let mut descriptors = Vec::with_capacity(QUEUE_SIZE as usize);
         let mut more = false;
-        'outer: loop {
-            if active.queue.disable_notification(mem).is_err() {
+        let _ = active.queue.disable_notification(mem);
+        loop {
+            if served == BATCH {
+                more = true;
+                break;
+            }
+            let chain = match next_chain(&mut active.queue, mem) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(BrokenRing) => {
+                    active.interrupt.fail();
+                    return false;
+                }
+            };
+            let head = chain.head_index();
+            descriptors.clear();
+            descriptors.extend(chain);
+            let used = match Request::parse(&descriptors, mem) {
+                Ok(req) => {
+                    let (status, written) = self.execute(mem, &req);
+                    let _ = mem.write_obj(status, req.status);
+                    written + 1
+                }
+                Err((_, Some(status))) => {
+                    let _ = mem.write_obj(S_IOERR, status);
+                    1
+                }
+                Err((_, None)) => 0,
+            };
+            self.requests += 1;
+            served += 1;
+            if active.queue.add_used(mem, head, used).is_err() {
                 active.interrupt.fail();
                 return false;
-            }
-            loop {
-                if served == BATCH {
-                    more = true;
-                    break 'outer;
-                }
-                let chain = match active.queue.iter(mem) {
-                    Ok(mut it) => it.next(),
-                    Err(_) => {
-                        // The avail ring's index is off by more than the queue's size.
-                        active.interrupt.fail();
-                        return false;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                let head = chain.head_index();
-                descriptors.clear();
-                descriptors.extend(chain);
-                let used = match Request::parse(&descriptors, mem) {
-                    Ok(req) => {
-                        let (status, written) = self.execute(mem, &req);
-                        let _ = mem.write_obj(status, req.status);
-                        written + 1
-                    }
-                    Err((_, Some(status))) => {
-                        let _ = mem.write_obj(S_IOERR, status);
-                        1
-                    }
-                    Err((_, None)) => 0,
-                };
-                self.requests += 1;
-                served += 1;
-                if active.queue.add_used(mem, head, used).is_err() {
-                    active.interrupt.fail();
-                    return false;
-                }
-            }
-            match active.queue.enable_notification(mem) {
-                Ok(true) => continue,
-                Ok(false) => break,
-                Err(_) => {
-                    active.interrupt.fail();
-                    return false;
-                }
             }
         }
         if served > 0 && active.queue.needs_notification(mem).unwrap_or(true) {

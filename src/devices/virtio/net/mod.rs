@@ -20,14 +20,16 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bufs::GuestBufs;
-use super::VIRTIO_F_VERSION_1;
-use super::{ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING};
+use super::{
+    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
+};
+use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
 use crate::error::Result;
 
@@ -103,7 +105,11 @@ impl Net {
     pub fn new(index: usize, config: &NetConfig) -> Result<Net> {
         let arg = format!("net[{index}]");
         let bit = |b: u32| 1u64 << b;
-        let mut offered = VIRTIO_F_VERSION_1 | bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_STATUS);
+        // EVENT_IDX: notifications and interrupts once per batch rather than per frame.
+        let mut offered = VIRTIO_F_VERSION_1
+            | VIRTIO_RING_F_EVENT_IDX
+            | bit(VIRTIO_NET_F_MAC)
+            | bit(VIRTIO_NET_F_STATUS);
         let backend = match &config.backend {
             NetBackendConfig::Tap { name } => {
                 offered |= bit(VIRTIO_NET_F_CSUM)
@@ -157,6 +163,7 @@ impl Net {
         let mem = active.mem.clone();
         let mut served = 0;
         let mut more = false;
+        let _ = active.queues[TXQ].disable_notification(mem.as_ref());
         loop {
             if served == BATCH {
                 more = true;
@@ -167,14 +174,14 @@ impl Net {
                     break; // the socket is full: the rest waits in the ring
                 }
             }
-            let chain = match active.queues[TXQ].iter(mem.as_ref()) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
+            let chain = match next_chain(&mut active.queues[TXQ], mem.as_ref()) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(BrokenRing) => {
                     active.interrupt.fail();
                     break;
                 }
             };
-            let Some(chain) = chain else { break };
             let head = chain.head_index();
             let mut readable = Vec::new();
             let mut bad = false;
@@ -298,18 +305,19 @@ impl Net {
                 more = true;
                 break;
             }
-            let chain = match active.queues[RXQ].iter(mem.as_ref()) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
+            let chain = match next_chain(&mut active.queues[RXQ], mem.as_ref()) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => {
+                    // No buffers: stop reading the backend until the guest gives some (it
+                    // was asked to notify then).
+                    let interest = self.interest & EventSet::OUT;
+                    self.set_interest(interest);
+                    break;
+                }
+                Err(BrokenRing) => {
                     active.interrupt.fail();
                     break;
                 }
-            };
-            let Some(chain) = chain else {
-                // No buffers: stop reading the backend until the guest gives some.
-                let interest = self.interest & EventSet::OUT;
-                self.set_interest(interest);
-                break;
             };
             let head = chain.head_index();
             let writable: Vec<_> = chain
@@ -496,6 +504,12 @@ impl VirtioDevice for Net {
             }
             _ => false,
         }
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect())
     }
 
     fn kind(&self) -> &'static str {

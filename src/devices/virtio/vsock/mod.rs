@@ -26,15 +26,17 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use self::packet::*;
 use self::unix::Listener;
-use super::VIRTIO_F_VERSION_1;
-use super::{ActivateError, Activation, Interrupt, VirtioDevice, INT_USED_RING};
+use super::{
+    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
+};
+use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::VsockConfig;
 use crate::error::Result;
 
@@ -60,6 +62,8 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const RXQ: usize = 0;
 const TXQ: usize = 1;
 const EVQ: usize = 2;
+/// `virtio_vsock_event.id` of a transport reset.
+const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Event-loop tokens: the queues are 0..3, the listener 3, connections from 16.
 const TOKEN_LISTENER: u32 = 3;
 const TOKEN_CONN_BASE: u32 = 16;
@@ -160,6 +164,9 @@ pub struct Vsock {
     /// Connections the guest has closed, still writing what it sent before to the host
     /// program, by token (they count against `MAX_CONNECTIONS`).
     draining: HashMap<u32, Conn>,
+    /// The transmit queue was left with packets because too many control packets wait for
+    /// receive buffers.
+    tx_stalled: bool,
 }
 
 impl Vsock {
@@ -182,6 +189,7 @@ impl Vsock {
             watch: Vec::new(),
             closing: Vec::new(),
             draining: HashMap::new(),
+            tx_stalled: false,
         })
     }
 
@@ -457,19 +465,24 @@ impl Vsock {
         };
         let mem = active.mem.clone();
         let mut used_any = false;
+        self.tx_stalled = false;
+        let _ = active.queues[TXQ].disable_notification(mem.as_ref());
         loop {
             if self.pending.len() >= MAX_PENDING {
-                break; // room for our answers first; the guest's rx buffers make it
+                // Room for our answers first: the guest's receive buffers make it, and
+                // the handler comes back here once they have.
+                self.tx_stalled = true;
+                break;
             }
-            let chain = match active.queues[TXQ].iter(mem.as_ref()) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
+            let chain = match next_chain(&mut active.queues[TXQ], mem.as_ref()) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(BrokenRing) => {
                     active.interrupt.fail();
                     self.active = Some(active);
                     return;
                 }
             };
-            let Some(chain) = chain else { break };
             let head = chain.head_index();
             let mut readable = Vec::new();
             let mut writable = false;
@@ -656,14 +669,16 @@ impl Vsock {
         let mem = active.mem.clone();
         let mut used_any = false;
         while !self.pending.is_empty() || !self.ready.is_empty() {
-            let chain = match active.queues[RXQ].iter(mem.as_ref()) {
-                Ok(mut it) => it.next(),
-                Err(_) => {
+            // Out of receive buffers with work left, the guest is asked to notify us when it
+            // adds some.
+            let chain = match next_chain(&mut active.queues[RXQ], mem.as_ref()) {
+                Ok(Some(chain)) => chain,
+                Ok(None) => break,
+                Err(BrokenRing) => {
                     active.interrupt.fail();
                     break;
                 }
             };
-            let Some(chain) = chain else { break };
             let head = chain.head_index();
             let mut writable = Vec::new();
             for d in chain {
@@ -799,9 +814,9 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        // No EVENT_IDX: the guest then notifies every queue update, which a device that
-        // gives receive buffers back (nothing to send after all) needs to stay simple.
-        VIRTIO_F_VERSION_1
+        // EVENT_IDX: a guest streaming data notifies once per batch, not per packet (each
+        // notification is a VM exit), and interrupts follow its used-event index.
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn queue_max_sizes(&self) -> &[u16] {
@@ -845,6 +860,38 @@ impl VirtioDevice for Vsock {
             _ => {}
         }
         false
+    }
+
+    fn restored(&mut self) {
+        // The connections the guest had lived in the old VMM's sockets: the guest is told
+        // they are gone (VIRTIO_VSOCK_EVENT_TRANSPORT_RESET), so it resets them and keeps
+        // its listeners, as after a live migration.
+        let Some(mut active) = self.active.take() else {
+            return;
+        };
+        let mem = active.mem.clone();
+        if let Ok(Some(chain)) = next_chain(&mut active.queues[EVQ], mem.as_ref()) {
+            let head = chain.head_index();
+            let writable: Vec<_> = chain
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr(), d.len()))
+                .collect();
+            let bufs = GuestBufs::new(writable);
+            if bufs
+                .write(mem.as_ref(), 0, &EVENT_TRANSPORT_RESET.to_le_bytes())
+                .is_ok()
+                && active.queues[EVQ].add_used(mem.as_ref(), head, 4).is_ok()
+            {
+                active.interrupt.trigger(INT_USED_RING);
+            }
+        }
+        self.active = Some(active);
+    }
+
+    fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
+        self.active
+            .as_ref()
+            .map(|a| a.queues.iter().map(Queue::state).collect())
     }
 
     fn kind(&self) -> &'static str {
@@ -922,6 +969,10 @@ impl MutEventSubscriber for VsockHandler {
             t => device.conn_event(t, events.event_set()),
         }
         device.process_rx();
+        if device.tx_stalled && device.pending.len() < MAX_PENDING {
+            device.process_tx();
+            device.process_rx();
+        }
         Self::apply(ops, &mut device);
     }
 
