@@ -23,6 +23,9 @@ pub enum ErrorKind {
     KvmUnavailable,
     /// The operation is not allowed in the VM's current state.
     InvalidState,
+    /// A snapshot cannot be written or used (damaged, foreign, another version, CPU
+    /// features missing) or the VM cannot be forked.
+    Snapshot,
     /// Anything else: a KVM ioctl, a thread or guest memory failed.
     Internal,
 }
@@ -101,6 +104,9 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A snapshot cannot be written or used.
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::Error),
     /// Writing a boot structure or image into guest memory failed.
     #[error("cannot {what}: {detail}")]
     GuestMemory {
@@ -120,6 +126,7 @@ impl Error {
             Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
             Error::KvmUnavailable { .. } => ErrorKind::KvmUnavailable,
             Error::InvalidState { .. } => ErrorKind::InvalidState,
+            Error::Snapshot(_) => ErrorKind::Snapshot,
             _ => ErrorKind::Internal,
         }
     }

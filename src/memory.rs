@@ -18,6 +18,7 @@ use vm_memory::{
 
 use crate::arch::x86_64::layout::ram_ranges;
 use crate::error::{Error, Result};
+use crate::snapshot::memory::{map_private, Mapping};
 
 /// The alignment of every guest RAM mapping: a huge page.
 pub const RAM_ALIGN: usize = 2 << 20;
@@ -35,6 +36,25 @@ impl GuestRam {
     /// The guest memory, to share with whoever reads or writes it.
     pub fn memory(&self) -> &Arc<GuestMemoryMmap> {
         &self.memory
+    }
+
+    /// The host mappings, each with its offset in a snapshot's memory file (the RAM ranges
+    /// one after another).
+    pub fn mappings(&self) -> Vec<Mapping> {
+        let mut offset = 0u64;
+        self.mappings
+            .iter()
+            .map(|&(addr, len)| {
+                let m = Mapping { addr, len, offset };
+                offset += len as u64;
+                m
+            })
+            .collect()
+    }
+
+    /// The memory file's length: all of RAM.
+    pub fn file_len(&self) -> u64 {
+        self.mappings.iter().map(|&(_, len)| len as u64).sum()
     }
 }
 
@@ -91,6 +111,15 @@ fn map_aligned(len: usize) -> std::io::Result<usize> {
 
 /// Maps `mem_bytes` of guest RAM (see [`ram_ranges`]), each range 2 MiB-aligned on the host.
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestRam> {
+    create_guest_memory_backed(mem_bytes, None)
+}
+
+/// Maps `mem_bytes` of guest RAM, anonymous or (`file`) a private copy-on-write mapping of a
+/// memory file laid out as [`GuestRam::mappings`] says: a restored or forked VM.
+pub fn create_guest_memory_backed(
+    mem_bytes: u64,
+    file: Option<&std::fs::File>,
+) -> Result<GuestRam> {
     let refuse = |e: String| {
         Error::invalid(
             "memory_mib",
@@ -126,10 +155,18 @@ pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestRam> {
         regions.push(Arc::new(region));
     }
     let memory = GuestMemoryMmap::from_arc_regions(regions).map_err(|e| refuse(e.to_string()))?;
-    Ok(GuestRam {
+    let ram = GuestRam {
         memory: ManuallyDrop::new(Arc::new(memory)),
         mappings: std::mem::take(&mut mapped.0),
-    })
+    };
+    if let Some(file) = file {
+        // SAFETY: the mappings were just made for this RAM and hold nothing yet.
+        unsafe { map_private(&ram.mappings(), file) }.map_err(|e| Error::Io {
+            what: "cannot map the guest memory file".into(),
+            source: e,
+        })?;
+    }
+    Ok(ram)
 }
 
 /// Asks for transparent huge pages on guest RAM: fewer TLB misses for the guest and for

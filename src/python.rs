@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
-use crate::vm::Vm;
+use crate::vm::{ForkSpec, Vm};
 
 /// How long one GIL-free wait lasts before signals are checked again.
 const SLICE: Duration = Duration::from_millis(50);
@@ -29,6 +29,7 @@ fn error_class(kind: ErrorKind) -> &'static str {
         ErrorKind::PermissionDenied => "VmPermissionError",
         ErrorKind::KvmUnavailable => "KvmUnavailableError",
         ErrorKind::InvalidState => "VmStateError",
+        ErrorKind::Snapshot => "VmSnapshotError",
         ErrorKind::Internal => "VmError",
     }
 }
@@ -163,6 +164,89 @@ impl NativeVm {
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || self.vm.start())
+    }
+
+    /// Writes a snapshot into the directory `path`; returns the bytes of memory written.
+    fn snapshot(&self, py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+        py.detach(|| catch_unwind(AssertUnwindSafe(|| self.vm.snapshot(&path))))
+            .map_err(|_| {
+                raise(
+                    py,
+                    "VmError",
+                    "internal error in the VMM while snapshotting".into(),
+                )
+            })
+            .and_then(|r| guarded(py, || r))
+    }
+
+    /// The configuration: `(memory_mib, vcpus, kernel, acpi, disks, vsock)`, disks as
+    /// `(path, read_only, serial)` and vsock as `(cid, uds)`.
+    #[allow(clippy::type_complexity)]
+    fn config(
+        &self,
+    ) -> (
+        u64,
+        u32,
+        PathBuf,
+        bool,
+        Vec<(PathBuf, bool, Option<String>)>,
+        Option<(u32, PathBuf)>,
+    ) {
+        let c = self.vm.config();
+        (
+            c.memory_mib,
+            c.vcpus,
+            c.kernel.path.clone(),
+            c.acpi,
+            c.disks
+                .iter()
+                .map(|d| (d.path.clone(), d.read_only, d.serial.clone()))
+                .collect(),
+            c.vsock.as_ref().map(|v| (v.cid, v.uds.clone())),
+        )
+    }
+
+    /// A paused VM from the snapshot in `path`.
+    #[staticmethod]
+    #[pyo3(signature = (path, console_limit=None, vsock_uds=None))]
+    fn restore(
+        py: Python<'_>,
+        path: PathBuf,
+        console_limit: Option<usize>,
+        vsock_uds: Option<PathBuf>,
+    ) -> PyResult<NativeVm> {
+        py.detach(|| {
+            catch_unwind(AssertUnwindSafe(|| {
+                Vm::restore(&path, console_limit, vsock_uds)
+            }))
+        })
+        .map_err(|_| {
+            raise(
+                py,
+                "VmError",
+                "internal error in the VMM while restoring".into(),
+            )
+        })
+        .and_then(|r| guarded(py, || r))
+        .map(|vm| NativeVm { vm })
+    }
+
+    /// Paused clones, one per entry of `vsock_uds` (each clone's vsock socket, or None).
+    fn fork(&self, py: Python<'_>, vsock_uds: Vec<Option<PathBuf>>) -> PyResult<Vec<NativeVm>> {
+        let specs: Vec<ForkSpec> = vsock_uds
+            .into_iter()
+            .map(|uds| ForkSpec { vsock_uds: uds })
+            .collect();
+        py.detach(|| catch_unwind(AssertUnwindSafe(|| self.vm.fork(&specs))))
+            .map_err(|_| {
+                raise(
+                    py,
+                    "VmError",
+                    "internal error in the VMM while forking".into(),
+                )
+            })
+            .and_then(|r| guarded(py, || r))
+            .map(|vms| vms.into_iter().map(|vm| NativeVm { vm }).collect())
     }
 
     /// Waits up to `timeout` seconds (forever if None); None on timeout.

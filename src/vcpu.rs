@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_run, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, kvm_run, CpuId};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 
@@ -76,6 +76,8 @@ pub struct Vcpu {
     stats: Arc<DeviceStats>,
     /// The MSRs saved with the vCPU's state.
     msr_indices: Arc<Vec<u32>>,
+    /// The CPUID the vCPU was given, saved with its state.
+    cpuid: Vec<kvm_cpuid_entry2>,
 }
 
 /// The buses a vCPU dispatches exits to.
@@ -138,6 +140,7 @@ impl Vcpu {
             exit,
             stats,
             msr_indices,
+            cpuid: Vec::new(),
         })
     }
 
@@ -145,15 +148,17 @@ impl Vcpu {
     /// (id 0) also gets the 64-bit entry state for `entry`; the others wait for INIT/SIPI
     /// from it, as on real hardware.
     pub fn configure_boot(
-        &self,
+        &mut self,
         count: u8,
         supported_cpuid: &CpuId,
         mem: &GuestMemoryMmap,
         entry: u64,
     ) -> Result<()> {
         let fd = &self.fd;
-        fd.set_cpuid2(&cpuid::vcpu_cpuid(supported_cpuid, self.id, count))
+        let cpuid = cpuid::vcpu_cpuid(supported_cpuid, self.id, count);
+        fd.set_cpuid2(&cpuid)
             .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        self.cpuid = cpuid.as_slice().to_vec();
         let msrs = msr::boot_msrs().ok_or(crate::arch::x86_64::Error::Fam("MSR"))?;
         let written = fd.set_msrs(&msrs).map_err(Error::kvm("KVM_SET_MSRS"))?;
         if written != msrs.as_slice().len() {
@@ -175,8 +180,10 @@ impl Vcpu {
     }
 
     /// Gives the vCPU a saved state.
-    pub fn restore(&self, state: &VcpuState) -> Result<()> {
-        Ok(arch_state::restore_vcpu(&self.fd, state)?)
+    pub fn restore(&mut self, state: &VcpuState) -> Result<()> {
+        arch_state::restore_vcpu(&self.fd, state)?;
+        self.cpuid = state.cpuid.clone();
+        Ok(())
     }
 
     /// This vCPU's id (and APIC id).
@@ -348,7 +355,7 @@ impl VcpuThread {
     /// rest of the VM stops too.
     fn run(&mut self, paused: bool) {
         KVM_RUN.with(|p| p.set(self.vcpu.fd.get_kvm_run()));
-        if !paused || self.wait_paused() {
+        if !paused || self.wait_paused(false) {
             self.run_guest();
         }
         KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
@@ -384,7 +391,7 @@ impl VcpuThread {
             match event {
                 VcpuEvent::Pause => {
                     self.vcpu.complete_pending_access();
-                    if !self.wait_paused() {
+                    if !self.wait_paused(true) {
                         return false;
                     }
                 }
@@ -398,9 +405,12 @@ impl VcpuThread {
         true
     }
 
-    /// Paused: answers events until resumed (true) or stopped (false).
-    fn wait_paused(&mut self) -> bool {
-        self.respond(VcpuResponse::Paused);
+    /// Paused: answers events until resumed (true) or stopped (false); `announce` answers
+    /// the Pause event that got here (a thread started paused was not asked).
+    fn wait_paused(&mut self, announce: bool) -> bool {
+        if announce {
+            self.respond(VcpuResponse::Paused);
+        }
         loop {
             let Ok(event) = self.events.recv() else {
                 return false;
@@ -412,8 +422,11 @@ impl VcpuThread {
                 }
                 VcpuEvent::Pause => self.respond(VcpuResponse::Paused),
                 VcpuEvent::SaveState => {
-                    let answer = match arch_state::save_vcpu(&self.vcpu.fd, &self.vcpu.msr_indices)
-                    {
+                    let answer = match arch_state::save_vcpu(
+                        &self.vcpu.fd,
+                        &self.vcpu.cpuid,
+                        &self.vcpu.msr_indices,
+                    ) {
                         Ok(state) => VcpuResponse::Saved(Box::new(state)),
                         Err(e) => VcpuResponse::Failed(e.to_string()),
                     };

@@ -5,6 +5,8 @@
 //! threads. Every method takes `&self`: one thread may block in [`Vm::wait`] while another
 //! calls [`Vm::kill`] or reads the console.
 
+use std::fs::File;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -19,11 +21,13 @@ use crate::arch::x86_64::layout::KVM_TSS_ADDRESS;
 use crate::boot::{self, BootInfo};
 use crate::config::VmConfig;
 use crate::console::Console;
+use crate::device_manager::DevicesState;
 use crate::device_manager::{legacy, DeviceInfo, DeviceManager};
 use crate::devices::acpi_pm::AcpiPm1;
 use crate::devices::boot_marker::BootMarkers;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, NetCounters};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
@@ -31,7 +35,10 @@ use crate::devices::{DeviceStats, ExitCounts};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
-use crate::memory::{create_guest_memory, register_guest_memory, GuestRam};
+use crate::memory::{
+    create_guest_memory, create_guest_memory_backed, register_guest_memory, GuestRam,
+};
+use crate::snapshot::{self, Snapshot};
 use crate::vcpu::{register_kick_handler, Vcpu, VcpuEvent, VcpuHandles, VcpuResponse};
 
 /// Where a VM is in its life.
@@ -110,17 +117,39 @@ pub struct Vm {
     nets: Vec<Arc<Mutex<Net>>>,
     /// The vsock device.
     vsock: Option<Arc<Mutex<Vsock>>>,
+    /// Every virtio device and its transport, in registration order (snapshots).
+    virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    /// The file guest RAM privately maps, if it does (a restored or forked VM, or a parent
+    /// since its first fork); None for anonymous memory.
+    memory_base: Mutex<Option<MemoryBase>>,
     /// Released by `Drop` once the vCPU threads are joined (guest memory must outlive them),
     /// through [`crate::reaper`].
     resources: Option<Resources>,
 }
 
+/// A file guest RAM is a private mapping of.
+#[derive(Clone)]
+struct MemoryBase {
+    file: Arc<File>,
+    /// A sealed memfd this VMM made for forks (as opposed to a user's snapshot file).
+    sealed: bool,
+}
+
 /// The kernel VM and the guest memory: slow to release, so released off the caller's thread.
 struct Resources {
     // Fields drop in order: the VM (which maps the memory) before the memory.
-    _vm_fd: Arc<VmFd>,
+    vm_fd: Arc<VmFd>,
     _kvm: Kvm,
-    _ram: GuestRam,
+    ram: GuestRam,
+}
+
+/// What a VM is built from.
+enum Origin<'a> {
+    /// A fresh boot of the configured kernel.
+    Boot,
+    /// A saved state (restore or fork): memory already holds the guest.
+    Saved(&'a Snapshot),
 }
 
 impl Vm {
@@ -129,8 +158,14 @@ impl Vm {
     pub fn new(config: VmConfig) -> Result<Vm> {
         let kvm = crate::kvm::open_kvm()?;
         config.validate(crate::kvm::host_memory_mib(), kvm.get_max_vcpus() as u32)?;
-        register_kick_handler()?;
+        let ram = create_guest_memory(config.memory_bytes())?;
+        Self::build(kvm, config, ram, Origin::Boot)
+    }
 
+    /// Builds the VM `config` describes on `ram`: booting it, or giving everything the state
+    /// `origin` saved (then memory already holds the guest).
+    fn build(kvm: Kvm, config: VmConfig, ram: GuestRam, origin: Origin<'_>) -> Result<Vm> {
+        register_kick_handler()?;
         let vm_fd = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
@@ -146,9 +181,8 @@ impl Vm {
             .create_pit2(pit)
             .map_err(Error::kvm("KVM_CREATE_PIT2"))?;
 
-        // Declared first, dropped last: if building fails below, every other user of the
-        // memory is gone by the time `ram` unmaps it.
-        let ram = create_guest_memory(config.memory_bytes())?;
+        // `ram` was made first and is dropped last: if building fails below, every other
+        // user of the memory is gone by the time it unmaps it.
         let memory = ram.memory().clone();
         crate::memory::advise_huge_pages(&memory);
         register_guest_memory(&vm_fd, &memory)?;
@@ -175,18 +209,29 @@ impl Vm {
             None => None,
         };
         let devices = dm.finish();
-        let boot = boot::load(&memory, &config, &devices.info, &devices.dsdt_devices)?;
+        let boot = match origin {
+            Origin::Boot => boot::load(&memory, &config, &devices.info, &devices.dsdt_devices)?,
+            Origin::Saved(snap) => {
+                restore_devices(&snap.devices, &legacy, &devices.transports)?;
+                crate::arch::x86_64::state::restore_vm(&vm_fd, &snap.vm)?;
+                snap.boot.clone()
+            }
+        };
         let buses = devices.buses;
 
         let stats = Arc::new(DeviceStats::default());
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let count = config.vcpus as u8;
         let msr_indices = Arc::new(crate::arch::x86_64::state::msrs_to_save(&kvm)?);
+        let supported = match origin {
+            Origin::Boot => Some(
+                kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?,
+            ),
+            Origin::Saved(_) => None,
+        };
         let vcpus = (0..count)
             .map(|id| {
-                let vcpu = Vcpu::create(
+                let mut vcpu = Vcpu::create(
                     &vm_fd,
                     id,
                     buses.clone(),
@@ -194,7 +239,17 @@ impl Vm {
                     stats.clone(),
                     msr_indices.clone(),
                 )?;
-                vcpu.configure_boot(count, &supported, &memory, boot.entry)?;
+                match (origin_state(&origin, id), &supported) {
+                    (Some(state), _) => vcpu.restore(state)?,
+                    (None, Some(cpuid)) => {
+                        vcpu.configure_boot(count, cpuid, &memory, boot.entry)?
+                    }
+                    (None, None) => {
+                        return Err(snapshot_error(format!(
+                            "the snapshot has no state for vCPU {id}"
+                        )))
+                    }
+                }
                 Ok(vcpu)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -216,8 +271,11 @@ impl Vm {
             unstarted: Mutex::new(Some(Unstarted {
                 vcpus,
                 subscribers: devices.subscribers,
-                devices: devices.virtio,
+                devices: devices.virtio.clone(),
             })),
+            virtio: devices.virtio,
+            transports: devices.transports,
+            memory_base: Mutex::new(None),
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
             pm1: legacy.pm1,
@@ -226,15 +284,21 @@ impl Vm {
             nets,
             vsock,
             resources: Some(Resources {
-                _vm_fd: vm_fd,
+                vm_fd,
                 _kvm: kvm,
-                _ram: ram,
+                ram,
             }),
         })
     }
 
     /// Starts the vCPU threads and the event loop. A VM starts once.
     pub fn start(&self) -> Result<()> {
+        self.start_threads(false)
+    }
+
+    /// Starts the vCPU threads (`paused`: held out of guest code until [`Vm::resume`]) and
+    /// the event loop.
+    fn start_threads(&self, paused: bool) -> Result<()> {
         let parts = self
             .unstarted
             .lock()
@@ -249,8 +313,9 @@ impl Vm {
         *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         self.markers.start_clock();
         let mut handles = Vec::with_capacity(parts.vcpus.len());
+        self.paused.store(paused, Ordering::SeqCst);
         for vcpu in parts.vcpus {
-            match vcpu.start(false) {
+            match vcpu.start(paused) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     self.exit.request(ExitStatus::with_detail(
@@ -277,6 +342,285 @@ impl Vm {
             .map_err(io_err("cannot start the event loop thread"))?;
         *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         Ok(())
+    }
+
+    /// Writes a snapshot of the VM into the directory `dir`: pauses it if it runs, saves
+    /// every vCPU, KVM's VM state, every device and guest memory (sparse), and resumes it if
+    /// it was running. Returns the bytes of memory written.
+    pub fn snapshot(&self, dir: &Path) -> Result<u64> {
+        let was_running = self.pause_for("snapshot")?;
+        let result = (|| {
+            let mem_path = dir.join(snapshot::MEMORY_FILE);
+            std::fs::create_dir_all(dir)
+                .map_err(io_err_path("cannot create the snapshot directory", dir))?;
+            let out = File::create(&mem_path).map_err(io_err_path("cannot create", &mem_path))?;
+            let base = self
+                .memory_base
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (snap, written) = self.capture(|mappings| {
+                snapshot::memory::write_sparse(mappings, base.as_ref().map(|b| &*b.file), &out)
+                    .map_err(io_err_path("cannot write guest memory to", &mem_path))
+            })?;
+            out.sync_all()
+                .map_err(io_err_path("cannot write guest memory to", &mem_path))?;
+            snapshot::write_state(dir, &snap)?;
+            Ok(written)
+        })();
+        if was_running {
+            self.resume()?;
+        }
+        result
+    }
+
+    /// A VM from the snapshot in `dir`, paused: [`Vm::resume`] runs it from the instruction
+    /// where it was saved. Its memory is the snapshot's memory file mapped copy-on-write
+    /// (read as the guest touches it); its console starts empty, holding `console_limit`
+    /// bytes (the saved VM's limit if None). Its devices are opened again from the saved
+    /// configuration (disk images, TAPs, a new passt, the vsock socket, which must be free).
+    /// `vsock_uds`, if given, replaces the saved vsock socket path (the saved one is usually
+    /// still taken by the VM the snapshot was made from).
+    pub fn restore(
+        dir: &Path,
+        console_limit: Option<usize>,
+        vsock_uds: Option<PathBuf>,
+    ) -> Result<Vm> {
+        let (snap, mem) = snapshot::read(dir)?;
+        let mut config = snap.config.clone();
+        if let Some(limit) = console_limit {
+            config.console_limit = limit;
+        }
+        if let (Some(v), Some(uds)) = (config.vsock.as_mut(), vsock_uds) {
+            v.uds = uds;
+        }
+        let mem = Arc::new(mem);
+        Self::from_snapshot(
+            config,
+            &snap,
+            MemoryBase {
+                file: mem,
+                sealed: false,
+            },
+        )
+    }
+
+    /// Builds a paused VM from `snap`, its memory a private mapping of `base`.
+    fn from_snapshot(config: VmConfig, snap: &Snapshot, base: MemoryBase) -> Result<Vm> {
+        let kvm = crate::kvm::open_kvm()?;
+        config.validate(crate::kvm::host_memory_mib(), kvm.get_max_vcpus() as u32)?;
+        if snap.vcpus.len() != config.vcpus as usize {
+            return Err(snapshot_error(format!(
+                "the snapshot has {} vCPU states for {} vCPUs",
+                snap.vcpus.len(),
+                config.vcpus
+            )));
+        }
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        let missing = snap
+            .vcpus
+            .first()
+            .map(|v| crate::arch::x86_64::state::missing_cpu_features(&v.cpuid, &supported))
+            .unwrap_or_default();
+        if !missing.is_empty() {
+            let list: Vec<String> = missing
+                .iter()
+                .map(|(leaf, reg, bits)| format!("CPUID {leaf:#x} {reg} bits {bits:#x}"))
+                .collect();
+            return Err(snapshot::Error::CpuFeatures(list.join(", ")).into());
+        }
+        let ram = create_guest_memory_backed(config.memory_bytes(), Some(&base.file))?;
+        if ram.file_len() != snap.memory_len {
+            return Err(snapshot_error(format!(
+                "the memory file has {} bytes, {} MiB of RAM needs {}",
+                snap.memory_len,
+                config.memory_mib,
+                ram.file_len()
+            )));
+        }
+        let vm = Self::build(kvm, config, ram, Origin::Saved(snap))?;
+        *vm.memory_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
+        vm.start_threads(true)?;
+        Ok(vm)
+    }
+
+    /// Clones the VM `specs.len()` times, each paused, sharing its memory copy-on-write: a
+    /// clone's writes are its own, and neither the parent's later writes nor another
+    /// clone's reach it. The parent is paused meanwhile and runs on afterwards if it ran.
+    ///
+    /// What a clone gets of devices that reach outside the VM: read-only disks are opened
+    /// again (writable ones are refused: two VMs would write one image), a vsock device gets
+    /// the socket the spec names (its guest sees its connections reset), user-mode
+    /// networking without forwarded ports gets its own passt; TAPs and forwarded ports are
+    /// refused (they cannot be shared).
+    pub fn fork(&self, specs: &[ForkSpec]) -> Result<Vec<Vm>> {
+        self.check_forkable(specs)?;
+        let was_running = self.pause_for("fork")?;
+        let result = (|| {
+            let current = self
+                .memory_base
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            let (snap, base) = self.capture(|mappings| {
+                // The parent's memory as it is now, as an immutable base: the one made at the
+                // last fork if the parent has not written since, else a new one, which the
+                // parent then maps privately too.
+                if let Some(b) = current.as_ref().filter(|b| b.sealed) {
+                    let diverged = snapshot::memory::diverged(mappings)
+                        .map_err(io_err("cannot read this process's page map"))?;
+                    if !diverged {
+                        return Ok(b.file.clone());
+                    }
+                }
+                let file = snapshot::memory::freeze(mappings, current.as_ref().map(|b| &*b.file))
+                    .map_err(io_err("cannot copy guest memory for the clones"))?;
+                // SAFETY: the mappings are this VM's RAM, just copied whole into `file`;
+                // the vCPUs are paused and the devices locked (inside `capture`).
+                unsafe { snapshot::memory::map_private(mappings, &file) }
+                    .map_err(io_err("cannot map guest memory copy-on-write"))?;
+                Ok(Arc::new(file))
+            })?;
+            *self.memory_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(MemoryBase {
+                file: base.clone(),
+                sealed: true,
+            });
+            specs
+                .iter()
+                .map(|spec| {
+                    let mut config = self.config.clone();
+                    if let (Some(v), Some(uds)) = (config.vsock.as_mut(), spec.vsock_uds.as_ref()) {
+                        v.uds = uds.clone();
+                    }
+                    Self::from_snapshot(
+                        config,
+                        &snap,
+                        MemoryBase {
+                            file: base.clone(),
+                            sealed: true,
+                        },
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })();
+        if was_running {
+            self.resume()?;
+        }
+        result
+    }
+
+    /// Refuses a fork whose clones could not have their devices.
+    fn check_forkable(&self, specs: &[ForkSpec]) -> Result<()> {
+        let refuse = |arg: String, why: &str| Err(Error::invalid(arg, "fork", why.to_string()));
+        for (i, d) in self.config.disks.iter().enumerate() {
+            if !d.read_only {
+                return refuse(
+                    format!("disks[{i}]"),
+                    "a writable disk cannot be shared by clones: attach it read-only to fork",
+                );
+            }
+        }
+        for (i, n) in self.config.net.iter().enumerate() {
+            match &n.backend {
+                crate::config::NetBackendConfig::Tap { .. } => {
+                    return refuse(format!("net[{i}]"), "a TAP cannot be shared by clones");
+                }
+                crate::config::NetBackendConfig::User { forward } if !forward.is_empty() => {
+                    return refuse(
+                        format!("net[{i}]"),
+                        "forwarded host ports cannot be shared by clones: fork without `forward`",
+                    );
+                }
+                crate::config::NetBackendConfig::User { .. } => {}
+            }
+        }
+        if self.config.vsock.is_some() && specs.iter().any(|s| s.vsock_uds.is_none()) {
+            return refuse(
+                "vsock".into(),
+                "each clone of a VM with vsock needs a socket path of its own",
+            );
+        }
+        Ok(())
+    }
+
+    /// Pauses the VM for `operation` if it runs; returns whether it did.
+    fn pause_for(&self, operation: &'static str) -> Result<bool> {
+        match self.state() {
+            VmState::Running => {
+                self.pause()?;
+                Ok(true)
+            }
+            VmState::Paused => Ok(false),
+            state => Err(Error::InvalidState { operation, state }),
+        }
+    }
+
+    /// Saves everything but memory while the VM is paused, then lets `memory` deal with
+    /// guest RAM while every device is still held (no queue is served, so no device writes
+    /// guest memory, until it returns).
+    fn capture<R>(
+        &self,
+        memory: impl FnOnce(&[snapshot::memory::Mapping]) -> Result<R>,
+    ) -> Result<(Snapshot, R)> {
+        let Some(resources) = &self.resources else {
+            return Err(snapshot_error("the VM is gone".into()));
+        };
+        let answers = self
+            .vcpus
+            .request(|_| crate::vcpu::VcpuEvent::SaveState)
+            .ok_or_else(|| snapshot_error("a vCPU did not answer".into()))?;
+        let mut vcpus = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer {
+                VcpuResponse::Saved(state) => vcpus.push(*state),
+                VcpuResponse::Failed(why) => {
+                    return Err(snapshot_error(format!("cannot save a vCPU: {why}")))
+                }
+                other => return Err(snapshot_error(format!("unexpected vCPU answer {other:?}"))),
+            }
+        }
+        // Transports before devices: the order a vCPU's MMIO access takes them in.
+        let transports: Vec<_> = self
+            .transports
+            .iter()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let devices: Vec<_> = self
+            .virtio
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect();
+        let state = DevicesState {
+            serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
+            pm1: self
+                .pm1
+                .as_ref()
+                .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).save()),
+            virtio: transports
+                .iter()
+                .zip(&devices)
+                .map(|(t, d)| t.save(&**d))
+                .collect(),
+        };
+        let vm = crate::arch::x86_64::state::save_vm(&resources.vm_fd)?;
+        let ram = &resources.ram;
+        let out = memory(&ram.mappings())?;
+        drop(devices);
+        drop(transports);
+        Ok((
+            Snapshot {
+                vmm_version: env!("CARGO_PKG_VERSION").to_string(),
+                config: self.config.clone(),
+                boot: self.boot.clone(),
+                memory_len: ram.file_len(),
+                vm,
+                vcpus,
+                devices: state,
+            },
+            out,
+        ))
     }
 
     /// Waits up to `timeout` (forever with `None`) for the VM to stop; returns its status,
@@ -466,6 +810,69 @@ impl Drop for Vm {
         if let Some(resources) = self.resources.take() {
             crate::reaper::release(resources);
         }
+    }
+}
+
+/// What a clone gets that its parent's configuration cannot give it.
+#[derive(Debug, Clone, Default)]
+pub struct ForkSpec {
+    /// The clone's vsock socket (required when the parent has vsock).
+    pub vsock_uds: Option<PathBuf>,
+}
+
+fn snapshot_error(detail: String) -> Error {
+    snapshot::Error::Unsupported(detail).into()
+}
+
+/// The saved state of vCPU `id`, when building from a snapshot.
+fn origin_state<'a>(
+    origin: &Origin<'a>,
+    id: u8,
+) -> Option<&'a crate::arch::x86_64::state::VcpuState> {
+    match origin {
+        Origin::Boot => None,
+        Origin::Saved(snap) => snap.vcpus.get(usize::from(id)),
+    }
+}
+
+/// Gives freshly built devices their saved state.
+fn restore_devices(
+    saved: &DevicesState,
+    legacy: &legacy::Legacy,
+    transports: &[Arc<Mutex<MmioTransport>>],
+) -> Result<()> {
+    legacy
+        .serial
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restore(&saved.serial)
+        .map_err(snapshot_error)?;
+    if let (Some(pm1), Some(state)) = (&legacy.pm1, saved.pm1) {
+        pm1.lock().unwrap_or_else(|e| e.into_inner()).restore(state);
+    }
+    if saved.virtio.len() != transports.len() {
+        return Err(snapshot_error(format!(
+            "the snapshot has {} virtio devices, the configuration {}",
+            saved.virtio.len(),
+            transports.len()
+        )));
+    }
+    for (i, (t, state)) in transports.iter().zip(&saved.virtio).enumerate() {
+        t.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(state)
+            .map_err(|e| snapshot_error(format!("virtio device {i}: {e}")))?;
+    }
+    Ok(())
+}
+
+fn io_err_path<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what: format!("{what} {}", path.display()),
+        source,
     }
 }
 

@@ -19,6 +19,7 @@ from .errors import (
     VmError,
     VmFileNotFoundError,
     VmPermissionError,
+    VmSnapshotError,
     VmStateError,
     VmTimeoutError,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "VmExitedError",
     "VmFileNotFoundError",
     "VmPermissionError",
+    "VmSnapshotError",
     "VmStateError",
     "VmTimeoutError",
     "Vsock",

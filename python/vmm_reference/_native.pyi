@@ -31,6 +31,17 @@ class NativeVm:
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""
+    def snapshot(self, path: str) -> int:
+        """Write a snapshot into the directory ``path``; the bytes of memory written."""
+    @staticmethod
+    def restore(path: str, console_limit: Optional[int] = None, vsock_uds: Optional[str] = None) -> NativeVm:
+        """A paused VM from the snapshot in ``path``."""
+    def fork(self, vsock_uds: list[Optional[str]]) -> list[NativeVm]:
+        """Paused clones, one per entry (each clone's vsock socket, or None)."""
+    def config(
+        self,
+    ) -> tuple[int, int, str, bool, list[tuple[str, bool, Optional[str]]], Optional[tuple[int, str]]]:
+        """``(memory_mib, vcpus, kernel, acpi, disks, vsock)``."""
     def wait(self, timeout: Optional[float] = None) -> Optional[tuple[str, Optional[str], Optional[int]]]:
         """Wait for the VM to stop; None on timeout."""
     def pause(self) -> None:

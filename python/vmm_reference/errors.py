@@ -16,6 +16,7 @@ __all__ = [
     "VmError",
     "VmFileNotFoundError",
     "VmPermissionError",
+    "VmSnapshotError",
     "VmStateError",
     "VmTimeoutError",
 ]
@@ -56,6 +57,16 @@ class VmTimeoutError(VmError, TimeoutError):
     """What the command wrote to its stdout before the timeout (:meth:`Vm.run <vmm_reference.Vm.run>`)."""
     stderr: Union[bytes, str, None] = None
     """What the command wrote to its stderr before the timeout."""
+
+
+class VmSnapshotError(VmError):
+    """A snapshot cannot be written or used, or the VM cannot be forked.
+
+    Raised for a snapshot that is truncated, damaged, not a snapshot at all, written by
+    another snapshot format version, or whose guest uses CPU features this host's KVM lacks;
+    and for a fork whose clones could not have the VM's devices (a writable disk, a TAP,
+    forwarded ports).
+    """
 
 
 class VmAgentError(VmError):

@@ -217,6 +217,16 @@ class Serial:
         return "\n".join(self.log.splitlines()[-n:])
 
 
+def _snapshot_dir(name: str, value: object) -> str:
+    """Check a snapshot directory argument (types only; the VMM checks the files)."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise VmConfigError(f"invalid {name}={value!r}: expected a directory path")
+    path = os.fspath(value)
+    if not isinstance(path, str):
+        raise VmConfigError(f"invalid {name}={value!r}: expected a str path")
+    return path
+
+
 class Vm:
     """A KVM virtual machine booting a Linux kernel (an ELF vmlinux or a bzImage).
 
@@ -318,6 +328,109 @@ class Vm:
         self.vcpus = vcpus
         self.kernel = kernel_path
         """The kernel image's path."""
+
+    @classmethod
+    def _adopt(cls, native: _native.NativeVm, endpoint: Optional[VsockEndpoint]) -> Vm:
+        """Wrap a native VM built from a snapshot or a fork; it owns ``endpoint``."""
+        memory_mib, vcpus, kernel, acpi, disks, vsock = native.config()
+        if endpoint is not None and vsock is None:
+            endpoint.close()  # the saved VM had no vsock device: the socket was not needed
+            endpoint = None
+        vm = cls.__new__(cls)
+        vm._native = native
+        vm._vsock = endpoint
+        if endpoint is not None:
+            weakref.finalize(vm, endpoint.close)
+        vm.disks = [(os.fspath(p), ro, serial) for p, ro, serial in disks]
+        vm._serial = Serial(native)
+        vm._expect_offset = 0
+        vm.memory_mib = memory_mib
+        vm.acpi = acpi
+        vm.expect_timeout = 30.0
+        vm.vcpus = vcpus
+        vm.kernel = os.fspath(kernel)
+        return vm
+
+    def snapshot(self, path: PathArg) -> int:
+        """Save the whole VM into the directory ``path`` (created if missing); return the bytes of memory written.
+
+        Works on a running VM (paused for the snapshot, then resumed) or a paused one. The
+        directory gets ``state`` (vCPUs, KVM's interrupt controllers and clock, devices;
+        versioned and checksummed) and ``memory`` (guest RAM, sparse: pages the guest never
+        wrote take no space). :meth:`restore` brings it back.
+        """
+        return int(self._native.snapshot(_snapshot_dir("path", path)))
+
+    @classmethod
+    def restore(
+        cls,
+        path: PathArg,
+        *,
+        console_limit: Optional[int] = None,
+        vsock: Optional[Vsock] = None,
+    ) -> Vm:
+        """Return a paused VM from the snapshot in the directory ``path``; :meth:`resume` runs it.
+
+        The guest goes on from the exact instruction where it was saved; its memory is the
+        snapshot's memory file mapped copy-on-write, read as the guest touches it (the file
+        must stay there while the VM lives). The console starts empty and keeps
+        ``console_limit`` bytes (the saved VM's limit by default). Devices are opened again
+        from the saved configuration: disk images by path, TAPs by name, a new passt; a vsock
+        device listens on ``vsock.uds`` if given, else on a new private socket (the saved one
+        usually belongs to the VM the snapshot came from), and the guest sees its vsock
+        connections reset (its listeners stay).
+
+        Raises :class:`VmSnapshotError` for a missing, truncated, damaged or foreign snapshot,
+        one from another format version, or one whose guest uses CPU features this host's KVM
+        lacks.
+        """
+        directory = _snapshot_dir("path", path)
+        limit = None if console_limit is None else _check_int("console_limit", console_limit, 0, 2**62)
+        endpoint = resolve_vsock(vsock if vsock is not None else True)
+        try:
+            native = _native.NativeVm.restore(
+                directory, console_limit=limit, vsock_uds=None if endpoint is None else endpoint.uds
+            )
+        except BaseException:
+            if endpoint is not None:
+                endpoint.close()
+            raise
+        vm = cls._adopt(native, endpoint)
+        saved_vsock = native.config()[5]
+        if vm._vsock is not None and saved_vsock is not None:
+            vm._vsock.cid = saved_vsock[0]  # the guest's CID is the saved one
+        return vm
+
+    def fork(self, n: int = 1) -> list[Vm]:
+        """Return ``n`` paused clones of this VM, sharing its memory copy-on-write; :meth:`resume` runs each.
+
+        A clone goes on from where this VM is, with its own console (empty), devices and exit
+        status; its memory writes are its own, and neither this VM's later writes nor another
+        clone's reach it. A running VM is paused for the fork and runs on afterwards. The
+        first fork copies the guest's memory once into a sealed in-memory file that this VM
+        and its clones then map privately; forking again before this VM writes to its memory
+        reuses it, so each further clone costs a new KVM VM and its vCPUs, not a copy.
+
+        What a clone gets of the VM's devices: read-only disks are shared; a vsock device gets
+        a new private socket (the clone's guest sees its vsock connections reset, its
+        listeners stay, so :meth:`run` works in every clone); user-mode networking without
+        forwarded ports gets its own passt. A writable disk, a TAP or forwarded ports cannot
+        be shared and raise :class:`VmSnapshotError` (attach disks read-only to fork).
+        """
+        count = _check_int("n", n, 1, 1024)
+        endpoints: list[Optional[VsockEndpoint]] = []
+        try:
+            for _ in range(count):
+                endpoints.append(
+                    None if self._vsock is None else resolve_vsock(Vsock(cid=self._vsock.cid))
+                )
+            natives = self._native.fork([None if e is None else e.uds for e in endpoints])
+        except BaseException:
+            for e in endpoints:
+                if e is not None:
+                    e.close()
+            raise
+        return [Vm._adopt(native, e) for native, e in zip(natives, endpoints)]
 
     def start(self) -> None:
         """Start the guest. A VM starts once; a second call raises :class:`VmStateError`."""

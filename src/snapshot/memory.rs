@@ -141,6 +141,32 @@ pub fn write_sparse(mappings: &[Mapping], base: Option<&File>, out: &File) -> io
     Ok(written)
 }
 
+const PM_FILE_OR_SHARED: u64 = 1 << 61;
+
+/// Whether the guest RAM in `mappings` (a private mapping of a file) holds pages of its own:
+/// written since it was mapped, so no longer what the file holds.
+pub fn diverged(mappings: &[Mapping]) -> io::Result<bool> {
+    let pagemap = File::open("/proc/self/pagemap")?;
+    let mut buf = vec![0u8; PAGEMAP_CHUNK * 8];
+    for m in mappings {
+        let pages = m.len / PAGE;
+        let mut page = 0;
+        while page < pages {
+            let n = (pages - page).min(PAGEMAP_CHUNK);
+            pagemap.read_exact_at(&mut buf[..n * 8], ((m.addr / PAGE + page) * 8) as u64)?;
+            for e in buf[..n * 8].chunks_exact(8) {
+                let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
+                // A private page of ours: anonymous (not the file's), in RAM or in swap.
+                if v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE_OR_SHARED == 0) {
+                    return Ok(true);
+                }
+            }
+            page += n;
+        }
+    }
+    Ok(false)
+}
+
 /// Maps `file` from each mapping's offset over the mapping, privately: the guest sees the
 /// file's contents, and its writes stay in this process.
 ///

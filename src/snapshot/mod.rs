@@ -174,29 +174,18 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot> {
     Ok(snapshot)
 }
 
-/// Writes `snapshot`'s state file into `dir` (created if missing); the memory file is
-/// written by the caller (`write_memory` gets it, created and empty).
-pub fn write(
-    dir: &Path,
-    snapshot: &Snapshot,
-    write_memory: impl FnOnce(&File) -> std::io::Result<u64>,
-) -> Result<u64> {
-    std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
-    let mem_path = dir.join(MEMORY_FILE);
-    let mem = File::create(&mem_path).map_err(io("cannot create", &mem_path))?;
-    let written = write_memory(&mem).map_err(io("cannot write guest memory to", &mem_path))?;
-    mem.sync_all()
-        .map_err(io("cannot write guest memory to", &mem_path))?;
+/// Writes `snapshot`'s state file into `dir` (its memory file is written first, by the
+/// caller). Written aside and renamed: a crash mid-write never leaves a half state file
+/// behind a complete-looking name.
+pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<()> {
     let state_path = dir.join(STATE_FILE);
     let bytes = encode(snapshot)?;
-    // Written aside and renamed: a crash mid-write never leaves a half state file behind
-    // a complete-looking name.
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let mut f = File::create(&tmp).map_err(io("cannot create", &tmp))?;
     f.write_all(&bytes).map_err(io("cannot write", &tmp))?;
     f.sync_all().map_err(io("cannot write", &tmp))?;
     std::fs::rename(&tmp, &state_path).map_err(io("cannot write", &state_path))?;
-    Ok(written)
+    Ok(())
 }
 
 /// Reads and checks the snapshot in `dir`; returns it with its memory file, opened.

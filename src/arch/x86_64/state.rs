@@ -96,9 +96,15 @@ fn get_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>> {
     Ok(out)
 }
 
-/// Saves vCPU `fd`'s state. The vCPU must not be in `KVM_RUN` (its thread calls this) and
-/// any port or MMIO access it exited for must have been completed first.
-pub fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
+/// Saves vCPU `fd`'s state; `cpuid` is what the VMM gave it (`KVM_GET_CPUID2` is not used:
+/// some hosts, PVM among them, report bits there that they never offered). The vCPU must
+/// not be in `KVM_RUN` (its thread calls this) and any port or MMIO access it exited for
+/// must have been completed first.
+pub fn save_vcpu(
+    fd: &VcpuFd,
+    cpuid: &[kvm_cpuid_entry2],
+    msr_indices: &[u32],
+) -> Result<VcpuState> {
     let mp_state = fd.get_mp_state().map_err(kvm("KVM_GET_MP_STATE"))?;
     let regs = fd.get_regs().map_err(kvm("KVM_GET_REGS"))?;
     let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
@@ -107,11 +113,7 @@ pub fn save_vcpu(fd: &VcpuFd, msr_indices: &[u32]) -> Result<VcpuState> {
     let debugregs = fd.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
     let lapic = fd.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     let msrs = get_msrs(fd, msr_indices)?;
-    let cpuid = fd
-        .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm("KVM_GET_CPUID2"))?
-        .as_slice()
-        .to_vec();
+    let cpuid = cpuid.to_vec();
     let tsc_khz = fd.get_tsc_khz().ok();
     let vcpu_events = fd.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
     Ok(VcpuState {
@@ -238,10 +240,10 @@ pub fn missing_cpu_features(
             missing.push((e.function, "leaf", u32::MAX));
             continue;
         };
-        // Bits the VMM sets in leaf 1 whatever KVM reports (the hypervisor bit, the
+        // Bits the VMM sets in leaf 1 whatever KVM reports (the hypervisor bit, HTT, the
         // KVM-emulated TSC-deadline timer) or that mirror guest state (OSXSAVE, APIC).
         let (ignore_ecx, ignore_edx) = if e.function == 1 {
-            ((1 << 31) | (1 << 27) | (1 << 24), 1 << 9)
+            ((1 << 31) | (1 << 27) | (1 << 24), (1 << 28) | (1 << 9))
         } else {
             (0, 0)
         };

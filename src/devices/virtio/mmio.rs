@@ -328,10 +328,10 @@ pub struct MmioState {
 }
 
 impl MmioTransport {
-    /// The transport's state and its queues' (the device's, once it runs). The caller keeps
-    /// the device from serving its queues meanwhile.
-    pub fn save(&self) -> MmioState {
-        let device = lock(&self.device);
+    /// The transport's state and its queues' (the device's, once it runs). `device` is this
+    /// transport's device, locked by the caller so that it cannot serve its queues (and
+    /// write guest memory) until the snapshot is complete.
+    pub fn save(&self, device: &dyn VirtioDevice) -> MmioState {
         let live = if self.status & status::DRIVER_OK != 0 {
             device.queue_states()
         } else {
