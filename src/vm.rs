@@ -513,7 +513,8 @@ impl Vm {
 
     /// Refuses a fork whose clones could not have their devices.
     fn check_forkable(&self, specs: &[ForkSpec]) -> Result<()> {
-        let refuse = |arg: String, why: &str| Err(Error::invalid(arg, "fork", why.to_string()));
+        let refuse =
+            |arg: String, why: &str| Err(snapshot_error(format!("cannot fork: {arg}: {why}")));
         for (i, d) in self.config.disks.iter().enumerate() {
             if !d.read_only {
                 return refuse(

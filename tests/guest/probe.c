@@ -136,6 +136,9 @@ extern const uint8_t ap_trampoline[], ap_trampoline_end[], ap_slots[];
 
 static volatile uint32_t ap_started;
 static volatile uint8_t print_lock;
+/* probe.end=tick: APs count in ap_ticks[apic id] for ever (snapshot and fork tests). */
+static volatile uint8_t ap_tick;
+static volatile uint64_t ap_ticks[MAX_CPUS];
 static uint8_t ap_stacks[MAX_CPUS][4096] __attribute__((aligned(4096)));
 
 static void lock(void) { while (__atomic_test_and_set(&print_lock, __ATOMIC_ACQUIRE)) __asm__ volatile("pause"); }
@@ -158,6 +161,35 @@ __attribute__((used)) static void ap_main(void) {
     putc_('\n');
     unlock();
     __atomic_add_fetch(&ap_started, 1, __ATOMIC_RELEASE);
+    if (ap_tick)
+        for (;;) { ap_ticks[id & (MAX_CPUS - 1)]++; __asm__ volatile("pause"); }
+}
+
+/* probe.end=tick: a guest whose whole state is in memory, for snapshots and forks. It counts
+ * in `tick_count` (memory, not a register) and prints
+ *   PROBE: tick N mark=C aps=A,B,...
+ * every so often: C is the last byte received on the serial port (`tick_mark`, memory too;
+ * '-' until one arrives), A,B,... every AP's own count (probe.smp= starts them counting). */
+static volatile uint64_t tick_count;
+static volatile char tick_mark = '-';
+static void tick(uint32_t cpus) {
+    for (;;) {
+        for (int spin = 0; spin < 20000; spin++) __asm__ volatile("pause");
+        tick_count++;
+        if (inb(COM1 + 5) & LSR_DATA_READY) {
+            char c = (char)inb(COM1);
+            if (c > ' ' && c < 127) tick_mark = c;
+        }
+        lock();
+        puts_("PROBE: tick ");
+        put_dec(tick_count);
+        puts_(" mark=");
+        putc_(tick_mark);
+        puts_(" aps=");
+        for (uint32_t i = 1; i < cpus; i++) { if (i > 1) putc_(','); put_dec(ap_ticks[i]); }
+        putc_('\n');
+        unlock();
+    }
 }
 
 static uint8_t sum8(const uint8_t *p, uint32_t n) { uint8_t s = 0; while (n--) s += *p++; return s; }
@@ -2689,6 +2721,8 @@ void probe_main(const uint8_t *zp) {
     putc_('\n');
 
     const char *smp = cmd_ptr ? cmdline_arg(cmdline, "probe.smp") : 0;
+    const char *end_early = cmd_ptr ? cmdline_arg(cmdline, "probe.end") : 0;
+    ap_tick = word_is(end_early, "tick");
     if (smp) start_aps(zp, smp);
 
     const char *blk = cmd_ptr ? cmdline_arg(cmdline, "probe.blk") : 0;
@@ -2726,6 +2760,7 @@ void probe_main(const uint8_t *zp) {
     if (word_is(end, "triple")) triple_fault();
     if (word_is(end, "halt")) { puts_("PROBE: halting\n"); for (;;) __asm__ volatile("cli; hlt"); }
     if (word_is(end, "spin")) { puts_("PROBE: spinning\n"); for (;;) __asm__ volatile("pause"); }
+    if (word_is(end, "tick")) tick(ap_started + 1);
     if (word_is(end, "flood")) {
         for (uint64_t i = 0;; i++) { puts_("PROBE: flood "); put_dec(i); putc_('\n'); }
     }
