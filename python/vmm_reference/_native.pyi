@@ -35,9 +35,9 @@ class NativeVm:
         """Write a snapshot into the directory ``path``; the bytes of memory written."""
     @staticmethod
     def restore(path: str, console_limit: Optional[int] = None, vsock_uds: Optional[str] = None) -> NativeVm:
-        """A paused VM from the snapshot in ``path``."""
+        """Return a paused VM from the snapshot in ``path``."""
     def fork(self, vsock_uds: list[Optional[str]]) -> list[NativeVm]:
-        """Paused clones, one per entry (each clone's vsock socket, or None)."""
+        """Return paused clones, one per entry (each clone's vsock socket, or None)."""
     def config(
         self,
     ) -> tuple[int, int, str, bool, list[tuple[str, bool, Optional[str]]], Optional[tuple[int, str]]]:
