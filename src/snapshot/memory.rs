@@ -232,3 +232,105 @@ pub fn read_at(file: &mut File, offset: u64, len: usize) -> io::Result<Vec<u8>> 
     file.read_exact(&mut buf)?;
     Ok(buf)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An anonymous mapping of `pages` pages, unmapped on drop.
+    struct Anon(usize, usize);
+    impl Anon {
+        fn new(pages: usize) -> Anon {
+            let len = pages * PAGE;
+            // SAFETY: a fresh anonymous mapping.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            Anon(p as usize, len)
+        }
+        fn bytes(&self) -> &mut [u8] {
+            // SAFETY: our own mapping, alive while `self` is.
+            unsafe { std::slice::from_raw_parts_mut(self.0 as *mut u8, self.1) }
+        }
+        fn mapping(&self, offset: u64) -> Mapping {
+            Mapping {
+                addr: self.0,
+                len: self.1,
+                offset,
+            }
+        }
+    }
+    impl Drop for Anon {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in `new`.
+            unsafe { libc::munmap(self.0 as *mut libc::c_void, self.1) };
+        }
+    }
+
+    fn temp() -> File {
+        tempfile_in(std::env::temp_dir())
+    }
+
+    fn tempfile_in(dir: std::path::PathBuf) -> File {
+        let path = dir.join(format!(
+            "vmm-ref-mem-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        f
+    }
+
+    #[test]
+    fn only_pages_with_data_are_written_at_their_offsets() {
+        let a = Anon::new(16);
+        a.bytes()[3 * PAGE] = 7; // page 3: data
+        a.bytes()[5 * PAGE..6 * PAGE].fill(0); // page 5: touched, zeros only
+        a.bytes()[15 * PAGE + 100] = 9; // page 15: data
+        let mut out = temp();
+        let written = write_sparse(&[a.mapping(PAGE as u64)], None, &out).unwrap();
+        assert_eq!(written, 2 * PAGE as u64);
+        assert_eq!(out.metadata().unwrap().len(), 17 * PAGE as u64);
+        assert_eq!(read_at(&mut out, 4 * PAGE as u64, 1).unwrap(), [7]);
+        assert_eq!(read_at(&mut out, 16 * PAGE as u64 + 100, 1).unwrap(), [9]);
+        assert_eq!(
+            read_at(&mut out, 6 * PAGE as u64, PAGE).unwrap(),
+            vec![0; PAGE]
+        );
+    }
+
+    #[test]
+    fn a_frozen_copy_is_sealed_and_a_private_mapping_of_it_diverges_only_when_written() {
+        let a = Anon::new(8);
+        a.bytes()[PAGE] = 1;
+        let base = freeze(&[a.mapping(0)], None).unwrap();
+        // Sealed: nobody can change the base under the clones.
+        assert!(base.write_at(&[2], 0).is_err());
+        // SAFETY: `a` is ours; its contents are in `base`.
+        unsafe { map_private(&[a.mapping(0)], &base) }.unwrap();
+        assert_eq!(a.bytes()[PAGE], 1);
+        assert!(!diverged(&[a.mapping(0)]).unwrap(), "reads only");
+        a.bytes()[2 * PAGE] = 5;
+        assert!(diverged(&[a.mapping(0)]).unwrap());
+        // A second freeze sees both the base's data and the private page.
+        let second = freeze(&[a.mapping(0)], Some(&base)).unwrap();
+        let mut second = second;
+        assert_eq!(read_at(&mut second, PAGE as u64, 1).unwrap(), [1]);
+        assert_eq!(read_at(&mut second, 2 * PAGE as u64, 1).unwrap(), [5]);
+    }
+}

@@ -210,3 +210,41 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File)> {
     }
     Ok((snapshot, mem))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_guards_the_body() {
+        let body = b"state".to_vec();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let p = Path::new("s");
+        // A good header over a body that is not a Snapshot: refused as damaged, not a panic.
+        assert!(matches!(decode(&bytes, p), Err(Error::Corrupt { .. })));
+        let mut flipped = bytes.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        let e = decode(&flipped, p).unwrap_err().to_string();
+        assert!(e.contains("checksum"), "{e}");
+        let mut version = bytes.clone();
+        version[8] = 2;
+        assert!(matches!(
+            decode(&version, p),
+            Err(Error::Version { found: 2, .. })
+        ));
+        assert!(matches!(decode(b"VMM", p), Err(Error::NotASnapshot(_))));
+        assert!(matches!(
+            decode(&bytes[..12], p),
+            Err(Error::Corrupt { .. })
+        ));
+        // Every truncation is refused.
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], p).is_err());
+        }
+    }
+}
