@@ -256,8 +256,8 @@ mod tests {
             assert_ne!(p, libc::MAP_FAILED);
             Anon(p as usize, len)
         }
-        fn bytes(&self) -> &mut [u8] {
-            // SAFETY: our own mapping, alive while `self` is.
+        fn bytes(&mut self) -> &mut [u8] {
+            // SAFETY: our own mapping, alive while `self` is, borrowed mutably through it.
             unsafe { std::slice::from_raw_parts_mut(self.0 as *mut u8, self.1) }
         }
         fn mapping(&self, offset: u64) -> Mapping {
@@ -275,12 +275,9 @@ mod tests {
         }
     }
 
+    /// An unlinked read-write file in the temporary directory.
     fn temp() -> File {
-        tempfile_in(std::env::temp_dir())
-    }
-
-    fn tempfile_in(dir: std::path::PathBuf) -> File {
-        let path = dir.join(format!(
+        let path = std::env::temp_dir().join(format!(
             "vmm-ref-mem-{}-{:?}",
             std::process::id(),
             std::thread::current().id()
@@ -298,7 +295,7 @@ mod tests {
 
     #[test]
     fn only_pages_with_data_are_written_at_their_offsets() {
-        let a = Anon::new(16);
+        let mut a = Anon::new(16);
         a.bytes()[3 * PAGE] = 7; // page 3: data
         a.bytes()[5 * PAGE..6 * PAGE].fill(0); // page 5: touched, zeros only
         a.bytes()[15 * PAGE + 100] = 9; // page 15: data
@@ -316,7 +313,7 @@ mod tests {
 
     #[test]
     fn a_frozen_copy_is_sealed_and_a_private_mapping_of_it_diverges_only_when_written() {
-        let a = Anon::new(8);
+        let mut a = Anon::new(8);
         a.bytes()[PAGE] = 1;
         let base = freeze(&[a.mapping(0)], None).unwrap();
         // Sealed: nobody can change the base under the clones.
