@@ -96,3 +96,21 @@ def test_{i}(vm_factory):
     # Explicit gateways, the form remote machines take (ssh=host//python=... instead of popen).
     result = run(pytester, tests, "--dist", "load", "--tx", f"2*popen//python={sys.executable}")
     result.assert_outcomes(passed=6)
+
+
+def test_vm_template_boots_once_and_forks_a_clone_per_test(pytester, probe_elf):
+    tests = "\n".join(f"""
+def test_{mark}(vm_template):
+    assert vm_template.state == "running"
+    vm_template.write("{mark}")
+    m = vm_template.expect(r"PROBE: tick (\\d+) mark={mark} ", timeout=30)
+    first = int(re.search(r"PROBE: tick (\\d+) ", vm_template.console_log).group(1))
+    print("FIRST", first)
+    assert set(re.findall(r"mark=(\\S)", vm_template.console_log)) <= {{"-", "{mark}"}}
+""" for mark in "abc")
+    result = run(pytester, "import re\n" + tests, f"--vmm-kernel={probe_elf}", "--vmm-cmdline=probe.end=tick",
+                 "--vmm-memory=64", "--vmm-template-ready=PROBE: tick 3 ", "-s")
+    result.assert_outcomes(passed=3)
+    firsts = {int(x) for x in re.findall(r"FIRST (\d+)", result.stdout.str())}
+    # Every clone starts from the same point of the one template: right after tick 3 or so.
+    assert len(firsts) == 1 and 4 <= firsts.pop() <= 6, result.stdout.str()

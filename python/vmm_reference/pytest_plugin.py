@@ -9,6 +9,9 @@ Fixtures:
   reach the guest agent the busybox initramfs starts.
   ``@pytest.mark.vm(memory_mib=..., vcpus=..., cmdline=..., ...)`` sets its ``Vm`` arguments;
   several such markers on one test run it once per marker.
+- ``vm_template``: a running fork of a template VM that is booted once per session (like
+  ``vm``, until its guest agent answers or ``--vmm-template-ready`` matches) and paused:
+  each test starts in milliseconds from the booted guest, with memory of its own.
 - ``vm_factory``: call it like :class:`~vmm_reference.Vm` (defaults from the options below);
   every VM it made is killed and freed when the test ends, also on failure or Ctrl-C.
 - ``guest_assets``: Debian's cloud kernel and a busybox initramfs
@@ -16,8 +19,9 @@ Fixtures:
 - ``kvm_kind``: ``"hardware"``, ``"pvm"`` or ``"none"``: what ``/dev/kvm`` is here.
 
 Options (each with an ini key of the same name, ``vmm_kernel`` and so on):
-``--vmm-kernel``, ``--vmm-initrd``, ``--vmm-memory`` (MiB), ``--vmm-vcpus``,
-``--vmm-timeout`` (seconds :meth:`Vm.expect` waits by default), ``--vmm-disk`` (a disk
+``--vmm-kernel``, ``--vmm-initrd``, ``--vmm-cmdline``, ``--vmm-memory`` (MiB), ``--vmm-vcpus``,
+``--vmm-timeout`` (seconds :meth:`Vm.expect` waits by default), ``--vmm-template-ready``
+(when ``vm_template``'s template is ready), ``--vmm-disk`` (a disk
 image for the ``vm`` fixture, repeatable: a path, or the CLI's ``path=P,read_only=on,serial=S``;
 ini key ``vmm_disk``, one per line), ``--vmm-keep-console``
 (save every VM's console, not only failed tests'), ``--vmm-strict`` (fail instead of
@@ -51,9 +55,12 @@ _OPTIONS = [
      "kernel from the asset cache]"),
     ("--vmm-initrd", "vmm_initrd", "initrd for the vm fixture [default: the busybox initramfs with the "
      "default kernel, none with --vmm-kernel]"),
+    ("--vmm-cmdline", "vmm_cmdline", "kernel command line for vm and vm_template [default: the Vm default]"),
     ("--vmm-memory", "vmm_memory", "guest RAM in MiB for vm and vm_factory [default: 256]"),
     ("--vmm-vcpus", "vmm_vcpus", "vCPUs for vm and vm_factory [default: 1]"),
     ("--vmm-timeout", "vmm_timeout", "seconds Vm.expect waits by default in vm and vm_factory [default: 60]"),
+    ("--vmm-template-ready", "vmm_template_ready", "regular expression on the console that says the vm_template "
+     "guest is ready [default: the guest agent answers]"),
 ]
 _CONSOLE_TAIL = 64 * 1024
 _VMS = pytest.StashKey[list[Vm]]()
@@ -181,6 +188,14 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
         kwargs.update(request.param)
     elif marker is not None:
         kwargs.update(marker.kwargs)
+    _default_vm_arguments(request, kwargs)
+    machine = vm_factory(**kwargs)
+    machine.start()
+    return machine
+
+
+def _default_vm_arguments(request: pytest.FixtureRequest, kwargs: dict[str, Any]) -> None:
+    """Fill in the ``vm`` fixture's defaults: kernel and initrd, disks, a vsock device."""
     if "kernel" not in kwargs:
         kernel = _setting(request.config, "vmm_kernel")
         if kernel is not None:
@@ -192,14 +207,63 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
             assets = request.getfixturevalue("guest_assets")
             kwargs["kernel"] = assets.vmlinux
             kwargs.setdefault("initrd", _setting(request.config, "vmm_initrd") or assets.initrd)
+    cmdline = _setting(request.config, "vmm_cmdline")
+    if cmdline is not None:
+        kwargs.setdefault("cmdline", cmdline)
     if "disks" not in kwargs:
         specs = request.config.getoption("vmm_disk") or request.config.getini("vmm_disk")
         if specs:
             kwargs["disks"] = [_disk_option(spec) for spec in specs]
     kwargs.setdefault("vsock", True)  # for vm.run(), vm.copy_to() and friends (the guest agent)
-    machine = vm_factory(**kwargs)
-    machine.start()
-    return machine
+
+
+@pytest.fixture(scope="session")
+def vm_template_parent(request: pytest.FixtureRequest) -> Iterator[Vm]:
+    """Boot the session's template VM behind ``vm_template`` once; yield it ready and paused.
+
+    Built like the ``vm`` fixture (``--vmm-kernel``, ``--vmm-memory``, ... and their ini
+    keys); it is ready when the guest agent answers, or when the console matches
+    ``--vmm-template-ready``. Disks must be read-only to be shared by the clones.
+    """
+    if detect_kvm_kind() == "none":
+        skip_or_fail(request.config, "/dev/kvm is not available (missing, or no read/write access)")
+    config = request.config
+    kwargs: dict[str, Any] = {
+        "memory_mib": _number(config, "vmm_memory", 256, int),
+        "vcpus": _number(config, "vmm_vcpus", 1, int),
+    }
+    _default_vm_arguments(request, kwargs)
+    timeout = _number(config, "vmm_timeout", 60.0, float)
+    template = Vm(**kwargs)
+    try:
+        template.start()
+        ready = _setting(config, "vmm_template_ready")
+        if ready is not None:
+            template.expect(ready, timeout=timeout)
+        else:
+            template.wait_ready(timeout=timeout)
+        template.pause()
+        yield template
+    finally:
+        template.close()
+
+
+@pytest.fixture
+def vm_template(request: pytest.FixtureRequest, vm_template_parent: Vm) -> Iterator[Vm]:
+    """Return a running fork of the session's template VM (booted once per session, forked per test).
+
+    Each test gets its own clone (its own memory, console and devices, resumed from where the
+    template was ready), killed when the test ends; its console appears in failure reports
+    like the ``vm`` fixture's.
+    """
+    (clone,) = vm_template_parent.fork()
+    clone.expect_timeout = _number(request.config, "vmm_timeout", 60.0, float)
+    request.node.stash.setdefault(_VMS, []).append(clone)
+    try:
+        clone.resume()
+        yield clone
+    finally:
+        clone.close()
 
 
 def _disk_option(spec: str) -> Disk:
