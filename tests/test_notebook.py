@@ -44,6 +44,7 @@ def test_example_notebook_runs_headless_on_the_probe(kernel_env):
     assert "application/vnd.jupyter.widget-view+json" in mimes  # vm.show()'s live view
     assert "image/png" in mimes  # the exits plot
     assert "text/html" in mimes  # the VM's HTML repr
+    assert all(f"mark={name}" in text for name in "xyz"), "the fork cell: each clone answers on its own"
     assert not [o for cell in outputs.values() for o in cell if o.get("output_type") == "error"]
 
 
