@@ -904,6 +904,235 @@ def case_lab_tap(reps: int, firecracker: Optional[str]) -> list[Row]:
                 note="" if fc else "Firecracker not run: pass --firecracker PATH")]
 
 
+# ---- case 12: snapshot, restore and fork (probe guest, this host's KVM) ---------------------
+
+_FORK_CHILD = r"""
+import sys, time
+from pathlib import Path
+from vmm_reference import Vm
+
+def pss() -> int:
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+n = int(sys.argv[2])
+template = Vm(memory_mib=64, kernel=sys.argv[1], cmdline="probe.end=halt")
+template.start()
+template.expect("PROBE: halting", timeout=30)
+template.pause()
+t = time.perf_counter(); warm = template.fork(1); first = time.perf_counter() - t
+warm[0].close()
+before = pss()
+t = time.perf_counter(); clones = template.fork(n); per_clone = (time.perf_counter() - t) / n
+for c in clones:
+    c.resume()
+time.sleep(0.5)  # idle: each clone sits in hlt
+print("FORK", first * 1e3, per_clone * 1e3, (pss() - before) / n / (1 << 20), flush=True)
+"""
+
+
+def snapshot_restore_probe(scratch: Path) -> tuple[float, float, float]:
+    """(ms to snapshot a running 256 MiB guest, MiB written, ms from restore to its next console line).
+
+    The guest prints a counter without pause (`probe.end=flood`), so its next line after
+    `resume()` shows when it runs again.
+    """
+    with Vm(memory_mib=256, kernel=PROBE, cmdline="probe.end=flood") as vm:
+        vm.start()
+        vm.expect("PROBE: flood 1000\n", timeout=30)
+        t = time.perf_counter()
+        written = vm.snapshot(scratch / "snap")
+        took = time.perf_counter() - t
+    t = time.perf_counter()
+    restored = Vm.restore(scratch / "snap")
+    try:
+        restored.resume()
+        restored.expect("PROBE: flood \\d+\n", timeout=30)
+        running = time.perf_counter() - t
+    finally:
+        restored.close()
+    shutil.rmtree(scratch / "snap")
+    return took * 1e3, written / MIB, running * 1e3
+
+
+def case_fork(reps: int, scratch: Path) -> list[Row]:
+    first, per_clone, memory, snap_ms, snap_mib, restore_ms = [], [], [], [], [], []
+    for _ in range(reps):
+        out = subprocess.run([sys.executable, "-c", _FORK_CHILD, str(PROBE), "8"], capture_output=True, text=True,
+                             timeout=300, check=True).stdout
+        m = re.search(r"FORK (\S+) (\S+) (\S+)", out)
+        assert m, out
+        first.append(float(m.group(1)))
+        per_clone.append(float(m.group(2)))
+        memory.append(float(m.group(3)))
+        a, b, c = snapshot_restore_probe(scratch)
+        snap_ms.append(a)
+        snap_mib.append(b)
+        restore_ms.append(c)
+    pvm = "probe guest, this host's KVM"
+    return [
+        Row("12 fork", f"fork latency per clone, 8 clones of a paused 64 MiB guest ({pvm})", "ms", per_clone,
+            target="≤ 2 ms", check=lambda r: statistics.median(r.ours) <= 2.0),
+        Row("12 fork", f"first fork (copies the guest's memory into the sealed base) ({pvm})", "ms", first),
+        Row("12 fork", f"host memory per idle clone (PSS, guest pages shared) ({pvm})", "MiB", memory,
+            target="≤ 0.5 MiB", check=lambda r: statistics.median(r.ours) <= 0.5),
+        Row("12 fork", f"snapshot of a running 256 MiB guest ({pvm})", "ms", snap_ms),
+        Row("12 fork", f"snapshot size on disk, 256 MiB guest ({pvm})", "MiB", snap_mib),
+        Row("12 fork", f"restore to running (restore, resume, next console line) ({pvm})", "ms", restore_ms),
+    ]
+
+
+# ---- case 13: snapshot and restore of the Debian guest, in the lab, against Firecracker -----
+
+class FirecrackerApi:
+    """Firecracker with its API socket: PUT/PATCH JSON bodies, as its snapshot API needs."""
+
+    def __init__(self, binary: str, sock: Path, config: Optional[Path] = None) -> None:
+        sock.unlink(missing_ok=True)
+        args = [binary, "--api-sock", str(sock), "--level", "Error"]
+        if config is not None:
+            args += ["--config-file", str(config)]
+        self.sock = sock
+        self.console = ProcConsole(args)
+        end = time.monotonic() + 10
+        while not sock.exists():
+            if time.monotonic() > end:
+                raise RuntimeError("Firecracker's API socket never appeared")
+            time.sleep(0.001)
+
+    def call(self, method: str, path: str, body: dict[str, Any]) -> None:
+        import http.client
+        import socket
+
+        class Conn(http.client.HTTPConnection):
+            def connect(inner) -> None:  # noqa: N805
+                inner.sock = socket.socket(socket.AF_UNIX)
+                inner.sock.connect(str(self.sock))
+
+        conn = Conn("localhost", timeout=120)
+        conn.request(method, path, json.dumps(body), {"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        text = reply.read()
+        conn.close()
+        if reply.status >= 300:
+            raise RuntimeError(f"Firecracker {method} {path}: {reply.status} {text!r}")
+
+
+SNAP_CMDLINE = "reboot=k panic=-1 quiet vmm.init=shell"
+
+
+def shell_answers(console: Any, word: str) -> None:
+    console.write(f"echo {word}-$((6*7))\n".encode())
+    console.expect(rf"{word}-42", 60)
+
+
+def snapshot_ours(g: Any, scratch: Path) -> dict[str, float]:
+    with Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=SNAP_CMDLINE) as vm:
+        vm.start()
+        console = VmConsole(vm)
+        console.expect(GUEST_READY_MARKER, 300)
+        shell_answers(console, "up")
+        vm.pause()
+        t = time.perf_counter()
+        vm.snapshot(scratch / "ours")
+        create = time.perf_counter() - t
+    t = time.perf_counter()
+    restored = Vm.restore(scratch / "ours")
+    load = time.perf_counter() - t
+    try:
+        restored.resume()
+        shell_answers(VmConsole(restored), "back")
+        running = time.perf_counter() - t
+    finally:
+        restored.close()
+    size = sum(f.stat().st_blocks * 512 for f in (scratch / "ours").iterdir()) / MIB
+    shutil.rmtree(scratch / "ours")
+    return {"create": create * 1e3, "load": load * 1e3, "running": running * 1e3, "size": size}
+
+
+def snapshot_firecracker(g: Any, scratch: Path, firecracker: str) -> dict[str, float]:
+    config = {
+        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
+                        "boot_args": f"console=ttyS0 {SNAP_CMDLINE}"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+    }
+    path = scratch / "fc-snap.json"
+    path.write_text(json.dumps(config))
+    state, mem = scratch / "fc.state", scratch / "fc.mem"
+    fc = FirecrackerApi(firecracker, scratch / "fc-api.sock", path)
+    try:
+        fc.console.expect(GUEST_READY_MARKER, 300)
+        shell_answers(fc.console, "up")
+        fc.call("PATCH", "/vm", {"state": "Paused"})
+        t = time.perf_counter()
+        fc.call("PUT", "/snapshot/create", {"snapshot_type": "Full", "snapshot_path": str(state),
+                                            "mem_file_path": str(mem)})
+        create = time.perf_counter() - t
+    finally:
+        fc.console.close()
+    t = time.perf_counter()
+    fc = FirecrackerApi(firecracker, scratch / "fc-api2.sock")
+    try:
+        fc.call("PUT", "/snapshot/load", {"snapshot_path": str(state),
+                                          "mem_backend": {"backend_type": "File", "backend_path": str(mem)},
+                                          "resume_vm": True})
+        load = time.perf_counter() - t
+        shell_answers(fc.console, "back")
+        running = time.perf_counter() - t
+    finally:
+        fc.console.close()
+    size = (state.stat().st_blocks + mem.stat().st_blocks) * 512 / MIB
+    state.unlink()
+    mem.unlink()
+    return {"create": create * 1e3, "load": load * 1e3, "running": running * 1e3, "size": size}
+
+
+def inner_snapshot(reps: int, firecracker: Optional[str]) -> dict[str, dict[str, list[float]]]:
+    """Run inside the lab: ours and Firecracker's snapshot create and load, interleaved."""
+    g = fetch_guest()
+    out: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="vmm-bench-") as d:
+        scratch = Path(d)
+        runners: list[tuple[str, Callable[[], dict[str, float]]]] = [("ours", lambda: snapshot_ours(g, scratch))]
+        if firecracker:
+            runners.append(("firecracker", lambda: snapshot_firecracker(g, scratch, firecracker)))
+        for _ in range(reps):
+            for name, fn in runners:
+                for case, value in fn().items():
+                    out.setdefault(case, {}).setdefault(name, []).append(value)
+    return out
+
+
+def case_lab_snapshot(reps: int, firecracker: Optional[str]) -> list[Row]:
+    metrics = {
+        "create": ("snapshot of the paused Debian guest (256 MiB), nested-KVM lab (emulated: ratio only)", "ms", None),
+        "size": ("snapshot size on disk (state + memory), Debian guest", "MiB", None),
+        "load": ("restore: the call that loads the snapshot, nested-KVM lab", "ms", 0.25),
+        "running": ("restore until the guest's shell answers, nested-KVM lab", "ms", None),
+    }
+    why = lab_available()
+    if why:
+        return [Row("13 snapshot", m, u, [], note=f"not run: {why}") for m, u, _ in metrics.values()]
+    fetch_guest()
+    args = [str(Path(__file__)), "--inner-snapshot", str(reps)]
+    if firecracker:
+        args += ["--firecracker", str(Path(firecracker).resolve())]
+    s = lab_json(host_python_command(args), "SNAPSHOT", timeout=1800)
+    rows = []
+    for key, (metric, unit, limit) in metrics.items():
+        fc = s[key].get("firecracker", [])
+        target, check = "", None
+        if limit is not None and fc:
+            target = f"≤ {limit}× peer"
+            check = (lambda lim: lambda r: r.ratio is not None and r.ratio <= lim)(limit)
+        rows.append(Row("13 snapshot", metric, unit, s[key]["ours"], fc, "Firecracker's snapshots in the same lab",
+                        target, check, note="" if fc else "Firecracker not run: pass --firecracker PATH"))
+    return rows
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -964,6 +1193,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--inner-agent", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-tap", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-tap-ns", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-snapshot", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--only", metavar="CASE", help="run only the cases whose name contains CASE")
     args = parser.parse_args(argv)
     if args.inner_userspace:
@@ -981,6 +1211,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.firecracker:
             cmd += ["--firecracker", args.firecracker]
         return subprocess.run(cmd, check=False).returncode
+    if args.inner_snapshot:
+        print("SNAPSHOT " + json.dumps(inner_snapshot(args.inner_snapshot, args.firecracker)), flush=True)
+        return 0
     if args.inner_tap_ns:
         print("TAP " + json.dumps(inner_tap_ns(args.inner_tap_ns, args.firecracker)), flush=True)
         return 0
@@ -1015,11 +1248,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     run("real kernel", lambda: case_kernel(2 if args.quick else 3, kind))
     with tempfile.TemporaryDirectory(prefix="vmm-bench-") as scratch:
         run("disks", lambda: case_disks(reps, hz, Path(scratch)))
+        run("fork", lambda: case_fork(reps, Path(scratch)))
     if not args.quick:
         run("userspace", lambda: case_userspace(3, kind))
         run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))
         run("vsock in the lab", lambda: case_lab_agent(3, args.firecracker))
         run("network in the lab", lambda: case_lab_tap(3, args.firecracker))
+        run("snapshots in the lab", lambda: case_lab_snapshot(3, args.firecracker))
     took = time.perf_counter() - started
     header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
               f"Medians compared; ratio = ours / peer.")

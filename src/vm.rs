@@ -487,23 +487,42 @@ impl Vm {
                 file: base.clone(),
                 sealed: true,
             });
-            specs
-                .iter()
-                .map(|spec| {
-                    let mut config = self.config.clone();
-                    if let (Some(v), Some(uds)) = (config.vsock.as_mut(), spec.vsock_uds.as_ref()) {
-                        v.uds = uds.clone();
+            let build = |spec: &ForkSpec| {
+                let mut config = self.config.clone();
+                if let (Some(v), Some(uds)) = (config.vsock.as_mut(), spec.vsock_uds.as_ref()) {
+                    v.uds = uds.clone();
+                }
+                Self::from_snapshot(
+                    config,
+                    &snap,
+                    MemoryBase {
+                        file: base.clone(),
+                        sealed: true,
+                    },
+                )
+            };
+            // Clones are independent and most of a clone's cost is waiting on KVM (memory
+            // slots): build them on as many threads as there are CPUs.
+            let workers = std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, specs.len().max(1));
+            let chunk = specs.len().div_ceil(workers).max(1);
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = specs
+                    .chunks(chunk)
+                    .map(|part| scope.spawn(move || part.iter().map(build).collect::<Vec<_>>()))
+                    .collect();
+                let mut clones = Vec::with_capacity(specs.len());
+                for h in handles {
+                    let part = h
+                        .join()
+                        .map_err(|_| snapshot_error("building a clone panicked".into()))?;
+                    for clone in part {
+                        clones.push(clone?);
                     }
-                    Self::from_snapshot(
-                        config,
-                        &snap,
-                        MemoryBase {
-                            file: base.clone(),
-                            sealed: true,
-                        },
-                    )
-                })
-                .collect::<Result<Vec<_>>>()
+                }
+                Ok(clones)
+            })
         })();
         if was_running {
             self.resume()?;
