@@ -261,6 +261,10 @@ def vm_template(request: pytest.FixtureRequest, vm_template_parent: Vm) -> Itera
     request.node.stash.setdefault(_VMS, []).append(clone)
     try:
         clone.resume()
+        if _setting(request.config, "vmm_template_ready") is None:
+            # The clone's guest sees its vsock connections reset: wait until its agent
+            # answers again, so the test's first run() does not race that reset.
+            clone.wait_ready(timeout=clone.expect_timeout or 60.0)
         yield clone
     finally:
         clone.close()
