@@ -69,6 +69,23 @@ fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResult<
     }
 }
 
+/// Runs `f` without the GIL (it may take a while and never touches Python), turning its
+/// error into the matching exception and a panic into a `VmError` naming `what` it was doing.
+fn detached<T: Send>(
+    py: Python<'_>,
+    what: &str,
+    f: impl FnOnce() -> Result<T, Error> + Send,
+) -> PyResult<T> {
+    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
+        Ok(r) => r.map_err(|e| to_py(py, e)),
+        Err(_) => Err(raise(
+            py,
+            "VmError",
+            format!("internal error in the VMM while {what}"),
+        )),
+    }
+}
+
 fn deadline(timeout: Option<f64>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)))
 }
@@ -151,15 +168,7 @@ impl NativeVm {
             net,
             vsock,
         };
-        let result = py.detach(|| catch_unwind(AssertUnwindSafe(|| Vm::new(config))));
-        match result {
-            Ok(r) => guarded(py, || r).map(|vm| NativeVm { vm }),
-            Err(_) => Err(raise(
-                py,
-                "VmError",
-                "internal error in the VMM while building the VM".into(),
-            )),
-        }
+        detached(py, "building the VM", || Vm::new(config)).map(|vm| NativeVm { vm })
     }
 
     fn start(&self, py: Python<'_>) -> PyResult<()> {
@@ -168,15 +177,7 @@ impl NativeVm {
 
     /// Writes a snapshot into the directory `path`; returns the bytes of memory written.
     fn snapshot(&self, py: Python<'_>, path: PathBuf) -> PyResult<u64> {
-        py.detach(|| catch_unwind(AssertUnwindSafe(|| self.vm.snapshot(&path))))
-            .map_err(|_| {
-                raise(
-                    py,
-                    "VmError",
-                    "internal error in the VMM while snapshotting".into(),
-                )
-            })
-            .and_then(|r| guarded(py, || r))
+        detached(py, "snapshotting", || self.vm.snapshot(&path))
     }
 
     /// The configuration: `(memory_mib, vcpus, kernel, acpi, disks, vsock)`, disks as
@@ -215,19 +216,9 @@ impl NativeVm {
         console_limit: Option<usize>,
         vsock_uds: Option<PathBuf>,
     ) -> PyResult<NativeVm> {
-        py.detach(|| {
-            catch_unwind(AssertUnwindSafe(|| {
-                Vm::restore(&path, console_limit, vsock_uds)
-            }))
+        detached(py, "restoring", || {
+            Vm::restore(&path, console_limit, vsock_uds)
         })
-        .map_err(|_| {
-            raise(
-                py,
-                "VmError",
-                "internal error in the VMM while restoring".into(),
-            )
-        })
-        .and_then(|r| guarded(py, || r))
         .map(|vm| NativeVm { vm })
     }
 
@@ -237,15 +228,7 @@ impl NativeVm {
             .into_iter()
             .map(|uds| ForkSpec { vsock_uds: uds })
             .collect();
-        py.detach(|| catch_unwind(AssertUnwindSafe(|| self.vm.fork(&specs))))
-            .map_err(|_| {
-                raise(
-                    py,
-                    "VmError",
-                    "internal error in the VMM while forking".into(),
-                )
-            })
-            .and_then(|r| guarded(py, || r))
+        detached(py, "forking", || self.vm.fork(&specs))
             .map(|vms| vms.into_iter().map(|vm| NativeVm { vm }).collect())
     }
 

@@ -27,6 +27,17 @@ impl GuestBufs {
         GuestBufs { bufs, len }
     }
 
+    /// The device-writable buffers of a descriptor chain (a receive buffer); the driver's
+    /// read-only ones, which a receive chain should not have, are left out.
+    pub fn writable(chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>) -> GuestBufs {
+        GuestBufs::new(
+            chain
+                .into_iter()
+                .filter(|d| d.is_write_only())
+                .map(|d| (d.addr(), d.len())),
+        )
+    }
+
     /// Total length.
     pub fn len(&self) -> usize {
         self.len

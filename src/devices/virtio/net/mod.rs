@@ -320,11 +320,7 @@ impl Net {
                 }
             };
             let head = chain.head_index();
-            let writable: Vec<_> = chain
-                .filter(|d| d.is_write_only())
-                .map(|d| (d.addr(), d.len()))
-                .collect();
-            let bufs = GuestBufs::new(writable);
+            let bufs = GuestBufs::writable(chain);
             let used = match self.recv(&mem, &bufs) {
                 Rx::Frame(len) => len,
                 Rx::Empty => 0,

@@ -680,13 +680,7 @@ impl Vsock {
                 }
             };
             let head = chain.head_index();
-            let mut writable = Vec::new();
-            for d in chain {
-                if d.is_write_only() {
-                    writable.push((d.addr(), d.len()));
-                }
-            }
-            let bufs = GuestBufs::new(writable);
+            let bufs = GuestBufs::writable(chain);
             let len = if bufs.len() < HDR_LEN {
                 0 // too small for anything: returned empty
             } else if let Some((key, op, flags)) = self.pending.pop_front() {
@@ -872,11 +866,7 @@ impl VirtioDevice for Vsock {
         let mem = active.mem.clone();
         if let Ok(Some(chain)) = next_chain(&mut active.queues[EVQ], mem.as_ref()) {
             let head = chain.head_index();
-            let writable: Vec<_> = chain
-                .filter(|d| d.is_write_only())
-                .map(|d| (d.addr(), d.len()))
-                .collect();
-            let bufs = GuestBufs::new(writable);
+            let bufs = GuestBufs::writable(chain);
             if bufs
                 .write(mem.as_ref(), 0, &EVENT_TRANSPORT_RESET.to_le_bytes())
                 .is_ok()
