@@ -31,7 +31,7 @@ use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, NetCounters};
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
-use crate::devices::{DeviceStats, ExitCounts};
+use crate::devices::{DeviceStats, ExitCounts, Persist};
 use crate::error::{Error, Result};
 use crate::event_loop::{ConsoleInput, EventLoop, Finished};
 pub use crate::exit::{ExitReason, ExitSignal, ExitStatus};
@@ -621,7 +621,7 @@ impl Vm {
             virtio: transports
                 .iter()
                 .zip(&devices)
-                .map(|(t, d)| t.save(&**d))
+                .map(|(t, d)| t.save_with(&**d))
                 .collect(),
         };
         let vm = crate::arch::x86_64::state::save_vm(&resources.vm_fd)?;
@@ -867,8 +867,11 @@ fn restore_devices(
         .unwrap_or_else(|e| e.into_inner())
         .restore(&saved.serial)
         .map_err(snapshot_error)?;
-    if let (Some(pm1), Some(state)) = (&legacy.pm1, saved.pm1) {
-        pm1.lock().unwrap_or_else(|e| e.into_inner()).restore(state);
+    if let (Some(pm1), Some(state)) = (&legacy.pm1, &saved.pm1) {
+        pm1.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .restore(state)
+            .map_err(snapshot_error)?;
     }
     if saved.virtio.len() != transports.len() {
         return Err(snapshot_error(format!(

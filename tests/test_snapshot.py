@@ -166,6 +166,14 @@ def test_fork_of_a_multi_vcpu_guest_keeps_every_ap_running(vm_factory, probe_elf
         assert len(later) == 3 and all(b > a for a, b in zip(first, later)), (first, later)
 
 
+def fifo_variant(good: Path, d: Path) -> Path:
+    """A snapshot whose memory file is a FIFO: restoring must not block on it."""
+    d.mkdir()
+    shutil.copy(good / "state", d / "state")
+    os.mkfifo(d / "memory")
+    return d
+
+
 def test_damaged_snapshots_are_refused_clearly(vm_factory, probe_elf, tmp_path):
     vm = tick_vm(vm_factory, probe_elf)
     good = tmp_path / "good"
@@ -194,6 +202,7 @@ def test_damaged_snapshots_are_refused_clearly(vm_factory, probe_elf, tmp_path):
         (variant("version", other_version), "snapshot format version 999; this vmm-reference reads version 1"),
         (variant("short-memory", memory_len=1 << 20), "memory.*damaged: not the 67108864 bytes"),
         (tmp_path / "missing", "cannot open"),
+        (fifo_variant(good, tmp_path / "fifo"), "memory.*damaged: not a regular file"),
     ]
     for path, message in cases:
         with pytest.raises(VmSnapshotError, match=message):

@@ -67,3 +67,27 @@ def test_four_clones_each_run_their_own_command(ready_vm):
     finally:
         for c in clones:
             c.close()
+
+
+def test_restored_shell_answers_on_the_console(vm_factory, guest_assets, tmp_path):
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    cmdline="reboot=k panic=-1 quiet vmm.init=shell")
+    vm.start()
+    vm.expect(PROMPT, timeout=120)
+    vm.write("export MARK=kept\n")
+    vm.expect(PROMPT, timeout=30)
+    vm.pause()
+    vm.snapshot(tmp_path / "shell")
+    vm.close()
+    restored = Vm.restore(tmp_path / "shell")
+    try:
+        restored.resume()
+        restored.write("echo mark=$MARK sum=$((40 + 2)); date +%s\n")
+        m = restored.expect(r"mark=kept sum=42\r?\n(\d+)", timeout=60)
+        first = int(m.group(1))
+        time.sleep(2)
+        restored.write("date +%s\n")
+        second = int(restored.expect(r"\n(\d{9,})\r?\n", timeout=60).group(1))
+        assert 1 <= second - first <= 30, (first, second)
+    finally:
+        restored.close()

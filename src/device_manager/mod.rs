@@ -104,7 +104,7 @@ pub struct DevicesState {
     /// COM1.
     pub serial: crate::devices::serial::SerialSnapshot,
     /// PM1_STS and PM1_EN.
-    pub pm1: Option<(u16, u16)>,
+    pub pm1: Option<crate::devices::acpi_pm::Pm1State>,
     /// The virtio transports.
     pub virtio: Vec<crate::devices::virtio::mmio::MmioState>,
 }

@@ -41,6 +41,32 @@ pub struct AcpiPm1 {
     enable: u16,
 }
 
+/// PM1_STS and PM1_EN, as saved in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pm1State {
+    /// PM1_STS.
+    pub status: u16,
+    /// PM1_EN.
+    pub enable: u16,
+}
+
+impl super::Persist for AcpiPm1 {
+    type State = Pm1State;
+
+    fn save(&self) -> Pm1State {
+        Pm1State {
+            status: self.status,
+            enable: self.enable,
+        }
+    }
+
+    fn restore(&mut self, state: &Pm1State) -> Result<(), String> {
+        self.status = state.status;
+        self.enable = state.enable;
+        Ok(())
+    }
+}
+
 impl AcpiPm1 {
     /// Registers that end the VM through `exit` on a soft-off request and signal events on `sci`.
     pub fn new(exit: Arc<ExitSignal>, sci: SciLine) -> Self {
@@ -50,17 +76,6 @@ impl AcpiPm1 {
             status: 0,
             enable: 0,
         }
-    }
-
-    /// PM1_STS and PM1_EN, for snapshots.
-    pub fn save(&self) -> (u16, u16) {
-        (self.status, self.enable)
-    }
-
-    /// Takes saved PM1_STS and PM1_EN.
-    pub fn restore(&mut self, (status, enable): (u16, u16)) {
-        self.status = status;
-        self.enable = enable;
     }
 
     /// Presses the power button: the guest sees PWRBTN_STS and, if it enabled the event, an SCI.

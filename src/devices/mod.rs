@@ -16,6 +16,18 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, MmioBus, PioBus};
 
+/// A device whose guest-visible state snapshots carry: saved as a plain serializable struct,
+/// restored into a freshly built device of the same kind and wiring (interrupt line, output,
+/// guest memory), which the VM builds from its configuration as for a boot.
+pub trait Persist {
+    /// The device's state.
+    type State: serde::Serialize + serde::de::DeserializeOwned;
+    /// Saves the state.
+    fn save(&self) -> Self::State;
+    /// Takes a saved state; an error says why it does not fit this device.
+    fn restore(&mut self, state: &Self::State) -> Result<(), String>;
+}
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counters of guest accesses, read with [`DeviceStats::snapshot`].

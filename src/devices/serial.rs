@@ -115,9 +115,10 @@ pub struct SerialSnapshot {
     pub fifo: Vec<u8>,
 }
 
-impl SerialDevice {
-    /// The UART's state.
-    pub fn save(&self) -> SerialSnapshot {
+impl super::Persist for SerialDevice {
+    type State = SerialSnapshot;
+
+    fn save(&self) -> SerialSnapshot {
         let st = self.uart.state();
         SerialSnapshot {
             registers: [
@@ -135,8 +136,8 @@ impl SerialDevice {
         }
     }
 
-    /// Takes a saved state (same interrupt line and output).
-    pub fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), String> {
+    /// Host input not yet in the FIFO is dropped.
+    fn restore(&mut self, saved: &SerialSnapshot) -> Result<(), String> {
         let r = saved.registers;
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: r[0],
@@ -162,7 +163,9 @@ impl SerialDevice {
         self.pending.clear();
         Ok(())
     }
+}
 
+impl SerialDevice {
     /// A UART raising `irq` and printing into `out`.
     pub fn new(irq: EventFd, out: SerialOutput) -> Self {
         SerialDevice {

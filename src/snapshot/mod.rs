@@ -188,10 +188,23 @@ pub fn write_state(dir: &Path, snapshot: &Snapshot) -> Result<()> {
     Ok(())
 }
 
+/// Opens `path` for reading if it is a regular file: a FIFO or a device in its place must
+/// not block the caller or be read from.
+fn open_regular(path: &Path) -> Result<File> {
+    let meta = std::fs::metadata(path).map_err(io("cannot open", path))?;
+    if !meta.is_file() {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            detail: "not a regular file".into(),
+        });
+    }
+    File::open(path).map_err(io("cannot open", path))
+}
+
 /// Reads and checks the snapshot in `dir`; returns it with its memory file, opened.
 pub fn read(dir: &Path) -> Result<(Snapshot, File)> {
     let state_path = dir.join(STATE_FILE);
-    let mut f = File::open(&state_path).map_err(io("cannot open", &state_path))?;
+    let mut f = open_regular(&state_path)?;
     let size = f.metadata().map_err(io("cannot read", &state_path))?.len();
     if size > MAX_BODY {
         return Err(Error::NotASnapshot(state_path));
@@ -201,7 +214,7 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File)> {
         .map_err(io("cannot read", &state_path))?;
     let snapshot = decode(&bytes, &state_path)?;
     let mem_path = dir.join(MEMORY_FILE);
-    let mut mem = File::open(&mem_path).map_err(io("cannot open", &mem_path))?;
+    let mut mem = open_regular(&mem_path)?;
     if !memory::check_len(&mut mem, snapshot.memory_len).map_err(io("cannot read", &mem_path))? {
         return Err(Error::Corrupt {
             path: mem_path,

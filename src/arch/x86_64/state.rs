@@ -260,3 +260,42 @@ pub fn missing_cpu_features(
     }
     missing
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn features_the_host_lacks_are_named_and_vmm_set_bits_are_not() {
+        let host =
+            CpuId::from_entries(&[entry(1, 0, 0, 0x0000_00ff, 0x0f), entry(7, 0, 0x10, 0, 0)])
+                .unwrap();
+        // Leaf 1: the hypervisor, TSC-deadline and HTT bits are the VMM's own.
+        let saved = [entry(1, 0, 0, (1 << 31) | (1 << 24) | 0x3, (1 << 28) | 0x1)];
+        assert!(missing_cpu_features(&saved, &host).is_empty());
+        let saved = [
+            entry(1, 0, 0, 0x100, 0),
+            entry(7, 0, 0x30, 0, 0),
+            entry(0x8000_0001, 0, 0, 1, 0),
+        ];
+        assert_eq!(
+            missing_cpu_features(&saved, &host),
+            vec![
+                (1, "ecx", 0x100),
+                (7, "ebx", 0x20),
+                (0x8000_0001, "leaf", u32::MAX)
+            ]
+        );
+    }
+}

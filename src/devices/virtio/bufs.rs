@@ -29,7 +29,9 @@ impl GuestBufs {
 
     /// The device-writable buffers of a descriptor chain (a receive buffer); the driver's
     /// read-only ones, which a receive chain should not have, are left out.
-    pub fn writable(chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>) -> GuestBufs {
+    pub fn writable(
+        chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
+    ) -> GuestBufs {
         GuestBufs::new(
             chain
                 .into_iter()

@@ -327,11 +327,23 @@ pub struct MmioState {
     pub queues: Vec<QueueSnapshot>,
 }
 
+impl crate::devices::Persist for MmioTransport {
+    type State = MmioState;
+
+    fn save(&self) -> MmioState {
+        self.save_with(&*lock(&self.device))
+    }
+
+    fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+        self.restore_state(state)
+    }
+}
+
 impl MmioTransport {
-    /// The transport's state and its queues' (the device's, once it runs). `device` is this
-    /// transport's device, locked by the caller so that it cannot serve its queues (and
-    /// write guest memory) until the snapshot is complete.
-    pub fn save(&self, device: &dyn VirtioDevice) -> MmioState {
+    /// [`Persist::save`](crate::devices::Persist::save) with this transport's device already
+    /// locked by the caller, so that it cannot serve its queues (and write guest memory)
+    /// until the whole snapshot, memory included, is taken.
+    pub fn save_with(&self, device: &dyn VirtioDevice) -> MmioState {
         let live = if self.status & status::DRIVER_OK != 0 {
             device.queue_states()
         } else {
@@ -357,7 +369,7 @@ impl MmioTransport {
 
     /// Takes a saved state (a freshly built transport, same device). A running device is
     /// activated again with its queues where they were, then told it was restored.
-    pub fn restore(&mut self, state: &MmioState) -> Result<(), String> {
+    fn restore_state(&mut self, state: &MmioState) -> Result<(), String> {
         let device_type = lock(&self.device).device_type();
         if state.device_type != device_type || state.queues.len() != self.queues.len() {
             return Err(format!(
