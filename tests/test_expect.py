@@ -64,6 +64,21 @@ def test_failure_patterns(vm_factory, probe_elf):
     assert e.value.match.group(0) == "triple fault"
 
 
+def test_a_failure_pattern_counts_only_when_it_comes_first(vm_factory, probe_elf):
+    # Both lines are already there when expect reads: the earlier one decides.
+    for pattern, fail, wins in [("PROBE: done", "PROBE: halting", True), ("PROBE: halting", "PROBE: done", False)]:
+        vm = vm_factory(kernel=probe_elf, cmdline="probe.end=halt")
+        vm.start()
+        deadline = time.monotonic() + 30
+        while "PROBE: halting" not in vm.console_log and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if wins:
+            assert vm.expect(pattern, fail=[fail], timeout=10).group(0) == pattern
+        else:
+            with pytest.raises(ExpectFailure, match=f"failure pattern '{fail}'"):
+                vm.expect(pattern, fail=[fail], timeout=10)
+
+
 def test_asyncio_face(vm_factory, probe_elf):
     vm = echo_vm(vm_factory, probe_elf)
 

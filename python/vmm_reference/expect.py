@@ -38,14 +38,19 @@ def _compile(p: Pattern) -> re.Pattern[str] | re.Pattern[bytes]:
     raise TypeError(f"invalid pattern={p!r}: expected str, bytes or a compiled regex")
 
 
-def _search(rx: re.Pattern[str] | re.Pattern[bytes], buf: bytes) -> tuple[re.Match[str] | re.Match[bytes], int] | None:
-    """Search ``buf``; return the match and how many bytes of ``buf`` it consumed."""
+def _search(
+    rx: re.Pattern[str] | re.Pattern[bytes], buf: bytes
+) -> tuple[re.Match[str] | re.Match[bytes], int, int] | None:
+    """Search ``buf``; return the match and the byte offsets in ``buf`` where it starts and ends."""
     if isinstance(rx.pattern, bytes):
         mb = rx.search(buf)
-        return (mb, mb.end()) if mb else None
+        return (mb, mb.start(), mb.end()) if mb else None
     text = buf.decode("utf-8", errors="replace")
     ms = rx.search(text)
-    return (ms, len(text[: ms.end()].encode("utf-8", errors="replace"))) if ms else None
+    if not ms:
+        return None
+    start = len(text[: ms.start()].encode("utf-8", errors="replace"))
+    return ms, start, start + len(ms.group(0).encode("utf-8", errors="replace"))
 
 
 def _tail(buf: bytes, n: int = 10) -> str:
@@ -71,15 +76,17 @@ def expect(
     buf = b""
     base = offset
     while True:
+        found = _search(rx, buf)
         for frx in fails:
-            found = _search(frx, buf)
-            if found:
+            failed = _search(frx, buf)
+            # Only a failure pattern that starts before the pattern's match counts: both may
+            # arrive in one read.
+            if failed and (found is None or failed[1] < found[1]):
                 raise ExpectFailure(
                     f"failure pattern {frx.pattern!r} appeared before {rx.pattern!r}; last console lines:\n"
-                    + _tail(buf), found[0])
-        found = _search(rx, buf)
+                    + _tail(buf), failed[0])
         if found:
-            return found[0], base + found[1]
+            return found[0], base + found[2]
         remaining = None if deadline is None else deadline - time.monotonic()
         if remaining is not None and remaining <= 0:
             raise VmTimeoutError(f"{rx.pattern!r} did not appear within timeout={timeout}s; last console lines:\n"
