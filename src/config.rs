@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use crate::arch::x86_64::layout::HIMEM_START_MIN;
+use crate::arch::x86_64::layout::{HIMEM_START_ALIGN, HIMEM_START_MIN};
 use crate::error::{Error, Result};
 
 /// The default guest RAM, in MiB.
@@ -248,22 +248,17 @@ impl VmConfig {
             return Err(Error::invalid(
                 "memory_mib",
                 self.memory_mib,
-                format!("expected 1 to {host_mib} (this host's RAM in MiB)"),
+                memory_range(host_mib),
             ));
         }
-        let max = max_vcpus.min(MAX_VCPUS_XAPIC);
-        if self.vcpus == 0 || self.vcpus > max {
-            return Err(Error::invalid(
-                "vcpus",
-                self.vcpus,
-                format!("expected 1 to {max} (KVM's limit on this host)"),
-            ));
+        if self.vcpus == 0 || self.vcpus > max_vcpus.min(MAX_VCPUS_XAPIC) {
+            return Err(Error::invalid("vcpus", self.vcpus, vcpus_range(max_vcpus)));
         }
         if self.console_limit < MIN_CONSOLE_LIMIT {
             return Err(Error::invalid(
                 "console_limit",
                 self.console_limit,
-                format!("expected at least {MIN_CONSOLE_LIMIT} bytes"),
+                console_limit_range(),
             ));
         }
         let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
@@ -295,6 +290,49 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// The accepted `memory_mib` on a host with `host_mib` MiB of RAM.
+pub fn memory_range(host_mib: u64) -> String {
+    format!("expected 1 to {host_mib} (this host's RAM in MiB)")
+}
+
+/// The accepted `vcpus` where KVM allows `max_vcpus`.
+pub fn vcpus_range(max_vcpus: u32) -> String {
+    let max = max_vcpus.min(MAX_VCPUS_XAPIC);
+    let why = if max == MAX_VCPUS_XAPIC {
+        "the xAPIC's 8-bit APIC ids"
+    } else {
+        "KVM's limit on this host"
+    };
+    format!("expected 1 to {max} ({why})")
+}
+
+/// The accepted `console_limit`.
+pub fn console_limit_range() -> String {
+    format!("expected at least {MIN_CONSOLE_LIMIT} bytes")
+}
+
+/// The accepted `himem_start`, before the kernel is known (which bounds it above).
+pub fn himem_start_range() -> String {
+    format!(
+        "expected a multiple of {HIMEM_START_ALIGN:#x} from {HIMEM_START_MIN:#x} (1 MiB) up, \
+         leaving room for the kernel below the end of low RAM"
+    )
+}
+
+/// An integer argument as the user wrote it (`shown`, any size) converted to `T`; a value
+/// outside `T` is refused with `range`, the argument's real accepted range, so front ends
+/// need no range checks of their own.
+pub fn int_arg<T: TryFrom<i128>>(
+    arg: &'static str,
+    value: Option<i128>,
+    shown: &str,
+    range: impl FnOnce() -> String,
+) -> Result<T> {
+    value
+        .and_then(|v| T::try_from(v).ok())
+        .ok_or_else(|| Error::invalid(arg, shown, range()))
 }
 
 /// Checks a guest CID given as any integer (front ends pass what the user wrote).

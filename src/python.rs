@@ -14,7 +14,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
+use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig, MAX_VCPUS_XAPIC};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
 use crate::vm::{ForkSpec, Vm};
@@ -69,6 +69,19 @@ fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResult<
     }
 }
 
+/// An integer argument as Python gave it: any size, converted and range-checked in Rust
+/// (`config::int_arg`), so the message states the real accepted range.
+fn int<T: TryFrom<i128>>(
+    py: Python<'_>,
+    arg: &'static str,
+    value: &Bound<'_, PyAny>,
+    range: impl FnOnce() -> String,
+) -> PyResult<T> {
+    let shown = value.repr().map(|r| r.to_string()).unwrap_or_default();
+    crate::config::int_arg(arg, value.extract::<i128>().ok(), &shown, range)
+        .map_err(|e| to_py(py, e))
+}
+
 /// Runs `f` without the GIL (it may take a while and never touches Python), turning its
 /// error into the matching exception and a panic into a `VmError` naming `what` it was doing.
 fn detached<T: Send>(
@@ -76,14 +89,20 @@ fn detached<T: Send>(
     what: &str,
     f: impl FnOnce() -> Result<T, Error> + Send,
 ) -> PyResult<T> {
-    match py.detach(|| catch_unwind(AssertUnwindSafe(f))) {
-        Ok(r) => r.map_err(|e| to_py(py, e)),
-        Err(_) => Err(raise(
-            py,
-            "VmError",
-            format!("internal error in the VMM while {what}"),
-        )),
-    }
+    released(py, what, f)?.map_err(|e| to_py(py, e))
+}
+
+/// Runs `f` without the GIL; a panic becomes a `VmError` naming `what` it was doing, never
+/// a `PanicException` or an abort.
+fn released<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| catch_unwind(AssertUnwindSafe(f)))
+        .map_err(|_| {
+            raise(
+                py,
+                "VmError",
+                format!("internal error in the VMM while {what}"),
+            )
+        })
 }
 
 fn deadline(timeout: Option<f64>) -> Option<Instant> {
@@ -119,18 +138,28 @@ impl NativeVm {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        memory_mib: u64,
-        vcpus: u32,
+        memory_mib: &Bound<'_, PyAny>,
+        vcpus: &Bound<'_, PyAny>,
         kernel: PathBuf,
         cmdline: String,
-        himem_start: u64,
+        himem_start: &Bound<'_, PyAny>,
         initrd: Option<PathBuf>,
-        console_limit: usize,
+        console_limit: &Bound<'_, PyAny>,
         acpi: bool,
         disks: Vec<(PathBuf, bool, Option<String>)>,
         net: Vec<NetArg>,
         vsock: Option<(i128, PathBuf)>,
     ) -> PyResult<Self> {
+        use crate::config::{console_limit_range, himem_start_range, memory_range, vcpus_range};
+        let host_mib = crate::kvm::host_memory_mib();
+        let memory_mib = int(py, "memory_mib", memory_mib, || memory_range(host_mib))?;
+        let vcpus = int(py, "vcpus", vcpus, || {
+            let max =
+                crate::kvm::open_kvm().map_or(MAX_VCPUS_XAPIC as usize, |k| k.get_max_vcpus());
+            vcpus_range(u32::try_from(max).unwrap_or(u32::MAX))
+        })?;
+        let himem_start = int(py, "himem_start", himem_start, himem_start_range)?;
+        let console_limit = int(py, "console_limit", console_limit, console_limit_range)?;
         let net = net
             .iter()
             .enumerate()
@@ -213,9 +242,12 @@ impl NativeVm {
     fn restore(
         py: Python<'_>,
         path: PathBuf,
-        console_limit: Option<usize>,
+        console_limit: Option<&Bound<'_, PyAny>>,
         vsock_uds: Option<PathBuf>,
     ) -> PyResult<NativeVm> {
+        let console_limit = console_limit
+            .map(|c| int(py, "console_limit", c, crate::config::console_limit_range))
+            .transpose()?;
         detached(py, "restoring", || {
             Vm::restore(&path, console_limit, vsock_uds)
         })
@@ -247,7 +279,7 @@ impl NativeVm {
         let end = deadline(timeout);
         loop {
             let slice = next_slice(end);
-            if let Some(s) = py.detach(|| self.vm.wait(Some(slice))) {
+            if let Some(s) = released(py, "waiting", || self.vm.wait(Some(slice)))? {
                 return Ok(Some(status_tuple(s)));
             }
             py.check_signals()?;
@@ -258,16 +290,15 @@ impl NativeVm {
     }
 
     fn pause(&self, py: Python<'_>) -> PyResult<()> {
-        let result = py.detach(|| self.vm.pause());
-        guarded(py, || result)
+        detached(py, "pausing", || self.vm.pause())
     }
 
     fn resume(&self, py: Python<'_>) -> PyResult<()> {
         guarded(py, || self.vm.resume())
     }
 
-    fn kill(&self) {
-        self.vm.kill();
+    fn kill(&self, py: Python<'_>) -> PyResult<()> {
+        released(py, "killing the VM", || self.vm.kill())
     }
 
     fn press_power_button(&self, py: Python<'_>) -> PyResult<bool> {
@@ -298,7 +329,9 @@ impl NativeVm {
         let console = self.vm.console().clone();
         loop {
             let slice = next_slice(end);
-            let chunk = py.detach(|| console.read_batched(offset, max, slice));
+            let chunk = released(py, "reading the console", || {
+                console.read_batched(offset, max, slice)
+            })?;
             let expired = end.is_some_and(|d| Instant::now() >= d);
             if !chunk.data.is_empty() || chunk.eof || expired {
                 return Ok((chunk.start, PyBytes::new(py, &chunk.data), chunk.eof));
@@ -410,6 +443,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::config::DEFAULT_CONSOLE_LIMIT,
     )?;
     m.add("DEFAULT_MEMORY_MIB", crate::config::DEFAULT_MEMORY_MIB)?;
+    m.add("MAX_FORK", crate::vm::MAX_FORK)?;
     m.add(
         "HIMEM_START_DEFAULT",
         crate::arch::x86_64::layout::HIMEM_START_MIN,

@@ -456,6 +456,13 @@ impl Vm {
     /// networking without forwarded ports gets its own passt; TAPs and forwarded ports are
     /// refused (they cannot be shared).
     pub fn fork(&self, specs: &[ForkSpec]) -> Result<Vec<Vm>> {
+        if specs.is_empty() || specs.len() > MAX_FORK {
+            return Err(Error::invalid(
+                "n",
+                specs.len(),
+                format!("expected 1 to {MAX_FORK} clones per call"),
+            ));
+        }
         self.check_forkable(specs)?;
         let was_running = self.pause_for("fork")?;
         let result = (|| {
@@ -832,6 +839,9 @@ impl Drop for Vm {
         }
     }
 }
+
+/// Most clones one [`Vm::fork`] makes.
+pub const MAX_FORK: usize = 1024;
 
 /// What a clone gets that its parent's configuration cannot give it.
 #[derive(Debug, Clone, Default)]

@@ -110,3 +110,28 @@ def test_wait_async_timeout(vm_factory, probe_elf):
     vm.start()
     with pytest.raises(TimeoutError):
         asyncio.run(vm.wait_async(timeout=0.3))
+
+
+def test_a_guest_printing_without_newlines_costs_bounded_host_memory(vm_factory, probe_elf):
+    """`for line in vm.serial` used to keep an unterminated line without bound (and re-join it
+    at every chunk): now it never holds more than console_limit characters of it."""
+    import tracemalloc
+
+    limit = 64 * 1024
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=flood-raw", console_limit=limit)
+    vm.start()
+    tracemalloc.start()
+    try:
+        seen = 0
+        lengths = set()
+        for line in vm.serial.lines(timeout=60):
+            if line.startswith("0123"):
+                lengths.add(len(line))
+                seen += len(line)
+            if seen >= 40 * limit:
+                break
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert lengths == {limit}, lengths
+    assert peak < 8 * limit, peak

@@ -83,7 +83,7 @@ def test_restored_shell_answers_on_the_console(vm_factory, guest_assets, tmp_pat
     try:
         restored.resume()
         restored.write("echo mark=$MARK sum=$((40 + 2)); date +%s\n")
-        m = restored.expect(r"mark=kept sum=42\r?\n(\d+)", timeout=60)
+        m = restored.expect(r"mark=kept sum=42\r?\n(\d+)\r?\n", timeout=60)
         first = int(m.group(1))
         time.sleep(2)
         restored.write("date +%s\n")

@@ -7,6 +7,7 @@ DEFAULT_CMDLINE: str
 VERSION: str
 DEFAULT_CONSOLE_LIMIT: int
 DEFAULT_MEMORY_MIB: int
+MAX_FORK: int
 HIMEM_START_DEFAULT: int
 
 def max_vcpus() -> Optional[int]:

@@ -10,7 +10,7 @@ use std::path::Path;
 use linux_loader::loader::bootparam::setup_header;
 use vm_memory::ByteValued;
 
-use crate::arch::x86_64::layout::CMDLINE_MAX_SIZE;
+use crate::arch::x86_64::layout::{CMDLINE_MAX_SIZE, CMDLINE_ROOM};
 use crate::error::{Error, Result};
 
 const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
@@ -62,12 +62,15 @@ pub struct KernelImage {
 }
 
 impl KernelImage {
-    /// The longest command line the kernel accepts, including the terminating NUL.
+    /// The longest command line the kernel accepts, including the terminating NUL: what its
+    /// header says, but never more than the memory map has room for (a header claiming
+    /// gigabytes would otherwise let a long command line overwrite the MP table).
     pub fn cmdline_limit(&self) -> usize {
         match &self.setup_header {
-            Some(hdr) if hdr.version >= 0x0206 && hdr.cmdline_size > 0 => {
-                hdr.cmdline_size as usize + 1
-            }
+            Some(hdr) if hdr.version >= 0x0206 && hdr.cmdline_size > 0 => (hdr.cmdline_size
+                as usize)
+                .saturating_add(1)
+                .min(CMDLINE_ROOM),
             _ => CMDLINE_MAX_SIZE,
         }
     }
@@ -87,35 +90,68 @@ pub fn open_readable(arg: &'static str, path: &Path) -> Result<File> {
     open_file(arg, path, false)
 }
 
+/// What a non-regular file is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
 /// Opens the regular file `path` for reading (and writing with `writable`), reporting a
 /// missing, inaccessible or non-regular file against `arg` (e.g. `disks[1]`).
+///
+/// The path is checked before it is opened: opening a FIFO would block until a writer came
+/// (for ever, and past Ctrl-C), and opening a device can have effects of its own. It is
+/// opened non-blocking too, for a FIFO put there in between, and checked again.
 pub fn open_file(
     arg: impl Into<std::borrow::Cow<'static, str>>,
     path: &Path,
     writable: bool,
 ) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     let arg = arg.into();
+    let not_regular = |arg, kind: &str| {
+        Error::invalid(
+            arg,
+            path.display(),
+            format!("expected a regular file, this is {kind}"),
+        )
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_file() => return Err(not_regular(arg, file_kind(&meta))),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(not_regular(arg, "a loop of symbolic links"))
+        }
+        _ => {} // missing or inaccessible: opening says which
+    }
     match std::fs::OpenOptions::new()
         .read(true)
         .write(writable)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
     {
-        Ok(f) => {
-            let is_file = f.metadata().map(|m| m.is_file()).unwrap_or(false);
-            if is_file {
-                Ok(f)
-            } else {
-                Err(Error::invalid(
-                    arg,
-                    path.display(),
-                    "expected a regular file",
-                ))
-            }
-        }
+        Ok(f) => match f.metadata() {
+            Ok(meta) if meta.is_file() => Ok(f),
+            Ok(meta) => Err(not_regular(arg, file_kind(&meta))),
+            Err(e) => Err(Error::Io {
+                what: format!("cannot read {arg}={}", path.display()),
+                source: e,
+            }),
+        },
         Err(e) => Err(match e.kind() {
-            std::io::ErrorKind::IsADirectory => {
-                Error::invalid(arg, path.display(), "expected a regular file")
-            }
+            std::io::ErrorKind::IsADirectory => not_regular(arg, "a directory"),
             std::io::ErrorKind::NotFound => Error::FileNotFound {
                 arg,
                 path: path.into(),
@@ -199,6 +235,7 @@ fn inspect_elf(file: &mut File, file_len: u64) -> std::result::Result<KernelImag
         return Err("an ELF file without usable program headers".into());
     }
     let (mut start, mut end) = (u64::MAX, 0u64);
+    let mut entry_loaded = false;
     for i in 0..phnum {
         let mut ph = [0u8; 56];
         read_at(file, phoff + i * phentsize, &mut ph)
@@ -208,11 +245,20 @@ fn inspect_elf(file: &mut File, file_len: u64) -> std::result::Result<KernelImag
         }
         let paddr = u64_at(&ph, 0x18);
         let memsz = u64_at(&ph, 0x28);
+        let seg_end = paddr.checked_add(memsz).ok_or("ELF segment overflows")?;
+        entry_loaded |= (paddr..seg_end).contains(&entry);
         start = start.min(paddr);
-        end = end.max(paddr.checked_add(memsz).ok_or("ELF segment overflows")?);
+        end = end.max(seg_end);
     }
     if start == u64::MAX {
         return Err("an ELF file with nothing to load".into());
+    }
+    if !entry_loaded {
+        // The vCPU would start in memory the kernel does not occupy (or outside RAM).
+        return Err(format!(
+            "an ELF file whose entry point {entry:#x} is not inside any segment it loads \
+             ({start:#x} to {end:#x})"
+        ));
     }
     Ok(KernelImage {
         format: KernelFormat::Elf,

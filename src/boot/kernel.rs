@@ -6,7 +6,7 @@ use linux_loader::loader::{bzimage::BzImage, elf::Elf, KernelLoader};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::image::{KernelFormat, KernelImage};
-use crate::arch::x86_64::layout::{HIMEM_START_ALIGN, HIMEM_START_MIN};
+use crate::arch::x86_64::layout::{HIMEM_START_ALIGN, HIMEM_START_MIN, MMIO_GAP_START};
 use crate::error::{Error, Result};
 
 /// A loaded kernel.
@@ -37,9 +37,34 @@ pub fn himem_start_range(img: &KernelImage, low_end: u64, memory_mib: u64) -> Re
             ),
         )
     };
+    // Beyond the MMIO gap no amount of RAM helps: low RAM ends there whatever `memory_mib`.
+    let need = match img.format {
+        KernelFormat::Elf => img.load_end,
+        KernelFormat::BzImage => HIMEM_START_MIN.saturating_add(img.load_end),
+    };
+    if need > MMIO_GAP_START {
+        return Err(Error::invalid(
+            "kernel",
+            format!("<{} needing guest RAM up to {need:#x}>", img.format),
+            format!(
+                "expected a kernel that fits below the MMIO gap at {MMIO_GAP_START:#x} (its \
+                 headers ask for more: a damaged or hostile image)"
+            ),
+        ));
+    }
     match img.format {
         // An ELF kernel loads at its own physical addresses; high memory may not start above.
         KernelFormat::Elf => {
+            if img.load_start < HIMEM_START_MIN {
+                return Err(Error::invalid(
+                    "kernel",
+                    format!("<ELF loading at {:#x}>", img.load_start),
+                    format!(
+                        "expected an ELF kernel that loads at or above {HIMEM_START_MIN:#x} \
+                         (1 MiB): the boot structures and the BIOS area are below"
+                    ),
+                ));
+            }
             if img.load_end > low_end {
                 return Err(too_small(img.load_end));
             }

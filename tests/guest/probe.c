@@ -2761,6 +2761,9 @@ void probe_main(const uint8_t *zp) {
     if (word_is(end, "halt")) { puts_("PROBE: halting\n"); for (;;) __asm__ volatile("cli; hlt"); }
     if (word_is(end, "spin")) { puts_("PROBE: spinning\n"); for (;;) __asm__ volatile("pause"); }
     if (word_is(end, "tick")) tick(ap_started + 1);
+    if (word_is(end, "flood-raw")) { /* no newline, ever */
+        for (;;) puts_("0123456789abcdef");
+    }
     if (word_is(end, "flood")) {
         for (uint64_t i = 0;; i++) { puts_("PROBE: flood "); put_dec(i); putc_('\n'); }
     }

@@ -34,6 +34,9 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area; low RAM ends here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The most command line (with its NUL) the memory map has room for, from [`CMDLINE_START`]
+/// up to the MP table at [`EBDA_START`], whatever a kernel's header claims it takes.
+pub const CMDLINE_ROOM: usize = (EBDA_START - CMDLINE_START) as usize;
 /// The lowest accepted `himem_start`: the start of "high" memory on a PC.
 pub const HIMEM_START_MIN: u64 = 0x10_0000;
 /// `himem_start` must be a multiple of this.
