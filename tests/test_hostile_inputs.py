@@ -16,8 +16,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
-
 # name, keyword arguments (as Python source, evaluated in the child with `f` = the files below),
 # the exception class, a regular expression the message must match.
 VM_CASES: list[tuple[str, str, str, str]] = [
@@ -41,7 +39,8 @@ VM_CASES: list[tuple[str, str, str, str]] = [
     ("kernel symlink loop", "dict(kernel=f['loop'])", "VmConfigError", r"invalid kernel=.*loop of symbolic links"),
     ("kernel empty", "dict(kernel=f['empty'])", "VmConfigError", r"invalid kernel=.*too short to be a kernel"),
     ("kernel garbage", "dict(kernel=f['garbage'])", "VmConfigError", r"invalid kernel=.*neither ELF nor bzImage"),
-    ("kernel truncated ELF", "dict(kernel=f['elf_short'])", "VmConfigError", r"invalid kernel=.*(truncated|program headers)"),
+    ("kernel truncated ELF", "dict(kernel=f['elf_short'])", "VmConfigError",
+     r"invalid kernel=.*(truncated|program headers)"),
     ("kernel ELF32", "dict(kernel=f['elf32'])", "VmConfigError", r"invalid kernel=.*not ELF64 for x86-64"),
     ("kernel ELF phnum overflow", "dict(kernel=f['elf_phnum'])", "VmConfigError", r"invalid kernel=.*program headers"),
     ("kernel ELF entry outside", "dict(kernel=f['elf_entry'])", "VmConfigError", r"invalid kernel=.*entry point"),
@@ -51,18 +50,22 @@ VM_CASES: list[tuple[str, str, str, str]] = [
     ("kernel bzImage init_size", "dict(kernel=f['bz_init'])", "VmConfigError", r"invalid kernel=.*below the MMIO gap"),
     ("cmdline int", "dict(cmdline=5)", "VmConfigError", r"invalid cmdline=5: expected a str"),
     ("cmdline non-ASCII", "dict(cmdline='quiet \\u00e9')", "VmConfigError", r"invalid cmdline=.*printable ASCII"),
-    ("cmdline too long", "dict(cmdline='x' * 5000)", "VmConfigError", r"invalid cmdline=<\d+ bytes>: this kernel accepts"),
+    ("cmdline too long", "dict(cmdline='x' * 5000)", "VmConfigError",
+     r"invalid cmdline=<\d+ bytes>: this kernel accepts"),
     ("cmdline huge bzImage limit", "dict(kernel=f['bz_cmdline'], cmdline='x' * 600000)", "VmConfigError",
      r"accepts at most 523263 bytes"),
-    ("himem_start negative", "dict(himem_start=-1)", "VmConfigError", r"invalid himem_start=-1: expected a multiple of 0x1000"),
-    ("himem_start unaligned", "dict(himem_start=0x100001)", "VmConfigError", r"invalid himem_start=.*multiple of 0x1000"),
+    ("himem_start negative", "dict(himem_start=-1)", "VmConfigError",
+     r"invalid himem_start=-1: expected a multiple of 0x1000"),
+    ("himem_start unaligned", "dict(himem_start=0x100001)", "VmConfigError",
+     r"invalid himem_start=.*multiple of 0x1000"),
     ("himem_start huge", "dict(himem_start=2**70)", "VmConfigError", r"invalid himem_start=\d+: expected a multiple"),
     ("himem_start str", "dict(himem_start='1M')", "VmConfigError", r"invalid himem_start='1M': expected an integer"),
     ("initrd missing", "dict(initrd=f['missing'])", "VmFileNotFoundError", r"initrd=.*no such file"),
     ("initrd FIFO", "dict(initrd=f['fifo'])", "VmConfigError", r"invalid initrd=.*this is a FIFO"),
     ("initrd directory", "dict(initrd=f['dir'])", "VmConfigError", r"invalid initrd=.*this is a directory"),
     ("initrd huge", "dict(initrd=f['huge'], memory_mib=64)", "VmConfigError", r"invalid (initrd|memory_mib)="),
-    ("console_limit negative", "dict(console_limit=-1)", "VmConfigError", r"invalid console_limit=-1: expected at least"),
+    ("console_limit negative", "dict(console_limit=-1)", "VmConfigError",
+     r"invalid console_limit=-1: expected at least"),
     ("console_limit tiny", "dict(console_limit=0)", "VmConfigError", r"invalid console_limit=0: expected at least"),
     ("console_limit str", "dict(console_limit='big')", "VmConfigError", r"invalid console_limit='big'"),
     ("disks str", "dict(disks='disk.img')", "VmConfigError", r"invalid disks='disk.img': expected a list"),
