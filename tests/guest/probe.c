@@ -23,6 +23,8 @@ static inline void outb(uint16_t port, uint8_t v) { __asm__ volatile("outb %0, %
 static inline uint8_t inb(uint16_t port) { uint8_t v; __asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline uint32_t inl(uint16_t port) { uint32_t v; __asm__ volatile("inl %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 static inline void outl(uint16_t port, uint32_t v) { __asm__ volatile("outl %0, %1" ::"a"(v), "Nd"(port)); }
+static inline void outw(uint16_t port, uint16_t v) { __asm__ volatile("outw %0, %1" ::"a"(v), "Nd"(port)); }
+static inline uint16_t inw(uint16_t port) { uint16_t v; __asm__ volatile("inw %1, %0" : "=a"(v) : "Nd"(port)); return v; }
 
 static void cpuid(uint32_t leaf, uint32_t *a, uint32_t *b, uint32_t *c, uint32_t *d) {
     __asm__ volatile("cpuid" : "=a"(*a), "=b"(*b), "=c"(*c), "=d"(*d) : "a"(leaf), "c"(0));
@@ -100,6 +102,56 @@ static void echo(void) {
         putc_('\n');
         if (word_is(line, "reset")) reset();
     }
+}
+
+/* probe.end=hostile: what a hostile guest does to the VMM's devices (the host must survive
+ * it all, bounded, and stay killable). Reports each step, then sits in `cli; hlt`.
+ *  - every port 0..0xffff read at sizes 1, 2 and 4, then written 0 at each size;
+ *  - the MMIO gap (3 GiB to 4 GiB) read at sizes 1, 2, 4 and 8 every 64 KiB, skipping the
+ *    in-kernel LAPIC and IOAPIC pages;
+ *  - every register of the exit-device, boot-marker and virtio pages (0xd0000000 up to
+ *    0xd0020000) read and written (0) at every offset up to 0x140 at sizes 1, 2, 4 and 8,
+ *    odd offsets included, except writes to the exit device (which would end the VM);
+ *  - the guest-physical space between the end of RAM and the gap, every MiB, read and
+ *    written at size 4 and 8. */
+static void hostile_mmio(uint64_t a, int write) {
+    volatile uint8_t *p8 = (volatile uint8_t *)(uintptr_t)a;
+    if (write) {
+        *p8 = 0;
+        *(volatile uint16_t *)(uintptr_t)a = 0;
+        *(volatile uint32_t *)(uintptr_t)a = 0;
+        *(volatile uint64_t *)(uintptr_t)a = 0;
+    } else {
+        (void)*p8;
+        (void)*(volatile uint16_t *)(uintptr_t)a;
+        (void)*(volatile uint32_t *)(uintptr_t)a;
+        (void)*(volatile uint64_t *)(uintptr_t)a;
+    }
+}
+
+static void hostile(uint64_t ram_end) {
+    for (uint32_t port = 0; port <= 0xffff; port++) { (void)inb((uint16_t)port); (void)inw((uint16_t)port); (void)inl((uint16_t)port); }
+    puts_("PROBE: hostile ports read\n");
+    for (uint32_t port = 0; port <= 0xffff; port++) { outb((uint16_t)port, 0); outw((uint16_t)port, 0); outl((uint16_t)port, 0); }
+    puts_("PROBE: hostile ports written\n");
+    for (uint64_t a = 0xc0000000ull; a < 0x100000000ull; a += 0x10000) {
+        if ((a & ~0xfffffull) == 0xfee00000ull || (a & ~0xfffffull) == 0xfec00000ull) continue;
+        hostile_mmio(a, 0);
+    }
+    puts_("PROBE: hostile gap read\n");
+    for (uint64_t page = 0xd0000000ull; page < 0xd0020000ull; page += 0x1000) {
+        for (uint64_t off = 0; off < 0x140; off++) {
+            hostile_mmio(page + off, 0);
+            if (page != 0xd0000000ull) hostile_mmio(page + off, 1);
+        }
+    }
+    puts_("PROBE: hostile registers done\n");
+    for (uint64_t a = (ram_end + 0xfffff) & ~0xfffffull; a < 0xc0000000ull; a += 0x100000) {
+        (void)*(volatile uint32_t *)(uintptr_t)a;
+        *(volatile uint64_t *)(uintptr_t)a = 0;
+    }
+    puts_("PROBE: hostile done\n");
+    for (;;) __asm__ volatile("cli; hlt");
 }
 
 static void touch_unknown_hardware(void) {
@@ -2722,7 +2774,7 @@ void probe_main(const uint8_t *zp) {
 
     const char *smp = cmd_ptr ? cmdline_arg(cmdline, "probe.smp") : 0;
     const char *end_early = cmd_ptr ? cmdline_arg(cmdline, "probe.end") : 0;
-    ap_tick = word_is(end_early, "tick");
+    ap_tick = word_is(end_early, "tick") || word_is(end_early, "hostile"); /* APs spin counting */
     if (smp) start_aps(zp, smp);
 
     const char *blk = cmd_ptr ? cmdline_arg(cmdline, "probe.blk") : 0;
@@ -2761,6 +2813,15 @@ void probe_main(const uint8_t *zp) {
     if (word_is(end, "halt")) { puts_("PROBE: halting\n"); for (;;) __asm__ volatile("cli; hlt"); }
     if (word_is(end, "spin")) { puts_("PROBE: spinning\n"); for (;;) __asm__ volatile("pause"); }
     if (word_is(end, "tick")) tick(ap_started + 1);
+    if (word_is(end, "hostile")) {
+        uint64_t ram_end = 0;
+        for (int i = 0; i < n && i < 128; i++) {
+            const uint8_t *e = zp + 0x2d0 + 20 * i;
+            uint64_t top = *(const uint64_t *)e + *(const uint64_t *)(e + 8);
+            if (*(const uint32_t *)(e + 16) == 1 && top <= 0xc0000000ull && top > ram_end) ram_end = top;
+        }
+        hostile(ram_end);
+    }
     if (word_is(end, "flood-raw")) { /* no newline, ever */
         for (;;) puts_("0123456789abcdef");
     }

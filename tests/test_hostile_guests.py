@@ -1,0 +1,76 @@
+"""Hostile guests (the probe's `probe.end=hostile` mode and friends): whatever a guest does to
+the VMM's ports, MMIO and devices, the host process survives with bounded memory, `kill()`
+returns promptly, and the next VM in the same process boots."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from vmm_reference import Disk, Vm
+
+
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def killed_promptly(vm: Vm) -> None:
+    t0 = time.monotonic()
+    vm.kill()
+    assert vm.wait(timeout=10).reason == "killed"
+    assert time.monotonic() - t0 < 5
+
+
+def next_vm_boots(vm_factory, probe_elf) -> None:
+    nxt = vm_factory(kernel=probe_elf, memory_mib=64)
+    nxt.start()
+    assert nxt.wait(timeout=30).reason == "reset"
+
+
+def test_port_mmio_and_register_sweeps_with_spinning_aps(vm_factory, probe_elf, tmp_path):
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"\0" * (1 << 20))
+    ro = tmp_path / "ro.img"
+    ro.write_bytes(b"\1" * (1 << 20))
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.smp=madt probe.end=hostile", vcpus=3, memory_mib=64,
+                    disks=[image, Disk(ro, read_only=True)], vsock=True)
+    before = rss_mib()
+    vm.start()
+    for step in ("ports read", "ports written", "gap read", "registers done", "done"):
+        vm.expect(f"PROBE: hostile {step}\n", timeout=300)
+    assert vm.state == "running"
+    assert len(vm.events) <= 1024, "boot markers are bounded"
+    assert rss_mib() - before < 64, "the sweeps grew the host's memory"
+    assert ro.read_bytes() == b"\1" * (1 << 20), "nothing reached the read-only image"
+    killed_promptly(vm)
+    next_vm_boots(vm_factory, probe_elf)
+
+
+@pytest.mark.parametrize("end", ["halt", "spin", "triple"])
+def test_halted_spinning_or_triple_faulting_vcpus(vm_factory, probe_elf, end):
+    vm = vm_factory(kernel=probe_elf, cmdline=f"probe.smp=madt probe.end={end}", vcpus=4, memory_mib=64)
+    vm.start()
+    if end == "triple":
+        assert vm.wait(timeout=30).reason == "shutdown"
+    else:
+        vm.expect({"halt": "PROBE: halting", "spin": "PROBE: spinning"}[end], timeout=30)
+        killed_promptly(vm)
+    next_vm_boots(vm_factory, probe_elf)
+
+
+def test_console_flood_with_and_without_newlines_is_bounded(vm_factory, probe_elf):
+    for end in ("flood", "flood-raw"):
+        vm = vm_factory(kernel=probe_elf, cmdline=f"probe.end={end}", console_limit=1 << 20, memory_mib=64)
+        before = rss_mib()
+        vm.start()
+        deadline = time.monotonic() + 60
+        while vm.stats()["console_bytes"] < 16 << 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vm.stats()["console_bytes"] >= 16 << 20
+        assert rss_mib() - before < 32, f"{end}: 16 MiB of console kept more than its 1 MiB limit"
+        killed_promptly(vm)
+    next_vm_boots(vm_factory, probe_elf)
