@@ -218,6 +218,9 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// A vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off
+    /// only for debugging ([`crate::seccomp`]).
+    pub seccomp: bool,
 }
 
 impl Default for VmConfig {
@@ -231,6 +234,7 @@ impl Default for VmConfig {
             disks: Vec::new(),
             net: Vec::new(),
             vsock: None,
+            seccomp: true,
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct EventLoop {
     pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     /// The virtio devices, released once every vCPU has stopped.
     pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    /// Install the event loop's seccomp filter.
+    pub seccomp: bool,
 }
 
 /// Lets every device give back its host resources (TAPs, passt, sockets).
@@ -173,6 +175,10 @@ impl EventLoop {
     }
 
     fn run(mut self) {
+        if self.seccomp {
+            // Not fatal: the loop then runs unfiltered, as with `seccomp=False`.
+            let _ = crate::seccomp::install(crate::seccomp::ThreadKind::EventLoop);
+        }
         if let Err(e) = self.serve() {
             self.exit.request(ExitStatus::with_detail(
                 ExitReason::Error,

@@ -45,6 +45,7 @@ pub mod exit;
 pub mod kvm;
 pub mod memory;
 pub mod reaper;
+pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;
 pub mod vm;

@@ -134,7 +134,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -149,6 +149,7 @@ impl NativeVm {
         disks: Vec<(PathBuf, bool, Option<String>)>,
         net: Vec<NetArg>,
         vsock: Option<(i128, PathBuf)>,
+        seccomp: bool,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range, memory_range, vcpus_range};
         let host_mib = crate::kvm::host_memory_mib();
@@ -196,6 +197,7 @@ impl NativeVm {
                 .collect(),
             net,
             vsock,
+            seccomp,
         };
         detached(py, "building the VM", || Vm::new(config)).map(|vm| NativeVm { vm })
     }

@@ -23,6 +23,8 @@ fn sender() -> Option<&'static Mutex<SyncSender<Work>>> {
             let spawned = std::thread::Builder::new()
                 .name("vmm-reaper".into())
                 .spawn(move || {
+                    // Not fatal: without seccomp the reaper still works, unfiltered.
+                    let _ = crate::seccomp::install(crate::seccomp::ThreadKind::Reaper);
                     for work in rx {
                         drop(work);
                     }

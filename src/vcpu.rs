@@ -192,8 +192,8 @@ impl Vcpu {
     }
 
     /// Starts the vCPU's thread; `paused` keeps it out of guest code until
-    /// [`VcpuEvent::Resume`].
-    pub fn start(self, paused: bool) -> std::io::Result<VcpuHandle> {
+    /// [`VcpuEvent::Resume`]; `seccomp` filters its system calls ([`crate::seccomp`]).
+    pub fn start(self, paused: bool, seccomp: bool) -> std::io::Result<VcpuHandle> {
         let (event_tx, event_rx) = channel();
         let (response_tx, response_rx) = channel();
         let pending = Arc::new(AtomicBool::new(false));
@@ -203,6 +203,10 @@ impl Vcpu {
             .spawn({
                 let pending = pending.clone();
                 move || {
+                    if seccomp {
+                        // Not fatal: the vCPU then runs unfiltered, as with `seccomp=False`.
+                        let _ = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
+                    }
                     let mut thread = VcpuThread {
                         vcpu: self,
                         events: event_rx,

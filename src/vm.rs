@@ -315,7 +315,7 @@ impl Vm {
         let mut handles = Vec::with_capacity(parts.vcpus.len());
         self.paused.store(paused, Ordering::SeqCst);
         for vcpu in parts.vcpus {
-            match vcpu.start(paused) {
+            match vcpu.start(paused, self.config.seccomp) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     self.exit.request(ExitStatus::with_detail(
@@ -336,6 +336,7 @@ impl Vm {
             vcpus: self.vcpus.clone(),
             subscribers: parts.subscribers,
             devices: parts.devices,
+            seccomp: self.config.seccomp,
         };
         let handle = event_loop
             .spawn()

@@ -29,6 +29,7 @@ class NativeVm:
         disks: list[tuple[str, bool, Optional[str]]] = ...,
         net: list[tuple[str, str, Optional[str], list[tuple[int, int]]]] = ...,
         vsock: Optional[tuple[int, str]] = ...,
+        seccomp: bool = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

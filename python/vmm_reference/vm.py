@@ -292,6 +292,10 @@ class Vm:
             ``uds``); :attr:`vsock` then connects to the guest's ports and listens for its
             connections. The guest needs the ``vsock`` and ``vmw_vsock_virtio_transport``
             modules (the asset initramfs loads them).
+        seccomp: filter the system calls of the VM's own threads (its vCPUs and event loop)
+            with seccomp, each to the list its work needs (the default; see
+            ``docs/security.md``). ``False`` is for debugging only. Your own threads are
+            never filtered.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -311,6 +315,7 @@ class Vm:
         disks: Sequence[DiskArg] = (),
         net: Sequence[NetArg] = (),
         vsock: Union[bool, Vsock, None] = None,
+        seccomp: bool = True,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -332,6 +337,7 @@ class Vm:
                 disks=disk_list,
                 net=net_list,
                 vsock=None if endpoint is None else (endpoint.cid, endpoint.uds),
+                seccomp=bool(seccomp),
             )
         except BaseException:
             if endpoint is not None:
