@@ -42,6 +42,8 @@ pub mod devices;
 pub mod error;
 pub mod event_loop;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod kvm;
 pub mod memory;
 pub mod reaper;

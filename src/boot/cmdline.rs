@@ -45,7 +45,7 @@ pub fn build(user: &str, extra: &[String], limit: usize) -> Result<KernelCmdline
             format!("<{} bytes>", text.len()),
             format!(
                 "this kernel accepts at most {} bytes of command line",
-                limit - 1
+                limit.saturating_sub(1)
             ),
         ));
     }

@@ -1,0 +1,81 @@
+"""Writes the fuzz targets' starting corpus (fuzz/corpus/TARGET/seed-*): small, hand-made
+inputs that reach deep into each harness (see src/fuzzing.rs). Run: python3 fuzz/seeds.py"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def elf(paddr: int = 0x1000000, entry: int | None = None, size: int = 0x2000) -> bytes:
+    """An ELF64 x86-64 executable with one PT_LOAD at `paddr`."""
+    eh = bytearray(64)
+    eh[0:7] = b"\x7fELF\x02\x01\x01"
+    struct.pack_into("<HHIQQQIHHHHHH", eh, 16, 2, 62, 1, paddr if entry is None else entry, 64, 0, 0, 64, 56, 1,
+                     0, 0, 0)
+    ph = struct.pack("<IIQQQQQQ", 1, 5, 0x1000, paddr, paddr, size, size, 0x1000)
+    return bytes(eh) + ph + b"\0" * (0x1000 - 120) + b"\xf4" * size
+
+
+def bzimage(init_size: int = 0x100000, cmdline_size: int = 2047) -> bytes:
+    """A bzImage: one setup sector, a 64-bit boot protocol 2.15 header, a small payload."""
+    setup = bytearray(2 * 512)
+    setup[0x1F1] = 1  # setup_sects
+    setup[0x1FE:0x200] = b"\x55\xaa"
+    setup[0x202:0x206] = b"HdrS"
+    struct.pack_into("<H", setup, 0x206, 0x020F)
+    setup[0x211] = 1  # loadflags: LOADED_HIGH
+    struct.pack_into("<I", setup, 0x238, cmdline_size)
+    struct.pack_into("<H", setup, 0x236, 1)  # xloadflags: XLF_KERNEL_64
+    struct.pack_into("<I", setup, 0x260, init_size)
+    return bytes(setup) + b"\x90" * 4096
+
+
+def virtio_memory(size_knob: int = 4, event_idx: int = 0) -> bytearray:
+    """Guest memory with one virtio-blk read request made available (see src/fuzzing.rs)."""
+    mem = bytearray(0x800)
+    mem[0], mem[1] = size_knob, event_idx
+    mem += bytearray(0xB000 - len(mem))
+    descs = [(0x8000, 16, 1, 1), (0x9000, 512, 1 | 2, 2), (0xA000, 1, 2, 0)]  # header, data, status
+    for i, (addr, length, flags, nxt) in enumerate(descs):
+        struct.pack_into("<QIHH", mem, 0x1000 + 16 * i, addr, length, flags, nxt)
+    struct.pack_into("<HHH", mem, 0x3000, 0, 1, 0)  # avail: flags, idx 1, ring[0] = 0
+    struct.pack_into("<IIQ", mem, 0x8000, 0, 0, 0)  # VIRTIO_BLK_T_IN, sector 0
+    return mem
+
+
+def mmio_ops() -> bytes:
+    """A driver's set-up of queue 0, DRIVER_OK, a notification and a request served."""
+    def w(offset: int, value: int) -> bytes:
+        return struct.pack("<BBI", 1, offset // 4, value)
+
+    ops = [w(0x70, 1), w(0x70, 3), w(0x24, 1), w(0x20, 1), w(0x24, 0), w(0x20, 0), w(0x70, 11), w(0x30, 0),
+           w(0x38, 16), w(0x80, 0x1000), w(0x84, 0), w(0x90, 0x3000), w(0x94, 0), w(0xA0, 0x4000), w(0xA4, 0),
+           w(0x44, 1), w(0x70, 15), w(0x50, 0), struct.pack("<BBI", 3, 0, 0), struct.pack("<BBI", 0, 0x60 // 4, 0),
+           w(0x64, 1), w(0x70, 0)]
+    return b"".join(ops)
+
+
+def main() -> None:
+    seeds = {
+        "kernel_image": [elf(), elf(entry=0x7000), bzimage(), bzimage(init_size=0xFFFF0000),
+                         bzimage(cmdline_size=0xFFFFFFFF), b"\x7fELF\x01" + b"\0" * 60, b"MZ" + b"\0" * 600],
+        "cmdline": [b"\x00\x08console=ttyS0 quiet", b"\x10\x00reboot=k panic=-1", b"\xff\xffroot=/dev/vda \xc3\xa9",
+                    b"\x05\x00longer than five"],
+        "legacy_devices": [bytes([0, 1, 3, 0x80, 0, 1, 0, 0x0C, 0, 1, 3, 0x03, 0, 1, 0, ord("x"), 0, 0, 5, 0, 0, 0, 0, 0]),
+                           bytes([1, 1, 4, 0xFE, 1, 0, 0, 0, 1, 1, 4, 0x20, 1, 0, 0, 0]),
+                           bytes([2, 3, 2, 0x01, 2, 5, 4, 0x34, 2, 0, 0, 0, 3, 5, 0, 7, 4, 1, 0, 9])],
+        "virtio_block": [bytes(virtio_memory()), bytes(virtio_memory(8, 1)), bytes(virtio_memory(0))],
+        "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
+    }
+    for target, inputs in seeds.items():
+        d = CORPUS / target
+        d.mkdir(parents=True, exist_ok=True)
+        for i, data in enumerate(inputs):
+            (d / f"seed-{i}").write_bytes(data)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+//! Fuzzing harnesses: what each fuzz target (`fuzz/fuzz_targets/*.rs`, cargo-fuzz and
+//! libFuzzer on nightly) feeds its input to, and what `tests/fuzz_corpus.rs` replays the
+//! committed corpus through on stable, so that an input that once crashed stays fixed.
+//!
+//! Each harness takes arbitrary bytes and must return without panicking, whatever they are;
+//! everything it builds is real (a memfd for files, guest memory, the devices themselves).
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::io::FromRawFd;
+use std::sync::{Arc, Mutex};
+
+use virtio_queue::{Queue, QueueState};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::config::{DiskConfig, KernelConfig, VmConfig};
+use crate::console::{Console, ConsoleWriter};
+use crate::devices::acpi_pm::AcpiPm1;
+use crate::devices::boot_marker::{BootMarkerPort, BootMarkers};
+use crate::devices::exit_device::ExitDevice;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{SerialDevice, SerialOutput};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::BusDevice;
+use crate::exit::ExitSignal;
+
+/// A file in memory holding `data`, and a path that opens it.
+fn memfd(data: &[u8]) -> Option<(File, std::path::PathBuf)> {
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor is ours.
+    let fd = unsafe { libc::memfd_create(c"vmm-fuzz".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(data).ok()?;
+    let path = std::path::PathBuf::from(format!("/proc/self/fd/{fd}"));
+    Some((file, path))
+}
+
+/// Kernel image headers (ELF and bzImage) and the whole boot loader: `data` is the kernel
+/// file; the first byte picks the command line's length and whether ACPI tables are built.
+pub fn kernel_image(data: &[u8]) {
+    let Some((_file, path)) = memfd(data) else {
+        return;
+    };
+    let knob = data.first().copied().unwrap_or(0);
+    let config = VmConfig {
+        memory_mib: 64,
+        kernel: KernelConfig {
+            cmdline: "x".repeat(usize::from(knob) * 16),
+            ..KernelConfig::new(path)
+        },
+        acpi: knob & 1 == 0,
+        ..VmConfig::default()
+    };
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]) else {
+        return;
+    };
+    let _ = crate::boot::load(&mem, &config, &[], &[]);
+}
+
+/// The command line: the first two bytes are the kernel's limit, the rest the user's text.
+pub fn cmdline(data: &[u8]) {
+    if data.len() < 2 {
+        return;
+    }
+    let limit = usize::from(u16::from_le_bytes([data[0], data[1]]));
+    let text = String::from_utf8_lossy(&data[2..]);
+    let extra = vec!["virtio_mmio.device=4K@0xd0010000:5".to_string()];
+    let _ = crate::boot::cmdline::build(&text, &extra, limit);
+}
+
+/// The legacy devices' registers: `data` is a sequence of accesses, 4 bytes each: device,
+/// read or write with its size, offset, value.
+pub fn legacy_devices(data: &[u8]) {
+    let exit = match ExitSignal::new() {
+        Ok(e) => Arc::new(e),
+        Err(_) => return,
+    };
+    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+        return;
+    };
+    let console = Arc::new(Console::new(4096));
+    let mut serial =
+        SerialDevice::new(irq, SerialOutput::new(ConsoleWriter(console), exit.clone()));
+    let mut i8042 = I8042::new(exit.clone());
+    let mut pm1 = AcpiPm1::new(exit.clone(), Box::new(|_| {}));
+    let mut exit_dev = ExitDevice(exit.clone());
+    let mut marker = BootMarkerPort(Arc::new(BootMarkers::default()));
+    serial.queue_input(b"input for the guest\n");
+    for op in data.chunks_exact(4) {
+        let device: &mut dyn BusDevice = match op[0] % 5 {
+            0 => &mut serial,
+            1 => &mut i8042,
+            2 => &mut pm1,
+            3 => &mut exit_dev,
+            _ => &mut marker,
+        };
+        let len = [1, 2, 4, 8][usize::from(op[1] >> 1) % 4];
+        let offset = u64::from(op[2]);
+        let mut buf = [op[3]; 8];
+        if op[1] & 1 == 0 {
+            device.read(offset, &mut buf[..len]);
+        } else {
+            device.write(offset, &buf[..len]);
+        }
+    }
+}
+
+const MEM_SIZE: u64 = 1 << 20;
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x3000;
+const USED: u64 = 0x4000;
+
+/// Guest memory whose first bytes (rings, descriptors, buffers) are `data`.
+fn fuzzed_memory(data: &[u8]) -> Option<Arc<GuestMemoryMmap>> {
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).ok()?;
+    let n = data.len().min(MEM_SIZE as usize);
+    mem.write_slice(&data[..n], GuestAddress(0)).ok()?;
+    Some(Arc::new(mem))
+}
+
+/// A disk image in memory, for the block harnesses.
+fn disk() -> Option<(File, Block)> {
+    let (file, path) = memfd(&[0x5a; 64 << 10])?;
+    let block = Block::new(0, &DiskConfig::new(path)).ok()?;
+    Some((file, block))
+}
+
+/// virtio-blk request parsing and serving: `data` is guest memory with the queue's
+/// descriptor table at 0x1000, avail ring at 0x3000 and used ring at 0x4000 (byte 0: the
+/// queue size, byte 1: EVENT_IDX), notified a few times.
+pub fn virtio_block(data: &[u8]) {
+    let Some(mem) = fuzzed_memory(data) else {
+        return;
+    };
+    let Some((_image, mut block)) = disk() else {
+        return;
+    };
+    let size = 1u16 << (data.first().copied().unwrap_or(0) % 9);
+    let Ok(queue) = Queue::try_from(QueueState {
+        max_size: 256,
+        size,
+        ready: true,
+        desc_table: DESC,
+        avail_ring: AVAIL,
+        used_ring: USED,
+        event_idx_enabled: data.get(1).is_some_and(|b| b & 1 == 1),
+        ..QueueState::default()
+    }) else {
+        return;
+    };
+    let Ok(irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+        return;
+    };
+    let activated = block.activate(Activation {
+        queues: vec![queue],
+        mem,
+        interrupt: Arc::new(Interrupt::new(irq)),
+        features: VIRTIO_F_VERSION_1,
+    });
+    if activated.is_ok() {
+        for _ in 0..4 {
+            if !block.process_queue(0) {
+                break;
+            }
+        }
+    }
+}
+
+/// The virtio-mmio transport in front of a disk: `data` is guest memory, and from byte 0x800
+/// a sequence of register accesses, 6 bytes each (read/write, offset/4, value), as a driver
+/// would make them — setting up queues anywhere, activating, notifying, resetting.
+pub fn virtio_mmio(data: &[u8]) {
+    let Some(mem) = fuzzed_memory(data) else {
+        return;
+    };
+    let Some((_image, block)) = disk() else {
+        return;
+    };
+    let (Ok(irq), Ok(notify)) = (
+        EventFd::new(libc::EFD_NONBLOCK),
+        EventFd::new(libc::EFD_NONBLOCK),
+    ) else {
+        return;
+    };
+    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
+    let mut transport = MmioTransport::new(
+        device.clone(),
+        mem,
+        Arc::new(Interrupt::new(irq)),
+        vec![notify],
+    );
+    for op in data.get(0x800..).unwrap_or(&[]).chunks_exact(6) {
+        let offset = u64::from(op[1]) * 4;
+        let value = u32::from_le_bytes([op[2], op[3], op[4], op[5]]);
+        match op[0] % 4 {
+            0 => transport.read(offset, &mut [0u8; 4]),
+            1 => transport.write(offset, &value.to_le_bytes()),
+            2 => transport.read(offset + u64::from(op[0] >> 2), &mut [0u8; 1]),
+            _ => {
+                device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .process_queue(0);
+            }
+        }
+    }
+}
+
+/// A harness: takes any bytes, must not panic.
+pub type Harness = fn(&[u8]);
+
+/// Every harness, by the name its fuzz target and corpus directory have.
+pub const TARGETS: &[(&str, Harness)] = &[
+    ("kernel_image", kernel_image),
+    ("cmdline", cmdline),
+    ("legacy_devices", legacy_devices),
+    ("virtio_block", virtio_block),
+    ("virtio_mmio", virtio_mmio),
+];
