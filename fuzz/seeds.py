@@ -58,6 +58,30 @@ def mmio_ops() -> bytes:
     return b"".join(ops)
 
 
+def vsock_memory() -> bytes:
+    """Three vsock queues (see src/fuzzing.rs): a REQUEST then an RW packet from the guest on
+    the transmit queue, two receive buffers."""
+    mem = bytearray(0x19000)
+    mem[0], mem[1] = 4, 0
+
+    def header(op: int, length: int) -> bytes:  # src_cid, dst_cid, src_port, dst_port, len, type, op, flags, buf_alloc, fwd_cnt
+        return struct.pack("<QQIIIHHIII", 3, 2, 1024, 5000, length, 1, op, 0, 65536, 0)
+
+    rx, tx = 0x1000, 0x9000
+    for i in range(2):  # receive buffers: one writable descriptor each
+        struct.pack_into("<QIHH", mem, rx + 16 * i, 0x15000 + 0x1000 * i, 4096, 2, 0)
+        struct.pack_into("<H", mem, rx + 0x2000 + 4 + 2 * i, i)
+    struct.pack_into("<HH", mem, rx + 0x2000, 0, 2)
+    packets = [header(1, 0), header(5, 5) + b"hello"]  # OP_REQUEST, OP_RW
+    for i, pkt in enumerate(packets):
+        addr = 0x17000 + 0x400 * i
+        mem[addr:addr + len(pkt)] = pkt
+        struct.pack_into("<QIHH", mem, tx + 16 * i, addr, len(pkt), 0, 0)
+        struct.pack_into("<H", mem, tx + 0x2000 + 4 + 2 * i, i)
+    struct.pack_into("<HH", mem, tx + 0x2000, 0, 2)
+    return bytes(mem)
+
+
 def main() -> None:
     seeds = {
         "kernel_image": [elf(), elf(entry=0x7000), bzimage(), bzimage(init_size=0xFFFF0000),
@@ -68,6 +92,7 @@ def main() -> None:
                            bytes([1, 1, 4, 0xFE, 1, 0, 0, 0, 1, 1, 4, 0x20, 1, 0, 0, 0]),
                            bytes([2, 3, 2, 0x01, 2, 5, 4, 0x34, 2, 0, 0, 0, 3, 5, 0, 7, 4, 1, 0, 9])],
         "virtio_block": [bytes(virtio_memory()), bytes(virtio_memory(8, 1)), bytes(virtio_memory(0))],
+        "virtio_vsock": [vsock_memory()],
         "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
     }
     for target, inputs in seeds.items():

@@ -212,6 +212,71 @@ pub fn virtio_mmio(data: &[u8]) {
     }
 }
 
+/// virtio-vsock packet parsing and its connection state machine: `data` is guest memory
+/// holding three queues (descriptor table, avail and used rings of the receive queue at
+/// 0x1000/0x3000/0x4000, the transmit queue 0x8000 further up, the event queue 0x10000; byte
+/// 0: the queue size, byte 1: EVENT_IDX) whose
+/// transmit packets — requests, data, shutdowns, credit updates, resets, from any port, of
+/// any length — are served, with the receive queue filled in turn.
+pub fn virtio_vsock(data: &[u8]) {
+    use crate::devices::virtio::vsock::Vsock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let Some(mem) = fuzzed_memory(data) else {
+        return;
+    };
+    let uds = std::env::temp_dir().join(format!(
+        "vmm-fuzz-{}-{}.sock",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let Ok(mut vsock) = Vsock::new(&crate::config::VsockConfig {
+        cid: 3,
+        uds: uds.clone(),
+    }) else {
+        return;
+    };
+    let size = 1u16 << (data.first().copied().unwrap_or(0) % 9);
+    let event_idx = data.get(1).is_some_and(|b| b & 1 == 1);
+    let queues: Option<Vec<Queue>> = (0..3u64)
+        .map(|i| {
+            let base = 0x1000 + i * 0x8000;
+            Queue::try_from(QueueState {
+                max_size: 256,
+                size,
+                ready: true,
+                desc_table: base,
+                avail_ring: base + 0x2000,
+                used_ring: base + 0x3000,
+                event_idx_enabled: event_idx,
+                ..QueueState::default()
+            })
+            .ok()
+        })
+        .collect();
+    let (Some(queues), Ok(irq)) = (queues, EventFd::new(libc::EFD_NONBLOCK)) else {
+        return;
+    };
+    if vsock
+        .activate(Activation {
+            queues,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            features: VIRTIO_F_VERSION_1,
+        })
+        .is_ok()
+    {
+        for _ in 0..3 {
+            vsock.process_queue(1);
+            vsock.process_queue(0);
+        }
+        vsock.restored();
+        vsock.reset();
+    }
+    vsock.release();
+    let _ = std::fs::remove_file(&uds);
+}
+
 /// A harness: takes any bytes, must not panic.
 pub type Harness = fn(&[u8]);
 
@@ -222,4 +287,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("legacy_devices", legacy_devices),
     ("virtio_block", virtio_block),
     ("virtio_mmio", virtio_mmio),
+    ("virtio_vsock", virtio_vsock),
 ];
