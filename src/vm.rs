@@ -87,7 +87,6 @@ pub struct VmStats {
 struct Unstarted {
     vcpus: Vec<Vcpu>,
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
-    devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
 }
 
 /// A virtual machine.
@@ -271,7 +270,6 @@ impl Vm {
             unstarted: Mutex::new(Some(Unstarted {
                 vcpus,
                 subscribers: devices.subscribers,
-                devices: devices.virtio.clone(),
             })),
             virtio: devices.virtio,
             transports: devices.transports,
@@ -335,7 +333,7 @@ impl Vm {
             finished: self.finished.clone(),
             vcpus: self.vcpus.clone(),
             subscribers: parts.subscribers,
-            devices: parts.devices,
+            devices: self.virtio.clone(),
             seccomp: self.config.seccomp,
         };
         let handle = event_loop
@@ -349,30 +347,20 @@ impl Vm {
     /// every vCPU, KVM's VM state, every device and guest memory (sparse), and resumes it if
     /// it was running. Returns the bytes of memory written.
     pub fn snapshot(&self, dir: &Path) -> Result<u64> {
-        let was_running = self.pause_for("snapshot")?;
-        let result = (|| {
-            let mem_path = dir.join(snapshot::MEMORY_FILE);
-            std::fs::create_dir_all(dir)
-                .map_err(io_err_path("cannot create the snapshot directory", dir))?;
-            let out = File::create(&mem_path).map_err(io_err_path("cannot create", &mem_path))?;
+        self.while_paused("snapshot", || {
+            let (out, mem_path) = snapshot::create_memory_file(dir)?;
             let base = self
                 .memory_base
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
             let (snap, written) = self.capture(|mappings| {
-                snapshot::memory::write_sparse(mappings, base.as_ref().map(|b| &*b.file), &out)
-                    .map_err(io_err_path("cannot write guest memory to", &mem_path))
+                let base = base.as_ref().map(|b| &*b.file);
+                Ok(snapshot::write_memory(mappings, base, &out, &mem_path)?)
             })?;
-            out.sync_all()
-                .map_err(io_err_path("cannot write guest memory to", &mem_path))?;
             snapshot::write_state(dir, &snap)?;
             Ok(written)
-        })();
-        if was_running {
-            self.resume()?;
-        }
-        result
+        })
     }
 
     /// A VM from the snapshot in `dir`, paused: [`Vm::resume`] runs it from the instruction
@@ -465,8 +453,7 @@ impl Vm {
             ));
         }
         self.check_forkable(specs)?;
-        let was_running = self.pause_for("fork")?;
-        let result = (|| {
+        self.while_paused("fork", || {
             let current = self
                 .memory_base
                 .lock()
@@ -531,11 +518,7 @@ impl Vm {
                 }
                 Ok(clones)
             })
-        })();
-        if was_running {
-            self.resume()?;
-        }
-        result
+        })
     }
 
     /// Refuses a fork whose clones could not have their devices.
@@ -573,16 +556,22 @@ impl Vm {
         Ok(())
     }
 
-    /// Pauses the VM for `operation` if it runs; returns whether it did.
-    fn pause_for(&self, operation: &'static str) -> Result<bool> {
-        match self.state() {
+    /// Runs `f` with the VM paused for `operation`: a running VM is paused first and resumed
+    /// afterwards (whether `f` succeeded or not), a paused one stays paused.
+    fn while_paused<T>(&self, operation: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let was_running = match self.state() {
             VmState::Running => {
                 self.pause()?;
-                Ok(true)
+                true
             }
-            VmState::Paused => Ok(false),
-            state => Err(Error::InvalidState { operation, state }),
+            VmState::Paused => false,
+            state => return Err(Error::InvalidState { operation, state }),
+        };
+        let result = f();
+        if was_running {
+            self.resume()?;
         }
+        result
     }
 
     /// Saves everything but memory while the VM is paused, then lets `memory` deal with
@@ -698,8 +687,8 @@ impl Vm {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let Some(parts) = unstarted {
-            crate::event_loop::release_devices(&parts.devices);
+        if unstarted.is_some() {
+            crate::event_loop::release_devices(&self.virtio);
             self.console.close();
             self.finished.set(ExitStatus::new(ExitReason::Killed));
         }
@@ -898,16 +887,6 @@ fn restore_devices(
             .map_err(|e| snapshot_error(format!("virtio device {i}: {e}")))?;
     }
     Ok(())
-}
-
-fn io_err_path<'a>(
-    what: &'static str,
-    path: &'a Path,
-) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io {
-        what: format!("{what} {}", path.display()),
-        source,
-    }
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {

@@ -38,21 +38,38 @@ pub struct Mapping {
 /// Whether each page of `addr..addr+len` has ever held data in this process: present in
 /// RAM or in swap.
 fn populated(pagemap: &File, addr: usize, len: usize) -> io::Result<Vec<bool>> {
+    let mut out = Vec::with_capacity(len / PAGE);
+    scan_pagemap(pagemap, addr, len, |v| {
+        out.push(v & (PM_PRESENT | PM_SWAPPED) != 0);
+        false
+    })?;
+    Ok(out)
+}
+
+/// Calls `stop` with the pagemap entry of each page of `addr..addr+len`, in order, until it
+/// returns true; returns whether it did.
+fn scan_pagemap(
+    pagemap: &File,
+    addr: usize,
+    len: usize,
+    mut stop: impl FnMut(u64) -> bool,
+) -> io::Result<bool> {
     let pages = len / PAGE;
-    let mut out = Vec::with_capacity(pages);
     let mut buf = vec![0u8; PAGEMAP_CHUNK * 8];
     let mut page = 0;
     while page < pages {
         let n = (pages - page).min(PAGEMAP_CHUNK);
-        let at = ((addr / PAGE + page) * 8) as u64;
-        pagemap.read_exact_at(&mut buf[..n * 8], at)?;
-        out.extend(buf[..n * 8].chunks_exact(8).map(|e| {
-            let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-            v & (PM_PRESENT | PM_SWAPPED) != 0
-        }));
+        pagemap.read_exact_at(&mut buf[..n * 8], ((addr / PAGE + page) * 8) as u64)?;
+        for e in buf[..n * 8].chunks_exact(8) {
+            if stop(u64::from_le_bytes([
+                e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7],
+            ])) {
+                return Ok(true);
+            }
+        }
         page += n;
     }
-    Ok(out)
+    Ok(false)
 }
 
 /// Marks the pages of `base` (the file a mapping privately maps, from `offset`) that hold
@@ -147,21 +164,12 @@ const PM_FILE_OR_SHARED: u64 = 1 << 61;
 /// written since it was mapped, so no longer what the file holds.
 pub fn diverged(mappings: &[Mapping]) -> io::Result<bool> {
     let pagemap = File::open("/proc/self/pagemap")?;
-    let mut buf = vec![0u8; PAGEMAP_CHUNK * 8];
     for m in mappings {
-        let pages = m.len / PAGE;
-        let mut page = 0;
-        while page < pages {
-            let n = (pages - page).min(PAGEMAP_CHUNK);
-            pagemap.read_exact_at(&mut buf[..n * 8], ((m.addr / PAGE + page) * 8) as u64)?;
-            for e in buf[..n * 8].chunks_exact(8) {
-                let v = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-                // A private page of ours: anonymous (not the file's), in RAM or in swap.
-                if v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE_OR_SHARED == 0) {
-                    return Ok(true);
-                }
-            }
-            page += n;
+        // A private page of ours: anonymous (not the file's), in RAM or in swap.
+        let private =
+            |v: u64| v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE_OR_SHARED == 0);
+        if scan_pagemap(&pagemap, m.addr, m.len, private)? {
+            return Ok(true);
         }
     }
     Ok(false)

@@ -174,6 +174,29 @@ pub fn decode(bytes: &[u8], path: &Path) -> Result<Snapshot> {
     Ok(snapshot)
 }
 
+/// Creates the directory `dir` and an empty memory file in it, for the caller to fill with
+/// [`write_memory`] before [`write_state`].
+pub fn create_memory_file(dir: &Path) -> Result<(File, PathBuf)> {
+    std::fs::create_dir_all(dir).map_err(io("cannot create the snapshot directory", dir))?;
+    let path = dir.join(MEMORY_FILE);
+    let file = File::create(&path).map_err(io("cannot create", &path))?;
+    Ok((file, path))
+}
+
+/// Writes guest RAM (`mappings`, privately mapping `base` if given) sparsely into the memory
+/// file `file` at `path`, and syncs it; returns the bytes written.
+pub fn write_memory(
+    mappings: &[memory::Mapping],
+    base: Option<&File>,
+    file: &File,
+    path: &Path,
+) -> Result<u64> {
+    let written = memory::write_sparse(mappings, base, file)
+        .and_then(|n| file.sync_all().map(|()| n))
+        .map_err(io("cannot write guest memory to", path))?;
+    Ok(written)
+}
+
 /// Writes `snapshot`'s state file into `dir` (its memory file is written first, by the
 /// caller). Written aside and renamed: a crash mid-write never leaves a half state file
 /// behind a complete-looking name.
