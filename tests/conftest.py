@@ -29,6 +29,16 @@ def probe_bzimage(probe_dir: Path) -> Path:
     return probe_dir / "probe.bzImage"
 
 
+@pytest.fixture
+def agent_vm(vm_factory, guest_assets):
+    """The Debian guest, started, its guest agent answering over vsock (full-boot tests)."""
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
+                    cmdline="reboot=k panic=-1 quiet", vsock=True)
+    vm.start()
+    vm.wait_ready(timeout=120)
+    return vm
+
+
 @dataclass
 class ProbeReport:
     """What the probe guest printed about its boot."""

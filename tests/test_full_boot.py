@@ -276,15 +276,6 @@ def test_two_disks_appear_in_order_with_serials_and_sizes(vm_factory, guest_asse
 # The guest agent (vmm-agent, started by the initramfs) over vsock: vm.run, copies, the CLI.
 
 
-@pytest.fixture
-def agent_vm(vm_factory, guest_assets):
-    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
-                    cmdline="reboot=k panic=-1 quiet", vsock=True)
-    vm.start()
-    vm.wait_ready(timeout=120)
-    return vm
-
-
 def test_agent_runs_commands_with_their_codes_and_output(agent_vm):
     vm = agent_vm
     assert [vm.run(cmd).returncode for cmd in ("true", "false", "no-such-command")] == [0, 1, 127]

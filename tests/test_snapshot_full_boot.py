@@ -14,21 +14,12 @@ pytestmark = pytest.mark.full_boot
 PROMPT = r"# (\x1b\[6n)?$"
 
 
-@pytest.fixture
-def ready_vm(vm_factory, guest_assets):
-    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, initrd=guest_assets.initrd,
-                    cmdline="reboot=k panic=-1 quiet", vsock=True)
-    vm.start()
-    vm.wait_ready(timeout=120)
-    return vm
-
-
 def guest_seconds(vm: Vm) -> float:
     return float(vm.run("cat /proc/uptime", text=True, timeout=60).stdout.split()[0])
 
 
-def test_restore_answers_and_the_guest_clock_goes_on(ready_vm, tmp_path):
-    vm = ready_vm
+def test_restore_answers_and_the_guest_clock_goes_on(agent_vm, tmp_path):
+    vm = agent_vm
     assert vm.run("echo before > /tmp/mark").returncode == 0
     up_at_snapshot = guest_seconds(vm)
     vm.snapshot(tmp_path / "snap")
@@ -51,8 +42,8 @@ def test_restore_answers_and_the_guest_clock_goes_on(ready_vm, tmp_path):
         restored.close()
 
 
-def test_four_clones_each_run_their_own_command(ready_vm):
-    vm = ready_vm
+def test_four_clones_each_run_their_own_command(agent_vm):
+    vm = agent_vm
     vm.run("echo parent > /tmp/who")
     clones = vm.fork(4)
     try:
