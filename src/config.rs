@@ -11,8 +11,9 @@ use crate::error::{Error, Result};
 /// The default guest RAM, in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// The default kernel command line: reboot through the i8042 so that a guest `reboot` ends
-/// the VM, reboot at once on panic, and no PCI bus to probe.
-pub const DEFAULT_CMDLINE: &str = "reboot=k panic=-1 pci=off";
+/// the VM, and reboot at once on panic. (`console=ttyS0` and `pci=off` are added to any
+/// command line that names no console and no `pci=`: see [`crate::boot::cmdline`].)
+pub const DEFAULT_CMDLINE: &str = "reboot=k panic=-1";
 /// The default bound on retained console output, in bytes (see [`crate::console`]).
 pub const DEFAULT_CONSOLE_LIMIT: usize = 8 << 20;
 /// The smallest accepted console bound.
@@ -25,7 +26,8 @@ pub const MAX_VCPUS_XAPIC: u32 = 254;
 pub struct KernelConfig {
     /// An ELF vmlinux or a bzImage; the format is detected from the file.
     pub path: PathBuf,
-    /// The kernel command line. `console=ttyS0` is appended when it has no `console=`.
+    /// The kernel command line. `console=ttyS0` is appended when it has no `console=`, and
+    /// `pci=off` when it has no `pci=`.
     pub cmdline: String,
     /// Guest-physical address where the kernel is loaded and high memory starts.
     pub himem_start: u64,

@@ -87,7 +87,10 @@ pub fn legacy_devices(data: &[u8]) {
     let console = Arc::new(Console::new(4096));
     let mut serial =
         SerialDevice::new(irq, SerialOutput::new(ConsoleWriter(console), exit.clone()));
-    let mut i8042 = I8042::new(exit.clone());
+    let Ok(kbd_irq) = EventFd::new(libc::EFD_NONBLOCK) else {
+        return;
+    };
+    let mut i8042 = I8042::new(exit.clone(), kbd_irq);
     let mut pm1 = AcpiPm1::new(exit.clone(), Box::new(|_| {}));
     let mut exit_dev = ExitDevice(exit.clone());
     let mut marker = BootMarkerPort(Arc::new(BootMarkers::default()));

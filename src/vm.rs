@@ -25,6 +25,7 @@ use crate::device_manager::DevicesState;
 use crate::device_manager::{legacy, DeviceInfo, DeviceManager};
 use crate::devices::acpi_pm::AcpiPm1;
 use crate::devices::boot_marker::BootMarkers;
+use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
 use crate::devices::virtio::mmio::MmioTransport;
@@ -95,6 +96,7 @@ pub struct Vm {
     boot: BootInfo,
     console: Arc<Console>,
     serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
     input: Arc<ConsoleInput>,
     exit: Arc<ExitSignal>,
     finished: Arc<Finished>,
@@ -222,10 +224,16 @@ impl Vm {
         let count = config.vcpus as u8;
         let msr_indices = Arc::new(crate::arch::x86_64::state::msrs_to_save(&kvm)?);
         let supported = match origin {
-            Origin::Boot => Some(
-                kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                    .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?,
-            ),
+            Origin::Boot => {
+                let mut cpuid = kvm
+                    .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+                    .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+                crate::arch::x86_64::cpuid::add_emulated_features(
+                    &mut cpuid,
+                    kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
+                );
+                Some(cpuid)
+            }
             Origin::Saved(_) => None,
         };
         let vcpus = (0..count)
@@ -258,6 +266,7 @@ impl Vm {
             boot,
             console,
             serial: legacy.serial,
+            i8042: legacy.i8042,
             input: Arc::new(
                 ConsoleInput::new().map_err(io_err("cannot create the input eventfd"))?,
             ),
@@ -611,6 +620,7 @@ impl Vm {
             .collect();
         let state = DevicesState {
             serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
+            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).save(),
             pm1: self
                 .pm1
                 .as_ref()
@@ -866,6 +876,12 @@ fn restore_devices(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .restore(&saved.serial)
+        .map_err(snapshot_error)?;
+    legacy
+        .i8042
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .restore(&saved.i8042)
         .map_err(snapshot_error)?;
     if let (Some(pm1), Some(state)) = (&legacy.pm1, &saved.pm1) {
         pm1.lock()

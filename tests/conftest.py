@@ -55,6 +55,8 @@ class ProbeReport:
     signature: str = ""
     apic_id: int = -1
     logical: int = 0
+    tsc_deadline: int = 0
+    i8042: dict[str, int] = field(default_factory=dict)
     done: bool = False
 
 
@@ -83,6 +85,9 @@ def parse_probe(log: str) -> ProbeReport:
             elif body.startswith("cpuid "):
                 r.hypervisor_bit, r.apic_id, r.logical = num["hypervisor_bit"], num["apic_id"], num["logical"]
                 r.signature = kv["signature"]
+                r.tsc_deadline = num["tsc_deadline"]
+            elif body.startswith("i8042 "):
+                r.i8042 = {k: num.get(k, -1) for k in kv}
     return r
 
 

@@ -46,10 +46,11 @@ def test_e820_matches_memory_size(vm_factory, probe_elf, memory_mib):
 @pytest.mark.parametrize(
     "cmdline, seen",
     [
-        ("", "console=ttyS0"),
-        ("reboot=k panic=-1", "reboot=k panic=-1 console=ttyS0"),
-        ("console=ttyS0,115200 quiet", "console=ttyS0,115200 quiet"),
-        ("a=" + "x" * 1900, "a=" + "x" * 1900 + " console=ttyS0"),
+        ("", "console=ttyS0 pci=off"),
+        ("reboot=k panic=-1", "reboot=k panic=-1 console=ttyS0 pci=off"),
+        ("console=ttyS0,115200 quiet", "console=ttyS0,115200 quiet pci=off"),
+        ("pci=noacpi console=ttyS0", "pci=noacpi console=ttyS0"),
+        ("a=" + "x" * 1900, "a=" + "x" * 1900 + " console=ttyS0 pci=off"),
     ],
 )
 def test_cmdline_reaches_the_guest(vm_factory, probe_elf, cmdline, seen):
@@ -101,6 +102,23 @@ def test_cpuid_announces_kvm(vm_factory, probe_elf):
     assert report.signature == "KVMKVMKVM"
     assert report.apic_id == 0
     assert report.logical == 2
+    # KVM's in-kernel LAPIC emulates the TSC-deadline timer; KVM_GET_SUPPORTED_CPUID omits it.
+    assert report.tsc_deadline == 1
+
+
+def test_i8042_answers_linux_probe_on_the_first_poll(vm_factory, probe_elf):
+    _, status, log = boot(vm_factory, kernel=probe_elf, cmdline="probe.i8042=test")
+    assert status.reason == "reset", log
+    k = parse_probe(log).i8042
+    assert k, log
+    # No byte waiting, system flag and keyboard unlocked; the CTR as firmware leaves it, and as
+    # written back; both self-tests pass.
+    assert (k["status"], k["ctr"], k["ctr2"], k["selftest"], k["kbdtest"]) == (0x14, 0x65, 0x74, 0x55, 0)
+    # No AUX port: the loop test comes back without the AUX-data flag and the interface test fails.
+    assert k["auxloop"] == 0x5A and k["auxloop_status"] & 0x20 == 0 and k["auxtest"] not in (0, 0xFA, 0xFF)
+    # The keyboard acks GETID and answers an MF2 id (translated, as the CTR asks).
+    assert (k["ack"], k["id"]) == (0xFA, 0xAB41)
+    assert k["polls_max"] == 0, "every answer was there on the first status read"
 
 
 def test_triple_fault_is_shutdown(vm_factory, probe_elf):
@@ -211,7 +229,7 @@ def test_several_vms_run_at_once(probe_elf):
         t.start()
     for t in threads:
         t.join()
-    assert results == {i: ("reset", f"id={i} console=ttyS0") for i in range(6)}
+    assert results == {i: ("reset", f"id={i} console=ttyS0 pci=off") for i in range(6)}
 
 
 def test_context_manager_kills_on_exception(probe_elf):

@@ -103,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                         "himem_start: load address of the kernel and start of high memory, bytes "
                         "(decimal or 0x hex, multiple of 4096, at least 1048576; default 1048576); "
                         f'cmdline: kernel command line (default "{DEFAULT_CMDLINE}"; console=ttyS0 is '
-                        "added when it names no console); initrd: an initramfs to load")
+                        "added when it names no console, pci=off when it has no pci=); "
+                        "initrd: an initramfs to load")
     p.add_argument("--blk", action="append", default=[], metavar="path=PATH[,read_only=on][,serial=S]",
                    help="a raw disk image as a virtio-blk device (repeatable: /dev/vda, /dev/vdb, ... in "
                         "order); read_only: on/off/true/false (default off); serial: at most 20 characters")

@@ -47,8 +47,8 @@ __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcp
 PathArg = Union[str, "os.PathLike[str]"]
 
 #: The command line used when none is given: reboot through the i8042 (so a guest ``reboot``
-#: ends the VM), reboot at once on panic, no PCI. ``console=ttyS0`` is always added when the
-#: command line names no console.
+#: ends the VM) and reboot at once on panic. ``console=ttyS0`` is added to any command line
+#: that names no console, and ``pci=off`` to any with no ``pci=`` (there is no PCI bus).
 DEFAULT_CMDLINE: str = _native.DEFAULT_CMDLINE
 
 _READ_CHUNK = 64 * 1024
@@ -267,7 +267,8 @@ class Vm:
         memory_mib: guest RAM in MiB. Beyond 3 GiB, the rest is placed above 4 GiB.
         vcpus: number of vCPUs, 1 to KVM's limit.
         kernel: path to an ELF vmlinux or a bzImage (detected from the file).
-        cmdline: the kernel command line; ``console=ttyS0`` is added if it names no console.
+        cmdline: the kernel command line; ``console=ttyS0`` is added if it names no console,
+            ``pci=off`` if it has no ``pci=``.
         himem_start: guest-physical address where the kernel is loaded and high memory
             starts; a multiple of 4 KiB from 1 MiB (0x100000, the default) up.
         initrd: optional initramfs, loaded at the top of low RAM.

@@ -14,7 +14,9 @@ use crate::devices::boot_marker::{
     BootMarkerPort, BootMarkers, BOOT_MARKER_MMIO_ADDR, BOOT_MARKER_PORT,
 };
 use crate::devices::exit_device::{ExitDevice, EXIT_DEVICE_ADDR, EXIT_DEVICE_LEN};
-use crate::devices::i8042::{I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT};
+use crate::devices::i8042::{
+    I8042, I8042_COMMAND_OFFSET, I8042_COMMAND_PORT, I8042_DATA_PORT, I8042_KBD_IRQ,
+};
 use crate::devices::serial::{SerialDevice, SerialOutput, COM1_IRQ, COM1_LEN, COM1_PORT};
 use crate::exit::ExitSignal;
 
@@ -22,14 +24,13 @@ use crate::exit::ExitSignal;
 pub struct Legacy {
     /// COM1.
     pub serial: Arc<Mutex<SerialDevice>>,
+    /// The keyboard controller.
+    pub i8042: Arc<Mutex<I8042>>,
     /// What the guest wrote to the boot-marker port and register.
     pub markers: Arc<BootMarkers>,
     /// The PM1 block, with ACPI.
     pub pm1: Option<Arc<Mutex<AcpiPm1>>>,
 }
-
-/// The i8042's IRQ (keyboard).
-const I8042_IRQ: u32 = 1;
 
 /// Attaches the legacy devices; `acpi` adds the PM1 block.
 pub fn attach(
@@ -49,14 +50,15 @@ pub fn attach(
         irq: COM1_IRQ,
     });
 
-    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone())));
+    let kbd_irq = dm.irqfd(I8042_KBD_IRQ)?;
+    let i8042 = Arc::new(Mutex::new(I8042::new(exit.clone(), kbd_irq)));
     dm.add_pio(I8042_DATA_PORT, 1, 0, i8042.clone())?;
-    dm.add_pio(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042)?;
+    dm.add_pio(I8042_COMMAND_PORT, 1, I8042_COMMAND_OFFSET, i8042.clone())?;
     dm.add_dsdt(&LegacyAml {
         name: "PS2K",
         hid: "PNP0303",
         ports: &[(I8042_DATA_PORT as u16, 1), (I8042_COMMAND_PORT as u16, 1)],
-        irq: I8042_IRQ,
+        irq: I8042_KBD_IRQ,
     });
 
     let markers = Arc::new(BootMarkers::default());
@@ -86,6 +88,7 @@ pub fn attach(
     };
     Ok(Legacy {
         serial,
+        i8042,
         markers,
         pm1,
     })

@@ -96,13 +96,15 @@ pub struct Devices {
     pub transports: Vec<Arc<Mutex<MmioTransport>>>,
 }
 
-/// Every device's state, as saved in a snapshot: COM1, the PM1 block (with ACPI) and each
-/// virtio transport with its queues, in registration order. The i8042, the exit device and
-/// the boot-marker port keep no guest-visible state.
+/// Every device's state, as saved in a snapshot: COM1, the i8042, the PM1 block (with ACPI)
+/// and each virtio transport with its queues, in registration order. The exit device and the
+/// boot-marker port keep no guest-visible state.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DevicesState {
     /// COM1.
     pub serial: crate::devices::serial::SerialSnapshot,
+    /// The keyboard controller.
+    pub i8042: crate::devices::i8042::I8042State,
     /// PM1_STS and PM1_EN.
     pub pm1: Option<crate::devices::acpi_pm::Pm1State>,
     /// The virtio transports.

@@ -30,7 +30,7 @@ use crate::device_manager::DevicesState;
 /// The first bytes of a state file.
 pub const MAGIC: &[u8; 8] = b"VMMRSNAP";
 /// The version of the format written; only this one is read.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// The state file's name in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// The memory file's name in a snapshot directory.
@@ -268,10 +268,10 @@ mod tests {
         let e = decode(&flipped, p).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
         let mut version = bytes.clone();
-        version[8] = 2;
+        version[8] = 99;
         assert!(matches!(
             decode(&version, p),
-            Err(Error::Version { found: 2, .. })
+            Err(Error::Version { found: 99, .. })
         ));
         assert!(matches!(decode(b"VMM", p), Err(Error::NotASnapshot(_))));
         assert!(matches!(

@@ -2693,6 +2693,49 @@ void pvh_main(const uint8_t *start_info) {
     triple_fault(); /* QEMU started with -no-reboot exits */
 }
 
+/* probe.i8042=test: Linux's i8042 probe, polling the status register as Linux does (at most
+ * 10,000 polls per answer byte). Reports each answer and the most polls any byte needed. */
+static int kbc_polls_max;
+static int kbc_read(void) {
+    for (int i = 0; i < 10000; i++) {
+        if (inb(0x64) & 1) {
+            if (i > kbc_polls_max) kbc_polls_max = i;
+            return inb(0x60);
+        }
+    }
+    kbc_polls_max = 10000;
+    return -1;
+}
+static int kbc_cmd(uint8_t cmd) { outb(0x64, cmd); return kbc_read(); }
+static void put_kbc(const char *name, int v) {
+    puts_(name);
+    if (v < 0) puts_("none"); else put_hex((uint64_t)v);
+}
+static void i8042_probe(void) {
+    int status = inb(0x64);
+    int ctr = kbc_cmd(0x20);
+    outb(0x64, 0x60);
+    outb(0x60, (uint8_t)((ctr | 0x10) & ~0x01)); /* keyboard off, its interrupt off */
+    int ctr2 = kbc_cmd(0x20);
+    int self = kbc_cmd(0xaa), kbd = kbc_cmd(0xab);
+    outb(0x64, 0xd3);
+    outb(0x60, 0x5a); /* AUX loop: comes back without the AUX-data flag when there is no AUX */
+    int loop_status = -1;
+    for (int i = 0; i < 10000 && loop_status < 0; i++) if (inb(0x64) & 1) loop_status = inb(0x64);
+    int loop = kbc_read();
+    int auxtest = kbc_cmd(0xa9);
+    outb(0x60, 0xf2); /* keyboard GETID */
+    int ack = kbc_read(), id0 = kbc_read(), id1 = kbc_read();
+    puts_("PROBE: i8042");
+    put_kbc(" status=", status); put_kbc(" ctr=", ctr); put_kbc(" ctr2=", ctr2);
+    put_kbc(" selftest=", self); put_kbc(" kbdtest=", kbd);
+    put_kbc(" auxloop=", loop); put_kbc(" auxloop_status=", loop_status); put_kbc(" auxtest=", auxtest);
+    put_kbc(" ack=", ack); put_kbc(" id=", id0 < 0 || id1 < 0 ? -1 : (id0 << 8) | id1);
+    puts_(" polls_max=");
+    put_dec((uint64_t)kbc_polls_max);
+    putc_('\n');
+}
+
 void probe_main(const uint8_t *zp) {
     uint64_t entry;
     __asm__ volatile("lea _start(%%rip), %0" : "=r"(entry));
@@ -2758,7 +2801,7 @@ void probe_main(const uint8_t *zp) {
 
     uint32_t a, b, c, d;
     cpuid(1, &a, &b, &c, &d);
-    uint32_t apic_id = b >> 24, logical = (b >> 16) & 0xff, hv = (c >> 31) & 1;
+    uint32_t apic_id = b >> 24, logical = (b >> 16) & 0xff, hv = (c >> 31) & 1, tscdl = (c >> 24) & 1;
     char sig[13];
     cpuid(0x40000000, &a, (uint32_t *)&sig[0], (uint32_t *)&sig[4], (uint32_t *)&sig[8]);
     sig[12] = 0;
@@ -2770,6 +2813,8 @@ void probe_main(const uint8_t *zp) {
     put_dec(apic_id);
     puts_(" logical=");
     put_dec(logical);
+    puts_(" tsc_deadline=");
+    put_dec(tscdl);
     putc_('\n');
 
     const char *smp = cmd_ptr ? cmdline_arg(cmdline, "probe.smp") : 0;
@@ -2781,6 +2826,7 @@ void probe_main(const uint8_t *zp) {
     if (blk) blk_probe(cmdline, *(const uint64_t *)(zp + 0x70), blk);
     const char *vsk = cmd_ptr ? cmdline_arg(cmdline, "probe.vsock") : 0;
     if (vsk) vsock_probe(cmdline, *(const uint64_t *)(zp + 0x70), vsk);
+    if (cmd_ptr && word_is(cmdline_arg(cmdline, "probe.i8042"), "test")) i8042_probe();
     const char *net = cmd_ptr ? cmdline_arg(cmdline, "probe.net") : 0;
     if (net) net_probe(cmdline, *(const uint64_t *)(zp + 0x70), net); /* net.c */
 

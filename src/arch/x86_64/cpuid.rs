@@ -3,6 +3,12 @@
 //! `KVM_GET_SUPPORTED_CPUID` already contains KVM's paravirtual leaves (the `KVMKVMKVM`
 //! signature at 0x4000_0000); each vCPU then gets its own APIC id in the topology leaves,
 //! and the hypervisor bit so that the guest looks for those leaves.
+//!
+//! One bit KVM emulates but does not report: the TSC-deadline timer (leaf 1, ECX bit 24).
+//! `KVM_GET_SUPPORTED_CPUID` leaves it out because it is a property of KVM's in-kernel LAPIC,
+//! not of the host CPU (`KVM_CAP_TSC_DEADLINE_TIMER` says whether it is there). Offering it
+//! lets Linux arm its timer with one MSR write instead of keeping the PIT and calibrating
+//! the LAPIC timer against it at boot.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -11,6 +17,7 @@ const LEAF_EXT_TOPOLOGY: u32 = 0xb;
 const LEAF_V2_EXT_TOPOLOGY: u32 = 0x1f;
 
 const ECX_HYPERVISOR_BIT: u32 = 1 << 31;
+const ECX_TSC_DEADLINE_BIT: u32 = 1 << 24;
 const EDX_HTT_BIT: u32 = 1 << 28;
 /// CLFLUSH line size, in 8-byte units (64 bytes).
 const CLFLUSH_LINE_SIZE: u32 = 8;
@@ -36,6 +43,16 @@ fn patch_entry(entry: &mut kvm_cpuid_entry2, apic_id: u8, vcpu_count: u8) {
     }
 }
 
+/// Adds what KVM emulates beyond `KVM_GET_SUPPORTED_CPUID` to `supported`: the TSC-deadline
+/// timer when `tsc_deadline` (KVM's `KVM_CAP_TSC_DEADLINE_TIMER`).
+pub fn add_emulated_features(supported: &mut CpuId, tsc_deadline: bool) {
+    for entry in supported.as_mut_slice() {
+        if entry.function == LEAF_FEATURES && tsc_deadline {
+            entry.ecx |= ECX_TSC_DEADLINE_BIT;
+        }
+    }
+}
+
 /// Returns `supported` adjusted for vCPU `apic_id` of `vcpu_count`.
 pub fn vcpu_cpuid(supported: &CpuId, apic_id: u8, vcpu_count: u8) -> CpuId {
     let mut cpuid = supported.clone();
@@ -53,6 +70,16 @@ mod tests {
         kvm_cpuid_entry2 {
             function,
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_only_when_kvm_emulates_it() {
+        for (cap, want) in [(true, ECX_TSC_DEADLINE_BIT), (false, 0)] {
+            let mut cpuid = CpuId::from_entries(&[entry(1), entry(7)]).unwrap();
+            add_emulated_features(&mut cpuid, cap);
+            assert_eq!(cpuid.as_slice()[0].ecx & ECX_TSC_DEADLINE_BIT, want);
+            assert_eq!(cpuid.as_slice()[1].ecx, 0);
         }
     }
 
