@@ -41,6 +41,8 @@ RAW_LOOP = REPO / "target" / "release" / "examples" / "raw_kvm_loop"
 QEMU = ["qemu-system-x86_64", "-M", "microvm", "-accel", "kvm", "-cpu", "host,-arch-capabilities",
         "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot"]
 MIB = 1 << 20
+# Tables printed after the main one (e.g. case 7's boot phases), filled in as cases run.
+EXTRA_SECTIONS: list[str] = []
 
 
 @dataclass
@@ -463,7 +465,6 @@ def kernel_until_qemu(vmlinux: Path, initrd: Path, cmdline: str, pattern: str) -
 
 
 MEMORY_LINE = (r"Memory: \d+K", "reboot=k panic=-1 earlyprintk=ttyS0")
-READY_LINE = (GUEST_READY_MARKER, "reboot=k panic=-1 quiet")
 
 
 def kernel_samples(reps: int, until: tuple[str, str]) -> dict[str, list[float]]:
@@ -497,20 +498,133 @@ def lab_json(command: str, tag: str, timeout: float) -> Any:
 
 # ---- case 7: boot to userspace -------------------------------------------------------------
 
-def case_userspace(reps: int, kvm_kind: str) -> list[Row]:
+BOOT_CMDLINE = "reboot=k panic=-1 quiet vmm.init=shell"
+# Phases of a boot, each ending at the first kernel log line matching its pattern (guest
+# timestamps, read back with dmesg once the shell runs); the first phase starts at the kernel's
+# clock's zero, the last ends at the line the initramfs logs just before its ready line.
+BOOT_PHASES = [
+    ("CPU, memory and timers up", r"smpboot: Total of"),
+    ("ACPI and core initcalls", r"clocksource: Switched to clocksource"),
+    ("device initcalls (serial, i8042, ...) to /init", r"Run /init as init process"),
+    ("/init to the ready line (modules, agent)", r"vmm-reference: /init ready"),
+]
+BEFORE_KERNEL = "before the kernel's clock, and the ready line reaching the host"
+
+
+def boot_phases(console: Any, t0: float) -> dict[str, float]:
+    """Host seconds from ``t0`` to the ready line, and the guest's own timestamps split by phase."""
+    console.expect(GUEST_READY_MARKER, 300)
+    total = time.perf_counter() - t0
+    console.expect(GUEST_PROMPT, 60)
+    wanted = "|".join(pattern for _, pattern in BOOT_PHASES)
+    console.write(f"dmesg | grep -E '{wanted}'; echo DMESG-E''ND\n".encode())
+    log = console.expect(r"(?s)(\[\s*\d+\.\d+\].*?)DMESG-END", 120).group(1)
+    log = log.decode(errors="replace") if isinstance(log, bytes) else log
+    phases = {"total": total}
+    prev = 0.0
+    for name, pattern in BOOT_PHASES:
+        found = re.search(r"\[\s*([\d.]+)\] [^\n]*" + pattern, log)
+        if not found:
+            raise RuntimeError(f"no kernel log line matches {pattern!r}: {log[-800:]!r}")
+        phases[name] = float(found.group(1)) - prev
+        prev = float(found.group(1))
+    phases[BEFORE_KERNEL] = total - prev
+    return phases
+
+
+def boot_ours(g: Any) -> dict[str, float]:
+    t0 = time.perf_counter()
+    console = VmConsole(Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=BOOT_CMDLINE))
+    try:
+        console.vm.start()
+        return boot_phases(console, t0)
+    finally:
+        console.close()
+
+
+def boot_qemu(g: Any) -> dict[str, float]:
+    t0 = time.perf_counter()
+    console = ProcConsole([*QEMU, "-m", "256", "-kernel", str(g.vmlinux), "-initrd", str(g.initrd),
+                           "-append", f"console=ttyS0 {BOOT_CMDLINE}"])
+    try:
+        return boot_phases(console, t0)
+    finally:
+        console.close()
+
+
+def boot_firecracker(g: Any, firecracker: str, scratch: Path) -> dict[str, float]:
+    config = {
+        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
+                        "boot_args": f"console=ttyS0 {BOOT_CMDLINE}"},
+        "drives": [],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+    }
+    path = scratch / "boot.firecracker.json"
+    path.write_text(json.dumps(config))
+    t0 = time.perf_counter()
+    console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
+    try:
+        return boot_phases(console, t0)
+    finally:
+        console.close()
+
+
+def userspace_samples(reps: int, firecracker: Optional[str]) -> dict[str, list[dict[str, float]]]:
+    """Each VMM's boots (phases and total), interleaved: ours, QEMU, Firecracker, ours, ..."""
+    g = fetch_guest()
+    out: dict[str, list[dict[str, float]]] = {"ours": [], "qemu": []}
+    with tempfile.TemporaryDirectory(prefix="vmm-bench-") as scratch:
+        runners: list[tuple[str, Callable[[], dict[str, float]]]] = [
+            ("ours", lambda: boot_ours(g)), ("qemu", lambda: boot_qemu(g))]
+        if firecracker:
+            out["firecracker"] = []
+            runners.append(("firecracker", lambda: boot_firecracker(g, firecracker, Path(scratch))))
+        for _ in range(reps):
+            for name, fn in runners:
+                out[name].append(fn())
+    return out
+
+
+def phase_table(s: dict[str, list[dict[str, float]]]) -> str:
+    """Median seconds per boot phase, per VMM, as markdown."""
+    names = {"ours": "ours", "qemu": "QEMU microvm", "firecracker": "Firecracker"}
+    vmms = [v for v in names if s.get(v)]
+    phases = [BEFORE_KERNEL, *(name for name, _ in BOOT_PHASES), "total"]
+    out = ["Case 7, where the boot's time goes (medians, seconds): the kernel's own timestamps between "
+           "its log lines, and the host's time to the ready line less the kernel's:", "",
+           "| phase | " + " | ".join(names[v] for v in vmms) + " |", "|---" * (len(vmms) + 1) + "|"]
+    for phase in phases:
+        cells = [fmt(statistics.median(b[phase] for b in s[v])) for v in vmms]
+        out.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def case_userspace(reps: int, kvm_kind: str, firecracker: Optional[str]) -> list[Row]:
+    metric = "start to the initramfs's ready line (Debian cloud kernel, `quiet`)"
+    where = "hardware KVM" if kvm_kind == "hardware" else "nested-KVM lab (emulated: ratio only)"
+    fc_note = "" if firecracker else ("Firecracker not run: pass --firecracker PATH or set "
+                                      "VMM_REFERENCE_FIRECRACKER")
     if kvm_kind == "hardware":
-        s = kernel_samples(reps, READY_LINE)
-        return [Row("7 userspace", "start to the initramfs's ready marker (hardware KVM)", "s", s["ours"],
-                    s["qemu"], "QEMU microvm")]
-    why = lab_available()
-    if why:
-        return [Row("7 userspace", "start to the initramfs's ready marker (nested-KVM lab)", "s", [], [],
-                    note=f"not run: {why}")]
-    fetch_guest()
-    command = host_python_command([str(Path(__file__)), "--inner-userspace", str(reps)])
-    s = lab_json(command, "USERSPACE", timeout=600)
-    return [Row("7 userspace", "start to the initramfs's ready marker, nested-KVM lab (emulated: ratio only)",
-                "s", s["ours"], s["qemu"], "QEMU microvm in the same lab")]
+        s = userspace_samples(reps, firecracker)
+    else:
+        why = lab_available()
+        if why:
+            return [Row("7 userspace", f"{metric}, {where}", "s", [], note=f"not run: {why}")]
+        fetch_guest()
+        args = [str(Path(__file__)), "--inner-userspace", str(reps)]
+        if firecracker:
+            args += ["--firecracker", str(Path(firecracker).resolve())]
+        s = lab_json(host_python_command(args), "USERSPACE", timeout=1800)
+    EXTRA_SECTIONS.append(phase_table(s))
+    ours = [b["total"] for b in s["ours"]]
+    fc = [b["total"] for b in s.get("firecracker", [])]
+    return [
+        Row("7 userspace", f"{metric}, {where}", "s", ours, [b["total"] for b in s["qemu"]],
+            "QEMU microvm, same run", "≤ 0.5× peer", lambda r: r.ratio is not None and r.ratio <= 0.5),
+        Row("7 userspace", f"{metric}, {where}", "s", ours, fc, "Firecracker, same run",
+            "≤ 0.8× peer" if fc else "", (lambda r: r.ratio is not None and r.ratio <= 0.8) if fc else None,
+            note=fc_note),
+    ]
 
 
 # ---- case 9: disks under the Debian guest, in the lab ---------------------------------------
@@ -1154,6 +1268,8 @@ def markdown(rows: list[Row], header: str) -> str:
     notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
     if notes:
         out += ["", *notes]
+    for section in EXTRA_SECTIONS:
+        out += ["", section.rstrip("\n")]
     return "\n".join(out) + "\n"
 
 
@@ -1186,8 +1302,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no lab case")
     parser.add_argument("--out", default=str(REPO / "bench"), help="where results.md and results.png go")
     parser.add_argument("--readme", action="store_true", help="also put the table into README.md")
-    parser.add_argument("--firecracker", metavar="PATH",
-                        help="a Firecracker binary: adds it as a peer in the lab's disk case (skipped without)")
+    parser.add_argument("--firecracker", metavar="PATH", default=os.environ.get("VMM_REFERENCE_FIRECRACKER"),
+                        help="a Firecracker binary (default: $VMM_REFERENCE_FIRECRACKER): adds it as a peer in "
+                        "the boot and lab cases; those rows are skipped, with the reason, without it")
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-disks", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-agent", type=int, metavar="REPS", help=argparse.SUPPRESS)
@@ -1197,7 +1314,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--only", metavar="CASE", help="run only the cases whose name contains CASE")
     args = parser.parse_args(argv)
     if args.inner_userspace:
-        print("USERSPACE " + json.dumps(kernel_samples(args.inner_userspace, READY_LINE)), flush=True)
+        print("USERSPACE " + json.dumps(userspace_samples(args.inner_userspace, args.firecracker)), flush=True)
         return 0
     if args.inner_disks:
         print("DISKS " + json.dumps(inner_disks(args.inner_disks, args.firecracker)), flush=True)
@@ -1250,7 +1367,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         run("disks", lambda: case_disks(reps, hz, Path(scratch)))
         run("fork", lambda: case_fork(reps, Path(scratch)))
     if not args.quick:
-        run("userspace", lambda: case_userspace(3, kind))
+        run("userspace", lambda: case_userspace(5, kind, args.firecracker))
         run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))
         run("vsock in the lab", lambda: case_lab_agent(3, args.firecracker))
         run("network in the lab", lambda: case_lab_tap(3, args.firecracker))

@@ -55,7 +55,9 @@ __all__ = [
     "module_load_order",
 ]
 
-#: Printed by the initramfs's /init once userspace runs.
+#: Printed by the initramfs's /init once userspace runs, with the kernel release and the CPU
+#: count. Just before it, /init logs ``vmm-reference: /init ready`` to the kernel log (not the
+#: console), so that the kernel's own timestamps say when userspace got there.
 GUEST_READY_MARKER = "VMM-REFERENCE-GUEST-READY"
 #: Printed by /init just before it reboots.
 GUEST_DONE_MARKER = "VMM-REFERENCE-GUEST-DONE"
@@ -142,6 +144,7 @@ if [ -n "$root" ]; then
 fi
 acpid -d -c /etc/acpi >/dev/null 2>&1 &
 {_AGENT_START}
+echo "<6>vmm-reference: /init ready" >/dev/kmsg 2>/dev/null
 echo "{GUEST_READY_MARKER} kernel=$(uname -r) cpus=$(nproc)"
 {_MODE}
 [ "$mode" = shell ] && setsid cttyhack sh
