@@ -35,6 +35,7 @@
 
 pub mod arch;
 pub mod boot;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod device_manager;

@@ -1,0 +1,749 @@
+//! The command line, in the syntax and with the messages of the Python CLI
+//! (`python -m vmm_reference`, built on argparse): options with `key=value,...` values,
+//! `--opt VALUE` or `--opt=VALUE`, unambiguous prefixes of option names, `-h`/`--help`,
+//! `--version`, and everything after `--` as a command to run in the guest.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::config::{
+    net_config, DiskConfig, KernelConfig, NetConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+};
+use crate::error::Error;
+
+/// The program's name in messages.
+pub const PROG: &str = "vmm-reference";
+
+/// The usage lines argparse prints (at its default width of 80 columns).
+pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--vcpus num_vcpus=N]
+                     --kernel path=PATH[,KEY=VALUE...]
+                     [--blk path=PATH[,read_only=on][,serial=S]]
+                     [--net tap=NAME[,mac=MAC] | user[,forward=H:G]]
+                     [--console] [--ready-timeout SECONDS] [--version]
+";
+
+/// What `--help` prints after the usage lines.
+pub const HELP: &str = "
+Boot a Linux kernel on KVM with its serial console on this terminal.
+
+options:
+  -h, --help            show this help message and exit
+  --memory mem_size_mib=N
+                        mem_size_mib: guest RAM in MiB (default 256)
+  --vcpus num_vcpus=N   num_vcpus: number of vCPUs (default 1)
+  --kernel path=PATH[,KEY=VALUE...]
+                        path: ELF vmlinux or bzImage (required); himem_start:
+                        load address of the kernel and start of high memory,
+                        bytes (decimal or 0x hex, multiple of 4096, at least
+                        1048576; default 1048576); cmdline: kernel command
+                        line (default \"reboot=k panic=-1\"; console=ttyS0 is
+                        added when it names no console, pci=off when it has no
+                        pci=); initrd: an initramfs to load
+  --blk path=PATH[,read_only=on][,serial=S]
+                        a raw disk image as a virtio-blk device (repeatable:
+                        /dev/vda, /dev/vdb, ... in order); read_only:
+                        on/off/true/false (default off); serial: at most 20
+                        characters
+  --net tap=NAME[,mac=MAC] | user[,forward=H:G]
+                        a virtio-net device (repeatable: eth0, eth1, ... in
+                        order): a host TAP interface (opened, or created with
+                        CAP_NET_ADMIN), or user-mode networking through passt
+                        (no root; forward host TCP ports to the guest with
+                        forward=8080:80, several joined by +)
+  --console             with -- COMMAND: copy the guest's console to stderr
+                        (it is hidden by default)
+  --ready-timeout SECONDS
+                        with -- COMMAND: how long to wait for the guest agent
+                        after boot (default 120)
+  --version             show program's version number and exit
+
+Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset, shut down or powered off the machine; the guest's code when it wrote one to the exit device (0xd0000000); 1 when the VM failed, panicked or was killed; 2 on a usage error: a malformed option or a value the VMM does not accept (a missing file too).
+
+vmm-reference OPTIONS -- COMMAND [ARG...] runs COMMAND in the guest through its agent (vmm-agent, started by the asset initramfs) instead: its output on ours, the console hidden (--console shows it on stderr), the guest powered off after it, and its exit status ours.
+";
+
+const KERNEL_KEYS: &[&str] = &["path", "himem_start", "cmdline", "initrd"];
+const BLK_KEYS: &[&str] = &["path", "read_only", "serial"];
+const TAP_KEYS: &[&str] = &["tap", "mac"];
+const USER_KEYS: &[&str] = &["forward", "mac"];
+
+/// Why the command line was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Usage {
+    /// argparse-level: printed after the usage lines, as `vmm-reference: error: ...`.
+    Syntax(String),
+    /// An option's value is malformed: printed as `vmm-reference: error: ...` alone.
+    Value(String),
+}
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Print the help.
+    Help,
+    /// Print the version.
+    Version,
+    /// Boot with the console on this terminal, or run `command` in the guest.
+    Run(Options),
+}
+
+/// The options, as given (values still `key=value` text).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `--memory`.
+    pub memory: String,
+    /// `--vcpus`.
+    pub vcpus: String,
+    /// `--kernel`.
+    pub kernel: String,
+    /// `--blk`, in order.
+    pub blk: Vec<String>,
+    /// `--net`, in order.
+    pub net: Vec<String>,
+    /// `--console`.
+    pub console: bool,
+    /// `--ready-timeout`, as written.
+    pub ready_timeout: Option<String>,
+    /// Everything after `--`.
+    pub command: Vec<String>,
+}
+
+/// Options taking one value; the flags are `--console`, `--version` and `--help`.
+const VALUED: &[&str] = &[
+    "--memory",
+    "--vcpus",
+    "--kernel",
+    "--blk",
+    "--net",
+    "--ready-timeout",
+];
+const FLAGS: &[&str] = &["--help", "--console", "--version"];
+
+/// Python's `repr()` of a string, as the Python CLI's messages show values.
+pub fn py_repr(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Resolves `--name` (or an unambiguous prefix of one) to the option's full name.
+fn resolve(name: &str) -> Result<&'static str, Usage> {
+    if let Some(&exact) = VALUED.iter().chain(FLAGS).find(|&&o| o == name) {
+        return Ok(exact);
+    }
+    let matches: Vec<&'static str> = VALUED
+        .iter()
+        .chain(FLAGS)
+        .copied()
+        .filter(|o| o.starts_with(name))
+        .collect();
+    match matches.as_slice() {
+        [one] if name.len() > 2 => Ok(one),
+        [] | [_] => Err(Usage::Syntax(format!("unrecognized arguments: {name}"))),
+        many => {
+            let mut sorted = many.to_vec();
+            sorted.sort_by_key(|o| VALUED.iter().chain(FLAGS).position(|x| x == o));
+            Err(Usage::Syntax(format!(
+                "ambiguous option: {name} could match {}",
+                sorted.join(", ")
+            )))
+        }
+    }
+}
+
+/// Parses the arguments (without the program name).
+pub fn parse(argv: &[String]) -> Result<Request, Usage> {
+    let (argv, command) = match argv.iter().position(|a| a == "--") {
+        Some(at) => {
+            let command = argv[at + 1..].to_vec();
+            if command.is_empty() {
+                return Err(Usage::Value("expected a command after --".into()));
+            }
+            (&argv[..at], command)
+        }
+        None => (argv, Vec::new()),
+    };
+    let mut opts = Options {
+        command,
+        ..Options::default()
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    let mut unrecognized: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < argv.len() {
+        let arg = &argv[i];
+        i += 1;
+        if arg == "-h" {
+            return Ok(Request::Help);
+        }
+        if !arg.starts_with("--") || arg.len() == 2 {
+            unrecognized.push(arg.clone());
+            continue;
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        let name = match resolve(name) {
+            Ok(n) => n,
+            Err(Usage::Syntax(m)) if m.starts_with("unrecognized") => {
+                unrecognized.push(arg.clone());
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        match name {
+            "--help" => return Ok(Request::Help),
+            "--version" => return Ok(Request::Version),
+            "--console" => {
+                if inline.is_some() {
+                    return Err(Usage::Syntax(
+                        "argument --console: ignored explicit argument ".to_string()
+                            + &py_repr(inline.as_deref().unwrap_or_default()),
+                    ));
+                }
+                opts.console = true;
+                continue;
+            }
+            _ => {}
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => match argv.get(i) {
+                // argparse takes a following word as the value unless it looks like an option.
+                Some(v) if !(v.starts_with("--") && v.len() > 2) => {
+                    i += 1;
+                    v.clone()
+                }
+                _ => {
+                    return Err(Usage::Syntax(format!(
+                        "argument {name}: expected one argument"
+                    )))
+                }
+            },
+        };
+        let once = matches!(
+            name,
+            "--memory" | "--vcpus" | "--kernel" | "--ready-timeout"
+        );
+        if once && seen.contains(&name) {
+            return Err(Usage::Syntax(format!(
+                "argument {name}: given twice (it takes one value)"
+            )));
+        }
+        seen.push(name);
+        match name {
+            "--memory" => opts.memory = value,
+            "--vcpus" => opts.vcpus = value,
+            "--kernel" => opts.kernel = value,
+            "--blk" => opts.blk.push(value),
+            "--net" => opts.net.push(value),
+            _ => opts.ready_timeout = Some(value),
+        }
+    }
+    if !seen.contains(&"--kernel") {
+        return Err(Usage::Syntax(
+            "the following arguments are required: --kernel".into(),
+        ));
+    }
+    if !unrecognized.is_empty() {
+        return Err(Usage::Syntax(format!(
+            "unrecognized arguments: {}",
+            unrecognized.join(" ")
+        )));
+    }
+    if let Some(t) = &opts.ready_timeout {
+        if t.trim().parse::<f64>().is_err() {
+            return Err(Usage::Syntax(format!(
+                "argument --ready-timeout: invalid float value: {}",
+                py_repr(t)
+            )));
+        }
+    }
+    Ok(Request::Run(opts))
+}
+
+/// Parses `key=value,key=value` for `--option`; keys must be among `keys`. Pairs are split at a
+/// comma followed by `word=`; inside a `cmdline` value, a comma followed by anything but a known
+/// key stays part of the command line (`cmdline=console=ttyS0,115200 quiet`). Values may be
+/// wrapped in double quotes. Empty values are dropped (the default applies).
+pub fn parse_key_values(
+    option: &str,
+    text: &str,
+    keys: &[&str],
+) -> Result<BTreeMap<String, String>, Usage> {
+    // Split at every comma that starts `word=` (argparse-side: `,(?=[A-Za-z_]\w*=)`).
+    let bytes = text.as_bytes();
+    let mut parts: Vec<&str> = Vec::new();
+    let mut start = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        if b == b',' && starts_key(&text[at + 1..]) {
+            parts.push(&text[start..at]);
+            start = at + 1;
+        }
+    }
+    parts.push(&text[start..]);
+    let mut merged: Vec<String> = Vec::new();
+    for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        let key = part.split('=').next().unwrap_or_default();
+        match merged.last_mut() {
+            Some(last) if !keys.contains(&key) && last.starts_with("cmdline=") => {
+                last.push(',');
+                last.push_str(part);
+            }
+            _ => merged.push(part.to_string()),
+        }
+    }
+    let mut out = BTreeMap::new();
+    let list = keys.join(", ");
+    for part in merged {
+        let Some((key, value)) = part.split_once('=') else {
+            return Err(Usage::Value(format!(
+                "--{option}: expected key=value, got {} (keys: {list})",
+                py_repr(&part)
+            )));
+        };
+        if !keys.contains(&key) {
+            return Err(Usage::Value(format!(
+                "--{option}: unknown key {} (keys: {list})",
+                py_repr(key)
+            )));
+        }
+        if out.contains_key(key) {
+            return Err(Usage::Value(format!("--{option}: {key} given twice")));
+        }
+        let value = if value.len() >= 2 && value.starts_with('"') && value.ends_with('"') {
+            &value[1..value.len() - 1]
+        } else {
+            value
+        };
+        if !value.is_empty() {
+            out.insert(key.to_string(), value.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `s` starts with `[A-Za-z_]\w*=`.
+fn starts_key(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    for c in chars {
+        if c == '=' {
+            return true;
+        }
+        if !(c.is_alphanumeric() || c == '_') {
+            return false;
+        }
+    }
+    false
+}
+
+/// An integer as Python's `int(value, 0)` reads it: decimal, `0x`, `0o`, `0b`, a sign,
+/// underscores between digits. `None` when it is not one (or beyond ±2^127).
+pub fn py_int(text: &str) -> Option<i128> {
+    let t = text.trim();
+    let (negative, t) = match t.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let lower = t.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else {
+        // int(x, 0) refuses leading zeros in decimal ("010"), except zero itself.
+        if lower.len() > 1
+            && lower.starts_with('0')
+            && lower.bytes().any(|b| b != b'0' && b != b'_')
+        {
+            return None;
+        }
+        (10, lower.as_str())
+    };
+    let digits = digits
+        .strip_prefix('_')
+        .filter(|_| radix != 10)
+        .unwrap_or(digits);
+    if digits.is_empty()
+        || digits.starts_with('_')
+        || digits.ends_with('_')
+        || digits.contains("__")
+    {
+        return None;
+    }
+    let v = i128::from_str_radix(&digits.replace('_', ""), radix).ok()?;
+    Some(if negative { -v } else { v })
+}
+
+fn int_value(option: &str, key: &str, value: &str) -> Result<(Option<i128>, String), Usage> {
+    match py_int(value) {
+        Some(v) => Ok((Some(v), v.to_string())),
+        None => Err(Usage::Value(format!(
+            "--{option}: invalid {key}={}: expected an integer (decimal or 0x hex)",
+            py_repr(value)
+        ))),
+    }
+}
+
+/// The VM the options describe; integer ranges and files are the core's to check.
+#[derive(Debug, Clone)]
+pub struct VmArgs {
+    /// `memory_mib`, as written (checked by [`crate::config::int_arg`]).
+    pub memory_mib: (Option<i128>, String),
+    /// `vcpus`, as written.
+    pub vcpus: (Option<i128>, String),
+    /// `himem_start`, as written.
+    pub himem_start: (Option<i128>, String),
+    /// The kernel (its `himem_start` is filled in once checked).
+    pub kernel: KernelConfig,
+    /// The disks.
+    pub disks: Vec<DiskConfig>,
+    /// The network devices.
+    pub net: Vec<NetConfig>,
+}
+
+/// Either kind of refusal: a malformed option or a value the core does not accept.
+#[derive(Debug)]
+pub enum Refused {
+    /// Malformed.
+    Usage(Usage),
+    /// Refused by the core.
+    Vm(Error),
+}
+
+impl From<Usage> for Refused {
+    fn from(u: Usage) -> Self {
+        Refused::Usage(u)
+    }
+}
+
+impl From<Error> for Refused {
+    fn from(e: Error) -> Self {
+        Refused::Vm(e)
+    }
+}
+
+fn parse_disk(text: &str) -> Result<DiskConfig, Usage> {
+    let blk = parse_key_values("blk", text, BLK_KEYS)?;
+    let Some(path) = blk.get("path") else {
+        return Err(Usage::Value("--blk: path=PATH is required".into()));
+    };
+    let read_only = blk.get("read_only").map_or("off", String::as_str);
+    let read_only = match read_only.to_ascii_lowercase().as_str() {
+        "on" | "true" => true,
+        "off" | "false" => false,
+        _ => {
+            return Err(Usage::Value(format!(
+                "--blk: invalid read_only={}: expected on, off, true or false",
+                py_repr(read_only)
+            )))
+        }
+    };
+    Ok(DiskConfig {
+        path: PathBuf::from(path),
+        read_only,
+        serial: blk.get("serial").cloned(),
+    })
+}
+
+fn parse_net(index: usize, text: &str) -> Result<NetConfig, Refused> {
+    if text == "user" || text.starts_with("user,") {
+        let rest = text.strip_prefix("user").unwrap_or_default();
+        let opts = parse_key_values("net", rest.strip_prefix(',').unwrap_or(rest), USER_KEYS)?;
+        let mut forward = Vec::new();
+        for pair in opts
+            .get("forward")
+            .map_or("", String::as_str)
+            .split('+')
+            .filter(|p| !p.is_empty())
+        {
+            let parsed = pair.split_once(':').and_then(|(h, g)| {
+                let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+                (digits(h) && digits(g)).then(|| (h.parse::<i64>(), g.parse::<i64>()))
+            });
+            match parsed {
+                Some((Ok(h), Ok(g))) => forward.push((h, g)),
+                Some(_) => forward.push((i64::MAX, i64::MAX)), // out of range: the core says so
+                None => {
+                    return Err(Usage::Value(format!(
+                        "--net: invalid forward={}: expected HOST_PORT:GUEST_PORT (e.g. 8080:80)",
+                        py_repr(pair)
+                    ))
+                    .into())
+                }
+            }
+        }
+        return Ok(net_config(
+            index,
+            "user",
+            "",
+            opts.get("mac").map(String::as_str),
+            &forward,
+        )?);
+    }
+    let opts = parse_key_values("net", text, TAP_KEYS)?;
+    let Some(tap) = opts.get("tap") else {
+        return Err(Usage::Value(
+            "--net: expected tap=NAME[,mac=MAC] or user[,forward=HOST:GUEST]".into(),
+        )
+        .into());
+    };
+    Ok(net_config(
+        index,
+        "tap",
+        tap,
+        opts.get("mac").map(String::as_str),
+        &[],
+    )?)
+}
+
+/// The VM the options ask for, in the order the Python CLI checks them.
+pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
+    let memory = parse_key_values("memory", &opts.memory, &["mem_size_mib"])?;
+    let vcpus = parse_key_values("vcpus", &opts.vcpus, &["num_vcpus"])?;
+    let kernel = parse_key_values("kernel", &opts.kernel, KERNEL_KEYS)?;
+    let Some(path) = kernel.get("path") else {
+        return Err(Usage::Value("--kernel: path=PATH is required".into()).into());
+    };
+    let default_memory = DEFAULT_MEMORY_MIB.to_string();
+    let memory_mib = int_value(
+        "memory",
+        "mem_size_mib",
+        memory.get("mem_size_mib").unwrap_or(&default_memory),
+    )?;
+    let vcpus = int_value(
+        "vcpus",
+        "num_vcpus",
+        vcpus.get("num_vcpus").map_or("1", |s| s),
+    )?;
+    let himem_start = int_value(
+        "kernel",
+        "himem_start",
+        kernel.get("himem_start").map_or("1048576", |s| s),
+    )?;
+    let disks = opts
+        .blk
+        .iter()
+        .map(|t| parse_disk(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let net = opts
+        .net
+        .iter()
+        .enumerate()
+        .map(|(i, t)| parse_net(i, t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(VmArgs {
+        memory_mib,
+        vcpus,
+        himem_start,
+        kernel: KernelConfig {
+            path: PathBuf::from(path),
+            cmdline: kernel
+                .get("cmdline")
+                .cloned()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+            himem_start: 0,
+            initrd: kernel.get("initrd").map(PathBuf::from),
+        },
+        disks,
+        net,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn run(a: &[&str]) -> Options {
+        match parse(&args(a)) {
+            Ok(Request::Run(o)) => o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn options_take_values_in_both_forms_and_by_prefix() {
+        let o = run(&[
+            "--mem",
+            "mem_size_mib=512",
+            "--vcpu=num_vcpus=2",
+            "--kernel",
+            "path=/k",
+            "--blk",
+            "path=/a",
+            "--blk=path=/b",
+            "--console",
+        ]);
+        assert_eq!(o.memory, "mem_size_mib=512");
+        assert_eq!(o.vcpus, "num_vcpus=2");
+        assert_eq!(o.blk, ["path=/a", "path=/b"]);
+        assert!(o.console);
+        let o = run(&["--kernel", "path=/k", "--", "uname", "-a", "--", "x"]);
+        assert_eq!(o.command, ["uname", "-a", "--", "x"]);
+    }
+
+    #[test]
+    fn usage_errors_read_like_argparse() {
+        let err = |a: &[&str]| parse(&args(a)).unwrap_err();
+        assert_eq!(
+            err(&["--memory", "mem_size_mib=1"]),
+            Usage::Syntax("the following arguments are required: --kernel".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "path=/x", "--bogus"]),
+            Usage::Syntax("unrecognized arguments: --bogus".into())
+        );
+        assert_eq!(
+            err(&["--kernel"]),
+            Usage::Syntax("argument --kernel: expected one argument".into())
+        );
+        assert_eq!(
+            err(&["--v", "x", "--kernel", "path=/x"]),
+            Usage::Syntax("ambiguous option: --v could match --vcpus, --version".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "path=/x", "--kernel", "path=/y"]),
+            Usage::Syntax("argument --kernel: given twice (it takes one value)".into())
+        );
+        assert_eq!(
+            err(&["--kernel", "path=/x", "--"]),
+            Usage::Value("expected a command after --".into())
+        );
+        assert_eq!(parse(&args(&["--kernel", "p", "-h"])), Ok(Request::Help));
+        assert_eq!(parse(&args(&["--vers"])), Ok(Request::Version));
+    }
+
+    #[test]
+    fn key_values_keep_commas_inside_the_command_line() {
+        let kv = parse_key_values(
+            "kernel",
+            "path=/a,cmdline=\"x=1,y=2 z\",initrd=/i",
+            KERNEL_KEYS,
+        )
+        .unwrap();
+        assert_eq!(kv["cmdline"], "x=1,y=2 z");
+        assert_eq!(kv["initrd"], "/i");
+        let kv = parse_key_values(
+            "kernel",
+            "path=/a,cmdline=console=ttyS0,115200",
+            KERNEL_KEYS,
+        )
+        .unwrap();
+        assert_eq!(kv["cmdline"], "console=ttyS0,115200");
+        let kv = parse_key_values("kernel", "path=/a,himem_start=", KERNEL_KEYS).unwrap();
+        assert!(!kv.contains_key("himem_start"));
+        assert_eq!(
+            parse_key_values("kernel", "path=/x,bogus=1", KERNEL_KEYS),
+            Err(Usage::Value(
+                "--kernel: unknown key 'bogus' (keys: path, himem_start, cmdline, initrd)".into()
+            ))
+        );
+        assert_eq!(
+            parse_key_values("kernel", "path=/x,path=/y", KERNEL_KEYS),
+            Err(Usage::Value("--kernel: path given twice".into()))
+        );
+        assert!(matches!(
+            parse_key_values("kernel", "path", KERNEL_KEYS),
+            Err(Usage::Value(m)) if m.contains("expected key=value, got 'path'")
+        ));
+    }
+
+    #[test]
+    fn integers_read_as_python_reads_them() {
+        for (text, want) in [
+            ("256", Some(256)),
+            ("0x100000", Some(0x100000)),
+            ("-3", Some(-3)),
+            ("1_000", Some(1000)),
+            ("0", Some(0)),
+            ("0b101", Some(5)),
+            ("lots", None),
+            ("010", None),
+            ("", None),
+            ("1__0", None),
+            (
+                "99999999999999999999999999",
+                Some(99999999999999999999999999),
+            ),
+        ] {
+            assert_eq!(py_int(text), want, "{text}");
+        }
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(py_repr("a\nb"), "'a\\nb'");
+    }
+
+    #[test]
+    fn vm_args_report_the_python_cli_messages() {
+        let opts = |memory: &str, kernel: &str, blk: &[&str], net: &[&str]| Options {
+            memory: memory.into(),
+            kernel: kernel.into(),
+            blk: blk.iter().map(|s| s.to_string()).collect(),
+            net: net.iter().map(|s| s.to_string()).collect(),
+            ..Options::default()
+        };
+        let usage = |o: Options| match vm_args(&o) {
+            Err(Refused::Usage(Usage::Value(m))) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            usage(opts("mem_size_mib=lots", "path=/x", &[], &[])),
+            "--memory: invalid mem_size_mib='lots': expected an integer (decimal or 0x hex)"
+        );
+        assert_eq!(
+            usage(opts("", "himem_start=1", &[], &[])),
+            "--kernel: path=PATH is required"
+        );
+        assert!(
+            usage(opts("", "path=/x", &["path=/a,read_only=maybe"], &[]))
+                .contains("invalid read_only='maybe'")
+        );
+        assert!(usage(opts("", "path=/x", &[], &["user,forward=80"])).contains("forward='80'"));
+        assert!(matches!(
+            vm_args(&opts("", "path=/x", &[], &["user,forward=99999:80"])),
+            Err(Refused::Vm(e)) if e.to_string().contains("forward")
+        ));
+        let ok = vm_args(&opts(
+            "mem_size_mib=",
+            "path=/k,cmdline=quiet,initrd=/i",
+            &["path=/d,read_only=on,serial=s"],
+            &["user,forward=8080:80+2222:22"],
+        ))
+        .unwrap();
+        assert_eq!(ok.memory_mib.0, Some(256));
+        assert_eq!(ok.kernel.cmdline, "quiet");
+        assert!(ok.disks[0].read_only);
+    }
+}
