@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,19 @@ def probe_dir() -> Path:
 @pytest.fixture(scope="session")
 def probe_elf(probe_dir: Path) -> Path:
     return probe_dir / "probe.elf"
+
+
+@pytest.fixture(scope="session")
+def native_cli(pytestconfig: pytest.Config) -> Path:
+    """The native ``vmm-reference`` program the wheel installs beside this interpreter."""
+    from vmm_reference.pytest_plugin import skip_or_fail
+
+    installed = Path(sys.executable).parent / "vmm-reference"
+    if installed.is_file() and installed.read_bytes()[:4] == b"\x7fELF":
+        return installed
+    skip_or_fail(pytestconfig, f"no native vmm-reference program at {installed}: install the package "
+                 "with maturin or from its wheel (build.rs builds the program)")
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,14 @@ The syntax is the original vmm-reference's::
 Each option takes comma-separated ``key=value`` pairs. An empty value means the default; an
 unknown key is an error. The guest's console goes to stdout and stdin goes to the guest
 (the terminal is put in raw mode and restored on every exit path). Press Ctrl-A then x to end
-the VM from a terminal. The exit status is 0 when the guest reset or shut down the machine, and
-the guest's code when it wrote one to the exit device.
+the VM from a terminal. The exit status is 0 when the guest reset, shut down or powered off the
+machine; the guest's code when it wrote one to the exit device; 1 when the VM failed, panicked
+or was killed; 2 on a usage error (a malformed option, or a value the VMM does not accept,
+including a missing file).
+
+The wheel installs the same command as a native program (``src/cli`` in the Rust core), which
+starts in a millisecond; this module is ``python -m vmm_reference``, and runs ``-- COMMAND`` for
+both.
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from typing import BinaryIO, Callable, Optional, TextIO
 
 from . import __version__
 from .devices import Disk, NetArg, Tap, UserNet
-from .errors import VmError
+from .errors import VmConfigError, VmError, VmFileNotFoundError
 from .vm import DEFAULT_CMDLINE, Vm
 
-__all__ = ["CliError", "main", "parse_disk", "parse_key_values", "parse_net"]
+__all__ = ["EXIT_USAGE", "CliError", "main", "parse_disk", "parse_key_values", "parse_net"]
 
 _KERNEL_KEYS = ("path", "himem_start", "cmdline", "initrd")
 _BLK_KEYS = ("path", "read_only", "serial")
@@ -41,6 +47,21 @@ _CTRL_A = 0x01
 
 class CliError(ValueError):
     """A command-line option is malformed."""
+
+
+#: The exit status of a usage error: a malformed option, or a value the VMM refuses.
+EXIT_USAGE = 2
+
+
+class _Once(argparse.Action):
+    """An option that takes one value and may be given once (a second one is a usage error)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: Optional[str] = None) -> None:
+        if getattr(namespace, f"_seen_{self.dest}", False):
+            parser.error(f"argument {'/'.join(self.option_strings)}: given twice (it takes one value)")
+        setattr(namespace, f"_seen_{self.dest}", True)
+        setattr(namespace, self.dest, values)
 
 
 def parse_key_values(option: str, text: str, keys: tuple[str, ...]) -> dict[str, str]:
@@ -86,19 +107,20 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vmm-reference",
         description="Boot a Linux kernel on KVM with its serial console on this terminal.",
-        epilog="Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset "
-               "or shut down the machine; the guest's code when it wrote one to the exit device (0xd0000000); "
-               "1 when the VM failed, panicked or was killed; 2 on a usage error.\n\n"
+        epilog="Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset, "
+               "shut down or powered off the machine; the guest's code when it wrote one to the exit device "
+               "(0xd0000000); 1 when the VM failed, panicked or was killed; 2 on a usage error: a malformed "
+               "option or a value the VMM does not accept (a missing file too).\n\n"
                "vmm-reference OPTIONS -- COMMAND [ARG...] runs COMMAND in the guest through its agent "
                "(vmm-agent, started by the asset initramfs) instead: its output on ours, the console hidden "
                "(--console shows it on stderr), the guest powered off after it, and its exit status ours.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--memory", default="", metavar="mem_size_mib=N",
+    p.add_argument("--memory", action=_Once, default="", metavar="mem_size_mib=N",
                    help="mem_size_mib: guest RAM in MiB (default 256)")
-    p.add_argument("--vcpus", default="", metavar="num_vcpus=N",
+    p.add_argument("--vcpus", action=_Once, default="", metavar="num_vcpus=N",
                    help="num_vcpus: number of vCPUs (default 1)")
-    p.add_argument("--kernel", required=True, metavar="path=PATH[,KEY=VALUE...]",
+    p.add_argument("--kernel", action=_Once, required=True, metavar="path=PATH[,KEY=VALUE...]",
                    help="path: ELF vmlinux or bzImage (required); "
                         "himem_start: load address of the kernel and start of high memory, bytes "
                         "(decimal or 0x hex, multiple of 4096, at least 1048576; default 1048576); "
@@ -114,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
                         "host TCP ports to the guest with forward=8080:80, several joined by +)")
     p.add_argument("--console", action="store_true",
                    help="with -- COMMAND: copy the guest's console to stderr (it is hidden by default)")
-    p.add_argument("--ready-timeout", type=float, default=120.0, metavar="SECONDS",
+    p.add_argument("--ready-timeout", action=_Once, type=float, default=120.0, metavar="SECONDS",
                    help="with -- COMMAND: how long to wait for the guest agent after boot (default 120)")
     p.add_argument("--version", action="version", version=f"vmm-reference {__version__}")
     return p
@@ -253,7 +275,7 @@ def _run(vm: Vm, stdout: TextIO) -> int:
         vm.close()
     if status.reason == "poweroff" and status.code is not None:
         return status.code & 0xFF
-    if status.ok:
+    if status.reason in ("reset", "shutdown", "poweroff"):
         return 0
     detail = f": {status.detail}" if status.detail else ""
     print(f"\nvmm-reference: the VM ended with reason {status.reason}{detail}", file=sys.stderr)
@@ -334,14 +356,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv, command = argv[:at], argv[at + 1:]
         if not command:
             print("vmm-reference: error: expected a command after --", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     args = _parser().parse_args(argv)
     args.command = command
     try:
         vm = _build_vm(args)
     except (CliError, VmError) as e:
         print(f"vmm-reference: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, CliError) else 1
+        return EXIT_USAGE if isinstance(e, (CliError, VmConfigError, VmFileNotFoundError)) else 1
     try:
         if command:
             return _run_command(vm, command, args.console, args.ready_timeout)
