@@ -147,19 +147,26 @@ def qemu_probe(cmdline: str, memory_mib: int = 64) -> list[str]:
 
 
 def case_start(reps: int) -> list[Row]:
-    cli = shutil.which("vmm-reference") or "vmm-reference"
-    cli_args = [cli, "--memory", "mem_size_mib=64", "--kernel", f"path={PROBE},cmdline=probe.end=halt"]
-    api, proc, qemu = [], [], []
+    native = Path(sys.executable).parent / "vmm-reference"
+    vm_args = ["--memory", "mem_size_mib=64", "--kernel", f"path={PROBE},cmdline=probe.end=halt"]
+    api, proc, python_cli, qemu = [], [], [], []
     for _ in range(reps):
         api.append(first_byte_ours_api() * 1e3)
-        proc.append(first_byte_process(cli_args) * 1e3)
+        proc.append(first_byte_process([str(native), *vm_args]) * 1e3)
+        python_cli.append(first_byte_process([sys.executable, "-m", "vmm_reference", *vm_args]) * 1e3)
         qemu.append(first_byte_process(qemu_probe("probe.end=halt")) * 1e3)
     half = lambda r: r.ratio is not None and r.ratio <= 0.5  # noqa: E731
     return [
         Row("1 start latency", "Vm()+start() to first serial byte", "ms", api, qemu,
             "QEMU microvm process", "≤ 0.5× QEMU", half),
-        Row("1 start latency", "CLI process start to first serial byte", "ms", proc, qemu,
-            "QEMU microvm process", "≤ 0.5× QEMU", half),
+        Row("1 start latency", "`vmm-reference` (native) exec to first serial byte", "ms", proc, qemu,
+            "QEMU microvm process", "≤ 0.5× QEMU, ≤ 5 ms",
+            lambda r: half(r) and statistics.median(r.ours) <= 5.0,
+            note="on kvm_pvm one ioctl, KVM_SET_USER_MEMORY_REGION, takes 4-10 ms whatever the memory size "
+                 "(perf trace); the program's own work is ~1 ms before it and ~2 ms after"
+            if detect_kvm_kind() == "pvm" else ""),
+        Row("1 start latency", "`python -m vmm_reference` start to first serial byte", "ms", python_cli, qemu,
+            "QEMU microvm process", note="the Python CLI: interpreter start and imports (~30 ms) come first"),
     ]
 
 
