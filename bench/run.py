@@ -185,7 +185,15 @@ def exits_qemu(kind: str, n: int, hz: float) -> float:
     return bench_rate(done.stdout, hz)
 
 
-def exits_raw(n: int) -> float:
+def exits_raw(n: int, hz: float) -> float:
+    """The same probe VM as ours, run by a bare KVM_RUN loop (examples/raw_kvm_loop.rs), guest-timed."""
+    done = subprocess.run([str(RAW_LOOP), "--probe", str(PROBE), str(n)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    return bench_rate(done.stdout, hz)
+
+
+def exits_raw_real_mode(n: int) -> float:
+    """A different, smaller VM: real-mode code, no irqchip, no CPUID, timed on the host."""
     done = subprocess.run([str(RAW_LOOP), str(n)], capture_output=True, text=True, timeout=120, check=True)
     m = re.search(r"rate=(\d+)", done.stdout)
     assert m, done.stdout
@@ -193,16 +201,20 @@ def exits_raw(n: int) -> float:
 
 
 def case_exits(reps: int, n: int, hz: float) -> list[Row]:
-    ours, raw, qemu, ours_uart, qemu_uart = [], [], [], [], []
+    ours, raw, bare, qemu, ours_uart, qemu_uart = [], [], [], [], [], []
     for _ in range(reps):
         ours.append(exits_ours("pio", n, hz))
-        raw.append(exits_raw(n))
+        raw.append(exits_raw(n, hz))
+        bare.append(exits_raw_real_mode(n))
         qemu.append(exits_qemu("pio", n, hz))
         ours_uart.append(exits_ours("scratch", n, hz))
         qemu_uart.append(exits_qemu("scratch", n, hz))
     return [
-        Row("2 exit path", "port writes to an unused port", "exits/s", ours, raw, "raw KVM_RUN loop",
-            "≥ 0.9× raw loop", lambda r: r.ratio is not None and r.ratio >= 0.9),
+        Row("2 exit path", "port writes to an unused port", "exits/s", ours, raw,
+            "raw KVM_RUN loop, same VM", "≥ 0.95× raw loop", lambda r: r.ratio is not None and r.ratio >= 0.95),
+        Row("2 exit path", "port writes to an unused port", "exits/s", ours, bare,
+            "raw loop, bare real-mode VM", note="a different VM (real mode, no irqchip, no CPUID, "
+            "host-timed): on kvm_pvm such a VM exits faster whatever runs it; shown for comparison only"),
         Row("2 exit path", "port writes to an unused port", "exits/s", ours, qemu, "QEMU microvm"),
         Row("2 exit path", "port writes to the UART scratch register", "exits/s", ours_uart, qemu_uart,
             "QEMU microvm"),
@@ -234,17 +246,23 @@ def console_ours(n: int, raw_bytes: bool) -> float:
         return got / dt
 
 
-def case_console(reps: int, n: int, exit_rates: list[float]) -> list[Row]:
-    lines, raw = [], []
+def case_console(reps: int, n: int, hz: float) -> list[Row]:
+    # The peer is the exit rate of the very loop the console bench runs (a byte loaded from
+    # memory, written to a port), aimed at the UART's scratch register, which prints nothing:
+    # under kvm_pvm that memory load alone makes each exit ~30% dearer than case 2's
+    # register-only loop, whatever the VMM does with the byte.
+    lines, raw, loop = [], [], []
     for _ in range(reps):
+        loop.append(exits_ours("scratchtext", n, hz))
         lines.append(console_ours(n, raw_bytes=False))
         raw.append(console_ours(n, raw_bytes=True))
-    ok = lambda r: r.ratio is not None and r.ratio >= 0.8  # noqa: E731
+    ok = lambda r: r.ratio is not None and r.ratio >= 0.9  # noqa: E731
+    peer = "exit rate of the same guest loop, no output"
     return [
-        Row("3 console", "guest text to Python, `for line in vm.serial`", "bytes/s", lines, exit_rates,
-            "our exit rate (case 2)", "≥ 0.8× exit rate", ok),
-        Row("3 console", "guest text to Python, `vm.serial.read()`", "bytes/s", raw, exit_rates,
-            "our exit rate (case 2)", "≥ 0.8× exit rate", ok),
+        Row("3 console", "guest text to Python, `for line in vm.serial`", "bytes/s", lines, loop, peer,
+            "≥ 0.9× exit rate", ok),
+        Row("3 console", "guest text to Python, `vm.serial.read()`", "bytes/s", raw, loop, peer,
+            "≥ 0.9× exit rate", ok),
     ]
 
 
@@ -1256,6 +1274,21 @@ def case_lab_snapshot(reps: int, firecracker: Optional[str]) -> list[Row]:
 
 # ---- report ---------------------------------------------------------------------------------
 
+def host_cpu() -> str:
+    """The host CPU's model, shortly: ``Intel Xeon``, ``AMD EPYC 7R13``."""
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    for noise in ("(R)", "(TM)", "(tm)", " CPU", " Processor", " processor"):
+        model = model.replace(noise, "")
+    return re.sub(r"\s+", " ", model.split("@")[0]).strip()
+
+
+def row_cpu(r: Row) -> str:
+    """Where a row ran: the host's CPU, or the lab's emulated one on it."""
+    inside = "lab" in r.metric.lower() or "lab" in r.peer_name.lower()
+    return f"lab (emulated CPU) on {host_cpu()}" if inside else host_cpu()
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -1267,11 +1300,11 @@ def machine() -> str:
 
 def markdown(rows: list[Row], header: str) -> str:
     out = [header, "", "| case | metric | unit | ours min / **median** / max | peer | peer min / **median** / max "
-           "| ours/peer | target | |", "|---|---|---|---|---|---|---|---|---|"]
+           "| ours/peer | target | | CPU |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = fmt_ratio(r.ratio)
         out.append(f"| {r.case} | {r.metric} | {r.unit} | {spread(r.ours)} | {r.peer_name or '–'} | "
-                   f"{spread(r.peer)} | {ratio} | {r.target or '–'} | {r.verdict} |")
+                   f"{spread(r.peer)} | {ratio} | {r.target or '–'} | {r.verdict} | {row_cpu(r)} |")
     notes = [f"- {r.case}: {r.note}" for r in rows if r.note]
     if notes:
         out += ["", *notes]
@@ -1360,13 +1393,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         for r in got:
             ratio = fmt_ratio(r.ratio)
             print(f"  {r.metric} [{r.unit}]: ours {spread(r.ours)}; {r.peer_name or 'no peer'} {spread(r.peer)}; "
-                  f"ratio {ratio} {r.verdict}".replace("**", ""), file=sys.stderr, flush=True)
+                  f"ratio {ratio} {r.verdict} [{row_cpu(r)}]".replace("**", ""), file=sys.stderr, flush=True)
         rows.extend(got)
         return got
 
     run("start latency", lambda: case_start(reps * 2))
-    exit_rows = run("exit path", lambda: case_exits(reps, 100_000, hz))
-    run("console", lambda: case_console(reps, 200_000, exit_rows[0].ours if exit_rows else []))
+    run("exit path", lambda: case_exits(reps, 100_000, hz))
+    run("console", lambda: case_console(reps, 200_000, hz))
     run("memory", lambda: case_memory(1 if args.quick else 2))
     run("scale", lambda: case_scale(1 if args.quick else 2, 100))
     run("real kernel", lambda: case_kernel(2 if args.quick else 3, kind))

@@ -31,8 +31,8 @@ def qemu(request, kvm_kind):
 
 
 def test_exit_rates_of_ours_the_raw_loop_and_qemu(qemu, raw_loop, probe_elf):
-    [vs_raw, vs_qemu, uart] = bench.case_exits(1, 5000, bench.tsc_hz())
-    for row in (vs_raw, vs_qemu, uart):
+    [vs_raw, vs_bare, vs_qemu, uart] = bench.case_exits(1, 5000, bench.tsc_hz())
+    for row in (vs_raw, vs_bare, vs_qemu, uart):
         assert row.ours[0] > 1000 and row.peer[0] > 1000, row
         assert row.ratio is not None
 
@@ -44,7 +44,13 @@ def test_qemu_boots_the_probe_through_its_pvh_note(qemu, probe_elf):
     assert "PROBE: pvh cmdline=probe.end=triple" in done.stdout
 
 
-def test_start_latency_and_scale_rows(qemu, probe_elf):
+def test_console_rows_compare_with_the_same_guest_loop(probe_elf):
+    rows = bench.case_console(1, 6400, bench.tsc_hz())  # whole 64-byte lines of text
+    assert [r.peer_name for r in rows] == ["exit rate of the same guest loop, no output"] * 2
+    assert all(r.ours[0] > 1000 and r.peer[0] > 1000 for r in rows), rows
+
+
+def test_start_latency_and_scale_rows(qemu, probe_elf, native_cli):
     start = bench.case_start(1)
     assert all(r.ours[0] > 0 and r.peer[0] > 0 for r in start)
     scale = bench.case_scale(1, 10)
@@ -54,4 +60,4 @@ def test_start_latency_and_scale_rows(qemu, probe_elf):
 def test_markdown_and_verdicts():
     rows = [bench.Row("c", "m", "ms", [1.0, 2.0, 3.0], [4.0], "peer", "≤ 0.5×", lambda r: r.ratio <= 0.5)]
     text = bench.markdown(rows, "header")
-    assert "| c | m | ms | 1 / **2** / 3 | peer | 4 / **4** / 4 | 0.50 | ≤ 0.5× | PASS |" in text
+    assert f"| c | m | ms | 1 / **2** / 3 | peer | 4 / **4** / 4 | 0.50 | ≤ 0.5× | PASS | {bench.host_cpu()} |" in text
