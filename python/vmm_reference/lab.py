@@ -5,7 +5,11 @@ gives a real one: QEMU in software emulation (TCG) with an AMD CPU model that ha
 Debian's generic kernel, which loads ``kvm`` and ``kvm-amd`` and so offers a nested
 ``/dev/kvm``. The host's root filesystem is shared read-only over 9p and the command runs
 chrooted into it, so the host's Python, virtualenvs, checkout and asset cache are all there.
-A tmpfs is mounted at ``/run`` and ``TMPDIR`` points into it for scratch files.
+A tmpfs is mounted at ``/run`` and ``TMPDIR`` points into it for scratch files; the command
+sees ``VMM_REFERENCE_OFFLINE=1`` and ``VMM_REFERENCE_CACHE`` set to the host's asset cache, so
+``fetch_guest()`` and ``python -m vmm_reference.assets --env`` work inside without network.
+The console is shown without QEMU's warnings about CPU features TCG does not emulate and
+without the firmware's banner and terminal control sequences, until the command starts.
 
 ``python -m vmm_reference.lab 'COMMAND'`` prints the lab's console and exits with COMMAND's
 status. Needs ``qemu-system-x86_64`` (Debian ``qemu-system-x86``).
@@ -56,6 +60,7 @@ mount -t tmpfs run /host/run
 mkdir -p /host/run/lab-tmp
 [ -c /dev/kvm ] && echo "LAB: /dev/kvm ready" || echo "LAB: no /dev/kvm"
 chroot /host /usr/bin/env TMPDIR=/run/lab-tmp HOME=/run/lab-tmp PATH="$(cat /path)" \\
+  VMM_REFERENCE_OFFLINE=1 VMM_REFERENCE_CACHE="$(cat /cache)" \\
   /bin/sh -c "cd $(cat /cwd) && $(cat /cmd)" </dev/null
 echo "{EXIT_MARKER} $?"
 poweroff -f
@@ -144,6 +149,9 @@ def _initramfs(assets: LabAssets, command: str, cwd: str, out: Path) -> None:
         CpioEntry("cmd", stat.S_IFREG | 0o644, command.encode()),
         CpioEntry("cwd", stat.S_IFREG | 0o644, shlex.quote(cwd).encode()),
         CpioEntry("path", stat.S_IFREG | 0o644, os.environ.get("PATH", "/usr/bin:/bin").encode()),
+        # The host's asset cache, read-only in the lab, which has no network: commands find
+        # the guest assets there without asking apt (VMM_REFERENCE_OFFLINE).
+        CpioEntry("cache", stat.S_IFREG | 0o644, str(cache_dir().resolve()).encode()),
         CpioEntry("init", stat.S_IFREG | 0o755, _INIT.encode()),
     ]
     out.write_bytes(write_cpio(entries))
@@ -161,6 +169,25 @@ def host_python_command(args: list[str], env: Optional[dict[str, str]] = None) -
     inner = " ".join([*(f"{k}={shlex.quote(v)}" for k, v in variables.items()), shlex.quote(sys.executable),
                       *(shlex.quote(a) for a in args)])
     return f'({inner}; echo $? >"$TMPDIR/status") 2>&1 | cat; exit "$(cat "$TMPDIR/status")"'
+
+
+_ESCAPES = re.compile(r"\x1b(?:\[[0-9;?]*[A-Za-z]|[()][0-9A-Za-z]|[A-Za-z])")
+_TCG_WARNING = "qemu-system-x86_64: warning: TCG doesn't support"
+_FIRMWARE = re.compile(r"^\s*(SeaBIOS \(version [^)]*\)|Booting from ROM\.*)")
+
+
+def _clean_boot_line(line: str) -> Optional[str]:
+    """Return a console line from before the command starts, cleaned; None if nothing is left.
+
+    Cleaned of QEMU's warnings about CPU features TCG does not emulate, and of the firmware's
+    banner and terminal control sequences (screen clear, line wrap off).
+    """
+    text = _ESCAPES.sub("", line)
+    if text.startswith(_TCG_WARNING):
+        return None
+    while _FIRMWARE.match(text):
+        text = _FIRMWARE.sub("", text, count=1)
+    return text if text.strip() else None
 
 
 def run_in_lab(
@@ -205,8 +232,15 @@ def run_in_lab(
         try:
             timer = threading.Timer(timeout, proc.kill)
             timer.start()
+            booting = True
             for raw in proc.stdout:
-                line = raw.decode("utf-8", errors="replace")
+                cleaned: Optional[str] = raw.decode("utf-8", errors="replace")
+                if booting and cleaned is not None:
+                    cleaned = _clean_boot_line(cleaned)
+                    booting = not (cleaned or "").startswith("LAB: ")
+                if cleaned is None:
+                    continue
+                line = cleaned
                 lines.append(line)
                 if echo:
                     sys.stdout.write(line)
