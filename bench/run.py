@@ -577,15 +577,20 @@ def boot_qemu(g: Any) -> dict[str, float]:
         console.close()
 
 
-def boot_firecracker(g: Any, firecracker: str, scratch: Path) -> dict[str, float]:
+def firecracker_config(g: Any, cmdline: str, path: Path, drives: Optional[list[dict[str, Any]]] = None) -> Path:
+    """Write a Firecracker configuration file for the Debian guest (1 vCPU, 256 MiB) at ``path``."""
     config = {
         "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
-                        "boot_args": f"console=ttyS0 {BOOT_CMDLINE}"},
-        "drives": [],
+                        "boot_args": f"console=ttyS0 {cmdline}"},
+        "drives": drives or [],
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
     }
-    path = scratch / "boot.firecracker.json"
     path.write_text(json.dumps(config))
+    return path
+
+
+def boot_firecracker(g: Any, firecracker: str, scratch: Path) -> dict[str, float]:
+    path = firecracker_config(g, BOOT_CMDLINE, scratch / "boot.firecracker.json")
     t0 = time.perf_counter()
     console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
     try:
@@ -760,15 +765,9 @@ def dd_qemu(g: Any, image: Path) -> dict[str, float]:
 
 
 def dd_firecracker(g: Any, image: Path, firecracker: str) -> dict[str, float]:
-    config = {
-        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
-                        "boot_args": f"console=ttyS0 {SHELL_CMDLINE}"},
-        "drives": [{"drive_id": "data", "path_on_host": str(image), "is_root_device": False,
-                    "is_read_only": False}],
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-    }
-    path = image.with_suffix(".firecracker.json")
-    path.write_text(json.dumps(config))
+    path = firecracker_config(g, SHELL_CMDLINE, image.with_suffix(".firecracker.json"),
+                              [{"drive_id": "data", "path_on_host": str(image), "is_root_device": False,
+                                "is_read_only": False}])
     console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
     try:
         return dd_rates(console)
@@ -1192,14 +1191,7 @@ def snapshot_ours(g: Any, scratch: Path) -> dict[str, float]:
 
 
 def snapshot_firecracker(g: Any, scratch: Path, firecracker: str) -> dict[str, float]:
-    config = {
-        "boot-source": {"kernel_image_path": str(g.vmlinux), "initrd_path": str(g.initrd),
-                        "boot_args": f"console=ttyS0 {SNAP_CMDLINE}"},
-        "drives": [],
-        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
-    }
-    path = scratch / "fc-snap.json"
-    path.write_text(json.dumps(config))
+    path = firecracker_config(g, SNAP_CMDLINE, scratch / "fc-snap.json")
     state, mem = scratch / "fc.state", scratch / "fc.mem"
     fc = FirecrackerApi(firecracker, scratch / "fc-api.sock", path)
     try:
