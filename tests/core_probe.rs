@@ -55,7 +55,7 @@ fn elf_probe_reports_its_boot_and_resets() {
         "{log}"
     );
     assert!(
-        log.contains("PROBE: cmdline=probe.test=1 console=ttyS0\n"),
+        log.contains("PROBE: cmdline=probe.test=1 console=ttyS0 pci=off\n"),
         "{log}"
     );
     assert!(
