@@ -119,7 +119,7 @@ def test_cli_attaches_disks_in_order(probe_elf, image):
          "--blk", f"path={image}", "--blk", "path=/nonexistent.img,read_only=on"],
         capture_output=True, text=True, timeout=60,
     )
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 2, r.stderr  # a missing file is a usage error
     assert 'disks[1]="/nonexistent.img": no such file' in r.stderr
 
 

@@ -56,9 +56,11 @@ def test_bzimage_boots_too(guest_assets):
         assert GUEST_READY_MARKER in vm.console_log
 
 
-def test_cli_boots_the_guest(guest_assets):
+@pytest.mark.parametrize("impl", ["native", "python"])
+def test_cli_boots_the_guest(guest_assets, impl, native_cli):
+    prefix = [str(native_cli)] if impl == "native" else [sys.executable, "-m", "vmm_reference"]
     r = subprocess.run(
-        [sys.executable, "-m", "vmm_reference", "--memory", "mem_size_mib=512", "--kernel",
+        [*prefix, "--memory", "mem_size_mib=512", "--kernel",
          f"path={guest_assets.vmlinux},initrd={guest_assets.initrd},cmdline=reboot=k panic=-1 quiet"],
         capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
     )
@@ -358,3 +360,10 @@ def test_cli_runs_a_command_and_exits_with_its_code(guest_assets):
     r = subprocess.run([sys.executable, "-m", "vmm_reference", "--kernel", kernel, "--", "uname", "-r"],
                        capture_output=True, text=True, timeout=300, input="")
     assert (r.returncode, r.stdout) == (0, f"{guest_assets.modules.name}\n"), r.stderr
+
+
+def test_native_cli_hands_a_command_to_the_python_package(guest_assets, native_cli):
+    kernel = f"path={guest_assets.vmlinux},initrd={guest_assets.initrd},cmdline=reboot=k panic=-1 quiet"
+    r = subprocess.run([str(native_cli), "--kernel", kernel, "--", "sh", "-c", "uname -r; exit 4"],
+                       capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert (r.returncode, r.stdout) == (4, f"{guest_assets.modules.name}\n"), r.stderr
