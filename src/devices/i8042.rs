@@ -102,7 +102,7 @@ pub struct I8042State {
     /// The keyboard's scan code set (1, 2 or 3).
     pub scan_set: u8,
     /// Bytes waiting at 0x60, oldest first, each with whether it came from the keyboard.
-    pub output: Vec<(u8, bool)>,
+    pub output: VecDeque<(u8, bool)>,
 }
 
 impl Default for I8042State {
@@ -114,7 +114,7 @@ impl Default for I8042State {
             controller_param: None,
             keyboard_param: None,
             scan_set: 2,
-            output: Vec::new(),
+            output: VecDeque::with_capacity(BUF_LEN),
         }
     }
 }
@@ -124,7 +124,6 @@ pub struct I8042 {
     exit: Arc<ExitSignal>,
     irq: EventFd,
     state: I8042State,
-    output: VecDeque<(u8, bool)>,
 }
 
 impl I8042 {
@@ -135,13 +134,12 @@ impl I8042 {
             exit,
             irq,
             state: I8042State::default(),
-            output: VecDeque::with_capacity(BUF_LEN),
         }
     }
 
     fn status(&self) -> u8 {
         let mut status = STS_SYS | STS_UNLOCKED;
-        if !self.output.is_empty() {
+        if !self.state.output.is_empty() {
             status |= STS_OBF;
         }
         if self.state.last_was_command {
@@ -156,23 +154,24 @@ impl I8042 {
 
     /// A byte from the controller itself (the guest polls for it).
     fn answer(&mut self, byte: u8) {
-        if self.output.len() < BUF_LEN {
-            self.output.push_back((byte, false));
+        if self.state.output.len() < BUF_LEN {
+            self.state.output.push_back((byte, false));
         }
     }
 
     /// Bytes from the keyboard: interrupt the guest if it enabled that.
     fn keyboard_says(&mut self, bytes: &[u8]) {
         for &b in bytes {
-            if self.output.len() < BUF_LEN {
-                self.output.push_back((b, true));
+            if self.state.output.len() < BUF_LEN {
+                self.state.output.push_back((b, true));
             }
         }
         self.interrupt_if_keyboard_byte();
     }
 
     fn interrupt_if_keyboard_byte(&self) {
-        if self.state.ctr & CTR_KBD_INT != 0 && matches!(self.output.front(), Some((_, true))) {
+        if self.state.ctr & CTR_KBD_INT != 0 && matches!(self.state.output.front(), Some((_, true)))
+        {
             // A full eventfd counter only means the interrupt is already pending.
             let _ = self.irq.write(1);
         }
@@ -183,7 +182,7 @@ impl I8042 {
         match cmd {
             CMD_READ_CTR => {
                 // Linux reads the CTR right after flushing; anything stale would be read as it.
-                self.output.clear();
+                self.state.output.clear();
                 self.answer(self.state.ctr);
             }
             0x21..=0x3f | CMD_READ_INPUT => self.answer(0),
@@ -293,7 +292,7 @@ impl BusDevice for I8042 {
         *first = match offset {
             I8042_COMMAND_OFFSET => self.status(),
             0 => {
-                let byte = self.output.pop_front().map_or(0, |(b, _)| b);
+                let byte = self.state.output.pop_front().map_or(0, |(b, _)| b);
                 self.interrupt_if_keyboard_byte();
                 byte
             }
@@ -326,10 +325,7 @@ impl super::Persist for I8042 {
     type State = I8042State;
 
     fn save(&self) -> I8042State {
-        I8042State {
-            output: self.output.iter().copied().collect(),
-            ..self.state.clone()
-        }
+        self.state.clone()
     }
 
     fn restore(&mut self, state: &I8042State) -> Result<(), String> {
@@ -338,11 +334,7 @@ impl super::Persist for I8042 {
                 "i8042: not a state this controller can be in: {state:?}"
             ));
         }
-        self.state = I8042State {
-            output: Vec::new(),
-            ..state.clone()
-        };
-        self.output = state.output.iter().copied().collect();
+        self.state = state.clone();
         Ok(())
     }
 }
@@ -479,7 +471,7 @@ mod tests {
         for _ in 0..10_000 {
             dev.write(0, &[KBD_GET_ID]);
         }
-        assert_eq!(dev.output.len(), BUF_LEN);
+        assert_eq!(dev.state.output.len(), BUF_LEN);
     }
 
     #[test]
@@ -499,7 +491,7 @@ mod tests {
             "the LED parameter was still awaited"
         );
         let bad = I8042State {
-            output: vec![(0, false); BUF_LEN + 1],
+            output: vec![(0, false); BUF_LEN + 1].into(),
             ..I8042State::default()
         };
         assert!(fresh.restore(&bad).is_err());
