@@ -21,7 +21,7 @@ use std::time::Instant;
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuExit};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
-use vmm_reference::arch::x86_64::{cpuid, lapic, msr, regs};
+use vmm_reference::arch::x86_64::{cpuid, lapic, layout, msr, regs};
 use vmm_reference::{KernelConfig, VmConfig};
 
 const CODE_ADDR: u64 = 0x1000;
@@ -36,7 +36,7 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 fn probe_vm(probe: PathBuf, n: u64, kind: &str) -> Result<()> {
     let kvm = Kvm::new()?;
     let vm = kvm.create_vm()?;
-    vm.set_tss_address(0xfffb_d000)?;
+    vm.set_tss_address(layout::KVM_TSS_ADDRESS as usize)?;
     vm.create_irq_chip()?;
     vm.create_pit2(kvm_pit_config {
         flags: KVM_PIT_SPEAKER_DUMMY,
@@ -57,12 +57,7 @@ fn probe_vm(probe: PathBuf, n: u64, kind: &str) -> Result<()> {
     let boot = vmm_reference::boot::load(&mem, &config, &[], &[])?;
 
     let vcpu = vm.create_vcpu(0)?;
-    let mut supported = kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)?;
-    cpuid::add_emulated_features(
-        &mut supported,
-        kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
-    );
-    vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&supported, 0, 1))?;
+    vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&cpuid::supported(&kvm)?, 0, 1))?;
     vcpu.set_msrs(&msr::boot_msrs().ok_or("MSR list")?)?;
     let mut lapic_state = vcpu.get_lapic()?;
     lapic::set_lint(&mut lapic_state);

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 
 use event_manager::MutEventSubscriber;
@@ -224,16 +224,10 @@ impl Vm {
         let count = config.vcpus as u8;
         let msr_indices = Arc::new(crate::arch::x86_64::state::msrs_to_save(&kvm)?);
         let supported = match origin {
-            Origin::Boot => {
-                let mut cpuid = kvm
-                    .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-                    .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
-                crate::arch::x86_64::cpuid::add_emulated_features(
-                    &mut cpuid,
-                    kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
-                );
-                Some(cpuid)
-            }
+            Origin::Boot => Some(
+                crate::arch::x86_64::cpuid::supported(&kvm)
+                    .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?,
+            ),
             Origin::Saved(_) => None,
         };
         let vcpus = (0..count)
@@ -414,8 +408,7 @@ impl Vm {
                 config.vcpus
             )));
         }
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        let supported = crate::arch::x86_64::cpuid::supported(&kvm)
             .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
         let missing = snap
             .vcpus

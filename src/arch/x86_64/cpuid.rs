@@ -10,7 +10,8 @@
 //! lets Linux arm its timer with one MSR write instead of keeping the PIT and calibrating
 //! the LAPIC timer against it at boot.
 
-use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm};
 
 const LEAF_FEATURES: u32 = 0x1;
 const LEAF_EXT_TOPOLOGY: u32 = 0xb;
@@ -43,11 +44,22 @@ fn patch_entry(entry: &mut kvm_cpuid_entry2, apic_id: u8, vcpu_count: u8) {
     }
 }
 
+/// What this host's KVM offers a guest: `KVM_GET_SUPPORTED_CPUID` plus what KVM emulates
+/// beyond it (see the module documentation).
+pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
+    let mut cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)?;
+    add_emulated_features(&mut cpuid, kvm.check_extension(Cap::TscDeadlineTimer));
+    Ok(cpuid)
+}
+
 /// Adds what KVM emulates beyond `KVM_GET_SUPPORTED_CPUID` to `supported`: the TSC-deadline
 /// timer when `tsc_deadline` (KVM's `KVM_CAP_TSC_DEADLINE_TIMER`).
-pub fn add_emulated_features(supported: &mut CpuId, tsc_deadline: bool) {
+fn add_emulated_features(supported: &mut CpuId, tsc_deadline: bool) {
+    if !tsc_deadline {
+        return;
+    }
     for entry in supported.as_mut_slice() {
-        if entry.function == LEAF_FEATURES && tsc_deadline {
+        if entry.function == LEAF_FEATURES {
             entry.ecx |= ECX_TSC_DEADLINE_BIT;
         }
     }
