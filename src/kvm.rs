@@ -68,6 +68,20 @@ pub fn host_memory_mib() -> u64 {
     (pages as u64).saturating_mul(page_size as u64) >> 20
 }
 
+/// The accepted `memory_mib` on this host, as front ends report it.
+pub fn memory_range() -> String {
+    crate::config::memory_range(host_memory_mib())
+}
+
+/// The accepted `vcpus` on this host (KVM's limit, if `/dev/kvm` opens), as front ends
+/// report it.
+pub fn vcpus_range() -> String {
+    let max = open_kvm().map_or(crate::config::MAX_VCPUS_XAPIC as usize, |k| {
+        k.get_max_vcpus()
+    });
+    crate::config::vcpus_range(u32::try_from(max).unwrap_or(u32::MAX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

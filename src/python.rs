@@ -14,7 +14,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig, MAX_VCPUS_XAPIC};
+use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
 use crate::vm::{ForkSpec, Vm};
@@ -151,14 +151,9 @@ impl NativeVm {
         vsock: Option<(i128, PathBuf)>,
         seccomp: bool,
     ) -> PyResult<Self> {
-        use crate::config::{console_limit_range, himem_start_range, memory_range, vcpus_range};
-        let host_mib = crate::kvm::host_memory_mib();
-        let memory_mib = int(py, "memory_mib", memory_mib, || memory_range(host_mib))?;
-        let vcpus = int(py, "vcpus", vcpus, || {
-            let max =
-                crate::kvm::open_kvm().map_or(MAX_VCPUS_XAPIC as usize, |k| k.get_max_vcpus());
-            vcpus_range(u32::try_from(max).unwrap_or(u32::MAX))
-        })?;
+        use crate::config::{console_limit_range, himem_start_range};
+        let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
+        let vcpus = int(py, "vcpus", vcpus, crate::kvm::vcpus_range)?;
         let himem_start = int(py, "himem_start", himem_start, himem_start_range)?;
         let console_limit = int(py, "console_limit", console_limit, console_limit_range)?;
         let net = net

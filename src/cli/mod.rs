@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use args::{Refused, Request, Usage, HELP, PROG, USAGE};
 
-use crate::config::{self, VmConfig, DEFAULT_CONSOLE_LIMIT, MAX_VCPUS_XAPIC};
+use crate::config::{self, VmConfig, DEFAULT_CONSOLE_LIMIT};
 use crate::error::{Error, ErrorKind};
 use crate::exit::{ExitReason, ExitStatus};
 use crate::vm::Vm;
@@ -152,14 +152,13 @@ pub fn main(argv: Vec<String>) -> i32 {
 /// The VM the options describe, built and not started.
 fn build(opts: &args::Options) -> Result<Vm, Refused> {
     let a = args::vm_args(opts)?;
-    let host_mib = crate::kvm::host_memory_mib();
-    let memory_mib = config::int_arg("memory_mib", a.memory_mib.0, &a.memory_mib.1, || {
-        config::memory_range(host_mib)
-    })?;
-    let vcpus = config::int_arg("vcpus", a.vcpus.0, &a.vcpus.1, || {
-        let max = crate::kvm::open_kvm().map_or(MAX_VCPUS_XAPIC as usize, |k| k.get_max_vcpus());
-        config::vcpus_range(u32::try_from(max).unwrap_or(u32::MAX))
-    })?;
+    let memory_mib = config::int_arg(
+        "memory_mib",
+        a.memory_mib.0,
+        &a.memory_mib.1,
+        crate::kvm::memory_range,
+    )?;
+    let vcpus = config::int_arg("vcpus", a.vcpus.0, &a.vcpus.1, crate::kvm::vcpus_range)?;
     let himem_start = config::int_arg(
         "himem_start",
         a.himem_start.0,
