@@ -148,28 +148,22 @@ pub fn py_repr(s: &str) -> String {
     out
 }
 
-/// Resolves `--name` (or an unambiguous prefix of one) to the option's full name.
-fn resolve(name: &str) -> Result<&'static str, Usage> {
-    if let Some(&exact) = VALUED.iter().chain(FLAGS).find(|&&o| o == name) {
-        return Ok(exact);
+/// Resolves `--name` (or an unambiguous prefix of one) to the option's full name; None when
+/// no option has that name.
+fn resolve(name: &str) -> Result<Option<&'static str>, Usage> {
+    let all = || VALUED.iter().chain(FLAGS).copied();
+    if let Some(exact) = all().find(|&o| o == name) {
+        return Ok(Some(exact));
     }
-    let matches: Vec<&'static str> = VALUED
-        .iter()
-        .chain(FLAGS)
-        .copied()
-        .filter(|o| o.starts_with(name))
-        .collect();
+    // In declaration order, as argparse lists them.
+    let matches: Vec<&'static str> = all().filter(|o| o.starts_with(name)).collect();
     match matches.as_slice() {
-        [one] if name.len() > 2 => Ok(one),
-        [] | [_] => Err(Usage::Syntax(format!("unrecognized arguments: {name}"))),
-        many => {
-            let mut sorted = many.to_vec();
-            sorted.sort_by_key(|o| VALUED.iter().chain(FLAGS).position(|x| x == o));
-            Err(Usage::Syntax(format!(
-                "ambiguous option: {name} could match {}",
-                sorted.join(", ")
-            )))
-        }
+        [one] if name.len() > 2 => Ok(Some(one)),
+        [] | [_] => Ok(None),
+        many => Err(Usage::Syntax(format!(
+            "ambiguous option: {name} could match {}",
+            many.join(", ")
+        ))),
     }
 }
 
@@ -206,23 +200,19 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (arg.as_str(), None),
         };
-        let name = match resolve(name) {
-            Ok(n) => n,
-            Err(Usage::Syntax(m)) if m.starts_with("unrecognized") => {
-                unrecognized.push(arg.clone());
-                continue;
-            }
-            Err(e) => return Err(e),
+        let Some(name) = resolve(name)? else {
+            unrecognized.push(arg.clone());
+            continue;
         };
         match name {
             "--help" => return Ok(Request::Help),
             "--version" => return Ok(Request::Version),
             "--console" => {
-                if inline.is_some() {
-                    return Err(Usage::Syntax(
-                        "argument --console: ignored explicit argument ".to_string()
-                            + &py_repr(inline.as_deref().unwrap_or_default()),
-                    ));
+                if let Some(v) = &inline {
+                    return Err(Usage::Syntax(format!(
+                        "argument --console: ignored explicit argument {}",
+                        py_repr(v)
+                    )));
                 }
                 opts.console = true;
                 continue;

@@ -4,11 +4,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crate::vm::{Vm, VmState};
 
 const CTRL_A: u8 = 0x01;
+/// How often the stdin thread looks whether it should stop, in milliseconds.
+const POLL_MS: i32 = 100;
 
 /// Raw mode on a terminal, put back as it was when dropped.
 pub struct RawMode {
@@ -109,8 +110,7 @@ fn forward(vm: &Vm, fd: i32, stop: &AtomicBool) {
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        let ready =
-            unsafe { libc::poll(&mut pfd, 1, Duration::from_millis(100).as_millis() as i32) };
+        let ready = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
         if ready <= 0 {
             continue;
         }
