@@ -146,6 +146,12 @@ def qemu_probe(cmdline: str, memory_mib: int = 64) -> list[str]:
     return [*QEMU, "-m", str(memory_mib), "-kernel", str(PROBE), "-append", cmdline]
 
 
+def qemu_debian(vmlinux: Path, initrd: Path, cmdline: str) -> list[str]:
+    """QEMU microvm booting the Debian guest (256 MiB, console on stdio) with ``cmdline``."""
+    return [*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
+            f"console=ttyS0 {cmdline}"]
+
+
 def case_start(reps: int) -> list[Row]:
     native = Path(sys.executable).parent / "vmm-reference"
     vm_args = ["--memory", "mem_size_mib=64", "--kernel", f"path={PROBE},cmdline=probe.end=halt"]
@@ -475,8 +481,7 @@ def kernel_until_ours(vmlinux: Path, initrd: Path, cmdline: str, pattern: str) -
 def kernel_until_qemu(vmlinux: Path, initrd: Path, cmdline: str, pattern: str) -> float:
     """Seconds from starting QEMU microvm on the same kernel to ``pattern`` on its console."""
     t0 = time.perf_counter()
-    p = subprocess.Popen([*QEMU, "-m", "256", "-kernel", str(vmlinux), "-initrd", str(initrd), "-append",
-                          f"console=ttyS0 {cmdline}"], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    p = subprocess.Popen(qemu_debian(vmlinux, initrd, cmdline), stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     try:
         assert p.stdout is not None
@@ -569,8 +574,7 @@ def boot_ours(g: Any) -> dict[str, float]:
 
 def boot_qemu(g: Any) -> dict[str, float]:
     t0 = time.perf_counter()
-    console = ProcConsole([*QEMU, "-m", "256", "-kernel", str(g.vmlinux), "-initrd", str(g.initrd),
-                           "-append", f"console=ttyS0 {BOOT_CMDLINE}"])
+    console = ProcConsole(qemu_debian(g.vmlinux, g.initrd, BOOT_CMDLINE))
     try:
         return boot_phases(console, t0)
     finally:
@@ -755,8 +759,8 @@ def dd_ours(g: Any, image: Path) -> dict[str, float]:
 
 
 def dd_qemu(g: Any, image: Path) -> dict[str, float]:
-    console = ProcConsole([*QEMU, "-m", "256", "-kernel", str(g.vmlinux), "-initrd", str(g.initrd),
-                           "-append", f"console=ttyS0 {SHELL_CMDLINE}", "-global", "virtio-mmio.force-legacy=false",
+    console = ProcConsole([*qemu_debian(g.vmlinux, g.initrd, SHELL_CMDLINE),
+                           "-global", "virtio-mmio.force-legacy=false",
                            "-drive", f"id=d0,file={image},format=raw,if=none", "-device", "virtio-blk-device,drive=d0"])
     try:
         return dd_rates(console)
