@@ -30,10 +30,13 @@ MIB = 1 << 20
 
 @pytest.fixture(scope="session")
 def agent_binary(request) -> Path:
+    from vmm_reference.pytest_plugin import skip_or_fail
+
     try:
         return build_agent()
     except AssetError as e:
-        pytest.skip(str(e))
+        skip_or_fail(request.config, str(e))
+        raise
 
 
 class Agent:

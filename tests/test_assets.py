@@ -14,6 +14,7 @@ from vmm_reference import assets
 from vmm_reference.assets import AssetError, e2fsprogs_command, module_load_order
 from vmm_reference.initramfs import build_initramfs
 from vmm_reference.kernel_image import extract_vmlinux, lz4_legacy_decompress
+from vmm_reference.pytest_plugin import skip_or_fail
 
 
 def parse_newc(data: bytes) -> dict[str, tuple[int, bytes]]:
@@ -42,8 +43,9 @@ def test_initramfs_layout(tmp_path):
     assert entries["bin/sh"] == (0o120777, b"busybox")
 
 
-@pytest.mark.skipif(not shutil.which("lz4"), reason="needs the lz4 tool to make test data")
-def test_lz4_legacy_decoder_matches_the_tool(tmp_path):
+def test_lz4_legacy_decoder_matches_the_tool(tmp_path, request):
+    if not shutil.which("lz4"):
+        skip_or_fail(request.config, "needs the lz4 tool to make test data (Debian: lz4)")
     data = (b"abcabcabc" * 1000 + bytes(range(256)) * 50 + b"z" * 70000) * 3
     src = tmp_path / "d"
     src.write_bytes(data)
@@ -93,14 +95,15 @@ def test_initramfs_loads_the_virtio_modules_after_their_dependencies(guest_asset
         assert entries[f"lib/vmm/{loaded.index(name):02d}-{name}"][1][:4] == b"\x7fELF"
 
 
-def test_rootfs_is_an_ext4_image_with_busybox_and_an_init(guest_assets):
+def test_rootfs_is_an_ext4_image_with_busybox_and_an_init(guest_assets, request):
     image = guest_assets.rootfs.read_bytes()
     assert len(image) == assets.ROOTFS_SIZE_MIB << 20
     assert image[1024 + 0x38:1024 + 0x3A] == b"\x53\xef"  # the ext2/3/4 superblock magic
     try:
         debugfs = e2fsprogs_command("debugfs")
     except AssetError as e:
-        pytest.skip(str(e))
+        skip_or_fail(request.config, str(e))
+        raise
     done = subprocess.run([*debugfs, "-R", "cat /sbin/init", str(guest_assets.rootfs)], capture_output=True, check=True)
     assert assets.ROOTFS_READY_MARKER.encode() in done.stdout
     done = subprocess.run([*debugfs, "-R", "stat /bin/mount", str(guest_assets.rootfs)], capture_output=True,
@@ -199,7 +202,7 @@ def test_cache_list_verify_and_clear(tmp_path):
     assert assets.main(["verify", "--cache-dir", str(tmp_path)]) == 0
 
 
-def test_initramfs_and_rootfs_carry_and_start_the_guest_agent(guest_assets):
+def test_initramfs_and_rootfs_carry_and_start_the_guest_agent(guest_assets, request):
     entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
     assert entries["sbin/vmm-agent"] == (0o100755, guest_assets.agent.read_bytes())
     loaded = [name.split("-", 1)[1] for name in sorted(entries) if name.startswith("lib/vmm/") and name.endswith(".ko")]
@@ -210,7 +213,8 @@ def test_initramfs_and_rootfs_carry_and_start_the_guest_agent(guest_assets):
     try:
         debugfs = e2fsprogs_command("debugfs")
     except AssetError as e:
-        pytest.skip(str(e))
+        skip_or_fail(request.config, str(e))
+        raise
     done = subprocess.run([*debugfs, "-R", "cat /sbin/vmm-agent", str(guest_assets.rootfs)], capture_output=True,
                           check=True)
     assert done.stdout == guest_assets.agent.read_bytes()

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(m) is None for m in ("nbclient", "nbformat", "ipykernel", "ipywidgets")),
-    reason="needs nbclient, nbformat, ipykernel and ipywidgets (pip install vmm-reference[test])",
-)
+NEEDS = ("nbclient", "nbformat", "ipykernel", "ipywidgets")
 
 
 @pytest.fixture
 def kernel_env(monkeypatch, probe_elf, kvm_kind, request):
     from vmm_reference.pytest_plugin import skip_or_fail
 
+    missing = [m for m in NEEDS if importlib.util.find_spec(m) is None]
+    if missing:
+        skip_or_fail(request.config, f"needs {', '.join(missing)} (pip install vmm-reference[test])")
     if kvm_kind == "none":
         skip_or_fail(request.config, "/dev/kvm is not available")
     monkeypatch.setenv("VMM_NOTEBOOK_KERNEL", str(probe_elf))

@@ -81,8 +81,11 @@ def test_bad_option_values_are_usage_errors(pytester, probe_elf):
     assert "invalid vmm_memory='lots': expected a number" in result.stdout.str() + result.stderr.str()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("xdist") is None, reason="pytest-xdist is not installed")
-def test_runs_under_xdist_with_two_workers(pytester, probe_elf):
+def test_runs_under_xdist_with_two_workers(pytester, probe_elf, request):
+    from vmm_reference.pytest_plugin import skip_or_fail
+
+    if importlib.util.find_spec("xdist") is None:
+        skip_or_fail(request.config, "pytest-xdist is not installed")
     tests = "\n".join(f"""
 def test_{i}(vm_factory):
     vm = vm_factory(kernel={str(probe_elf)!r}, cmdline="id={i}")

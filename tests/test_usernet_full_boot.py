@@ -147,9 +147,11 @@ _CHILD = textwrap.dedent(r'''
 ''')
 
 
-def test_dhcp_a_download_from_the_host_and_a_forwarded_port(tmp_path):
+def test_dhcp_a_download_from_the_host_and_a_forwarded_port(tmp_path, request):
+    from vmm_reference.pytest_plugin import skip_or_fail
+
     if not shutil.which("passt"):
-        pytest.skip("needs passt (Debian: apt-get install passt)")
+        skip_or_fail(request.config, "needs passt (Debian: apt-get install passt)")
     # A private mount namespace too: in the lab the child leaves its chroot there (see _CHILD).
     prefix = ["unshare", "--mount", "--net"]
     if os.geteuid() != 0:

@@ -167,10 +167,12 @@ int main(int argc, char **argv) {
 
 
 @pytest.fixture(scope="module")
-def vsockecho(tmp_path_factory):
+def vsockecho(tmp_path_factory, request):
     """The echo server/client, built static on the host (the guest's userland is busybox, no libc)."""
+    from vmm_reference.pytest_plugin import skip_or_fail
+
     if not shutil.which("gcc"):
-        pytest.skip("needs gcc")
+        skip_or_fail(request.config, "needs gcc (Debian: gcc libc6-dev)")
     where = tmp_path_factory.mktemp("vsockecho")
     source = where / "vsockecho.c"
     source.write_text(VSOCKECHO)
