@@ -104,6 +104,7 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_waitid,
     libc::SYS_pidfd_send_signal,
     libc::SYS_eventfd2,
+    libc::SYS_timerfd_settime,
 ];
 
 const REAPER: &[i64] = &[];

@@ -823,14 +823,35 @@ impl Drop for Vm {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
-        // Devices hold guest memory too: let go of them first, so the reaper unmaps it.
-        self.disks.clear();
-        self.nets.clear();
-        self.vsock = None;
-        if let Some(resources) = self.resources.take() {
-            crate::reaper::release(resources);
-        }
+        // Everything that holds guest memory (devices, their transports, vCPUs never
+        // started) goes with the memory, in one piece, dropped before it: guest RAM is
+        // unmapped only by the last holder, so a holder left behind here would leak it.
+        crate::reaper::release(Teardown {
+            _unstarted: self
+                .unstarted
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+            _transports: std::mem::take(&mut self.transports),
+            _virtio: std::mem::take(&mut self.virtio),
+            _disks: std::mem::take(&mut self.disks),
+            _nets: std::mem::take(&mut self.nets),
+            _vsock: self.vsock.take(),
+            _resources: self.resources.take(),
+        });
     }
+}
+
+/// A dropped VM's parts that hold guest memory or kernel objects, released together (fields
+/// drop in order: every user of the memory before the memory itself, in `resources`).
+struct Teardown {
+    _unstarted: Option<Unstarted>,
+    _transports: Vec<Arc<Mutex<MmioTransport>>>,
+    _virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
+    _disks: Vec<Arc<Mutex<Block>>>,
+    _nets: Vec<Arc<Mutex<Net>>>,
+    _vsock: Option<Arc<Mutex<Vsock>>>,
+    _resources: Option<Resources>,
 }
 
 /// Most clones one [`Vm::fork`] makes.

@@ -115,5 +115,6 @@ def test_{mark}(vm_template):
                  "--vmm-memory=64", "--vmm-template-ready=PROBE: tick 3 ", "-s")
     result.assert_outcomes(passed=3)
     firsts = {int(x) for x in re.findall(r"FIRST (\d+)", result.stdout.str())}
-    # Every clone starts from the same point of the one template: right after tick 3 or so.
-    assert len(firsts) == 1 and 4 <= firsts.pop() <= 6, result.stdout.str()
+    # Every clone starts from the same point of the one template, after tick 3 (how soon after
+    # depends on how quickly the host pauses it: not checked).
+    assert len(firsts) == 1 and firsts.pop() >= 4, result.stdout.str()

@@ -28,7 +28,7 @@ def expected_e820(memory_mib: int, himem_start: int = 0x100000) -> list[tuple[in
 def boot(vm_factory, **kwargs) -> tuple[Vm, str]:
     vm = vm_factory(**kwargs)
     vm.start()
-    status = vm.wait(timeout=60)
+    status = vm.wait(timeout=300)  # a safety net: 64 APs taking turns on 2 loaded host cores
     return vm, status, vm.console_log
 
 

@@ -25,14 +25,18 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any, Callable, Optional, Union
 
 from .errors import VmAgentError, VmConfigError, VmTimeoutError
+from .tree_writer import TreeWriter
 
-__all__ = ["AGENT_PORT", "CHUNK", "Client", "Command", "Input", "argv_of"]
+__all__ = ["AGENT_PORT", "CHUNK", "DEFAULT_MAX_OUTPUT", "Client", "Command", "Input", "argv_of"]
 
 AGENT_PORT = 52
 """The vsock port ``vmm-agent`` listens on."""
 
 CHUNK = 64 * 1024
 """The largest data payload in a frame (output, input, file data)."""
+
+DEFAULT_MAX_OUTPUT = 1 << 30
+"""How many bytes of stdout and stderr together :meth:`Client.run` captures by default (1 GiB)."""
 
 _HDR = 5
 _MAX_FRAME = 1 << 20
@@ -62,11 +66,6 @@ def _cstr(value: Union[str, bytes, os.PathLike[str]], what: str) -> bytes:
     if b"\0" in raw:
         raise VmConfigError(f"invalid {what}={value!r}: contains a NUL byte")
     return raw + b"\0"
-
-
-def _valid_rel(rel: str) -> bool:
-    """Whether an entry's relative path stays inside the copy: no absolute path, '.', '..' or ''."""
-    return rel == "" or (not rel.startswith("/") and all(p not in ("", ".", "..") for p in rel.split("/")))
 
 
 def argv_of(cmd: Command) -> list[bytes]:
@@ -146,10 +145,19 @@ class Client:
                 wait = min(wait, deadline - time.monotonic())
                 if wait <= 0:
                     raise _Deadline()
-            rl: list[Any] = ([self._sock] if read else []) + list(extra)
-            r, w, _ = select.select(rl, [self._sock] if write else [], [], wait)
-            if r or w:
-                return self._sock in r, self._sock in w, [fd for fd in extra if fd in r]
+            # poll, not select: select cannot wait on a descriptor numbered 1024 or above.
+            poller = select.poll()
+            mine = (select.POLLIN if read else 0) | (select.POLLOUT if write else 0)
+            if mine:
+                poller.register(self._sock.fileno(), mine)
+            for fd in extra:
+                poller.register(fd, select.POLLIN)
+            events = dict(poller.poll(max(0, int(wait * 1000) + 1)))
+            if events:
+                sock_events = events.pop(self._sock.fileno(), 0)
+                broken = bool(sock_events & (select.POLLERR | select.POLLHUP | select.POLLNVAL))
+                return (bool(sock_events & select.POLLIN) or (read and broken),
+                        bool(sock_events & select.POLLOUT) or (write and broken), list(events))
             if self._check is not None:
                 self._check()
 
@@ -237,6 +245,7 @@ class Client:
         stdout: Optional[Callable[[bytes], object]] = None,
         stderr: Optional[Callable[[bytes], object]] = None,
         cancel: Optional[threading.Event] = None,
+        max_output: Optional[int] = None,
     ) -> int:
         """Run ``argv`` in the guest and return its exit code (``-N`` when killed by signal N).
 
@@ -245,8 +254,13 @@ class Client:
         ``timeout`` seconds the command (its whole process group) is killed and
         :class:`VmTimeoutError` raised once the agent reports it ended. ``env`` adds to (or
         replaces variables of) the agent's environment; ``cwd`` is the working directory (the
-        agent's, ``/``, by default).
+        agent's, ``/``, by default). Once stdout and stderr together pass ``max_output`` bytes
+        (None: no limit), the command is killed, the rest of its output dropped, and
+        :class:`VmAgentError` raised naming ``max_output``.
         """
+        if max_output is not None and (isinstance(max_output, bool) or not isinstance(max_output, int)
+                                       or max_output < 0):
+            raise VmConfigError(f"invalid max_output={max_output!r}: expected None or a number of bytes >= 0")
         if isinstance(argv, (str, bytes)) or not argv:
             raise VmConfigError(f"invalid argv={argv!r}: expected a non-empty list")
         env_items = []
@@ -279,6 +293,8 @@ class Client:
         if input_done:
             out += _frame(STDIN)
         killed_at: Optional[float] = None
+        kill_reason = ""
+        output = 0
         while True:
             if not awaiting_ack and not input_done and fd is None and len(out) < CHUNK:
                 if source is not None:
@@ -292,6 +308,8 @@ class Client:
                 input_done = not chunk
             now = time.monotonic()
             if deadline is not None and now >= deadline and killed_at is None:
+                kill_reason = "timeout"
+            if kill_reason and killed_at is None:
                 out += _frame(KILL, struct.pack("<I", 9))
                 killed_at = now
             if killed_at is not None and now - killed_at > 10:
@@ -323,19 +341,27 @@ class Client:
                     if frame is None:
                         break
                     kind, data = frame
-                    if kind == STDOUT:
-                        if stdout is not None:
-                            stdout(data)
-                    elif kind == STDERR:
-                        if stderr is not None:
-                            stderr(data)
+                    if kind in (STDOUT, STDERR):
+                        output += len(data)
+                        if max_output is not None and output > max_output:
+                            kill_reason = kill_reason or "output"
+                        if kill_reason != "output":
+                            sink = stdout if kind == STDOUT else stderr
+                            if sink is not None:
+                                sink(data)
                     elif kind == STDIN_ACK:
                         awaiting_ack = False
                     elif kind == EXIT:
-                        (code,) = struct.unpack("<i", data[:4])
-                        if killed_at is not None:
-                            raise VmTimeoutError(f"the command {list(map(os.fsdecode, argv))!r} did not finish "
+                        if len(data) < 4:
+                            raise VmAgentError(f"the guest agent sent a malformed EXIT frame ({len(data)} bytes)")
+                        (code,) = struct.unpack_from("<i", data)
+                        shown = list(map(os.fsdecode, argv))
+                        if kill_reason == "timeout":
+                            raise VmTimeoutError(f"the command {shown!r} did not finish "
                                                  f"within timeout={timeout} s; it was killed")
+                        if kill_reason == "output":
+                            raise VmAgentError(f"the command {shown!r} wrote more than max_output={max_output} "
+                                               "bytes; it was killed")
                         return int(code)
                     elif kind == ERROR:
                         raise VmAgentError(f"the guest agent: {data.decode('utf-8', 'replace')}")
@@ -353,6 +379,7 @@ class Client:
         check: bool = False,
         text: bool = False,
         cancel: Optional[threading.Event] = None,
+        max_output: Optional[int] = DEFAULT_MAX_OUTPUT,
     ) -> subprocess.CompletedProcess[Any]:
         """Run ``cmd`` and capture its output, as :meth:`Vm.run <vmm_reference.Vm.run>` documents."""
         argv = argv_of(cmd)
@@ -360,8 +387,8 @@ class Client:
         err: list[bytes] = []
         try:
             code = self.exec(argv, env=env, cwd=cwd, input=input, timeout=timeout, stdout=out.append,
-                             stderr=err.append, cancel=cancel)
-        except VmTimeoutError as e:
+                             stderr=err.append, cancel=cancel, max_output=max_output)
+        except (VmTimeoutError, VmAgentError) as e:
             e.stdout, e.stderr = _output(out, text), _output(err, text)
             raise
         result: subprocess.CompletedProcess[Any] = subprocess.CompletedProcess(
@@ -427,53 +454,44 @@ class Client:
         name = os.path.basename(src_text.rstrip("/"))
         root = os.path.join(dest_path, name) if name and os.path.isdir(dest_path) else dest_path
         deadline = self._deadline(timeout)
-        f: Optional[IO[bytes]] = None
-        file_path, file_mode = "", 0
-        dirs: list[tuple[str, int]] = []
         try:
             self._send_all(_frame(GET, _cstr(src, "src")), deadline)
-            while True:
-                kind, payload = self._recv_frame(deadline)
-                if kind == ENTRY:
-                    entry_kind, mode = payload[:1], struct.unpack_from("<I", payload, 1)[0] & 0o7777
-                    parts = payload[5:].split(b"\0")
-                    rel = os.fsdecode(parts[0])
-                    if not _valid_rel(rel):
-                        raise VmAgentError(f"the guest agent sent an entry outside the copy: {rel!r}")
-                    path = os.path.join(root, rel) if rel else root
-                    if entry_kind == b"f":
-                        f = open(path, "wb")
-                        file_path, file_mode = path, mode
-                    elif entry_kind == b"d":
-                        if not os.path.isdir(path):
-                            os.mkdir(path, 0o700)
-                        dirs.append((path, mode))
-                    elif entry_kind == b"l":
-                        if os.path.lexists(path):
-                            os.unlink(path)
-                        os.symlink(os.fsdecode(parts[1]), path)
+            with TreeWriter(root) as tree:
+                while True:
+                    kind, payload = self._recv_frame(deadline)
+                    if kind == ENTRY:
+                        entry_kind, mode, names = _parse_entry(payload)
+                        rel = os.fsdecode(names[0])
+                        if entry_kind == b"f":
+                            tree.file(rel, mode)
+                        elif entry_kind == b"d":
+                            tree.directory(rel, mode)
+                        elif entry_kind == b"l":
+                            if len(names) < 2 or not names[1]:
+                                raise VmAgentError(f"the guest agent sent link {rel!r} without a target")
+                            tree.symlink(rel, os.fsdecode(names[1]))
+                        else:
+                            raise VmAgentError(f"the guest agent sent entry {rel!r} of unknown kind {entry_kind!r}")
+                    elif kind == DATA:
+                        if payload:
+                            tree.data(payload)
+                        else:
+                            tree.end_file()
+                    elif kind == END:
+                        tree.finish()
+                        return
                     else:
-                        raise VmAgentError(f"the guest agent sent an entry of unknown kind {entry_kind!r}")
-                elif kind == DATA:
-                    if f is None:
-                        raise VmAgentError("the guest agent sent file data outside a file")
-                    if payload:
-                        f.write(payload)
-                    else:
-                        f.close()
-                        f = None
-                        os.chmod(file_path, file_mode)
-                elif kind == END:
-                    for path, mode in reversed(dirs):
-                        os.chmod(path, mode)
-                    return
-                else:
-                    raise VmAgentError(f"the guest agent sent frame type 0x{kind:02x} during GET")
+                        raise VmAgentError(f"the guest agent sent frame type 0x{kind:02x} during GET")
         except _Deadline:
             raise VmTimeoutError(f"copying the guest's {src_text} to {dest_path} took over {timeout} s") from None
-        finally:
-            if f is not None:
-                f.close()
+
+
+def _parse_entry(payload: bytes) -> tuple[bytes, int, list[bytes]]:
+    """Split an ENTRY frame into (kind, mode, NUL-terminated names); a malformed one is a VmAgentError."""
+    if len(payload) < 6 or not payload.endswith(b"\0"):
+        raise VmAgentError(f"the guest agent sent a malformed ENTRY frame ({len(payload)} bytes)")
+    (mode,) = struct.unpack_from("<I", payload, 1)
+    return payload[:1], mode, payload[5:-1].split(b"\0")
 
 
 class _Deadline(Exception):

@@ -70,4 +70,13 @@ class VmSnapshotError(VmError):
 
 
 class VmAgentError(VmError):
-    """The guest agent (``vmm-agent``) is not there, failed a request, or broke the connection."""
+    """The guest agent (``vmm-agent``) is not there, failed a request, or broke the connection.
+
+    When :meth:`Vm.run <vmm_reference.Vm.run>` fails once a command ran, :attr:`stdout` and
+    :attr:`stderr` hold what it printed until then (up to ``max_output``).
+    """
+
+    stdout: Union[bytes, str, None] = None
+    """What the command wrote to its stdout before the error (:meth:`Vm.run <vmm_reference.Vm.run>`)."""
+    stderr: Union[bytes, str, None] = None
+    """What the command wrote to its stderr before the error."""

@@ -336,7 +336,8 @@ class LabItem(pytest.Item):
                                        *self.nodeids], env={"VMM_REFERENCE_IN_LAB": "1"})
         result = None
         for _attempt in range(2):  # once more only if the lab itself reported nothing
-            result = run_in_lab(command, timeout=120 + 60 * len(self.nodeids), cwd=str(self.config.rootpath))
+            # A safety net, generous for the slowest host: the lab emulates everything.
+            result = run_in_lab(command, timeout=600 + 150 * len(self.nodeids), cwd=str(self.config.rootpath))
             if result.status is not None:
                 break
         assert result is not None

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
-from .agent import Client, Command, Input
+from .agent import DEFAULT_MAX_OUTPUT, Client, Command, Input
 from .devices import DeviceInfo, DiskArg, NetArg, Vsock, disk_tuples, net_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
@@ -774,6 +774,7 @@ class Vm:
         cwd: Optional[PathArg] = None,
         check: bool = False,
         text: bool = False,
+        max_output: Optional[int] = DEFAULT_MAX_OUTPUT,
     ) -> subprocess.CompletedProcess[Any]:
         """Run a command in the guest through its agent and return a :class:`subprocess.CompletedProcess`.
 
@@ -788,13 +789,17 @@ class Vm:
         the command's process group is killed and :class:`VmTimeoutError` raised, its
         ``stdout``/``stderr`` holding the output so far.
 
-        Output of any size streams through: only the result is kept. No agent listening
+        Output streams through: only the result is kept, at most ``max_output`` bytes of
+        stdout and stderr together (default 1 GiB; None for no limit): past that the command
+        is killed and :class:`~vmm_reference.VmAgentError` raised, its ``stdout``/``stderr``
+        holding what was kept. No agent listening
         raises :class:`~vmm_reference.VmAgentError` at once, the VM exiting
         :class:`~vmm_reference.VmExitedError`; a VM without ``vsock=True``
         :class:`VmConfigError`. Call :meth:`wait_ready` after :meth:`start` first.
         """
         with self._agent_client("run()") as client:
-            return client.run(cmd, timeout=timeout, input=input, env=env, cwd=cwd, check=check, text=text)
+            return client.run(cmd, timeout=timeout, input=input, env=env, cwd=cwd, check=check, text=text,
+                              max_output=max_output)
 
     async def run_async(
         self,
@@ -806,6 +811,7 @@ class Vm:
         cwd: Optional[PathArg] = None,
         check: bool = False,
         text: bool = False,
+        max_output: Optional[int] = DEFAULT_MAX_OUTPUT,
     ) -> subprocess.CompletedProcess[Any]:
         """Like :meth:`run`, without blocking the asyncio event loop; cancelling it kills the command."""
         import threading
@@ -815,7 +821,7 @@ class Vm:
         def work() -> subprocess.CompletedProcess[Any]:
             with self._agent_client("run_async()") as client:
                 return client.run(cmd, timeout=timeout, input=input, env=env, cwd=cwd, check=check, text=text,
-                                  cancel=cancel)
+                                  cancel=cancel, max_output=max_output)
 
         try:
             return await _to_thread(work)

@@ -90,6 +90,21 @@ pub fn open_readable(arg: &'static str, path: &Path) -> Result<File> {
     open_file(arg, path, false)
 }
 
+/// Clears `O_NONBLOCK` on a file known to be regular: it was set only so that opening a FIFO
+/// could not hang; left on, reads from filesystems that honour it (9p without caching,
+/// FUSE) fail with `EAGAIN` instead of waiting for the data.
+fn clear_nonblocking(file: File) -> std::io::Result<File> {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a file descriptor we own; no memory is passed.
+    unsafe {
+        let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(file)
+}
+
 /// What a non-regular file is, for messages.
 fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     use std::os::unix::fs::FileTypeExt;
@@ -143,7 +158,10 @@ pub fn open_file(
         .open(path)
     {
         Ok(f) => match f.metadata() {
-            Ok(meta) if meta.is_file() => Ok(f),
+            Ok(meta) if meta.is_file() => clear_nonblocking(f).map_err(|e| Error::Io {
+                what: format!("cannot read {arg}={}", path.display()),
+                source: e,
+            }),
             Ok(meta) => Err(not_regular(arg, file_kind(&meta))),
             Err(e) => Err(Error::Io {
                 what: format!("cannot read {arg}={}", path.display()),
@@ -299,4 +317,25 @@ fn inspect_bzimage(hdr: setup_header, file_len: u64) -> std::result::Result<Kern
         load_end: payload.max(init_size),
         setup_header: Some(hdr),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::io::AsRawFd;
+
+    #[test]
+    fn a_regular_file_is_read_blocking() {
+        // Opened non-blocking (a FIFO must not hang the open), then cleared once regular:
+        // 9p without caching and FUSE fail reads of a file left non-blocking.
+        let path = std::env::temp_dir().join(format!("vmm-ref-open-{}", std::process::id()));
+        std::fs::write(&path, b"kernel").unwrap();
+        for writable in [false, true] {
+            let f = open_file("kernel", &path, writable).unwrap();
+            // SAFETY: F_GETFL on a file descriptor we own.
+            let flags = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFL) };
+            assert_eq!(flags & libc::O_NONBLOCK, 0, "writable={writable}");
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
 }

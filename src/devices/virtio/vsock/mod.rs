@@ -24,12 +24,14 @@ use std::os::unix::io::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use self::packet::*;
 use self::unix::Listener;
@@ -46,8 +48,20 @@ pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 pub const QUEUE_SIZE: u16 = 256;
 /// Receive buffer this device advertises per connection: what a guest may send ahead.
 pub const CONN_BUF: u32 = 256 << 10;
-/// Most connections at once.
+/// Most connections at once (fewer when the process may open few files: see
+/// [`connection_cap`]).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most descriptor chains one call serves from one queue: a guest that keeps its avail
+/// index ahead (with packets dropped early, or buffers too short to use) cannot hold the
+/// event loop, so stopping, pausing and the other devices still get their turn.
+const BATCH: usize = QUEUE_SIZE as usize;
+/// Most host connections taken from the listening socket per wake-up.
+const ACCEPT_BATCH: usize = 64;
+/// How long a host program has to send its whole `CONNECT` line.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the listening socket is left alone after `accept` failed (out of file
+/// descriptors, say): it stays readable, and retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Largest payload taken from or given to the guest in one packet.
 const MAX_PAYLOAD: usize = 64 << 10;
 /// Most control packets (requests, responses, resets, credit updates) waiting for receive
@@ -55,7 +69,7 @@ const MAX_PAYLOAD: usize = 64 << 10;
 /// makes room.
 const MAX_PENDING: usize = 2 * MAX_CONNECTIONS;
 /// How long a stopping VM keeps writing what its guest sent to host programs.
-const RELEASE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+const RELEASE_FLUSH: Duration = Duration::from_secs(1);
 /// Host-initiated connections get local ports from here up.
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 
@@ -66,6 +80,7 @@ const EVQ: usize = 2;
 const EVENT_TRANSPORT_RESET: u32 = 0;
 /// Event-loop tokens: the queues are 0..3, the listener 3, connections from 16.
 const TOKEN_LISTENER: u32 = 3;
+const TOKEN_TIMER: u32 = 4;
 const TOKEN_CONN_BASE: u32 = 16;
 
 /// A connection: `(host-side port, guest-side port)`.
@@ -85,6 +100,10 @@ struct Conn {
     stream: UnixStream,
     token: u32,
     state: State,
+    /// The part of the host program's `CONNECT` line received so far.
+    line: Vec<u8>,
+    /// When the connection was made (a `CONNECT` line must come within [`CONNECT_TIMEOUT`]).
+    since: Instant,
     /// The host socket may have data for the guest (it is not watched for input meanwhile).
     readable: bool,
     /// What the host socket is watched for.
@@ -110,6 +129,8 @@ impl Conn {
             stream,
             token,
             state,
+            line: Vec::new(),
+            since: Instant::now(),
             readable: false,
             interest: EventSet::empty(),
             to_host: Vec::new(),
@@ -167,6 +188,30 @@ pub struct Vsock {
     /// The transmit queue was left with packets because too many control packets wait for
     /// receive buffers.
     tx_stalled: bool,
+    /// A queue was left with work after a full batch: the handler comes back to it.
+    tx_more: bool,
+    rx_more: bool,
+    /// Most connections at once, for this process's file descriptor limit.
+    max_connections: usize,
+    /// The listening socket is not watched until then (`accept` failed).
+    listener_paused_until: Option<Instant>,
+}
+
+/// How many connections one device may have: [`MAX_CONNECTIONS`], or a quarter of the
+/// process's file descriptor limit if that is less (the guest's connections must not use up
+/// the descriptors of the process the VMM lives in), and at least 16.
+pub fn connection_cap() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass, nothing else.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    (soft / 4).clamp(16, MAX_CONNECTIONS)
 }
 
 impl Vsock {
@@ -190,6 +235,10 @@ impl Vsock {
             closing: Vec::new(),
             draining: HashMap::new(),
             tx_stalled: false,
+            tx_more: false,
+            rx_more: false,
+            max_connections: connection_cap(),
+            listener_paused_until: None,
         })
     }
 
@@ -265,22 +314,65 @@ impl Vsock {
         self.push(key, OP_RST, 0);
     }
 
-    /// Accepts host connections.
+    /// Accepts host connections (a bounded number per wake-up: the listener stays readable
+    /// if more wait).
     fn accept(&mut self) {
-        loop {
+        for _ in 0..ACCEPT_BATCH {
             let Some(listener) = &self.listener else {
                 return;
             };
             match listener.accept() {
                 Ok(Some(stream)) => {
-                    if self.conns.len() + self.draining.len() >= MAX_CONNECTIONS {
+                    if self.conns.len() + self.draining.len() >= self.max_connections {
                         continue; // dropped: the host program sees the socket close
                     }
                     let key = (self.alloc_local_port(), u32::MAX);
                     self.add_conn(key, stream, State::AwaitingConnect);
                 }
-                Ok(None) | Err(_) => return,
+                Ok(None) => return,
+                Err(_) => {
+                    // Out of file descriptors (or memory): the pending connection stays, and
+                    // so does the listener's readiness. Look again after a pause.
+                    self.listener_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    self.watch_listener(EventSet::empty());
+                    return;
+                }
             }
+        }
+    }
+
+    fn watch_listener(&mut self, interest: EventSet) {
+        if let Some(listener) = &self.listener {
+            self.watch
+                .push(Watch::Set(listener.as_raw_fd(), TOKEN_LISTENER, interest));
+        }
+    }
+
+    /// The next time [`Vsock::tick`] has something to do, if any.
+    fn next_deadline(&self) -> Option<Instant> {
+        let handshakes = self
+            .conns
+            .values()
+            .filter(|c| c.state == State::AwaitingConnect)
+            .map(|c| c.since + CONNECT_TIMEOUT);
+        handshakes.chain(self.listener_paused_until).min()
+    }
+
+    /// Drops host programs that did not send their `CONNECT` line in time, and watches the
+    /// listening socket again after an `accept` failure.
+    fn tick(&mut self, now: Instant) {
+        let late: Vec<Key> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == State::AwaitingConnect && now >= c.since + CONNECT_TIMEOUT)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in late {
+            self.remove_conn(key);
+        }
+        if self.listener_paused_until.is_some_and(|t| now >= t) {
+            self.listener_paused_until = None;
+            self.watch_listener(EventSet::IN);
         }
     }
 
@@ -303,11 +395,11 @@ impl Vsock {
         let Some(&key) = self.tokens.get(&token) else {
             return;
         };
-        let Some(conn) = self.conns.get(&key) else {
+        let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
         match conn.state {
-            State::AwaitingConnect => match unix::read_connect_line(&conn.stream) {
+            State::AwaitingConnect => match unix::read_connect_line(&conn.stream, &mut conn.line) {
                 Ok(None) => {}
                 Ok(Some(line)) => match unix::parse_connect(&line) {
                     Some(port) => {
@@ -466,8 +558,13 @@ impl Vsock {
         let mem = active.mem.clone();
         let mut used_any = false;
         self.tx_stalled = false;
+        self.tx_more = false;
         let _ = active.queues[TXQ].disable_notification(mem.as_ref());
-        loop {
+        for served in 0.. {
+            if served == BATCH {
+                self.tx_more = true;
+                break;
+            }
             if self.pending.len() >= MAX_PENDING {
                 // Room for our answers first: the guest's receive buffers make it, and
                 // the handler comes back here once they have.
@@ -575,7 +672,7 @@ impl Vsock {
 
     /// The guest connects to the host's port `key.0`.
     fn guest_connect(&mut self, key: Key, request: &Header) {
-        if self.conns.len() + self.draining.len() >= MAX_CONNECTIONS {
+        if self.conns.len() + self.draining.len() >= self.max_connections {
             self.push(key, OP_RST, 0);
             return;
         }
@@ -668,7 +765,14 @@ impl Vsock {
         };
         let mem = active.mem.clone();
         let mut used_any = false;
+        self.rx_more = false;
+        let mut served = 0;
         while !self.pending.is_empty() || !self.ready.is_empty() {
+            if served == BATCH {
+                self.rx_more = true;
+                break;
+            }
+            served += 1;
             // Out of receive buffers with work left, the guest is asked to notify us when it
             // adds some.
             let chain = match next_chain(&mut active.queues[RXQ], mem.as_ref()) {
@@ -916,6 +1020,8 @@ impl VirtioDevice for Vsock {
         Box::new(VsockHandler {
             device,
             queue_events,
+            timer: TimerFd::new().ok(),
+            armed: None,
         })
     }
 }
@@ -925,9 +1031,36 @@ impl VirtioDevice for Vsock {
 pub struct VsockHandler {
     device: Arc<Mutex<Vsock>>,
     queue_events: Vec<EventFd>,
+    /// Fires for [`Vsock::tick`]: handshake time-outs, the listener's back-off. (Without
+    /// one, which only fails when the process is out of descriptors, a client that never
+    /// finishes its line keeps its slot until the VM stops; nothing spins.)
+    timer: Option<TimerFd>,
+    /// When the timer is set to fire.
+    armed: Option<Instant>,
 }
 
 impl VsockHandler {
+    /// Sets the timer for the device's next deadline (or clears it).
+    fn arm(&mut self, device: &Vsock) {
+        let Some(timer) = &mut self.timer else {
+            return;
+        };
+        let next = device.next_deadline();
+        if next == self.armed {
+            return;
+        }
+        self.armed = next;
+        let _ = match next {
+            // At least 1 ms: a zero duration would disarm it.
+            Some(t) => timer.reset(
+                t.saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(1)),
+                None,
+            ),
+            None => timer.clear(),
+        };
+    }
+
     fn apply(ops: &mut EventOps, device: &mut Vsock) {
         for change in device.watch.drain(..) {
             match change {
@@ -949,13 +1082,21 @@ impl VsockHandler {
 impl MutEventSubscriber for VsockHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let token = events.data();
-        let mut device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let shared = self.device.clone();
+        let mut device = shared.lock().unwrap_or_else(|e| e.into_inner());
         match token {
             t if (t as usize) < self.queue_events.len() => {
                 let _ = self.queue_events[t as usize].read();
                 device.process_queue(t as usize);
             }
             TOKEN_LISTENER => device.accept(),
+            TOKEN_TIMER => {
+                if let Some(timer) = &mut self.timer {
+                    let _ = timer.wait();
+                }
+                self.armed = None;
+                device.tick(Instant::now());
+            }
             t => device.conn_event(t, events.event_set()),
         }
         device.process_rx();
@@ -963,12 +1104,27 @@ impl MutEventSubscriber for VsockHandler {
             device.process_tx();
             device.process_rx();
         }
+        // A queue left with work after a full batch: come back after the loop's other events.
+        if device.tx_more && !device.tx_stalled {
+            if let Some(e) = self.queue_events.get(TXQ) {
+                let _ = e.write(1);
+            }
+        }
+        if device.rx_more {
+            if let Some(e) = self.queue_events.get(RXQ) {
+                let _ = e.write(1);
+            }
+        }
         Self::apply(ops, &mut device);
+        self.arm(&device);
     }
 
     fn init(&mut self, ops: &mut EventOps) {
         for (i, e) in self.queue_events.iter().enumerate() {
             let _ = ops.add(Events::with_data(e, i as u32, EventSet::IN));
+        }
+        if let Some(timer) = &self.timer {
+            let _ = ops.add(Events::with_data(timer, TOKEN_TIMER, EventSet::IN));
         }
         let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(listener) = &device.listener {

@@ -139,14 +139,24 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 
 /// Takes a `CONNECT` line from `stream` without reading past it (the host program may send
 /// data right after the `OK`): `Ok(None)` while it is incomplete.
-pub fn read_connect_line(stream: &UnixStream) -> io::Result<Option<Vec<u8>>> {
+///
+/// What has come of an incomplete line is moved into `partial` (it is all part of the
+/// line), so the socket is drained and the event loop is not woken for the same bytes again
+/// (the sockets are watched level-triggered): a client sending its line a byte at a time, or
+/// half a line and then nothing, costs one wake-up per write. A line longer than
+/// [`MAX_CONNECT_LINE`] is `InvalidData`; the end of the stream `UnexpectedEof`.
+pub fn read_connect_line(stream: &UnixStream, partial: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+    let room = MAX_CONNECT_LINE.saturating_sub(partial.len());
+    if room == 0 {
+        return Err(io::Error::from(io::ErrorKind::InvalidData));
+    }
     let mut buf = [0u8; MAX_CONNECT_LINE];
-    // SAFETY: recv into a local buffer of the length given.
+    // SAFETY: recv into a local buffer, at most `room` <= its length.
     let n = unsafe {
         libc::recv(
             stream.as_raw_fd(),
             buf.as_mut_ptr().cast(),
-            buf.len(),
+            room,
             libc::MSG_PEEK,
         )
     };
@@ -162,17 +172,22 @@ pub fn read_connect_line(stream: &UnixStream) -> io::Result<Option<Vec<u8>>> {
     if n == 0 {
         return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
     }
-    let Some(end) = buf[..n].iter().position(|&b| b == b'\n') else {
-        return if n == MAX_CONNECT_LINE {
+    let (take, complete) = match buf[..n].iter().position(|&b| b == b'\n') {
+        Some(end) => (end + 1, true),
+        None => (n, false),
+    };
+    let start = partial.len();
+    partial.resize(start + take, 0);
+    io::Read::read_exact(&mut &*stream, &mut partial[start..])?;
+    if !complete {
+        return if partial.len() >= MAX_CONNECT_LINE {
             Err(io::Error::from(io::ErrorKind::InvalidData))
         } else {
             Ok(None)
         };
-    };
-    let mut line = vec![0u8; end + 1];
-    io::Read::read_exact(&mut &*stream, &mut line)?;
-    line.pop();
-    Ok(Some(line))
+    }
+    partial.pop();
+    Ok(Some(std::mem::take(partial)))
 }
 
 #[cfg(test)]
@@ -203,7 +218,7 @@ mod tests {
         let mut c = UnixStream::connect(&path).unwrap();
         io::Write::write_all(&mut c, b"CONNECT 1234\nDATA").unwrap();
         let s = l.accept().unwrap().unwrap();
-        assert_eq!(read_connect_line(&s).unwrap().unwrap(), b"CONNECT 1234");
+        assert_eq!(read_connect_line(&s, &mut Vec::new()).unwrap().unwrap(), b"CONNECT 1234");
         let mut rest = [0u8; 4];
         io::Read::read_exact(&mut &s, &mut rest).unwrap();
         assert_eq!(&rest, b"DATA");
@@ -216,5 +231,56 @@ mod tests {
         drop(l);
         assert!(!path.exists());
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    #[test]
+    fn a_connect_line_in_pieces_is_assembled_and_data_after_it_is_left() {
+        let (host, mut client) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let mut partial = Vec::new();
+        assert_eq!(read_connect_line(&host, &mut partial).unwrap(), None);
+        io::Write::write_all(&mut client, b"CONN").unwrap();
+        assert_eq!(read_connect_line(&host, &mut partial).unwrap(), None);
+        // The partial bytes were taken off the socket: nothing is left to wake the loop.
+        let mut probe = [0u8; 1];
+        // SAFETY: recv into a local one-byte buffer.
+        let n = unsafe {
+            libc::recv(
+                host.as_raw_fd(),
+                probe.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        assert_eq!(n, -1, "the partial line must not stay readable");
+        io::Write::write_all(&mut client, b"ECT 52\nhello").unwrap();
+        assert_eq!(
+            read_connect_line(&host, &mut partial).unwrap(),
+            Some(b"CONNECT 52".to_vec())
+        );
+        let mut rest = [0u8; 5];
+        io::Read::read_exact(&mut &host, &mut rest).unwrap();
+        assert_eq!(&rest, b"hello");
+    }
+
+    #[test]
+    fn an_overlong_or_abandoned_connect_line_is_an_error() {
+        let (host, mut client) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let mut partial = Vec::new();
+        io::Write::write_all(&mut client, &[b'x'; MAX_CONNECT_LINE - 1]).unwrap();
+        assert_eq!(read_connect_line(&host, &mut partial).unwrap(), None);
+        io::Write::write_all(&mut client, b"yy").unwrap();
+        let e = read_connect_line(&host, &mut partial).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+
+        let (host, mut client) = UnixStream::pair().unwrap();
+        host.set_nonblocking(true).unwrap();
+        let mut partial = Vec::new();
+        io::Write::write_all(&mut client, b"CONNECT 5").unwrap();
+        drop(client);
+        assert_eq!(read_connect_line(&host, &mut partial).unwrap(), None);
+        let e = read_connect_line(&host, &mut partial).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
