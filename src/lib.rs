@@ -60,4 +60,4 @@ pub use config::{DiskConfig, KernelConfig, NetBackendConfig, NetConfig, VmConfig
 pub use console::Console;
 pub use error::{Error, ErrorKind, Result};
 pub use exit::{ExitReason, ExitStatus};
-pub use vm::{Vm, VmState, VmStats};
+pub use vm::{RestoreOptions, Vm, VmState, VmStats};

@@ -17,7 +17,7 @@ use pyo3::types::{PyBytes, PyDict};
 use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
 use crate::error::{Error, ErrorKind};
 use crate::exit::ExitStatus;
-use crate::vm::{ForkSpec, Vm};
+use crate::vm::{ForkSpec, RestoreOptions, Vm};
 
 /// How long one GIL-free wait lasts before signals are checked again.
 const SLICE: Duration = Duration::from_millis(50);
@@ -121,6 +121,28 @@ type StatusTuple = (&'static str, Option<String>, Option<u32>);
 /// A network device as Python passes it: kind (`tap`/`user`), TAP name, MAC, TCP forwards.
 type NetArg = (String, String, Option<String>, Vec<(i64, i64)>);
 
+/// The network devices `net` (what Python's `net_tuples` makes) describes; errors name `net[i]`.
+fn net_configs(net: &[NetArg]) -> Result<Vec<crate::config::NetConfig>, Error> {
+    net.iter()
+        .enumerate()
+        .map(|(i, (kind, name, mac, forward))| {
+            crate::config::net_config(i, kind, name, mac.as_deref(), forward)
+        })
+        .collect()
+}
+
+/// The disks `(path, read_only, serial)` describe.
+fn disk_configs(disks: Vec<(PathBuf, bool, Option<String>)>) -> Vec<DiskConfig> {
+    disks
+        .into_iter()
+        .map(|(path, read_only, serial)| DiskConfig {
+            path,
+            read_only,
+            serial,
+        })
+        .collect()
+}
+
 fn status_tuple(s: ExitStatus) -> StatusTuple {
     (s.reason.as_str(), s.detail, s.code)
 }
@@ -156,14 +178,7 @@ impl NativeVm {
         let vcpus = int(py, "vcpus", vcpus, crate::kvm::vcpus_range)?;
         let himem_start = int(py, "himem_start", himem_start, himem_start_range)?;
         let console_limit = int(py, "console_limit", console_limit, console_limit_range)?;
-        let net = net
-            .iter()
-            .enumerate()
-            .map(|(i, (kind, name, mac, forward))| {
-                crate::config::net_config(i, kind, name, mac.as_deref(), forward)
-            })
-            .collect::<Result<Vec<_>, Error>>()
-            .map_err(|e| to_py(py, e))?;
+        let net = net_configs(&net).map_err(|e| to_py(py, e))?;
         let vsock = match vsock {
             Some((cid, uds)) => Some(VsockConfig {
                 cid: crate::config::guest_cid(cid).map_err(|e| to_py(py, e))?,
@@ -182,14 +197,7 @@ impl NativeVm {
             },
             console_limit,
             acpi,
-            disks: disks
-                .into_iter()
-                .map(|(path, read_only, serial)| DiskConfig {
-                    path,
-                    read_only,
-                    serial,
-                })
-                .collect(),
+            disks: disk_configs(disks),
             net,
             vsock,
             seccomp,
@@ -233,22 +241,34 @@ impl NativeVm {
         )
     }
 
-    /// A paused VM from the snapshot in `path`.
+    /// A paused VM from the snapshot in `path`; `disks`/`net` (None: the saved ones) are
+    /// what the caller gives it, `seccomp` whatever the saved VM had.
     #[staticmethod]
-    #[pyo3(signature = (path, console_limit=None, vsock_uds=None))]
+    #[pyo3(signature = (path, console_limit=None, vsock_uds=None, seccomp=true, disks=None, net=None))]
     fn restore(
         py: Python<'_>,
         path: PathBuf,
         console_limit: Option<&Bound<'_, PyAny>>,
         vsock_uds: Option<PathBuf>,
+        seccomp: bool,
+        disks: Option<Vec<(PathBuf, bool, Option<String>)>>,
+        net: Option<Vec<NetArg>>,
     ) -> PyResult<NativeVm> {
         let console_limit = console_limit
             .map(|c| int(py, "console_limit", c, crate::config::console_limit_range))
             .transpose()?;
-        detached(py, "restoring", || {
-            Vm::restore(&path, console_limit, vsock_uds)
-        })
-        .map(|vm| NativeVm { vm })
+        let net = net
+            .map(|n| net_configs(&n))
+            .transpose()
+            .map_err(|e| to_py(py, e))?;
+        let options = RestoreOptions {
+            console_limit,
+            vsock_uds,
+            seccomp,
+            disks: disks.map(disk_configs),
+            net,
+        };
+        detached(py, "restoring", || Vm::restore(&path, options)).map(|vm| NativeVm { vm })
     }
 
     /// Paused clones, one per entry of `vsock_uds` (each clone's vsock socket, or None).

@@ -368,24 +368,13 @@ impl Vm {
 
     /// A VM from the snapshot in `dir`, paused: [`Vm::resume`] runs it from the instruction
     /// where it was saved. Its memory is the snapshot's memory file mapped copy-on-write
-    /// (read as the guest touches it); its console starts empty, holding `console_limit`
-    /// bytes (the saved VM's limit if None). Its devices are opened again from the saved
-    /// configuration (disk images, TAPs, a new passt, the vsock socket, which must be free).
-    /// `vsock_uds`, if given, replaces the saved vsock socket path (the saved one is usually
-    /// still taken by the VM the snapshot was made from).
-    pub fn restore(
-        dir: &Path,
-        console_limit: Option<usize>,
-        vsock_uds: Option<PathBuf>,
-    ) -> Result<Vm> {
+    /// (read as the guest touches it). What the host gives it comes from `options` where
+    /// they say, from the saved configuration otherwise (disk images, TAPs, a new passt, the
+    /// vsock socket, which must be free); its seccomp filter always comes from `options`,
+    /// never from the file (docs/security.md: a snapshot is not trusted to widen the sandbox).
+    pub fn restore(dir: &Path, options: RestoreOptions) -> Result<Vm> {
         let (snap, mem) = snapshot::read(dir)?;
-        let mut config = snap.config.clone();
-        if let Some(limit) = console_limit {
-            config.console_limit = limit;
-        }
-        if let (Some(v), Some(uds)) = (config.vsock.as_mut(), vsock_uds) {
-            v.uds = uds;
-        }
+        let config = options.apply(snap.config.clone())?;
         let mem = Arc::new(mem);
         Self::from_snapshot(
             config,
@@ -852,6 +841,71 @@ struct Teardown {
     _nets: Vec<Arc<Mutex<Net>>>,
     _vsock: Option<Arc<Mutex<Vsock>>>,
     _resources: Option<Resources>,
+}
+
+/// What the caller of [`Vm::restore`] decides, rather than the snapshot file.
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// The console's limit (the saved one if None).
+    pub console_limit: Option<usize>,
+    /// The vsock socket (the saved path if None; it is usually still taken by the VM the
+    /// snapshot came from).
+    pub vsock_uds: Option<PathBuf>,
+    /// Filter the restored VM's threads with seccomp (whatever the saved VM had).
+    pub seccomp: bool,
+    /// The disk images, one per saved disk, in order (the saved paths if None).
+    pub disks: Option<Vec<crate::config::DiskConfig>>,
+    /// The network backends, one per saved device, in order (the saved ones if None).
+    pub net: Option<Vec<crate::config::NetConfig>>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            console_limit: None,
+            vsock_uds: None,
+            seccomp: true,
+            disks: None,
+            net: None,
+        }
+    }
+}
+
+impl RestoreOptions {
+    /// The saved configuration with the caller's choices in place.
+    fn apply(self, mut config: VmConfig) -> Result<VmConfig> {
+        if let Some(limit) = self.console_limit {
+            config.console_limit = limit;
+        }
+        if let (Some(v), Some(uds)) = (config.vsock.as_mut(), self.vsock_uds) {
+            v.uds = uds;
+        }
+        config.seccomp = self.seccomp;
+        if let Some(disks) = self.disks {
+            if disks.len() != config.disks.len() {
+                return Err(Error::invalid(
+                    "disks",
+                    format!("{} disks", disks.len()),
+                    format!("one per disk the snapshot's VM had: {}", config.disks.len()),
+                ));
+            }
+            config.disks = disks;
+        }
+        if let Some(net) = self.net {
+            if net.len() != config.net.len() {
+                return Err(Error::invalid(
+                    "net",
+                    format!("{} devices", net.len()),
+                    format!(
+                        "one per network device the snapshot's VM had: {}",
+                        config.net.len()
+                    ),
+                ));
+            }
+            config.net = net;
+        }
+        Ok(config)
+    }
 }
 
 /// Most clones one [`Vm::fork`] makes.

@@ -47,6 +47,8 @@ class HostileAgent:
     def _serve(self) -> None:
         with self.guest:
             header = self.guest.recv(5, socket.MSG_WAITALL)
+            if len(header) < 5:
+                return  # the client sent nothing (it refused its own arguments)
             (n,) = struct.unpack_from("<I", header, 1)
             self.request = header + self.guest.recv(n, socket.MSG_WAITALL) if n else header
             try:
@@ -129,11 +131,11 @@ def test_setuid_setgid_and_sticky_bits_never_reach_the_host(tmp_path):
 
 def test_an_existing_hard_link_is_replaced_not_written_through(tmp_path, outside):
     dest = tmp_path / "dest"
-    dest.mkdir()
-    os.link(outside / "precious", dest / "f")
+    (dest / "tree").mkdir(parents=True)  # a copy of the guest's /guest/tree made earlier
+    os.link(outside / "precious", dest / "tree" / "f")
     copy_from(entry(b"d", 0o755, "") + entry(b"f", 0o644, "f") + frame(DATA, b"new") + frame(DATA) + frame(END),
-              dest)
-    assert (dest / "f").read_bytes() == b"new"
+              dest)  # an existing directory: into dest/tree, as cp -r does
+    assert (dest / "tree" / "f").read_bytes() == b"new"
     assert (outside / "precious").read_text() == "host data"
 
 

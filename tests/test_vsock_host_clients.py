@@ -45,6 +45,14 @@ def idle_vm(vm_factory, probe_elf, tmp_path) -> Vm:
     return vm
 
 
+def dropped(sock: socket.socket) -> bool:
+    """Whether the VMM closed this connection (EOF, or a reset when our bytes were unread)."""
+    try:
+        return sock.recv(16) == b""
+    except ConnectionResetError:
+        return True
+
+
 def cpu_over(seconds: float) -> float:
     before = event_loop_cpu()
     time.sleep(seconds)
@@ -67,7 +75,7 @@ def test_a_partial_connect_line_neither_spins_nor_stays(vm_factory, probe_elf, t
     # The silent client is dropped once its time is up (the socket then reads EOF).
     silent.settimeout(CONNECT_TIMEOUT + 30)
     t0 = time.monotonic()
-    assert silent.recv(16) == b""
+    assert dropped(silent)
     waited = time.monotonic() - t0
     assert CONNECT_TIMEOUT - 1.5 < waited < CONNECT_TIMEOUT + 30, waited
     silent.close()
@@ -102,7 +110,7 @@ def test_an_overlong_connect_line_is_dropped(vm_factory, probe_elf, tmp_path):
     s.connect(vm.vsock.uds)
     s.sendall(b"CONNECT " + b"9" * 100)
     s.settimeout(30)
-    assert s.recv(16) == b""
+    assert dropped(s)
     assert cpu_over(0.5) < 0.1
 
 
@@ -111,12 +119,23 @@ _FD_CHILD = textwrap.dedent(r"""
     from vmm_reference import Vm, Vsock
 
     probe, uds = sys.argv[1], sys.argv[2]
-    sys.path.insert(0, sys.argv[3])
-    from test_vsock_host_clients import event_loop_cpu
+
+    def loop_stat_fd():
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == "vmm-event-loop":
+                    return os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+        raise AssertionError("no event loop thread")
+
+    def cpu(fd):
+        # Read through a descriptor opened beforehand: the process may be out of them.
+        fields = os.pread(fd, 4096, 0).decode().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     vm = Vm(memory_mib=64, kernel=probe, cmdline="probe.end=halt", vsock=Vsock(uds=uds))
     vm.start()
     vm.expect("PROBE: halting", timeout=60)
+    stat_fd = loop_stat_fd()
 
     def count_open(clients):
         n = 0
@@ -159,9 +178,9 @@ _FD_CHILD = textwrap.dedent(r"""
             fillers.append(os.open("/dev/null", os.O_RDONLY))  # take the descriptor back
         except OSError:
             break
-    before = event_loop_cpu()
+    before = cpu(stat_fd)
     time.sleep(1.0)
-    spent = event_loop_cpu() - before
+    spent = cpu(stat_fd) - before
     for fd in fillers:
         os.close(fd)
     # 3. With descriptors back, the listener serves again: an overlong line is dropped.
@@ -169,7 +188,10 @@ _FD_CHILD = textwrap.dedent(r"""
     probe_client.connect(uds)
     probe_client.sendall(b"x" * 100)
     probe_client.settimeout(30)
-    served = probe_client.recv(16) == b""
+    try:
+        served = probe_client.recv(16) == b""
+    except ConnectionResetError:
+        served = True
     open_clients = count_open(clients)
     print(json.dumps(dict(spent=spent, served=served, open_clients=open_clients, soft=soft,
                           pending=len(pending))), flush=True)
@@ -181,8 +203,8 @@ def test_running_out_of_descriptors_neither_spins_nor_starves_the_process(probe_
     """accept() failing with EMFILE left the listener readable and spun the loop; and the guest's
     connections alone could use up the process's descriptors. In a child with a 256 limit."""
     script = f"import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n{_FD_CHILD}"
-    r = subprocess.run([sys.executable, "-c", script, str(probe_elf), str(tmp_path / "v.sock"),
-                        str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", script, str(probe_elf), str(tmp_path / "v.sock")],
+                       capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["spent"] < 0.3, out

@@ -36,8 +36,15 @@ class NativeVm:
     def snapshot(self, path: str) -> int:
         """Write a snapshot into the directory ``path``; the bytes of memory written."""
     @staticmethod
-    def restore(path: str, console_limit: Optional[int] = None, vsock_uds: Optional[str] = None) -> NativeVm:
-        """Return a paused VM from the snapshot in ``path``."""
+    def restore(
+        path: str,
+        console_limit: Optional[int] = None,
+        vsock_uds: Optional[str] = None,
+        seccomp: bool = True,
+        disks: Optional[list[tuple[str, bool, Optional[str]]]] = None,
+        net: Optional[list[tuple[str, str, Optional[str], list[tuple[int, int]]]]] = None,
+    ) -> NativeVm:
+        """Return a paused VM from the snapshot in ``path``; ``disks``/``net`` replace the saved ones."""
     def fork(self, vsock_uds: list[Optional[str]]) -> list[NativeVm]:
         """Return paused clones, one per entry (each clone's vsock socket, or None)."""
     def config(

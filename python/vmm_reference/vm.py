@@ -399,28 +399,39 @@ class Vm:
         *,
         console_limit: Optional[int] = None,
         vsock: Optional[Vsock] = None,
+        seccomp: bool = True,
+        disks: Optional[Sequence[DiskArg]] = None,
+        net: Optional[Sequence[NetArg]] = None,
     ) -> Vm:
         """Return a paused VM from the snapshot in the directory ``path``; :meth:`resume` runs it.
 
         The guest goes on from the exact instruction where it was saved; its memory is the
         snapshot's memory file mapped copy-on-write, read as the guest touches it (the file
         must stay there while the VM lives). The console starts empty and keeps
-        ``console_limit`` bytes (the saved VM's limit by default). Devices are opened again
-        from the saved configuration: disk images by path, TAPs by name, a new passt; a vsock
-        device listens on ``vsock.uds`` if given, else on a new private socket (the saved one
-        usually belongs to the VM the snapshot came from), and the guest sees its vsock
-        connections reset (its listeners stay).
+        ``console_limit`` bytes (the saved VM's limit by default).
+
+        What the host gives the VM is the caller's to say: ``disks`` and ``net`` (one entry
+        per saved device, in order, as :class:`Vm` takes them) replace the images, TAPs and
+        passt settings the snapshot names; left None, the saved ones are opened again (trust
+        the file for that only if you made it: ``docs/security.md``). A vsock device listens on
+        ``vsock.uds`` if given, else on a new private socket, and the guest sees its vsock
+        connections reset (its listeners stay). ``seccomp`` is this call's, never the
+        snapshot's: a VM saved with ``seccomp=False`` restores filtered unless you say so.
 
         Raises :class:`VmSnapshotError` for a missing, truncated, damaged or foreign snapshot,
         one from another format version, or one whose guest uses CPU features this host's KVM
-        lacks.
+        lacks; :class:`VmConfigError` naming ``disks`` or ``net`` when their count differs
+        from the snapshot's devices.
         """
         directory = _snapshot_dir("path", path)
         limit = None if console_limit is None else _check_int("console_limit", console_limit)
+        disk_list = None if disks is None else disk_tuples(disks)
+        net_list = None if net is None else net_tuples(net)
         endpoint = resolve_vsock(vsock if vsock is not None else True)
         try:
             native = _native.NativeVm.restore(
-                directory, console_limit=limit, vsock_uds=None if endpoint is None else endpoint.uds
+                directory, console_limit=limit, vsock_uds=None if endpoint is None else endpoint.uds,
+                seccomp=bool(seccomp), disks=disk_list, net=net_list,
             )
         except BaseException:
             if endpoint is not None:

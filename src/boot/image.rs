@@ -98,7 +98,8 @@ fn clear_nonblocking(file: File) -> std::io::Result<File> {
     // SAFETY: F_GETFL/F_SETFL on a file descriptor we own; no memory is passed.
     unsafe {
         let flags = libc::fcntl(file.as_raw_fd(), libc::F_GETFL);
-        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+        if flags < 0 || libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }

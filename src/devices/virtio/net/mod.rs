@@ -155,8 +155,22 @@ impl Net {
         }
     }
 
-    /// Sends the guest's frames to the backend.
+    /// Sends the guest's frames to the backend; returns whether some are left for another
+    /// round. Whatever happened (even with no queue, after a reset), the backend socket is
+    /// then watched for room exactly while passt has a frame waiting: a stale interest in
+    /// EPOLLOUT on a writable socket would wake the loop for ever.
     fn process_tx(&mut self) -> bool {
+        let more = self.serve_tx();
+        if let Some(Backend::Passt(p)) = &self.backend {
+            let want_out = p.busy();
+            let mut interest = self.interest;
+            interest.set(EventSet::OUT, want_out);
+            self.set_interest(interest);
+        }
+        more
+    }
+
+    fn serve_tx(&mut self) -> bool {
         let Some(mut active) = self.active.take() else {
             return false;
         };
@@ -210,12 +224,6 @@ impl Net {
                 .unwrap_or(true)
         {
             active.interrupt.trigger(INT_USED_RING);
-        }
-        if let Some(Backend::Passt(p)) = &self.backend {
-            let want_out = p.busy();
-            let mut interest = self.interest;
-            interest.set(EventSet::OUT, want_out);
-            self.set_interest(interest);
         }
         self.active = Some(active);
         more

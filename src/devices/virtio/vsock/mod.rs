@@ -191,6 +191,8 @@ pub struct Vsock {
     /// A queue was left with work after a full batch: the handler comes back to it.
     tx_more: bool,
     rx_more: bool,
+    /// Most chains served from one queue per call ([`BATCH`]; smaller in tests).
+    batch: usize,
     /// Most connections at once, for this process's file descriptor limit.
     max_connections: usize,
     /// The listening socket is not watched until then (`accept` failed).
@@ -237,6 +239,7 @@ impl Vsock {
             tx_stalled: false,
             tx_more: false,
             rx_more: false,
+            batch: BATCH,
             max_connections: connection_cap(),
             listener_paused_until: None,
         })
@@ -561,7 +564,7 @@ impl Vsock {
         self.tx_more = false;
         let _ = active.queues[TXQ].disable_notification(mem.as_ref());
         for served in 0.. {
-            if served == BATCH {
+            if served == self.batch {
                 self.tx_more = true;
                 break;
             }
@@ -768,7 +771,7 @@ impl Vsock {
         self.rx_more = false;
         let mut served = 0;
         while !self.pending.is_empty() || !self.ready.is_empty() {
-            if served == BATCH {
+            if served == self.batch {
                 self.rx_more = true;
                 break;
             }
@@ -1337,6 +1340,52 @@ mod tests {
         drv.send(&mut dev, guest(OP_RST, 777, 5000), &[]);
         assert_eq!(dev.connections(), 0);
         let _ = std::fs::remove_dir_all(uds.parent().unwrap());
+    }
+
+    #[test]
+    fn a_guest_keeping_the_transmit_queue_full_cannot_hold_the_loop() {
+        // Spoofed packets (dropped early, without an answer) in every slot: however many the
+        // guest keeps offering, one call serves a batch and says more is left, so the event
+        // loop's other work (stopping, pausing, other devices) comes in between.
+        let uds = temp_uds("flood");
+        let mut dev = Vsock::new(&VsockConfig {
+            cid: 3,
+            uds: uds.clone(),
+        })
+        .unwrap();
+        dev.batch = 4;
+        let mut drv = Driver::start(&mut dev);
+        for slot in 0..SIZE {
+            let at = 0x40000 + 0x1000 * u64::from(slot);
+            let h = Header {
+                src_cid: 9,
+                ..guest(OP_REQUEST, 1, 5001)
+            };
+            drv.mem
+                .write_slice(&h.to_bytes(), GuestAddress(at))
+                .unwrap();
+            drv.give(TXQ, at, HDR_LEN as u32, false);
+        }
+        let (_, _, used) = ring(TXQ);
+        for round in 1..=4u16 {
+            dev.process_queue(TXQ);
+            let done: u16 = drv.mem.read_obj(GuestAddress(used + 2)).unwrap();
+            assert_eq!(done, 4 * round, "one batch per call");
+            assert!(dev.tx_more, "round {round}");
+        }
+        // A full batch says "more" even when it happened to take the last chain; the next
+        // call finds nothing.
+        dev.process_queue(TXQ);
+        assert!(!dev.tx_more);
+        // Receive buffers shorter than a header while control packets wait: bounded too.
+        for i in 0..8u32 {
+            dev.push((1, i), OP_RST, 0);
+        }
+        for _ in 0..SIZE {
+            drv.give(RXQ, 0x80000, 8, true);
+        }
+        dev.process_queue(RXQ);
+        assert!(dev.rx_more, "the receive loop must stop after a batch");
     }
 
     #[test]

@@ -145,7 +145,10 @@ pub fn parse_connect(line: &[u8]) -> Option<u32> {
 /// (the sockets are watched level-triggered): a client sending its line a byte at a time, or
 /// half a line and then nothing, costs one wake-up per write. A line longer than
 /// [`MAX_CONNECT_LINE`] is `InvalidData`; the end of the stream `UnexpectedEof`.
-pub fn read_connect_line(stream: &UnixStream, partial: &mut Vec<u8>) -> io::Result<Option<Vec<u8>>> {
+pub fn read_connect_line(
+    stream: &UnixStream,
+    partial: &mut Vec<u8>,
+) -> io::Result<Option<Vec<u8>>> {
     let room = MAX_CONNECT_LINE.saturating_sub(partial.len());
     if room == 0 {
         return Err(io::Error::from(io::ErrorKind::InvalidData));
@@ -218,7 +221,10 @@ mod tests {
         let mut c = UnixStream::connect(&path).unwrap();
         io::Write::write_all(&mut c, b"CONNECT 1234\nDATA").unwrap();
         let s = l.accept().unwrap().unwrap();
-        assert_eq!(read_connect_line(&s, &mut Vec::new()).unwrap().unwrap(), b"CONNECT 1234");
+        assert_eq!(
+            read_connect_line(&s, &mut Vec::new()).unwrap().unwrap(),
+            b"CONNECT 1234"
+        );
         let mut rest = [0u8; 4];
         io::Read::read_exact(&mut &s, &mut rest).unwrap();
         assert_eq!(&rest, b"DATA");
