@@ -95,6 +95,9 @@ def main() -> None:
         "virtio_vsock": [vsock_memory()],
         "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
     }
+    # snapshot_state's seeds are not made here: seed-0 is the body and seed-1 the whole state
+    # file of a real snapshot (a 2-vCPU probe VM with a disk, `probe.end=tick`), as
+    # `vm.snapshot()` writes it; remake them the same way when the format version changes.
     for target, inputs in seeds.items():
         d = CORPUS / target
         d.mkdir(parents=True, exist_ok=True)

@@ -280,6 +280,25 @@ pub fn virtio_vsock(data: &[u8]) {
     let _ = std::fs::remove_file(&uds);
 }
 
+/// A snapshot's state file: `data` as the file itself, and `data` as the body of a file
+/// with a correct header (length and CRC-32 made to match, so the decoder of every saved
+/// structure is reached, not only the checksum). What decodes is checked as `Vm::restore`
+/// checks it (the configuration against generous host limits) and encoded again.
+pub fn snapshot_state(data: &[u8]) {
+    let path = std::path::Path::new("fuzz/state");
+    let _ = crate::snapshot::decode(data, path);
+    let mut file = Vec::with_capacity(24 + data.len());
+    file.extend_from_slice(crate::snapshot::MAGIC);
+    file.extend_from_slice(&crate::snapshot::FORMAT_VERSION.to_le_bytes());
+    file.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
+    file.extend_from_slice(data);
+    if let Ok(snap) = crate::snapshot::decode(&file, path) {
+        let _ = snap.config.validate(1 << 20, 254);
+        let _ = crate::snapshot::encode(&snap);
+    }
+}
+
 /// A harness: takes any bytes, must not panic.
 pub type Harness = fn(&[u8]);
 
@@ -291,4 +310,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("virtio_block", virtio_block),
     ("virtio_mmio", virtio_mmio),
     ("virtio_vsock", virtio_vsock),
+    ("snapshot_state", snapshot_state),
 ];
