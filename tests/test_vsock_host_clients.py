@@ -93,14 +93,14 @@ def test_a_line_sent_a_byte_at_a_time_is_still_understood(vm_factory, probe_elf,
         time.sleep(0.02)
     assert cpu_over(0.5) < 0.1
     s.sendall(b"\n")
-    s.settimeout(30)
+    s.settimeout(2)  # a refused line is dropped at once; an accepted one waits for the guest
     # The guest (halted) never answers the request: the connection stays open, not dropped
     # for a bad line, and does not spin.
     try:
         data = s.recv(16)
     except socket.timeout:
         data = None
-    assert data in (None, b"")
+    assert data is None, "a whole CONNECT line must not be dropped"
     s.close()
 
 
