@@ -287,13 +287,7 @@ pub fn virtio_vsock(data: &[u8]) {
 pub fn snapshot_state(data: &[u8]) {
     let path = std::path::Path::new("fuzz/state");
     let _ = crate::snapshot::decode(data, path);
-    let mut file = Vec::with_capacity(24 + data.len());
-    file.extend_from_slice(crate::snapshot::MAGIC);
-    file.extend_from_slice(&crate::snapshot::FORMAT_VERSION.to_le_bytes());
-    file.extend_from_slice(&(data.len() as u64).to_le_bytes());
-    file.extend_from_slice(&crc32fast::hash(data).to_le_bytes());
-    file.extend_from_slice(data);
-    if let Ok(snap) = crate::snapshot::decode(&file, path) {
+    if let Ok(snap) = crate::snapshot::decode(&crate::snapshot::frame(data), path) {
         let _ = snap.config.validate(1 << 20, 254);
         let _ = crate::snapshot::encode(&snap);
     }

@@ -881,31 +881,39 @@ impl RestoreOptions {
             v.uds = uds;
         }
         config.seccomp = self.seccomp;
-        if let Some(disks) = self.disks {
-            if disks.len() != config.disks.len() {
-                return Err(Error::invalid(
-                    "disks",
-                    format!("{} disks", disks.len()),
-                    format!("one per disk the snapshot's VM had: {}", config.disks.len()),
-                ));
-            }
-            config.disks = disks;
-        }
-        if let Some(net) = self.net {
-            if net.len() != config.net.len() {
-                return Err(Error::invalid(
-                    "net",
-                    format!("{} devices", net.len()),
-                    format!(
-                        "one per network device the snapshot's VM had: {}",
-                        config.net.len()
-                    ),
-                ));
-            }
-            config.net = net;
-        }
+        replace_devices(&mut config.disks, self.disks, "disks", "disks", "disk")?;
+        replace_devices(
+            &mut config.net,
+            self.net,
+            "net",
+            "devices",
+            "network device",
+        )?;
         Ok(config)
     }
+}
+
+/// Puts the caller's `given` devices in place of the `saved` ones, one for one: a different
+/// count is an error naming `arg` (`"disks"`, `"net"`).
+fn replace_devices<T>(
+    saved: &mut Vec<T>,
+    given: Option<Vec<T>>,
+    arg: &'static str,
+    plural: &str,
+    one: &str,
+) -> Result<()> {
+    let Some(given) = given else {
+        return Ok(());
+    };
+    if given.len() != saved.len() {
+        return Err(Error::invalid(
+            arg,
+            format!("{} {plural}", given.len()),
+            format!("one per {one} the snapshot's VM had: {}", saved.len()),
+        ));
+    }
+    *saved = given;
+    Ok(())
 }
 
 /// Most clones one [`Vm::fork`] makes.

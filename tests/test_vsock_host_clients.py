@@ -7,6 +7,7 @@ one talks to it.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -18,22 +19,26 @@ from pathlib import Path
 
 from vmm_reference import Vm, Vsock
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The device's limit for a CONNECT line (src/devices/virtio/vsock/mod.rs, CONNECT_TIMEOUT).
 CONNECT_TIMEOUT = 3.0
 
 
-def event_loop_cpu(pid: str = "self") -> float:
-    """CPU seconds the VMM's event-loop threads in process ``pid`` used so far."""
+def stat_cpu(stat: str) -> float:
+    """CPU seconds (user + system) in a ``/proc/.../stat`` line."""
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def event_loop_cpu() -> float:
+    """CPU seconds this process's VMM event-loop threads used so far."""
     total = 0.0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    for task in Path("/proc/self/task").iterdir():
         try:
             if (task / "comm").read_text().strip() != "vmm-event-loop":
                 continue
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            total += stat_cpu((task / "stat").read_text())
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / CLK_TCK
     return total
 
 
@@ -114,7 +119,7 @@ def test_an_overlong_connect_line_is_dropped(vm_factory, probe_elf, tmp_path):
     assert cpu_over(0.5) < 0.1
 
 
-_FD_CHILD = textwrap.dedent(r"""
+_FD_CHILD = inspect.getsource(stat_cpu) + textwrap.dedent(r"""
     import json, os, resource, socket, sys, time
     from vmm_reference import Vm, Vsock
 
@@ -129,8 +134,7 @@ _FD_CHILD = textwrap.dedent(r"""
 
     def cpu(fd):
         # Read through a descriptor opened beforehand: the process may be out of them.
-        fields = os.pread(fd, 4096, 0).decode().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu(os.pread(fd, 4096, 0).decode())
 
     vm = Vm(memory_mib=64, kernel=probe, cmdline="probe.end=halt", vsock=Vsock(uds=uds))
     vm.start()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
 from .errors import VmAgentError
 
@@ -22,6 +22,7 @@ __all__ = ["TreeWriter"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MODE_BITS = 0o777  # setuid, setgid and sticky never reach the host
+_T = TypeVar("_T")
 
 
 class TreeWriter:
@@ -107,35 +108,35 @@ class TreeWriter:
         if self._file is not None:
             raise VmAgentError(f"the guest agent sent entry {rel!r} before the end of file {self._file_rel!r}")
 
-    def directory(self, rel: str, mode: int) -> None:
-        """Create directory ``rel`` (private until :meth:`finish`), or reuse a real directory there."""
+    def _create(self, rel: str, what: str, make: Callable[[int, str], _T]) -> _T:
+        """Clear the place of ``rel`` (unless a real directory is there) and ``make(dir_fd, name)`` it."""
         self._no_open_file(rel)
-        fd, name = self._parent_of(rel, "directory")
+        fd, name = self._parent_of(rel, what)
         try:
             self._remove_non_directory(fd, name)
+            return make(fd, name)
+        except OSError as e:
+            raise self._refuse(rel, what, e) from None
+        finally:
+            os.close(fd)
+
+    def directory(self, rel: str, mode: int) -> None:
+        """Create directory ``rel`` (private until :meth:`finish`), or reuse a real directory there."""
+
+        def make(fd: int, name: str) -> None:
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
             except FileExistsError:
                 pass
             os.close(os.open(name, _DIR_FLAGS, dir_fd=fd))  # a real directory now, not a link
-        except OSError as e:
-            raise self._refuse(rel, "directory", e) from None
-        finally:
-            os.close(fd)
+
+        self._create(rel, "directory", make)
         self._dirs.append((rel, mode & _MODE_BITS))
 
     def file(self, rel: str, mode: int) -> None:
         """Start regular file ``rel``: a new file replacing whatever non-directory was there."""
-        self._no_open_file(rel)
-        fd, name = self._parent_of(rel, "file")
-        try:
-            self._remove_non_directory(fd, name)
-            self._file = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                 0o600, dir_fd=fd)
-        except OSError as e:
-            raise self._refuse(rel, "file", e) from None
-        finally:
-            os.close(fd)
+        self._file = self._create(rel, "file", lambda fd, name: os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd))
         self._file_rel, self._file_mode = rel, mode & _MODE_BITS
 
     def data(self, payload: bytes) -> None:
@@ -158,15 +159,7 @@ class TreeWriter:
 
     def symlink(self, rel: str, target: str) -> None:
         """Create symbolic link ``rel`` to ``target`` (made, never followed later)."""
-        self._no_open_file(rel)
-        fd, name = self._parent_of(rel, "symbolic link")
-        try:
-            self._remove_non_directory(fd, name)
-            os.symlink(target, name, dir_fd=fd)
-        except OSError as e:
-            raise self._refuse(rel, "symbolic link", e) from None
-        finally:
-            os.close(fd)
+        self._create(rel, "symbolic link", lambda fd, name: os.symlink(target, name, dir_fd=fd))
 
     def finish(self) -> None:
         """Give every directory its mode, deepest first; refuse a stream that stopped inside a file."""

@@ -116,13 +116,19 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 pub fn encode(snapshot: &Snapshot) -> Result<Vec<u8>> {
     let body = postcard::to_stdvec(snapshot)
         .map_err(|e| Error::Unsupported(format!("cannot encode the VM state: {e}")))?;
+    Ok(frame(&body))
+}
+
+/// A state file: the header (magic, this format version, the body's length and CRC-32),
+/// then `body`.
+pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    out.extend_from_slice(&body);
-    Ok(out)
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// Decodes a state file's bytes (`path` is for messages).
@@ -253,13 +259,7 @@ mod tests {
 
     #[test]
     fn the_header_guards_the_body() {
-        let body = b"state".to_vec();
-        let mut bytes = Vec::new();
-        bytes.extend_from_slice(MAGIC);
-        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        bytes.extend_from_slice(&body);
+        let bytes = frame(b"state");
         let p = Path::new("s");
         // A good header over a body that is not a Snapshot: refused as damaged, not a panic.
         assert!(matches!(decode(&bytes, p), Err(Error::Corrupt { .. })));

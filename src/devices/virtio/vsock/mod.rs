@@ -144,6 +144,11 @@ impl Conn {
         }
     }
 
+    /// When a host program still sending its `CONNECT` line is dropped (None once it sent it).
+    fn handshake_deadline(&self) -> Option<Instant> {
+        (self.state == State::AwaitingConnect).then(|| self.since + CONNECT_TIMEOUT)
+    }
+
     /// Bytes the guest can still take on this connection.
     fn peer_credit(&self) -> u32 {
         self.peer_buf_alloc
@@ -353,12 +358,11 @@ impl Vsock {
 
     /// The next time [`Vsock::tick`] has something to do, if any.
     fn next_deadline(&self) -> Option<Instant> {
-        let handshakes = self
-            .conns
+        self.conns
             .values()
-            .filter(|c| c.state == State::AwaitingConnect)
-            .map(|c| c.since + CONNECT_TIMEOUT);
-        handshakes.chain(self.listener_paused_until).min()
+            .filter_map(Conn::handshake_deadline)
+            .chain(self.listener_paused_until)
+            .min()
     }
 
     /// Drops host programs that did not send their `CONNECT` line in time, and watches the
@@ -367,7 +371,7 @@ impl Vsock {
         let late: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.state == State::AwaitingConnect && now >= c.since + CONNECT_TIMEOUT)
+            .filter(|(_, c)| c.handshake_deadline().is_some_and(|t| now >= t))
             .map(|(&k, _)| k)
             .collect();
         for key in late {
@@ -960,7 +964,7 @@ impl VirtioDevice for Vsock {
             RXQ => self.process_rx(),
             _ => {}
         }
-        false
+        self.tx_more || self.rx_more
     }
 
     fn restored(&mut self) {
@@ -1108,7 +1112,7 @@ impl MutEventSubscriber for VsockHandler {
             device.process_rx();
         }
         // A queue left with work after a full batch: come back after the loop's other events.
-        if device.tx_more && !device.tx_stalled {
+        if device.tx_more {
             if let Some(e) = self.queue_events.get(TXQ) {
                 let _ = e.write(1);
             }
