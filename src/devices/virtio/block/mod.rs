@@ -12,6 +12,7 @@ pub mod backend;
 pub mod request;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::*;
 use virtio_queue::{Queue, QueueT};
@@ -32,8 +33,26 @@ pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 pub const QUEUE_SIZE: u16 = 256;
 /// Most chains served in one go before the event loop gets to run again.
 const BATCH: usize = 4 * QUEUE_SIZE as usize;
-/// Most sectors one discard or write-zeroes segment may cover (what the config space says).
-const MAX_ZERO_SECTORS: u32 = u32::MAX >> 9;
+/// Most bytes moved (read, written or zeroed) in one go: a batch is bounded by its work, not
+/// only by its number of requests (1024 requests aliasing one huge buffer would otherwise hold
+/// the event loop, and the device lock a pause waits for, for minutes).
+const BATCH_BYTES: u64 = 64 << 20;
+/// Most time one batch takes before the event loop gets to run again (checked between
+/// requests).
+const BATCH_TIME: Duration = Duration::from_millis(20);
+/// Largest data segment (descriptor) of a request, as the config space's `size_max` says.
+const MAX_SEGMENT: u32 = 1 << 20;
+/// Most segments of a request, as `seg_max` says (the queue less header and status).
+const MAX_SEGMENTS: u32 = QUEUE_SIZE as u32 - 2;
+/// Most data bytes one request may carry: what `seg_max` × `size_max` lets a driver build.
+/// A larger one is refused (`S_IOERR`), so one request is bounded too.
+const MAX_REQUEST_BYTES: u64 = MAX_SEGMENTS as u64 * MAX_SEGMENT as u64;
+/// Most sectors one discard segment may cover (what the config space says; a discard only
+/// punches a hole, whatever its size).
+const MAX_DISCARD_SECTORS: u32 = u32::MAX >> 9;
+/// Most sectors one write-zeroes segment may cover: 64 MiB, since where the file system
+/// cannot punch holes the zeroes are written.
+const MAX_WRITE_ZEROES_SECTORS: u32 = (BATCH_BYTES / SECTOR_SIZE) as u32;
 
 /// A virtio-blk device.
 pub struct Block {
@@ -43,6 +62,8 @@ pub struct Block {
     active: Option<Active>,
     /// Requests served, for statistics.
     requests: u64,
+    /// Most data bytes per batch ([`BATCH_BYTES`]; smaller in tests).
+    batch_bytes: u64,
 }
 
 struct Active {
@@ -65,13 +86,14 @@ impl Block {
             cfg[offset..offset + bytes.len()].copy_from_slice(bytes);
         };
         put(0, &disk.sectors().to_le_bytes()); // capacity
-        put(12, &u32::from(QUEUE_SIZE - 2).to_le_bytes()); // seg_max
+        put(8, &MAX_SEGMENT.to_le_bytes()); // size_max
+        put(12, &MAX_SEGMENTS.to_le_bytes()); // seg_max
         put(20, &(SECTOR_SIZE as u32).to_le_bytes()); // blk_size
         put(34, &1u16.to_le_bytes()); // num_queues
-        put(36, &MAX_ZERO_SECTORS.to_le_bytes()); // max_discard_sectors
+        put(36, &MAX_DISCARD_SECTORS.to_le_bytes()); // max_discard_sectors
         put(40, &1u32.to_le_bytes()); // max_discard_seg
         put(44, &8u32.to_le_bytes()); // discard_sector_alignment: 4 KiB
-        put(48, &MAX_ZERO_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
+        put(48, &MAX_WRITE_ZEROES_SECTORS.to_le_bytes()); // max_write_zeroes_sectors
         put(52, &1u32.to_le_bytes()); // max_write_zeroes_seg
         put(56, &[1]); // write_zeroes_may_unmap
         Ok(Block {
@@ -80,6 +102,7 @@ impl Block {
             config: cfg,
             active: None,
             requests: 0,
+            batch_bytes: BATCH_BYTES,
         })
     }
 
@@ -97,6 +120,9 @@ impl Block {
     /// buffers (not counting the status byte).
     fn execute(&self, mem: &GuestMemoryMmap, req: &Request) -> (u8, u32) {
         let len = req.data_len();
+        if len > MAX_REQUEST_BYTES {
+            return (S_IOERR, 0);
+        }
         let in_range = |sector: u64, bytes: u64| {
             sector
                 .checked_mul(SECTOR_SIZE)
@@ -160,7 +186,12 @@ impl Block {
                 let count = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
                 let flags = u32::from_le_bytes(seg[12..16].try_into().unwrap_or_default());
                 let bytes = u64::from(count) * SECTOR_SIZE;
-                if count > MAX_ZERO_SECTORS || !in_range(sector, bytes) {
+                let max = if req.kind == RequestType::Discard {
+                    MAX_DISCARD_SECTORS
+                } else {
+                    MAX_WRITE_ZEROES_SECTORS
+                };
+                if count > max || !in_range(sector, bytes) {
                     return (S_IOERR, 0);
                 }
                 // Discard allows no flags; write-zeroes only UNMAP.
@@ -215,6 +246,7 @@ impl VirtioDevice for Block {
         let mut f = VIRTIO_F_VERSION_1
             | VIRTIO_RING_F_EVENT_IDX
             | bit(VIRTIO_BLK_F_SEG_MAX)
+            | bit(VIRTIO_BLK_F_SIZE_MAX)
             | bit(VIRTIO_BLK_F_BLK_SIZE)
             | bit(VIRTIO_BLK_F_FLUSH);
         if self.disk.read_only() {
@@ -273,11 +305,15 @@ impl Block {
         let mem = active.mem.clone();
         let mem = mem.as_ref();
         let mut served = 0;
+        let mut bytes = 0u64;
+        let started = Instant::now();
         let mut descriptors = Vec::with_capacity(QUEUE_SIZE as usize);
         let mut more = false;
         let _ = active.queue.disable_notification(mem);
         loop {
-            if served == BATCH {
+            let spent =
+                bytes >= self.batch_bytes || (served > 0 && started.elapsed() >= BATCH_TIME);
+            if served == BATCH || spent {
                 more = true;
                 break;
             }
@@ -294,6 +330,7 @@ impl Block {
             descriptors.extend(chain);
             let used = match Request::parse(&descriptors, mem) {
                 Ok(req) => {
+                    bytes += req.data_len();
                     let (status, written) = self.execute(mem, &req);
                     let _ = mem.write_obj(status, req.status);
                     written + 1
@@ -467,6 +504,64 @@ mod tests {
         assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
         assert_eq!(drv.interrupt.status() & INT_USED_RING, INT_USED_RING);
         assert_eq!(block.requests(), 1);
+    }
+
+    /// A sparse image of `bytes` (reads back zeroes), removed when dropped.
+    fn sparse(name: &str, bytes: u64) -> Image {
+        let image = Image::new(name, 0);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image.0)
+            .unwrap()
+            .set_len(bytes)
+            .unwrap();
+        image
+    }
+
+    #[test]
+    fn a_batch_is_bounded_by_bytes_not_only_requests() {
+        // Four 512 KiB reads into one buffer, with a 512 KiB budget: one request per call,
+        // each call saying more is left, so the event loop (and a pause) gets in between.
+        let image = sparse("budget", 4 << 20);
+        let mut block = disk(&image, false);
+        block.batch_bytes = 512 << 10;
+        let mut drv = Driver::new(&mut block);
+        drv.request(VIRTIO_BLK_T_IN, 0, &[(0x40000, 512 << 10)], true);
+        for _ in 0..3 {
+            drv.publish(0);
+        }
+        for round in 1..=4u16 {
+            assert!(block.process_queue(0), "round {round}");
+            assert_eq!(drv.used().0, round);
+        }
+        assert!(!block.process_queue(0));
+        assert_eq!(block.requests(), 4);
+    }
+
+    #[test]
+    fn a_request_larger_than_seg_max_times_size_max_is_refused() {
+        // 255 descriptors of 1 MiB all aliasing one buffer, on a disk big enough for them:
+        // more than the config space lets a driver build, refused before any I/O.
+        let image = sparse("huge", 512 << 20);
+        let block = disk(&image, false);
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
+        let req = Request {
+            kind: RequestType::In,
+            sector: 0,
+            data: vec![(GuestAddress(0), MAX_SEGMENT); MAX_SEGMENTS as usize + 1],
+            status: GuestAddress(MAX_SEGMENT as u64),
+        };
+        assert_eq!(block.execute(&mem, &req), (S_IOERR, 0));
+        let at_limit = Request {
+            data: vec![(GuestAddress(0), MAX_SEGMENT); 2],
+            ..req
+        };
+        assert_eq!(block.execute(&mem, &at_limit), (S_OK, 2 * MAX_SEGMENT));
+        let mut cfg = [0u8; 8];
+        block.read_config(8, &mut cfg);
+        assert_eq!(cfg[..4], MAX_SEGMENT.to_le_bytes()); // size_max
+        assert_eq!(cfg[4..], MAX_SEGMENTS.to_le_bytes()); // seg_max
+        assert_ne!(block.features() & (1 << VIRTIO_BLK_F_SIZE_MAX), 0);
     }
 
     #[test]
