@@ -78,3 +78,33 @@ def test_console_flood_with_and_without_newlines_is_bounded(vm_factory, probe_el
         assert rss_mib() - before < 16, f"{end}: the flood grew the host's memory"
         killed_promptly(vm)
     next_vm_boots(vm_factory, probe_elf)
+
+
+@pytest.mark.parametrize("device", ["blk", "vsock"])
+def test_pause_snapshot_and_kill_stay_prompt_while_a_device_is_flooded(vm_factory, probe_elf, tmp_path, device):
+    """The probe keeps a device's queue full for ever (``probe.blk=flood``: the largest reads,
+    all aliasing one buffer; ``probe.vsock=flood``: packets dropped on sight): the device serves
+    bounded batches, so pausing, a snapshot (which locks every device) and killing still get in."""
+    kwargs: dict = {"vsock": True} if device == "vsock" else {}
+    if device == "blk":
+        image = tmp_path / "disk.img"
+        with open(image, "wb") as f:
+            f.truncate(256 << 20)  # sparse: reads are page-cache zeroes
+        kwargs["disks"] = [image]
+    vm = vm_factory(kernel=probe_elf, cmdline=f"probe.{device}=flood", memory_mib=64, **kwargs)
+    vm.start()
+    vm.expect(f"PROBE: {device} flood running", timeout=120)
+    if device == "blk":
+        deadline = time.monotonic() + 300
+        while vm.stats()["disk_requests"][0] < 2000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert vm.stats()["disk_requests"][0] >= 2000, "the flood never got going"
+    vm.pause()
+    t0 = time.monotonic()
+    vm.snapshot(tmp_path / "snap")
+    assert time.monotonic() - t0 < 30, "a snapshot waited on a busy device"
+    vm.resume()
+    t0 = time.monotonic()
+    vm.kill()
+    assert vm.wait(timeout=10).reason == "killed"
+    assert time.monotonic() - t0 < 1.0, f"kill() took {time.monotonic() - t0:.2f} s with a flooding guest"

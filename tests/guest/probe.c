@@ -1323,6 +1323,40 @@ static void blk_bad(struct blk *b) {
     blk_reset(b);
 }
 
+/* probe.blk=flood: the most work a guest can ask for, for ever. One chain of BLK_MAX_SEGS
+ * reads that all alias blk_buf and together cover the disk (up to the device's size_max
+ * per segment), offered in every ring slot and offered again as soon as it is used, with a
+ * notification each round: the device always has a full queue of the largest requests. */
+static void blk_flood(struct blk *b) {
+    const char *why = blk_init(b);
+    if (why) {
+        puts_("PROBE: blk flood failed init=");
+        puts_(why);
+        putc_('\n');
+        return;
+    }
+    uint32_t size_max = cfg32(b, 0x08), seg = BLK_BUF_SIZE;
+    if (size_max && size_max < seg) seg = size_max;
+    uint64_t per = b->capacity * 512 / BLK_MAX_SEGS;
+    if (per < seg) seg = (uint32_t)per & ~511u;
+    if (!seg) seg = 512;
+    struct seg segs[BLK_MAX_SEGS];
+    for (int i = 0; i < BLK_MAX_SEGS; i++) segs[i] = (struct seg){(uint64_t)(uintptr_t)blk_buf, seg, VRING_DESC_F_WRITE};
+    blk_chain(0, BLK_T_IN, segs, BLK_MAX_SEGS);
+    blk_slots[0].hdr.sector = 0;
+    puts_("PROBE: blk flood running segment=");
+    put_dec(seg);
+    putc_('\n');
+    for (;;) {
+        uint16_t want = (uint16_t)(VQ_USED[1] + b->qsize);
+        while (b->avail_idx != want) VQ_AVAIL[2 + (b->avail_idx++ & (b->qsize - 1))] = 0;
+        barrier();
+        VQ_AVAIL[1] = b->avail_idx;
+        blk_notify(b);
+        __asm__ volatile("pause");
+    }
+}
+
 static void blk_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode) {
     struct vloc v[VIRTIO_MAX_DEVS];
     const char *source;
@@ -1343,6 +1377,7 @@ static void blk_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode)
         b.n = i;
         b.base = v[i].base;
         if (word_is(mode, "bad")) { blk_bad(&b); return; }
+        if (word_is(mode, "flood")) { blk_flood(&b); return; }
         blk_test(&b);
     }
     if (word_is(mode, "bad")) puts_("PROBE: blk bad failed no-device\n");
@@ -2299,6 +2334,39 @@ static void vs_bad_rst(uint32_t port, uint32_t dport) {
     vs_idle(20);
 }
 
+/* probe.vsock=flood: packets the device drops at once (another guest's source CID) in every
+ * transmit slot, offered again as soon as they are used, a notification each round; and
+ * receive buffers shorter than a header offered again as fast as the device returns them.
+ * The device never runs out of work on either queue. */
+static void vs_flood(void) {
+    struct vs_hdr *h = (struct vs_hdr *)vs_raw;
+    vs_fill(h, 40000, 5000, OP_REQUEST, 0, 0, 65536, 0);
+    h->src_cid = 99;
+    struct vq *tx = &vs.q[1], *rx = &vs.q[0];
+    tx->desc[0].addr = (uint64_t)(uintptr_t)vs_raw;
+    tx->desc[0].len = VS_HDR;
+    tx->desc[0].flags = 0;
+    tx->desc[0].next = 0;
+    for (uint32_t i = 0; i < rx->size; i++) rx->desc[i].len = 8; /* shorter than a header */
+    puts_("PROBE: vsock flood running\n");
+    for (;;) {
+        uint16_t want = (uint16_t)(tx->used[1] + tx->size);
+        while (tx->avail_idx != want) tx->avail[2 + (tx->avail_idx++ & (tx->size - 1))] = 0;
+        uint16_t rx_want = (uint16_t)(rx->used[1] + rx->size);
+        while (rx->avail_idx != rx_want) {
+            rx->avail[2 + (rx->avail_idx & (rx->size - 1))] = (uint16_t)(rx->avail_idx & (rx->size - 1));
+            rx->avail_idx++;
+        }
+        barrier();
+        tx->avail[1] = tx->avail_idx;
+        rx->avail[1] = rx->avail_idx;
+        __asm__ volatile("mfence" ::: "memory");
+        vw(vs.base, VM_QUEUE_NOTIFY, 1);
+        vw(vs.base, VM_QUEUE_NOTIFY, 0);
+        __asm__ volatile("pause");
+    }
+}
+
 static void vs_bad(void) {
     uint64_t cid = vs.cid, raw = (uint64_t)(uintptr_t)vs_raw;
     const uint16_t N = VRING_DESC_F_NEXT, W = VRING_DESC_F_WRITE;
@@ -2472,6 +2540,7 @@ static void vsock_probe(const char *cmdline, uint64_t rsdp_hint, const char *mod
     putc_('\n');
     if (word_is(mode, "test")) vs_test();
     else if (word_is(mode, "bad")) vs_bad();
+    else if (word_is(mode, "flood")) vs_flood();
     virtio_reset(vs.base);
 }
 
