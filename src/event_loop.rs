@@ -152,6 +152,8 @@ pub struct EventLoop {
     pub devices: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     /// Install the event loop's seccomp filter.
     pub seccomp: bool,
+    /// The devices' child processes (passt), which the loop stops when the VM does.
+    pub children: Vec<u32>,
 }
 
 /// Lets every device give back its host resources (TAPs, passt, sockets).
@@ -167,18 +169,19 @@ const POLL_MS: i32 = 200;
 const KICK_INTERVAL: Duration = Duration::from_millis(5);
 
 impl EventLoop {
-    /// Runs the loop on a new thread.
+    /// Runs the loop on a new thread (filtered, if asked, before it starts).
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new()
-            .name("vmm-event-loop".into())
-            .spawn(move || self.run())
+        let filter = self.seccomp.then(|| {
+            let scope = crate::seccomp::Scope {
+                children: self.children.clone(),
+                kick_signal: crate::vcpu::kick_signal(),
+            };
+            (crate::seccomp::ThreadKind::EventLoop, scope)
+        });
+        crate::seccomp::spawn("vmm-event-loop".into(), filter, move || self.run())
     }
 
     fn run(mut self) {
-        if self.seccomp {
-            // Not fatal: the loop then runs unfiltered, as with `seccomp=False`.
-            let _ = crate::seccomp::install(crate::seccomp::ThreadKind::EventLoop);
-        }
         if let Err(e) = self.serve() {
             self.exit.request(ExitStatus::with_detail(
                 ExitReason::Error,

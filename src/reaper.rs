@@ -24,7 +24,10 @@ fn sender() -> Option<&'static Mutex<SyncSender<Work>>> {
                 .name("vmm-reaper".into())
                 .spawn(move || {
                     // Not fatal: without seccomp the reaper still works, unfiltered.
-                    let _ = crate::seccomp::install(crate::seccomp::ThreadKind::Reaper);
+                    let _ = crate::seccomp::install(
+                        crate::seccomp::ThreadKind::Reaper,
+                        &crate::seccomp::Scope::default(),
+                    );
                     for work in rx {
                         drop(work);
                     }

@@ -28,6 +28,7 @@ use crate::arch::x86_64::{cpuid, lapic, msr, regs};
 use crate::devices::{Bus, DeviceStats};
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+use crate::seccomp::{Scope, ThreadKind};
 
 /// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -198,24 +199,19 @@ impl Vcpu {
         let (response_tx, response_rx) = channel();
         let pending = Arc::new(AtomicBool::new(false));
         let id = self.id;
-        let thread = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn({
-                let pending = pending.clone();
-                move || {
-                    if seccomp {
-                        // Not fatal: the vCPU then runs unfiltered, as with `seccomp=False`.
-                        let _ = crate::seccomp::install(crate::seccomp::ThreadKind::Vcpu);
-                    }
-                    let mut thread = VcpuThread {
-                        vcpu: self,
-                        events: event_rx,
-                        responses: response_tx,
-                        pending,
-                    };
-                    thread.run(paused)
-                }
-            })?;
+        let filter = seccomp.then(|| (ThreadKind::Vcpu, Scope::default()));
+        let thread = crate::seccomp::spawn(format!("vcpu{id}"), filter, {
+            let pending = pending.clone();
+            move || {
+                let mut thread = VcpuThread {
+                    vcpu: self,
+                    events: event_rx,
+                    responses: response_tx,
+                    pending,
+                };
+                thread.run(paused)
+            }
+        })?;
         Ok(VcpuHandle {
             id,
             events: event_tx,

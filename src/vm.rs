@@ -315,6 +315,7 @@ impl Vm {
         self.markers.start_clock();
         let mut handles = Vec::with_capacity(parts.vcpus.len());
         self.paused.store(paused, Ordering::SeqCst);
+        let mut vcpu_error = None;
         for vcpu in parts.vcpus {
             match vcpu.start(paused, self.config.seccomp) {
                 Ok(handle) => handles.push(handle),
@@ -323,6 +324,7 @@ impl Vm {
                         ExitReason::Error,
                         format!("cannot start a vCPU thread: {e}"),
                     ));
+                    vcpu_error = Some(e);
                     break;
                 }
             }
@@ -338,12 +340,34 @@ impl Vm {
             subscribers: parts.subscribers,
             devices: self.virtio.clone(),
             seccomp: self.config.seccomp,
+            children: self
+                .nets
+                .iter()
+                .filter_map(|n| n.lock().unwrap_or_else(|e| e.into_inner()).child_pid())
+                .collect(),
         };
-        let handle = event_loop
-            .spawn()
-            .map_err(io_err("cannot start the event loop thread"))?;
+        let handle = match event_loop.spawn() {
+            Ok(handle) => handle,
+            Err(e) => {
+                // Nothing else would stop the vCPUs that did start: stop them here, and end
+                // the VM as the event loop would have.
+                let status = ExitStatus::with_detail(
+                    ExitReason::Error,
+                    format!("cannot start the event loop thread: {e}"),
+                );
+                self.exit.request(status.clone());
+                self.vcpus.stop_and_join(Duration::from_millis(5));
+                crate::event_loop::release_devices(&self.virtio);
+                self.finished.set(self.exit.status().unwrap_or(status));
+                self.console.close();
+                return Err(io_err("cannot start the event loop thread")(e));
+            }
+        };
         *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
-        Ok(())
+        match vcpu_error {
+            Some(e) => Err(io_err("cannot start a vCPU thread")(e)),
+            None => Ok(()),
+        }
     }
 
     /// Writes a snapshot of the VM into the directory `dir`: pauses it if it runs, saves

@@ -148,6 +148,14 @@ impl Net {
         self.counters
     }
 
+    /// The process behind the backend (passt's), which the event loop stops with the VM.
+    pub fn child_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Some(Backend::Passt(p)) => Some(p.pid()),
+            _ => None,
+        }
+    }
+
     fn set_interest(&mut self, interest: EventSet) {
         if interest != self.interest {
             self.interest = interest;

@@ -125,6 +125,11 @@ impl Passt {
         }
     }
 
+    /// passt's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether a frame is still being written (then the guest's next frames wait).
     pub fn busy(&self) -> bool {
         !self.tx.is_empty()
