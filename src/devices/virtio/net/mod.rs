@@ -632,3 +632,103 @@ impl MutEventSubscriber for NetHandler {
         ));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{NetBackendConfig, NetConfig};
+    use virtio_queue::QueueState;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const SIZE: u16 = 16;
+    /// Queue i's rings at 0x1000 * (1 + 3i); frames at 0x40000.
+    fn ring(i: u64) -> (u64, u64, u64) {
+        let base = 0x1000 * (1 + 3 * i);
+        (base, base + 0x1000, base + 0x2000)
+    }
+
+    fn signal(pid: u32, sig: libc::c_int) {
+        // SAFETY: a signal to the passt process this test started.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, sig) }, 0);
+    }
+
+    fn passt_busy(net: &Net) -> bool {
+        matches!(&net.backend, Some(Backend::Passt(p)) if p.busy())
+    }
+
+    #[test]
+    fn passts_socket_is_not_watched_for_room_once_the_device_is_reset() {
+        // passt (Debian's, which the README's prerequisites install) is stopped, so its socket
+        // fills and a frame waits; the guest resets the device; passt goes on and drains the
+        // socket. The handler flushes on EPOLLOUT and calls process_tx: with no queue any more
+        // it used to return before updating the interest, leaving EPOLLOUT watched on a
+        // writable socket, which woke the event loop for ever.
+        let config = NetConfig {
+            backend: NetBackendConfig::User { forward: vec![] },
+            mac: [0x06, 0, 0xac, 0x10, 0, 0x02],
+        };
+        let mut net = Net::new(0, &config).expect("passt (Debian: apt-get install passt)");
+        let pid = net.child_pid().expect("passt's pid");
+        signal(pid, libc::SIGSTOP);
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        let queues = (0..2)
+            .map(|i| {
+                let (d, a, u) = ring(i);
+                Queue::try_from(QueueState {
+                    max_size: QUEUE_SIZE,
+                    size: SIZE,
+                    ready: true,
+                    desc_table: d,
+                    avail_ring: a,
+                    used_ring: u,
+                    ..QueueState::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        net.activate(Activation {
+            queues,
+            mem: mem.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        let (d, a, _) = ring(TXQ as u64);
+        let frame_len = (HDR_LEN + 1500) as u32;
+        let mut avail = 0u16;
+        for _ in 0..10_000 {
+            if passt_busy(&net) {
+                break;
+            }
+            let slot = avail % SIZE;
+            let addr = 0x40000 + 0x1000 * u64::from(slot);
+            let mut desc = [0u8; 16];
+            desc[..8].copy_from_slice(&addr.to_le_bytes());
+            desc[8..12].copy_from_slice(&frame_len.to_le_bytes());
+            mem.write_slice(&desc, GuestAddress(d + 16 * u64::from(slot)))
+                .unwrap();
+            mem.write_obj(slot, GuestAddress(a + 4 + 2 * u64::from(slot)))
+                .unwrap();
+            avail = avail.wrapping_add(1);
+            mem.write_obj(avail, GuestAddress(a + 2)).unwrap();
+            net.process_queue(TXQ);
+        }
+        assert!(passt_busy(&net), "passt's socket never filled");
+        assert!(net.interest.contains(EventSet::OUT));
+        net.reset();
+        signal(pid, libc::SIGCONT);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while passt_busy(&net) && std::time::Instant::now() < deadline {
+            if let Some(Backend::Passt(p)) = &mut net.backend {
+                p.flush().expect("flush");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!passt_busy(&net), "passt never drained its socket");
+        net.process_tx(); // what the handler does after a flush
+        assert!(
+            !net.interest.contains(EventSet::OUT),
+            "EPOLLOUT stays watched on a writable socket"
+        );
+    }
+}
