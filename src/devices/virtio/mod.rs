@@ -249,6 +249,53 @@ impl MutEventSubscriber for QueueHandler {
     }
 }
 
+/// Test support shared by the devices' unit tests: queues laid out in fresh guest memory.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use virtio_queue::QueueState;
+    use vm_memory::GuestAddress;
+
+    /// Queue `i`'s descriptor table, driver area and device area: a page each, from
+    /// 0x1000 * (1 + 3i) (buffers go from 0x40000 up).
+    pub fn ring(i: usize) -> (u64, u64, u64) {
+        let base = 0x1000 * (1 + 3 * i as u64);
+        (base, base + 0x1000, base + 0x2000)
+    }
+
+    /// Activates `dev` with all its queues ready, each `size` entries at [`ring`], in 1 MiB
+    /// of fresh guest memory (returned), without EVENT_IDX.
+    pub fn activate(dev: &mut dyn VirtioDevice, size: u16) -> Arc<GuestMemoryMmap> {
+        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
+        let queues = dev
+            .queue_max_sizes()
+            .iter()
+            .enumerate()
+            .map(|(i, &max_size)| {
+                let (d, a, u) = ring(i);
+                Queue::try_from(QueueState {
+                    max_size,
+                    size,
+                    ready: true,
+                    desc_table: d,
+                    avail_ring: a,
+                    used_ring: u,
+                    ..QueueState::default()
+                })
+                .unwrap()
+            })
+            .collect();
+        dev.activate(Activation {
+            queues,
+            mem: mem.clone(),
+            interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
+            features: VIRTIO_F_VERSION_1,
+        })
+        .unwrap();
+        mem
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -637,15 +637,10 @@ impl MutEventSubscriber for NetHandler {
 mod tests {
     use super::*;
     use crate::config::{NetBackendConfig, NetConfig};
-    use virtio_queue::QueueState;
     use vm_memory::{Bytes, GuestAddress};
 
     const SIZE: u16 = 16;
-    /// Queue i's rings at 0x1000 * (1 + 3i); frames at 0x40000.
-    fn ring(i: u64) -> (u64, u64, u64) {
-        let base = 0x1000 * (1 + 3 * i);
-        (base, base + 0x1000, base + 0x2000)
-    }
+    use crate::devices::virtio::testing::ring;
 
     fn signal(pid: u32, sig: libc::c_int) {
         // SAFETY: a signal to the passt process this test started.
@@ -670,30 +665,8 @@ mod tests {
         let mut net = Net::new(0, &config).expect("passt (Debian: apt-get install passt)");
         let pid = net.child_pid().expect("passt's pid");
         signal(pid, libc::SIGSTOP);
-        let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
-        let queues = (0..2)
-            .map(|i| {
-                let (d, a, u) = ring(i);
-                Queue::try_from(QueueState {
-                    max_size: QUEUE_SIZE,
-                    size: SIZE,
-                    ready: true,
-                    desc_table: d,
-                    avail_ring: a,
-                    used_ring: u,
-                    ..QueueState::default()
-                })
-                .unwrap()
-            })
-            .collect();
-        net.activate(Activation {
-            queues,
-            mem: mem.clone(),
-            interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
-            features: VIRTIO_F_VERSION_1,
-        })
-        .unwrap();
-        let (d, a, _) = ring(TXQ as u64);
+        let mem = crate::devices::virtio::testing::activate(&mut net, SIZE);
+        let (d, a, _) = ring(TXQ);
         let frame_len = (HDR_LEN + 1500) as u32;
         let mut avail = 0u16;
         for _ in 0..10_000 {

@@ -1152,15 +1152,11 @@ mod tests {
     use std::io::Read;
     use std::os::unix::net::UnixListener;
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
-    use virtio_queue::QueueState;
     use vm_memory::{Bytes, GuestAddress};
 
     const SIZE: u16 = 16;
-    /// Queue i's rings at 0x1000 * (1 + 3i); tx buffers at 0x40000, rx buffers at 0x80000.
-    fn ring(i: usize) -> (u64, u64, u64) {
-        let base = 0x1000 * (1 + 3 * i as u64);
-        (base, base + 0x1000, base + 0x2000)
-    }
+    // Queue i's rings at testing::ring(i); tx buffers at 0x40000, rx buffers at 0x80000.
+    use crate::devices::virtio::testing::ring;
 
     struct Driver {
         mem: Arc<GuestMemoryMmap>,
@@ -1170,30 +1166,7 @@ mod tests {
 
     impl Driver {
         fn start(dev: &mut Vsock) -> Driver {
-            let mem =
-                Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap());
-            let queues = (0..3)
-                .map(|i| {
-                    let (d, a, u) = ring(i);
-                    Queue::try_from(QueueState {
-                        max_size: QUEUE_SIZE,
-                        size: SIZE,
-                        ready: true,
-                        desc_table: d,
-                        avail_ring: a,
-                        used_ring: u,
-                        ..QueueState::default()
-                    })
-                    .unwrap()
-                })
-                .collect();
-            dev.activate(Activation {
-                queues,
-                mem: mem.clone(),
-                interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
-                features: VIRTIO_F_VERSION_1,
-            })
-            .unwrap();
+            let mem = crate::devices::virtio::testing::activate(dev, SIZE);
             Driver {
                 mem,
                 avail: [0; 3],
