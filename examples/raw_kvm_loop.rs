@@ -54,7 +54,11 @@ fn probe_vm(probe: PathBuf, n: u64, kind: &str) -> Result<()> {
     let mem = ram.memory().clone();
     vmm_reference::memory::advise_huge_pages(&mem);
     vmm_reference::memory::register_guest_memory(&vm, &mem)?;
-    let boot = vmm_reference::boot::load(&mem, &config, &[], &[])?;
+    let boot = vmm_reference::boot::load(
+        &mem,
+        &config,
+        &vmm_reference::device_manager::Devices::none(),
+    )?;
 
     let vcpu = vm.create_vcpu(0)?;
     vcpu.set_cpuid2(&cpuid::vcpu_cpuid(&cpuid::supported(&kvm)?, 0, 1))?;

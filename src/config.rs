@@ -200,6 +200,71 @@ pub fn random_mac() -> [u8; 6] {
     mac
 }
 
+/// How the guest reaches the virtio devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Transport {
+    /// virtio-mmio, found through the DSDT (or `virtio_mmio.device=` without ACPI): for
+    /// kernels with `CONFIG_VIRTIO_MMIO`.
+    #[default]
+    Mmio,
+    /// virtio-pci (modern) with MSI-X behind a PCI host bridge: for kernels with
+    /// `CONFIG_VIRTIO_PCI`, as `make defconfig kvm_guest.config` builds.
+    Pci,
+}
+
+impl Transport {
+    /// The accepted names.
+    pub const NAMES: &'static str = "expected \"mmio\" or \"pci\"";
+
+    /// Its name, as front ends spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Mmio => "mmio",
+            Transport::Pci => "pci",
+        }
+    }
+
+    /// Parses a front end's `transport` argument.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text {
+            "mmio" => Ok(Transport::Mmio),
+            "pci" => Ok(Transport::Pci),
+            other => Err(Error::invalid(
+                "transport",
+                format!("{other:?}"),
+                Self::NAMES,
+            )),
+        }
+    }
+}
+
+/// The most bytes per second an entropy device's rate limit may be.
+pub const MAX_RNG_RATE: u64 = 1 << 40;
+
+/// The accepted `rng.rate`.
+pub fn rng_rate_range() -> String {
+    format!("expected 1 to {MAX_RNG_RATE} bytes per second, or None for no limit")
+}
+
+/// A virtio-rng device: entropy for the guest, from the host's `getrandom`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RngConfig {
+    /// At most this many bytes per second (unlimited if None).
+    pub rate: Option<u64>,
+}
+
+impl RngConfig {
+    /// Checks the rate limit.
+    pub fn validate(&self) -> Result<()> {
+        match self.rate {
+            Some(r) if r == 0 || r > MAX_RNG_RATE => {
+                Err(Error::invalid("rng.rate", r, rng_rate_range()))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
@@ -220,6 +285,10 @@ pub struct VmConfig {
     pub net: Vec<NetConfig>,
     /// A vsock device.
     pub vsock: Option<VsockConfig>,
+    /// An entropy device.
+    pub rng: Option<RngConfig>,
+    /// How the guest reaches the virtio devices.
+    pub transport: Transport,
     /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off
     /// only for debugging ([`crate::seccomp`]).
     pub seccomp: bool,
@@ -236,6 +305,8 @@ impl Default for VmConfig {
             disks: Vec::new(),
             net: Vec::new(),
             vsock: None,
+            rng: None,
+            transport: Transport::Mmio,
             seccomp: true,
         }
     }
@@ -268,7 +339,7 @@ impl VmConfig {
             ));
         }
         let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
-        let devices = self.disks.len() + self.net.len() + usize::from(self.vsock.is_some());
+        let devices = self.virtio_devices();
         if devices > max_devices {
             return Err(Error::invalid(
                 "disks",
@@ -294,7 +365,18 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate()?;
         }
+        if let Some(rng) = &self.rng {
+            rng.validate()?;
+        }
         Ok(())
+    }
+
+    /// How many virtio devices the VM has.
+    pub fn virtio_devices(&self) -> usize {
+        self.disks.len()
+            + self.net.len()
+            + usize::from(self.vsock.is_some())
+            + usize::from(self.rng.is_some())
     }
 }
 

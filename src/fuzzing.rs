@@ -22,7 +22,7 @@ use crate::devices::exit_device::ExitDevice;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{SerialDevice, SerialOutput};
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::transport::mmio::MmioTransport;
 use crate::devices::virtio::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 use crate::exit::ExitSignal;
@@ -60,7 +60,7 @@ pub fn kernel_image(data: &[u8]) {
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 64 << 20)]) else {
         return;
     };
-    let _ = crate::boot::load(&mem, &config, &[], &[]);
+    let _ = crate::boot::load(&mem, &config, &crate::device_manager::Devices::none());
 }
 
 /// The command line: the first two bytes are the kernel's limit, the rest the user's text.
@@ -71,7 +71,7 @@ pub fn cmdline(data: &[u8]) {
     let limit = usize::from(u16::from_le_bytes([data[0], data[1]]));
     let text = String::from_utf8_lossy(&data[2..]);
     let extra = vec!["virtio_mmio.device=4K@0xd0010000:5".to_string()];
-    let _ = crate::boot::cmdline::build(&text, &extra, limit);
+    let _ = crate::boot::cmdline::build(&text, &extra, limit, false);
 }
 
 /// The legacy devices' registers: `data` is a sequence of accesses, 4 bytes each: device,

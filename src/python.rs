@@ -156,7 +156,7 @@ struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -172,6 +172,9 @@ impl NativeVm {
         net: Vec<NetArg>,
         vsock: Option<(i128, PathBuf)>,
         seccomp: bool,
+        transport: &str,
+        rng: bool,
+        rng_rate: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range};
         let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
@@ -185,6 +188,16 @@ impl NativeVm {
                 uds,
             }),
             None => None,
+        };
+        let transport = crate::config::Transport::parse(transport).map_err(|e| to_py(py, e))?;
+        let rng = if rng {
+            let rate = match rng_rate {
+                Some(r) => Some(int(py, "rng.rate", r, crate::config::rng_rate_range)?),
+                None => None,
+            };
+            Some(crate::config::RngConfig { rate })
+        } else {
+            None
         };
         let config = VmConfig {
             memory_mib,
@@ -200,6 +213,8 @@ impl NativeVm {
             disks: disk_configs(disks),
             net,
             vsock,
+            rng,
+            transport,
             seccomp,
         };
         detached(py, "building the VM", || Vm::new(config)).map(|vm| NativeVm { vm })
@@ -378,11 +393,22 @@ impl NativeVm {
         let e820: Vec<(u64, u64, u32)> =
             info.e820.iter().map(|e| (e.addr, e.size, e.kind)).collect();
         d.set_item("e820", e820)?;
-        let devices: Vec<(&str, u64, u64, u32)> = self
+        #[allow(clippy::type_complexity)]
+        let devices: Vec<(&str, u64, u64, u32, &str, Option<String>, u16)> = self
             .vm
             .devices()
             .iter()
-            .map(|dev| (dev.kind, dev.mmio_base, dev.mmio_len, dev.gsi))
+            .map(|dev| {
+                (
+                    dev.kind,
+                    dev.mmio_base,
+                    dev.mmio_len,
+                    dev.gsi,
+                    dev.transport.as_str(),
+                    dev.bdf.map(|(b, d, f)| format!("{b:02x}:{d:02x}.{f}")),
+                    dev.msix_vectors,
+                )
+            })
             .collect();
         d.set_item("devices", devices)?;
         Ok(d)

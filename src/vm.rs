@@ -28,8 +28,9 @@ use crate::devices::boot_marker::BootMarkers;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
-use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::virtio::net::{Net, NetCounters};
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::transport::VirtioTransport;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{DeviceStats, ExitCounts, Persist};
@@ -120,7 +121,7 @@ pub struct Vm {
     vsock: Option<Arc<Mutex<Vsock>>>,
     /// Every virtio device and its transport, in registration order (snapshots).
     virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
     /// The file guest RAM privately maps, if it does (a restored or forked VM, or a parent
     /// since its first fork); None for anonymous memory.
     memory_base: Mutex<Option<MemoryBase>>,
@@ -191,7 +192,7 @@ impl Vm {
         // Devices first: the DSDT the boot tables carry describes them.
         let exit = Arc::new(ExitSignal::new().map_err(io_err("cannot create the exit eventfd"))?);
         let console = Arc::new(Console::new(config.console_limit));
-        let mut dm = DeviceManager::new(vm_fd.clone(), memory.clone());
+        let mut dm = DeviceManager::new(vm_fd.clone(), memory.clone(), config.transport);
         let legacy = legacy::attach(&mut dm, &console, &exit, config.acpi)?;
         let disks = config
             .disks
@@ -209,9 +210,14 @@ impl Vm {
             Some(v) => Some(dm.register_virtio(Vsock::new(v)?)?),
             None => None,
         };
-        let devices = dm.finish();
+        if let Some(r) = &config.rng {
+            // Held by its transport and the device list like every device; nothing of it is
+            // the VM's to read.
+            dm.register_virtio(Rng::new(r))?;
+        }
+        let devices = dm.finish()?;
         let boot = match origin {
-            Origin::Boot => boot::load(&memory, &config, &devices.info, &devices.dsdt_devices)?,
+            Origin::Boot => boot::load(&memory, &config, &devices)?,
             Origin::Saved(snap) => {
                 restore_devices(&snap.devices, &legacy, &devices.transports)?;
                 crate::arch::x86_64::state::restore_vm(&vm_fd, &snap.vm)?;
@@ -859,7 +865,7 @@ impl Drop for Vm {
 /// drop in order: every user of the memory before the memory itself, in `resources`).
 struct Teardown {
     _unstarted: Option<Unstarted>,
-    _transports: Vec<Arc<Mutex<MmioTransport>>>,
+    _transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
     _virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     _disks: Vec<Arc<Mutex<Block>>>,
     _nets: Vec<Arc<Mutex<Net>>>,
@@ -969,7 +975,7 @@ fn origin_state<'a>(
 fn restore_devices(
     saved: &DevicesState,
     legacy: &legacy::Legacy,
-    transports: &[Arc<Mutex<MmioTransport>>],
+    transports: &[Arc<Mutex<dyn VirtioTransport>>],
 ) -> Result<()> {
     legacy
         .serial

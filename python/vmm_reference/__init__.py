@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from . import _native
-from .devices import DeviceInfo, Disk, Tap, UserNet, Vsock
+from .devices import DeviceInfo, Disk, Rng, Tap, UserNet, Vsock
 from .errors import (
     KvmUnavailableError,
     VmAgentError,
@@ -37,6 +37,7 @@ __all__ = [
     "ExitStatus",
     "ExpectFailure",
     "KvmUnavailableError",
+    "Rng",
     "Serial",
     "Tap",
     "UserNet",

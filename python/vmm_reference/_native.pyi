@@ -30,6 +30,9 @@ class NativeVm:
         net: list[tuple[str, str, Optional[str], list[tuple[int, int]]]] = ...,
         vsock: Optional[tuple[int, str]] = ...,
         seccomp: bool = ...,
+        transport: str = ...,
+        rng: bool = ...,
+        rng_rate: Optional[int] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from .errors import VmConfigError
 
-__all__ = ["DeviceInfo", "Disk", "DiskArg", "NetArg", "Tap", "UserNet", "Vsock"]
+__all__ = ["DeviceInfo", "Disk", "DiskArg", "NetArg", "Rng", "Tap", "UserNet", "Vsock"]
 
 
 @dataclass(frozen=True)
@@ -56,19 +56,38 @@ class DeviceInfo:
     """A device of the VM, as :attr:`Vm.boot_info` lists it."""
 
     kind: str
-    """``"virtio-blk"``, ``"virtio-net"`` or ``"virtio-vsock"``."""
+    """``"virtio-blk"``, ``"virtio-net"``, ``"virtio-vsock"`` or ``"virtio-rng"``."""
     mmio_base: int
-    """Guest-physical address of its virtio-mmio registers."""
+    """Guest-physical address of its registers: the virtio-mmio page, or on PCI its BAR 0
+    where the VMM placed it (the guest may move it)."""
     mmio_len: int
     """Length of that range."""
     gsi: int
-    """Its interrupt line (IOAPIC pin)."""
+    """Its interrupt line (IOAPIC pin); on PCI, INTx's, for drivers without MSI-X."""
     path: Optional[str] = None
     """The backing file (disks)."""
     read_only: bool = False
     """Whether the guest's writes are refused (disks)."""
     serial: Optional[str] = None
     """The disk's serial."""
+    transport: str = "mmio"
+    """How the guest reaches it: ``"mmio"`` or ``"pci"``."""
+    bdf: Optional[str] = None
+    """On PCI, its bus, device and function as Linux writes them (``"00:01.0"``)."""
+    msix_vectors: int = 0
+    """On PCI, its MSI-X vectors: one per queue and one for configuration changes."""
+
+
+@dataclass(frozen=True)
+class Rng:
+    """A virtio-rng device: entropy for the guest from the host's ``getrandom``.
+
+    ``Vm(rng=True)`` gives one without a limit; ``Vm(rng=Rng(rate=4096))`` at most ``rate``
+    bytes per second (a bucket of one second's worth). The guest's ``hw_random`` uses it as
+    ``virtio_rng.0``.
+    """
+
+    rate: Optional[int] = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any, Optional, TypeVar, Union
 
 from . import _native
 from .agent import DEFAULT_MAX_OUTPUT, Client, Command, Input
-from .devices import DeviceInfo, DiskArg, NetArg, Vsock, disk_tuples, net_tuples
+from .devices import DeviceInfo, DiskArg, NetArg, Rng, Vsock, disk_tuples, net_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 from .vsock import VsockEndpoint
@@ -268,7 +268,7 @@ class Vm:
         vcpus: number of vCPUs, 1 to KVM's limit.
         kernel: path to an ELF vmlinux or a bzImage (detected from the file).
         cmdline: the kernel command line; ``console=ttyS0`` is added if it names no console,
-            ``pci=off`` if it has no ``pci=``.
+            ``pci=off`` if it has no ``pci=`` and the VM no PCI device.
         himem_start: guest-physical address where the kernel is loaded and high memory
             starts; a multiple of 4 KiB from 1 MiB (0x100000, the default) up.
         initrd: optional initramfs, loaded at the top of low RAM.
@@ -297,6 +297,16 @@ class Vm:
             with seccomp, each to the list its work needs (the default; see
             ``docs/security.md``). ``False`` is for debugging only. Your own threads are
             never filtered.
+        transport: how the guest reaches the virtio devices. ``"mmio"`` (the default):
+            virtio-mmio, for kernels with ``CONFIG_VIRTIO_MMIO``. ``"pci"``: virtio-pci
+            (modern) with MSI-X behind a PCI host bridge (ECAM in the MCFG table and the
+            0xCF8 ports), for kernels with ``CONFIG_VIRTIO_PCI`` such as ``make defconfig
+            kvm_guest.config`` builds; ``pci=off`` is then not added to the command line,
+            and a guest booted with ``pci=nomsi`` gets INTx instead of MSI-X.
+            :attr:`boot_info` lists each device's transport, BDF and vectors.
+        rng: ``True`` or an :class:`~vmm_reference.Rng` (``rate``, bytes per second) for a
+            virtio-rng device fed from the host's ``getrandom``; the guest needs
+            ``virtio_rng`` (the asset initramfs loads it).
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -317,9 +327,15 @@ class Vm:
         net: Sequence[NetArg] = (),
         vsock: Union[bool, Vsock, None] = None,
         seccomp: bool = True,
+        transport: str = "mmio",
+        rng: Union[bool, Rng, None] = None,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
+        if not isinstance(transport, str):
+            raise VmConfigError(f'invalid transport={transport!r}: expected "mmio" or "pci"')
+        if not (rng is None or isinstance(rng, (bool, Rng))):
+            raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
         kernel_path = _check_path("kernel", kernel)
         assert kernel_path is not None
         disk_list = disk_tuples(disks)
@@ -339,6 +355,9 @@ class Vm:
                 net=net_list,
                 vsock=None if endpoint is None else (endpoint.cid, endpoint.uds),
                 seccomp=bool(seccomp),
+                transport=transport,
+                rng=bool(rng),
+                rng_rate=rng.rate if isinstance(rng, Rng) else None,
             )
         except BaseException:
             if endpoint is not None:
@@ -637,12 +656,13 @@ class Vm:
         info: dict[str, Any] = self._native.boot_info()
         disks = iter(self.disks)
         devices = []
-        for kind, base, length, gsi in info.pop("devices"):
+        for kind, base, length, gsi, transport, bdf, vectors in info.pop("devices"):
+            where = {"transport": transport, "bdf": bdf, "msix_vectors": vectors}
             if kind == "virtio-blk":
                 path, read_only, serial = next(disks)
-                devices.append(DeviceInfo(kind, base, length, gsi, path, read_only, serial))
+                devices.append(DeviceInfo(kind, base, length, gsi, path, read_only, serial, **where))
             else:
-                devices.append(DeviceInfo(kind, base, length, gsi))
+                devices.append(DeviceInfo(kind, base, length, gsi, **where))
         return BootInfo(**info, devices=devices)
 
     def stats(self) -> dict[str, Any]:

@@ -18,8 +18,9 @@ pub struct KernelCmdline {
 /// The console added when the user names none: the 16550A at 0x3f8.
 pub const DEFAULT_CONSOLE: &str = "console=ttyS0";
 
-/// Added when the user's command line has no `pci=`: this machine has no PCI bus, and without
-/// it Linux probes PCI configuration space through ports 0xcf8/0xcfc (about 1,500 VM exits).
+/// Added when the user's command line has no `pci=` and the VM has no PCI device: then it has
+/// no PCI bus, and without this Linux probes PCI configuration space through ports
+/// 0xcf8/0xcfc (about 1,500 VM exits).
 pub const DEFAULT_PCI: &str = "pci=off";
 
 fn has_word(cmdline: &str, prefix: &str) -> bool {
@@ -27,11 +28,15 @@ fn has_word(cmdline: &str, prefix: &str) -> bool {
 }
 
 /// Builds the command line from the user's text, adding `console=ttyS0` when it has no
-/// `console=`, `pci=off` when it has no `pci=`, and then `extra` (words the VMM adds), and
-/// checks it against `limit` (bytes including the NUL).
-pub fn build(user: &str, extra: &[String], limit: usize) -> Result<KernelCmdline> {
+/// `console=`, `pci=off` when it has no `pci=` and the VM no PCI bus (`pci` false), and then
+/// `extra` (words the VMM adds), and checks it against `limit` (bytes including the NUL).
+pub fn build(user: &str, extra: &[String], limit: usize, pci: bool) -> Result<KernelCmdline> {
     let mut text = user.trim().to_string();
-    for (prefix, default) in [("console=", DEFAULT_CONSOLE), ("pci=", DEFAULT_PCI)] {
+    let mut defaults = vec![("console=", DEFAULT_CONSOLE)];
+    if !pci {
+        defaults.push(("pci=", DEFAULT_PCI));
+    }
+    for (prefix, default) in defaults {
         if !has_word(&text, prefix) {
             if !text.is_empty() {
                 text.push(' ');
@@ -77,12 +82,20 @@ mod tests {
     #[test]
     fn console_and_pci_off_are_added_only_when_missing() {
         assert_eq!(
-            build("reboot=k", &[], 2048).unwrap().text,
+            build("reboot=k", &[], 2048, false).unwrap().text,
             "reboot=k console=ttyS0 pci=off"
         );
-        assert_eq!(build("", &[], 2048).unwrap().text, "console=ttyS0 pci=off");
         assert_eq!(
-            build("console=hvc0 quiet pci=nomsi", &[], 2048)
+            build("", &[], 2048, false).unwrap().text,
+            "console=ttyS0 pci=off"
+        );
+        assert_eq!(
+            build("", &[], 2048, true).unwrap().text,
+            "console=ttyS0",
+            "a VM with PCI devices keeps its bus"
+        );
+        assert_eq!(
+            build("console=hvc0 quiet pci=nomsi", &[], 2048, false)
                 .unwrap()
                 .text,
             "console=hvc0 quiet pci=nomsi"
@@ -93,20 +106,20 @@ mod tests {
     fn length_is_checked_against_the_limit() {
         let long = "a".repeat(2026);
         // 2026 + " console=ttyS0" (14) + " pci=off" (8) = 2048 bytes + NUL > 2048
-        let err = build(&long, &[], 2048).unwrap_err().to_string();
+        let err = build(&long, &[], 2048, false).unwrap_err().to_string();
         assert!(err.contains("at most 2047 bytes"), "{err}");
-        assert!(build(&"a".repeat(2025), &[], 2048).is_ok());
+        assert!(build(&"a".repeat(2025), &[], 2048, false).is_ok());
         let extra = ["virtio_mmio.device=4K@0xd0010000:5".to_string()];
         assert_eq!(
-            build("quiet", &extra, 2048).unwrap().text,
+            build("quiet", &extra, 2048, false).unwrap().text,
             "quiet console=ttyS0 pci=off virtio_mmio.device=4K@0xd0010000:5"
         );
-        assert!(build(&"a".repeat(2000), &extra, 2048).is_err());
+        assert!(build(&"a".repeat(2000), &extra, 2048, false).is_err());
     }
 
     #[test]
     fn non_ascii_is_refused() {
-        let err = build("quiet é", &[], 2048).unwrap_err().to_string();
+        let err = build("quiet é", &[], 2048, false).unwrap_err().to_string();
         assert!(err.starts_with("invalid cmdline="), "{err}");
     }
 }

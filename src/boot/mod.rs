@@ -17,7 +17,7 @@ use vm_memory::GuestMemoryMmap;
 
 use crate::arch::x86_64::layout::low_ram_end;
 use crate::config::VmConfig;
-use crate::device_manager::DeviceInfo;
+use crate::device_manager::Devices;
 use crate::error::Result;
 
 /// Where things ended up, for the vCPUs and for anyone inspecting the VM.
@@ -37,15 +37,11 @@ pub struct BootInfo {
     pub e820: Vec<zero_page::E820Entry>,
 }
 
-/// Loads everything `config` names into `mem` for the devices in `devices`: with ACPI they
-/// are in the DSDT (`dsdt_devices`); without, the command line names them
-/// (`virtio_mmio.device=`, for kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`).
-pub fn load(
-    mem: &GuestMemoryMmap,
-    config: &VmConfig,
-    devices: &[DeviceInfo],
-    dsdt_devices: &[u8],
-) -> Result<BootInfo> {
+/// Loads everything `config` names into `mem` for `devices`: with ACPI they are in the DSDT
+/// (and a PCI bus in the MCFG); without, the command line names the MMIO ones
+/// (`virtio_mmio.device=`, for kernels built with `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`) and
+/// the kernel finds PCI devices by probing the 0xCF8 ports.
+pub fn load(mem: &GuestMemoryMmap, config: &VmConfig, devices: &Devices) -> Result<BootInfo> {
     let kc = &config.kernel;
     let mem_bytes = config.memory_bytes();
     let low_end = low_ram_end(mem_bytes);
@@ -57,7 +53,9 @@ pub fn load(
         Vec::new()
     } else {
         devices
+            .info
             .iter()
+            .filter(|d| d.bdf.is_none())
             .map(|d| {
                 format!(
                     "virtio_mmio.device={}K@{:#x}:{}",
@@ -68,7 +66,12 @@ pub fn load(
             })
             .collect()
     };
-    let cmdline = cmdline::build(&kc.cmdline, &extra, img.cmdline_limit())?;
+    let cmdline = cmdline::build(
+        &kc.cmdline,
+        &extra,
+        img.cmdline_limit(),
+        devices.ecam.is_some(),
+    )?;
     let loaded = kernel::load(mem, &img, &mut file, kc.himem_start)?;
 
     let initrd = match &kc.initrd {
@@ -84,11 +87,31 @@ pub fn load(
     cmdline::write(mem, &cmdline)?;
     crate::arch::x86_64::mptable::setup_mptable(mem, config.vcpus as u8)?;
     let rsdp = if config.acpi {
-        crate::arch::x86_64::acpi::setup_acpi(mem, config.vcpus as u8, dsdt_devices)?
+        crate::arch::x86_64::acpi::setup_acpi(
+            mem,
+            config.vcpus as u8,
+            &devices.dsdt_devices,
+            devices.ecam,
+        )?
     } else {
         0
     };
-    let e820 = zero_page::e820_map(mem_bytes, kc.himem_start);
+    let mut e820 = zero_page::e820_map(mem_bytes, kc.himem_start);
+    if let Some(ecam) = devices.ecam {
+        // Linux uses MMCONFIG only where the firmware's map reserves it.
+        let at = e820
+            .iter()
+            .position(|e| e.addr > ecam)
+            .unwrap_or(e820.len());
+        e820.insert(
+            at,
+            zero_page::E820Entry {
+                addr: ecam,
+                size: crate::device_manager::pci::ECAM_SIZE,
+                kind: zero_page::E820_RESERVED,
+            },
+        );
+    }
     zero_page::write(mem, &img, &cmdline, initrd, rsdp, &e820)?;
 
     Ok(BootInfo {

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{
-    net_config, DiskConfig, KernelConfig, NetConfig, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+    net_config, DiskConfig, KernelConfig, NetConfig, RngConfig, Transport, DEFAULT_CMDLINE,
+    DEFAULT_MEMORY_MIB,
 };
 use crate::error::Error;
 
@@ -100,6 +101,10 @@ pub struct Options {
     pub blk: Vec<String>,
     /// `--net`, in order.
     pub net: Vec<String>,
+    /// `--transport`, as written.
+    pub transport: Option<String>,
+    /// `--rng`.
+    pub rng: bool,
     /// `--console`.
     pub console: bool,
     /// `--ready-timeout`, as written.
@@ -115,9 +120,10 @@ const VALUED: &[&str] = &[
     "--kernel",
     "--blk",
     "--net",
+    "--transport",
     "--ready-timeout",
 ];
-const FLAGS: &[&str] = &["--help", "--console", "--version"];
+const FLAGS: &[&str] = &["--help", "--rng", "--console", "--version"];
 
 /// Python's `repr()` of a string, as the Python CLI's messages show values.
 pub fn py_repr(s: &str) -> String {
@@ -207,14 +213,18 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
         match name {
             "--help" => return Ok(Request::Help),
             "--version" => return Ok(Request::Version),
-            "--console" => {
+            "--console" | "--rng" => {
                 if let Some(v) = &inline {
                     return Err(Usage::Syntax(format!(
-                        "argument --console: ignored explicit argument {}",
+                        "argument {name}: ignored explicit argument {}",
                         py_repr(v)
                     )));
                 }
-                opts.console = true;
+                if name == "--rng" {
+                    opts.rng = true;
+                } else {
+                    opts.console = true;
+                }
                 continue;
             }
             _ => {}
@@ -236,7 +246,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
         };
         let once = matches!(
             name,
-            "--memory" | "--vcpus" | "--kernel" | "--ready-timeout"
+            "--memory" | "--vcpus" | "--kernel" | "--transport" | "--ready-timeout"
         );
         if once && seen.contains(&name) {
             return Err(Usage::Syntax(format!(
@@ -250,6 +260,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             "--kernel" => opts.kernel = value,
             "--blk" => opts.blk.push(value),
             "--net" => opts.net.push(value),
+            "--transport" => opts.transport = Some(value),
             _ => opts.ready_timeout = Some(value),
         }
     }
@@ -419,6 +430,10 @@ pub struct VmArgs {
     pub disks: Vec<DiskConfig>,
     /// The network devices.
     pub net: Vec<NetConfig>,
+    /// The virtio transport.
+    pub transport: Transport,
+    /// The entropy device.
+    pub rng: Option<RngConfig>,
 }
 
 /// Either kind of refusal: a malformed option or a value the core does not accept.
@@ -566,6 +581,11 @@ pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
         },
         disks,
         net,
+        transport: match &opts.transport {
+            Some(t) => Transport::parse(t).map_err(Refused::Vm)?,
+            None => Transport::Mmio,
+        },
+        rng: opts.rng.then(RngConfig::default),
     })
 }
 

@@ -177,6 +177,8 @@ fn build(opts: &args::Options) -> Result<Vm, Refused> {
         disks: a.disks,
         net: a.net,
         vsock: None,
+        rng: a.rng,
+        transport: a.transport,
         seccomp: true,
     };
     Ok(Vm::new(config)?)

@@ -1,5 +1,5 @@
-//! Hands out what a device needs from the machine: an MMIO range in the virtio window and a
-//! legacy interrupt line (GSI).
+//! Hands out what a device needs from the machine: an MMIO range in the virtio window or a
+//! PCI slot, a legacy interrupt line (GSI) and, on PCI, the GSIs of its MSI-X vectors.
 //!
 //! Both are handed out in order, so the n-th device registered always gets the same address
 //! and GSI: a guest's `/dev/vda` is the first disk given, and a restored snapshot finds its
@@ -23,11 +23,16 @@ const GSIS: [u32; 16] = [5, 6, 7, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22
 /// How many devices can get a GSI.
 pub const MAX_IRQ_DEVICES: usize = GSIS.len();
 
-/// Allocates MMIO slots and GSIs in order.
+/// The most MSI routes handed out (KVM allows 4096 routes in all).
+pub const MAX_MSI_GSIS: u32 = 2048;
+
+/// Allocates MMIO slots, PCI slots and GSIs in order.
 #[derive(Debug, Default)]
 pub struct Allocator {
     next_slot: u64,
     next_gsi: usize,
+    next_pci_slot: usize,
+    next_msi: u32,
 }
 
 impl Allocator {
@@ -39,6 +44,26 @@ impl Allocator {
         }
         self.next_slot += 1;
         Ok(base)
+    }
+
+    /// The next free PCI slot on bus 0 (slot 0 is the host bridge's).
+    pub fn pci_slot(&mut self) -> Result<u8, Error> {
+        let slot = self.next_pci_slot + 1;
+        if slot >= super::pci::SLOTS {
+            return Err(Error::PciSlotsExhausted);
+        }
+        self.next_pci_slot += 1;
+        Ok(slot as u8)
+    }
+
+    /// `n` consecutive GSIs for MSI routes, above the IOAPIC's pins.
+    pub fn msi_gsis(&mut self, n: u32) -> Result<Vec<u32>, Error> {
+        if self.next_msi + n > MAX_MSI_GSIS {
+            return Err(Error::GsiExhausted);
+        }
+        let base = crate::arch::x86_64::irq_routing::MSI_GSI_BASE + self.next_msi;
+        self.next_msi += n;
+        Ok((base..base + n).collect())
     }
 
     /// The next free GSI.
@@ -64,5 +89,10 @@ mod tests {
         assert!(matches!(a.gsi(), Err(Error::GsiExhausted)));
         while a.mmio_slot().is_ok() {}
         assert!(matches!(a.mmio_slot(), Err(Error::MmioExhausted)));
+        assert_eq!(a.pci_slot().unwrap(), 1);
+        while a.pci_slot().is_ok() {}
+        assert!(matches!(a.pci_slot(), Err(Error::PciSlotsExhausted)));
+        assert_eq!(a.msi_gsis(3).unwrap(), vec![24, 25, 26]);
+        assert_eq!(a.msi_gsis(1).unwrap(), vec![27]);
     }
 }

@@ -141,7 +141,7 @@ mod tests {
         }
         .to_aml_bytes(&mut aml);
         if let Ok(path) = std::env::var("VMM_DUMP_DSDT") {
-            let (_, dsdt) = crate::arch::x86_64::acpi::tables(1, &aml).swap_remove(2);
+            let (_, dsdt) = crate::arch::x86_64::acpi::tables(1, &aml, None).swap_remove(2);
             std::fs::write(path, dsdt).unwrap();
         }
         let find = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);

@@ -1,25 +1,34 @@
-//! The device manager: where every device gets its address, its interrupt, its DSDT entry
+//! The device manager: where every device gets its address, its interrupt, its ACPI entry
 //! and its event handlers.
 //!
-//! [`crate::vm::Vm::new`] builds the devices before the boot tables, so the DSDT describes
+//! [`crate::vm::Vm`] builds the devices before the boot tables, so the DSDT describes
 //! exactly the devices that exist:
 //!
 //! 1. [`legacy::attach`] puts COM1, the i8042, the boot-marker registers, the exit device and
 //!    the ACPI PM1 block at their fixed PC addresses;
 //! 2. one [`DeviceManager::register_virtio`] call per virtio device (disks first, in order)
-//!    gives it the next MMIO page of the virtio window and the next free GSI ([`allocator`]),
-//!    an irqfd on that GSI, one ioeventfd per queue on its QueueNotify register, a
-//!    `LNRO0005` device in the DSDT (how Linux's `virtio_mmio` finds it through ACPI) and a
-//!    handler in the event loop that serves its queues;
-//! 3. [`DeviceManager::finish`] hands over the buses (for the vCPUs), the DSDT's device
-//!    entries (for [`crate::boot`]) and the event handlers (for [`crate::event_loop`]).
+//!    puts it on the VM's transport without the caller or the device knowing which:
+//!    - virtio-mmio: the next MMIO page of the virtio window and the next free GSI
+//!      ([`allocator`]), an irqfd on that GSI, one ioeventfd per queue on its QueueNotify
+//!      register and a `LNRO0005` device in the DSDT (how Linux's `virtio_mmio` finds it);
+//!    - virtio-pci: the next slot on bus 0 ([`pci`]) with its BAR in the host bridge's
+//!      window, one MSI-X vector per queue plus one for configuration changes (each an irqfd
+//!      on its own MSI route, [`crate::arch::x86_64::irq_routing`]), INTx on a GSI for
+//!      drivers without MSI-X, and one ioeventfd per queue on its notify address;
 //!
-//! Adding a device means one file (or folder) under [`crate::devices`] and one call here.
+//!    and in both cases a handler in the event loop that serves its queues;
+//! 3. [`DeviceManager::finish`] adds the PCI host bridge if a device is on PCI (ECAM, the
+//!    0xCF8 ports, the BAR window, `PCI0` in the DSDT, the MCFG) and hands over the buses
+//!    (for the vCPUs), the DSDT's device entries (for [`crate::boot`]) and the event
+//!    handlers (for [`crate::event_loop`]).
+//!
+//! Adding a device means one folder under [`crate::devices::virtio`] and one call here.
 //! Interrupts: KVM's in-kernel IOAPIC routes GSIs 0–23 to its pins by default (the routing
-//! table `KVM_CREATE_IRQCHIP` installs), so an irqfd on the GSI is all a device needs.
+//! table `KVM_CREATE_IRQCHIP` installs), so an irqfd on the GSI is all an MMIO device needs.
 
 pub mod allocator;
 pub mod legacy;
+pub mod pci;
 
 use std::sync::{Arc, Mutex};
 
@@ -31,8 +40,14 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use self::allocator::{Allocator, MMIO_SLOT};
+use self::pci::PciBus;
+use crate::arch::x86_64::irq_routing::GsiRouting;
+use crate::config::Transport;
 use crate::devices::bus::{Overlap, SharedDevice};
-use crate::devices::virtio::mmio::{MmioTransport, NOTIFY_OFFSET};
+use crate::devices::pci::msix::Msix;
+use crate::devices::virtio::transport::mmio::{MmioTransport, NOTIFY_OFFSET};
+use crate::devices::virtio::transport::pci::{IntxResample, PciResources, VirtioPci, BAR_SIZE};
+use crate::devices::virtio::transport::{TransportState, VirtioTransport};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::Bus;
 use crate::vcpu::Buses;
@@ -46,6 +61,9 @@ pub enum Error {
     /// The virtio MMIO window is full.
     #[error("no MMIO space left in the virtio window")]
     MmioExhausted,
+    /// Every slot of PCI bus 0 is taken.
+    #[error("no PCI slot left on bus 0")]
+    PciSlotsExhausted,
     /// Every GSI a device may have is taken.
     #[error("no interrupt line (GSI) left for another device")]
     GsiExhausted,
@@ -72,12 +90,18 @@ pub enum Error {
 pub struct DeviceInfo {
     /// The kind, e.g. `virtio-blk`.
     pub kind: &'static str,
-    /// Its MMIO page.
+    /// How the guest reaches it.
+    pub transport: Transport,
+    /// Its registers: the MMIO page, or the PCI function's BAR0 as the VMM placed it.
     pub mmio_base: u64,
-    /// The page's length.
+    /// Their length.
     pub mmio_len: u64,
-    /// Its interrupt line.
+    /// Its interrupt line (on PCI, INTx's, for drivers without MSI-X).
     pub gsi: u32,
+    /// Bus, device and function on PCI.
+    pub bdf: Option<(u8, u8, u8)>,
+    /// Its MSI-X vectors on PCI (one per queue and one for configuration changes).
+    pub msix_vectors: u16,
 }
 
 /// The devices, once built.
@@ -86,6 +110,8 @@ pub struct Devices {
     pub buses: Buses,
     /// The DSDT's device entries (AML, inside `\_SB_`).
     pub dsdt_devices: Vec<u8>,
+    /// ECAM's base when the VM has a PCI bus (for the MCFG and the e820 map).
+    pub ecam: Option<u64>,
     /// The event loop's handlers.
     pub subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     /// The virtio devices, in registration order.
@@ -93,7 +119,25 @@ pub struct Devices {
     /// The same devices, to release when the VM stops.
     pub virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     /// Their transports, whose state snapshots carry.
-    pub transports: Vec<Arc<Mutex<MmioTransport>>>,
+    pub transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
+}
+
+impl Devices {
+    /// No devices at all (the boot path on its own, as the fuzz targets drive it).
+    pub fn none() -> Self {
+        Devices {
+            buses: Buses {
+                pio: Arc::new(Bus::new()),
+                mmio: Arc::new(Bus::new()),
+            },
+            dsdt_devices: Vec::new(),
+            ecam: None,
+            subscribers: Vec::new(),
+            info: Vec::new(),
+            virtio: Vec::new(),
+            transports: Vec::new(),
+        }
+    }
 }
 
 /// Every device's state, as saved in a snapshot: COM1, the i8042, the PM1 block (with ACPI)
@@ -108,13 +152,14 @@ pub struct DevicesState {
     /// PM1_STS and PM1_EN.
     pub pm1: Option<crate::devices::acpi_pm::Pm1State>,
     /// The virtio transports.
-    pub virtio: Vec<crate::devices::virtio::mmio::MmioState>,
+    pub virtio: Vec<TransportState>,
 }
 
 /// Builds the VM's devices; see the module documentation.
 pub struct DeviceManager {
     vm_fd: Arc<VmFd>,
     mem: Arc<GuestMemoryMmap>,
+    transport: Transport,
     allocator: Allocator,
     pio: Bus,
     mmio: Bus,
@@ -122,15 +167,20 @@ pub struct DeviceManager {
     subscribers: Vec<Box<dyn MutEventSubscriber + Send>>,
     info: Vec<DeviceInfo>,
     virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
+    transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
+    pci: Arc<PciBus>,
+    routing: Arc<GsiRouting>,
 }
 
 impl DeviceManager {
-    /// A device manager for the VM `vm_fd` with guest memory `mem`.
-    pub fn new(vm_fd: Arc<VmFd>, mem: Arc<GuestMemoryMmap>) -> Self {
+    /// A device manager for the VM `vm_fd` with guest memory `mem`, whose virtio devices go
+    /// on `transport`.
+    pub fn new(vm_fd: Arc<VmFd>, mem: Arc<GuestMemoryMmap>, transport: Transport) -> Self {
         DeviceManager {
+            routing: Arc::new(GsiRouting::new(vm_fd.clone())),
             vm_fd,
             mem,
+            transport,
             allocator: Allocator::default(),
             pio: Bus::new(),
             mmio: Bus::new(),
@@ -139,6 +189,7 @@ impl DeviceManager {
             info: Vec::new(),
             virtio: Vec::new(),
             transports: Vec::new(),
+            pci: Arc::new(PciBus::new()),
         }
     }
 
@@ -174,91 +225,196 @@ impl DeviceManager {
         self.subscribers.push(subscriber);
     }
 
+    fn eventfd(what: &'static str) -> Result<EventFd, Error> {
+        EventFd::new(EFD_NONBLOCK).map_err(|source| Error::EventFd { what, source })
+    }
+
+    fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+        move |source| Error::Kvm { what, source }
+    }
+
     /// Creates an eventfd that raises `gsi` when written.
     pub fn irqfd(&self, gsi: u32) -> Result<EventFd, Error> {
-        let irqfd = EventFd::new(EFD_NONBLOCK).map_err(|source| Error::EventFd {
-            what: "an interrupt",
-            source,
-        })?;
+        let irqfd = Self::eventfd("an interrupt")?;
         self.vm_fd
             .register_irqfd(&irqfd, gsi)
-            .map_err(|source| Error::Kvm {
-                what: "KVM_IRQFD",
-                source,
-            })?;
+            .map_err(Self::kvm("KVM_IRQFD"))?;
         Ok(irqfd)
     }
 
-    /// Adds a virtio device over MMIO: the next page and GSI, an irqfd, an ioeventfd per
-    /// queue, its DSDT entry and its queue handler. Returns the shared device.
+    /// Adds a virtio device on the VM's transport, with its interrupts, its queues'
+    /// notifications, its ACPI description and its queue handler. Returns the shared device.
     pub fn register_virtio<D: VirtioDevice + 'static>(
         &mut self,
         device: D,
     ) -> Result<Arc<Mutex<D>>, Error> {
-        let base = self.allocator.mmio_slot()?;
-        let gsi = self.allocator.gsi()?;
-        let interrupt = Arc::new(Interrupt::new(self.irqfd(gsi)?));
-        let kind = device.kind();
         let queues = device.queue_max_sizes().len();
         let device = Arc::new(Mutex::new(device));
-        let mut events = Vec::with_capacity(queues);
-        let mut transport_events = Vec::with_capacity(queues);
-        for index in 0..queues {
-            let what = "a queue notification";
-            let event =
-                EventFd::new(EFD_NONBLOCK).map_err(|source| Error::EventFd { what, source })?;
-            self.vm_fd
-                .register_ioevent(
-                    &event,
-                    &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
-                    index as u32,
-                )
-                .map_err(|source| Error::Kvm {
-                    what: "KVM_IOEVENTFD",
+        let events = (0..queues)
+            .map(|_| Self::eventfd("a queue notification"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let transport_events = events
+            .iter()
+            .map(|e| {
+                e.try_clone().map_err(|source| Error::EventFd {
+                    what: "a queue notification",
                     source,
-                })?;
-            transport_events.push(
-                event
-                    .try_clone()
-                    .map_err(|source| Error::EventFd { what, source })?,
-            );
-            events.push(event);
-        }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let shared: Arc<Mutex<dyn VirtioDevice>> = device.clone();
-        self.virtio.push(shared.clone());
-        let transport = Arc::new(Mutex::new(MmioTransport::new(
-            shared,
-            self.mem.clone(),
-            interrupt,
-            transport_events,
-        )));
-        self.transports.push(transport.clone());
-        self.mmio.insert(base, MMIO_SLOT, 0, transport)?;
-        let number = self.info.len();
-        self.add_dsdt(&VirtioMmioAml { number, base, gsi });
+        let (transport, info) = match self.transport {
+            Transport::Mmio => self.attach_mmio(shared.clone(), transport_events)?,
+            Transport::Pci => self.attach_pci(shared.clone(), transport_events)?,
+        };
+        self.virtio.push(shared);
+        self.transports.push(transport);
+        self.info.push(info);
         self.add_subscriber(D::subscriber(device.clone(), events));
-        self.info.push(DeviceInfo {
-            kind,
-            mmio_base: base,
-            mmio_len: MMIO_SLOT,
-            gsi,
-        });
         Ok(device)
     }
 
+    fn attach_mmio(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        events: Vec<EventFd>,
+    ) -> Result<(Arc<Mutex<dyn VirtioTransport>>, DeviceInfo), Error> {
+        let base = self.allocator.mmio_slot()?;
+        let gsi = self.allocator.gsi()?;
+        let interrupt = Arc::new(Interrupt::new(self.irqfd(gsi)?));
+        for (index, event) in events.iter().enumerate() {
+            self.vm_fd
+                .register_ioevent(
+                    event,
+                    &IoEventAddress::Mmio(base + NOTIFY_OFFSET),
+                    index as u32,
+                )
+                .map_err(Self::kvm("KVM_IOEVENTFD"))?;
+        }
+        let kind = crate::devices::virtio::transport::lock(&device).kind();
+        let transport = Arc::new(Mutex::new(MmioTransport::new(
+            device,
+            self.mem.clone(),
+            interrupt,
+            events,
+        )));
+        self.mmio.insert(base, MMIO_SLOT, 0, transport.clone())?;
+        let number = self.info.len();
+        self.add_dsdt(&VirtioMmioAml { number, base, gsi });
+        let info = DeviceInfo {
+            kind,
+            transport: Transport::Mmio,
+            mmio_base: base,
+            mmio_len: MMIO_SLOT,
+            gsi,
+            bdf: None,
+            msix_vectors: 0,
+        };
+        Ok((transport, info))
+    }
+
+    fn attach_pci(
+        &mut self,
+        device: Arc<Mutex<dyn VirtioDevice>>,
+        events: Vec<EventFd>,
+    ) -> Result<(Arc<Mutex<dyn VirtioTransport>>, DeviceInfo), Error> {
+        let slot = self.allocator.pci_slot()?;
+        let gsi = self.allocator.gsi()?;
+        let vectors = events.len() as u32 + 1;
+        let gsis = self.allocator.msi_gsis(vectors)?;
+        let mut irqfds = Vec::with_capacity(gsis.len());
+        for &g in &gsis {
+            irqfds.push(self.irqfd(g)?);
+        }
+        let msix = Arc::new(Msix::new(irqfds, gsis, self.routing.clone()));
+        // INTx is level-triggered: KVM holds the line until the guest's EOI, then tells us
+        // through `resample` so that a still-pending ISR raises it again.
+        let intx = Self::eventfd("INTx")?;
+        let resample = Self::eventfd("INTx resampling")?;
+        self.vm_fd
+            .register_irqfd_with_resample(&intx, &resample, gsi)
+            .map_err(Self::kvm("KVM_IRQFD (resample)"))?;
+        let bar = pci::WINDOW_START + u64::from(slot - 1) * BAR_SIZE;
+        let kind = crate::devices::virtio::transport::lock(&device).kind();
+        let function = Arc::new(Mutex::new(VirtioPci::new(
+            device,
+            PciResources {
+                mem: self.mem.clone(),
+                vm_fd: Some(self.vm_fd.clone()),
+                queue_events: events,
+                intx,
+                gsi,
+                msix,
+                bar,
+                window: (pci::WINDOW_START, pci::WINDOW_END),
+            },
+        )));
+        let interrupt = function
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .interrupt()
+            .clone();
+        self.add_subscriber(Box::new(IntxResample::new(interrupt, resample)));
+        self.pci.add(usize::from(slot), function.clone());
+        let info = DeviceInfo {
+            kind,
+            transport: Transport::Pci,
+            mmio_base: bar,
+            mmio_len: BAR_SIZE,
+            gsi,
+            bdf: Some((0, slot, 0)),
+            msix_vectors: vectors as u16,
+        };
+        Ok((function, info))
+    }
+
+    /// Puts the PCI host bridge on the buses and in the DSDT, for the devices on PCI.
+    fn attach_pci_bus(&mut self) -> Result<(), Error> {
+        let slots: Vec<(u8, u32)> = self
+            .info
+            .iter()
+            .filter_map(|d| d.bdf.map(|(_, slot, _)| (slot, d.gsi)))
+            .collect();
+        self.mmio.insert(
+            pci::ECAM_BASE,
+            pci::ECAM_SIZE,
+            0,
+            Arc::new(Mutex::new(pci::Ecam::new(self.pci.clone()))),
+        )?;
+        self.mmio.insert(
+            pci::WINDOW_START,
+            pci::WINDOW_END - pci::WINDOW_START,
+            0,
+            Arc::new(Mutex::new(pci::BarWindow::new(self.pci.clone()))),
+        )?;
+        self.pio.insert(
+            pci::CONFIG_ADDRESS,
+            pci::CONFIG_PORTS,
+            0,
+            Arc::new(Mutex::new(pci::ConfigPorts::new(self.pci.clone()))),
+        )?;
+        self.add_dsdt(&pci::PciAml { slots });
+        Ok(())
+    }
+
     /// Everything built, for the boot tables, the vCPUs and the event loop.
-    pub fn finish(self) -> Devices {
-        Devices {
+    pub fn finish(mut self) -> Result<Devices, Error> {
+        let has_pci = self.info.iter().any(|d| d.bdf.is_some());
+        if has_pci {
+            self.attach_pci_bus()?;
+        }
+        Ok(Devices {
             buses: Buses {
                 pio: Arc::new(self.pio),
                 mmio: Arc::new(self.mmio),
             },
             dsdt_devices: self.dsdt_devices,
+            ecam: has_pci.then_some(pci::ECAM_BASE),
             subscribers: self.subscribers,
             info: self.info,
             virtio: self.virtio,
             transports: self.transports,
-        }
+        })
     }
 }
 
@@ -307,7 +463,7 @@ mod tests {
         let mem = Arc::new(
             GuestMemoryMmap::from_ranges(&[(vm_memory::GuestAddress(0), 1 << 20)]).unwrap(),
         );
-        let mut dm = DeviceManager::new(vm_fd, mem);
+        let mut dm = DeviceManager::new(vm_fd, mem, Transport::Mmio);
         let uds = std::env::temp_dir().join(format!("vmm-ref-dm-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&uds);
         dm.register_virtio(
@@ -318,7 +474,7 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let devices = dm.finish();
+        let devices = dm.finish().unwrap();
         assert_eq!(devices.virtio.len(), 1);
         assert!(uds.exists());
         crate::event_loop::release_devices(&devices.virtio);
@@ -335,7 +491,7 @@ mod tests {
         }
         .to_aml_bytes(&mut aml);
         if let Ok(path) = std::env::var("VMM_DUMP_DSDT") {
-            let dsdt = crate::arch::x86_64::acpi::tables(1, &aml)
+            let dsdt = crate::arch::x86_64::acpi::tables(1, &aml, None)
                 .into_iter()
                 .find(|(_, t)| t.starts_with(b"DSDT"))
                 .map(|(_, t)| t)

@@ -11,6 +11,7 @@ pub mod boot_marker;
 pub mod bus;
 pub mod exit_device;
 pub mod i8042;
+pub mod pci;
 pub mod serial;
 pub mod virtio;
 

@@ -1,4 +1,4 @@
-//! ACPI tables: RSDP, XSDT, FADT, DSDT and MADT.
+//! ACPI tables: RSDP, XSDT, FADT, DSDT, MADT and, with a PCI bus, MCFG.
 //!
 //! Debian's cloud kernel is built without MP-table parsing, so ACPI's MADT is how it learns
 //! about every CPU beyond the first. The FADT describes a PC with legacy devices (PIC, PIT,
@@ -128,6 +128,16 @@ fn madt(vcpus: u8) -> Vec<u8> {
     t.finish()
 }
 
+/// The MCFG: ECAM of PCI segment 0, bus 0, at `ecam`.
+fn mcfg(ecam: u64) -> Vec<u8> {
+    use acpi_tables::Aml;
+    let mut table = acpi_tables::mcfg::MCFG::new(*OEM_ID, *OEM_TABLE_ID, 1);
+    table.add_ecam(ecam, 0, 0, 0);
+    let mut bytes = Vec::new();
+    table.to_aml_bytes(&mut bytes);
+    bytes
+}
+
 fn xsdt(entries: &[u64]) -> Vec<u8> {
     let mut t = Sdt::new(b"XSDT", 1);
     for e in entries {
@@ -156,29 +166,43 @@ fn align16(v: u64) -> u64 {
     (v + 15) & !15
 }
 
-/// The tables for `vcpus` CPUs and the devices in `dsdt_devices` as `(address, bytes)`,
-/// RSDP first.
-pub fn tables(vcpus: u8, dsdt_devices: &[u8]) -> Vec<(u64, Vec<u8>)> {
+/// The tables for `vcpus` CPUs, the devices in `dsdt_devices` and a PCI bus whose ECAM is at
+/// `ecam` (if any) as `(address, bytes)`, RSDP first.
+pub fn tables(vcpus: u8, dsdt_devices: &[u8], ecam: Option<u64>) -> Vec<(u64, Vec<u8>)> {
     let rsdp_addr = ACPI_START;
     let xsdt_addr = align16(rsdp_addr + 36);
-    let xsdt_len = 36 + 2 * 8;
+    let xsdt_len = 36 + if ecam.is_some() { 3 } else { 2 } * 8;
     let dsdt_addr = align16(xsdt_addr + xsdt_len);
     let dsdt = dsdt(dsdt_devices);
     let fadt_addr = align16(dsdt_addr + dsdt.len() as u64);
     let fadt = fadt(dsdt_addr);
     let madt_addr = align16(fadt_addr + fadt.len() as u64);
-    vec![
-        (rsdp_addr, rsdp(xsdt_addr)),
-        (xsdt_addr, xsdt(&[fadt_addr, madt_addr])),
-        (dsdt_addr, dsdt),
-        (fadt_addr, fadt),
-        (madt_addr, madt(vcpus)),
-    ]
+    let madt = madt(vcpus);
+    let mut pointed = vec![fadt_addr, madt_addr];
+    let mut rest = vec![(dsdt_addr, dsdt), (fadt_addr, fadt)];
+    let mut end = madt_addr + madt.len() as u64;
+    rest.push((madt_addr, madt));
+    if let Some(ecam) = ecam {
+        let mcfg_addr = align16(end);
+        let mcfg = mcfg(ecam);
+        end = mcfg_addr + mcfg.len() as u64;
+        pointed.push(mcfg_addr);
+        rest.push((mcfg_addr, mcfg));
+    }
+    debug_assert!(end <= 0x10_0000, "the ACPI tables must stay below 1 MiB");
+    let mut out = vec![(rsdp_addr, rsdp(xsdt_addr)), (xsdt_addr, xsdt(&pointed))];
+    out.extend(rest);
+    out
 }
 
 /// Writes the tables; returns the RSDP's address.
-pub fn setup_acpi(mem: &GuestMemoryMmap, vcpus: u8, dsdt_devices: &[u8]) -> Result<u64> {
-    for (addr, bytes) in tables(vcpus, dsdt_devices) {
+pub fn setup_acpi(
+    mem: &GuestMemoryMmap,
+    vcpus: u8,
+    dsdt_devices: &[u8],
+    ecam: Option<u64>,
+) -> Result<u64> {
+    for (addr, bytes) in tables(vcpus, dsdt_devices, ecam) {
         mem.write_slice(&bytes, GuestAddress(addr))
             .map_err(|source| Error::GuestMemory {
                 what: "ACPI tables",
@@ -198,7 +222,7 @@ mod tests {
 
     #[test]
     fn every_table_checksums_to_zero_and_states_its_length() {
-        let t = tables(4, &[]);
+        let t = tables(4, &[], None);
         assert_eq!(&t[0].1[..8], b"RSD PTR ");
         assert_eq!(sum(&t[0].1[..20]), 0);
         assert_eq!(sum(&t[0].1), 0);

@@ -7,6 +7,7 @@
 pub mod acpi;
 pub mod cpuid;
 pub mod gdt;
+pub mod irq_routing;
 pub mod lapic;
 pub mod layout;
 pub mod mptable;

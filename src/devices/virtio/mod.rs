@@ -1,24 +1,30 @@
-//! virtio devices, over the virtio-mmio transport.
+//! virtio devices, on either transport.
 //!
 //! A device implements [`VirtioDevice`]: its type, features, configuration space and what it
-//! does with its queues once the driver has set them up. The transport ([`mmio`]) does the
-//! rest the same way for every device: feature negotiation, the status state machine, queue
-//! set-up and reset. The device manager ([`crate::device_manager`]) gives each device an
-//! MMIO page, a GSI, an irqfd, one ioeventfd per queue and a DSDT entry, and has the event
-//! loop call [`VirtioDevice::process_queue`] when the guest notifies a queue — so requests
-//! are served on the event-loop thread, never on a vCPU thread.
+//! does with its queues once the driver has set them up. A transport ([`transport::mmio`] or
+//! [`transport::pci`]) does the rest the same way for every device, through
+//! [`transport::VirtioCommon`]: feature negotiation, the status state machine, queue set-up
+//! and reset. A device signals the driver through its [`Interrupt`], which is an irqfd on a
+//! GSI or MSI-X vectors depending on the transport; the device never knows which. The device
+//! manager ([`crate::device_manager`]) gives each device its transport, interrupts, one
+//! ioeventfd per queue and its ACPI entry, and has the event loop call
+//! [`VirtioDevice::process_queue`] when the guest notifies a queue — so requests are served
+//! on the event-loop thread, never on a vCPU thread.
 //!
 //! Split virtqueues come from the `virtio-queue` crate; the feature and type numbers from
 //! `virtio-bindings`.
 
 pub mod block;
 pub mod bufs;
-pub mod mmio;
+pub mod interrupt;
 pub mod net;
+pub mod rng;
+pub mod transport;
 pub mod vsock;
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+pub use interrupt::{Interrupt, INT_CONFIG, INT_USED_RING};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
@@ -32,74 +38,6 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 /// `VIRTIO_RING_F_EVENT_IDX`: notification suppression with used/avail event indices.
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-
-/// InterruptStatus bit: the device used buffers.
-pub const INT_USED_RING: u32 = 1;
-/// InterruptStatus bit: the configuration (or DEVICE_NEEDS_RESET) changed.
-pub const INT_CONFIG: u32 = 2;
-
-/// A device's interrupt line and the status the guest reads through the transport.
-///
-/// Shared by the transport (which the guest reads and acknowledges) and the device (which
-/// raises it from the event loop).
-#[derive(Debug)]
-pub struct Interrupt {
-    irqfd: EventFd,
-    status: AtomicU32,
-    needs_reset: AtomicBool,
-}
-
-impl Interrupt {
-    /// An interrupt that signals `irqfd` (registered with KVM for the device's GSI).
-    pub fn new(irqfd: EventFd) -> Self {
-        Interrupt {
-            irqfd,
-            status: AtomicU32::new(0),
-            needs_reset: AtomicBool::new(false),
-        }
-    }
-
-    /// Sets `bits` in InterruptStatus and raises the line.
-    pub fn trigger(&self, bits: u32) {
-        self.status.fetch_or(bits, Ordering::SeqCst);
-        // A full eventfd counter still has the interrupt pending: nothing is lost.
-        let _ = self.irqfd.write(1);
-    }
-
-    /// InterruptStatus.
-    pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
-    }
-
-    /// InterruptACK: clears `bits`.
-    pub fn ack(&self, bits: u32) {
-        self.status.fetch_and(!bits, Ordering::SeqCst);
-    }
-
-    /// The device cannot go on until the driver resets it (a guest broke the queue's rules):
-    /// sets DEVICE_NEEDS_RESET and tells the driver through a configuration interrupt.
-    pub fn fail(&self) {
-        self.needs_reset.store(true, Ordering::SeqCst);
-        self.trigger(INT_CONFIG);
-    }
-
-    /// Whether [`Interrupt::fail`] was called since the last reset.
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset.load(Ordering::SeqCst)
-    }
-
-    /// Takes a saved InterruptStatus and DEVICE_NEEDS_RESET (snapshot restore).
-    pub fn restore(&self, status: u32, needs_reset: bool) {
-        self.status.store(status, Ordering::SeqCst);
-        self.needs_reset.store(needs_reset, Ordering::SeqCst);
-    }
-
-    /// Back to the power-on state (device reset).
-    pub fn reset(&self) {
-        self.status.store(0, Ordering::SeqCst);
-        self.needs_reset.store(false, Ordering::SeqCst);
-    }
-}
 
 /// Reads `data.len()` bytes of a device's configuration space `config` at `offset`; bytes
 /// past its end (or an offset beyond any) read as 0, as the spec asks of unused space.
@@ -288,7 +226,9 @@ pub(crate) mod testing {
         dev.activate(Activation {
             queues,
             mem: mem.clone(),
-            interrupt: Arc::new(Interrupt::new(EventFd::new(0).unwrap())),
+            interrupt: Arc::new(Interrupt::new(
+                EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap(),
+            )),
             features: VIRTIO_F_VERSION_1,
         })
         .unwrap();

@@ -20,9 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::backend::RawFile;
 use self::request::{Request, RequestType, ID_LEN, SECTOR_SIZE, S_IOERR, S_OK, S_UNSUPP};
-use super::{
-    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
-};
+use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::DiskConfig;
 use crate::error::Result;
@@ -349,7 +347,7 @@ impl Block {
             }
         }
         if served > 0 && active.queue.needs_notification(mem).unwrap_or(true) {
-            active.interrupt.trigger(INT_USED_RING);
+            active.interrupt.queue(0);
         }
         more
     }
@@ -502,7 +500,10 @@ mod tests {
         let mut buf = [0u8; 1024];
         drv.mem.read_slice(&mut buf, GuestAddress(0x40000)).unwrap();
         assert!(buf[..512].iter().all(|&b| b == 3) && buf[512..].iter().all(|&b| b == 4));
-        assert_eq!(drv.interrupt.status() & INT_USED_RING, INT_USED_RING);
+        assert_eq!(
+            drv.interrupt.status() & crate::devices::virtio::INT_USED_RING,
+            crate::devices::virtio::INT_USED_RING
+        );
         assert_eq!(block.requests(), 1);
     }
 

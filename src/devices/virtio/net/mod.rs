@@ -26,9 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bufs::GuestBufs;
-use super::{
-    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
-};
+use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
 use crate::error::Result;
@@ -231,7 +229,7 @@ impl Net {
                 .needs_notification(mem.as_ref())
                 .unwrap_or(true)
         {
-            active.interrupt.trigger(INT_USED_RING);
+            active.interrupt.queue(TXQ);
         }
         self.active = Some(active);
         more
@@ -366,7 +364,7 @@ impl Net {
                 .needs_notification(mem.as_ref())
                 .unwrap_or(true)
         {
-            active.interrupt.trigger(INT_USED_RING);
+            active.interrupt.queue(RXQ);
         }
         self.active = Some(active);
         more

@@ -35,9 +35,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::packet::*;
 use self::unix::Listener;
-use super::{
-    next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice, INT_USED_RING,
-};
+use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::VsockConfig;
 use crate::error::Result;
@@ -613,7 +611,7 @@ impl Vsock {
                 .needs_notification(mem.as_ref())
                 .unwrap_or(true)
         {
-            active.interrupt.trigger(INT_USED_RING);
+            active.interrupt.queue(TXQ);
         }
         self.active = Some(active);
     }
@@ -826,7 +824,7 @@ impl Vsock {
                 .needs_notification(mem.as_ref())
                 .unwrap_or(true)
         {
-            active.interrupt.trigger(INT_USED_RING);
+            active.interrupt.queue(RXQ);
         }
         self.active = Some(active);
     }
@@ -983,7 +981,7 @@ impl VirtioDevice for Vsock {
                 .is_ok()
                 && active.queues[EVQ].add_used(mem.as_ref(), head, 4).is_ok()
             {
-                active.interrupt.trigger(INT_USED_RING);
+                active.interrupt.queue(EVQ);
             }
         }
         self.active = Some(active);
