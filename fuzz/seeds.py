@@ -58,6 +58,28 @@ def mmio_ops() -> bytes:
     return b"".join(ops)
 
 
+def pci_ops() -> bytes:
+    """A virtio-pci driver's set-up (see src/fuzzing.rs): BAR sizing, MSI-X on, queue 0 with a
+    vector, DRIVER_OK, a notification, a request served, the ISR read, a reset."""
+    def cfg_w(offset: int, value: int, size: int = 4) -> bytes:
+        return struct.pack("<BHIB", 1 | ({1: 0, 2: 1, 4: 2}[size] << 4), offset, value, 0)
+
+    def bar_w(offset: int, value: int, size: int = 4) -> bytes:
+        return struct.pack("<BHIB", 3 | ({1: 0, 2: 1, 4: 2}[size] << 4), offset, value, 0)
+
+    def bar_r(offset: int, size: int = 4) -> bytes:
+        return struct.pack("<BHIB", 2 | ({1: 0, 2: 1, 4: 2}[size] << 4), offset, 0, 0)
+
+    ops = [cfg_w(0x10, 0xFFFFFFFF), struct.pack("<BHIB", 0x20, 0x10, 0, 0), cfg_w(0x10, 0xC0000000),
+           cfg_w(0x42, 0x8000, 2), bar_w(0x4000, 0xFEE00000), bar_w(0x4008, 0x41), bar_w(0x400C, 0),
+           bar_w(0x14, 1, 1), bar_w(0x14, 3, 1), bar_w(0x08, 1), bar_w(0x0C, 1), bar_w(0x08, 0), bar_w(0x0C, 0),
+           bar_w(0x14, 11, 1), bar_w(0x16, 0, 2), bar_w(0x18, 16, 2), bar_w(0x1A, 0, 2), bar_w(0x20, 0x1000),
+           bar_w(0x24, 0), bar_w(0x28, 0x3000), bar_w(0x2C, 0), bar_w(0x30, 0x4000), bar_w(0x34, 0),
+           bar_w(0x1C, 1, 2), bar_w(0x14, 15, 1), bar_w(0x3000, 0, 2), struct.pack("<BHIB", 4, 0, 0, 0),
+           bar_r(0x1000, 1), bar_r(0x6000), cfg_w(0x04, 0, 2), bar_w(0x14, 0, 1)]
+    return b"".join(ops)
+
+
 def vsock_memory() -> bytes:
     """Three vsock queues (see src/fuzzing.rs): a REQUEST then an RW packet from the guest on
     the transmit queue, two receive buffers."""
@@ -94,10 +116,13 @@ def main() -> None:
         "virtio_block": [bytes(virtio_memory()), bytes(virtio_memory(8, 1)), bytes(virtio_memory(0))],
         "virtio_vsock": [vsock_memory()],
         "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
+        "virtio_pci": [bytes(virtio_memory()[:0x800]) + pci_ops() + bytes(virtio_memory()[0x800 + len(pci_ops()):])],
     }
     # snapshot_state's seeds are not made here: seed-0 is the body and seed-1 the whole state
     # file of a real snapshot (a 2-vCPU probe VM with a disk, `probe.end=tick`), as
-    # `vm.snapshot()` writes it; remake them the same way when the format version changes.
+    # `vm.snapshot()` writes it, seed-2 and seed-3 the same of a VM with transport="pci" and
+    # rng=True (PCI config space, MSI-X table, vectors); remake them the same way when the
+    # format version changes.
     for target, inputs in seeds.items():
         d = CORPUS / target
         d.mkdir(parents=True, exist_ok=True)

@@ -215,6 +215,74 @@ pub fn virtio_mmio(data: &[u8]) {
     }
 }
 
+/// A router that takes every MSI route (the fuzzer has no KVM to give them to).
+struct AnyRoute;
+
+impl crate::arch::x86_64::irq_routing::MsiRouter for AnyRoute {
+    fn route(&self, _gsi: u32, _message: Option<(u64, u32)>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The virtio-pci function in front of a disk: `data` is guest memory, and from byte 0x800
+/// a sequence of accesses, 8 bytes each (kind and size, offset (u16), value (u32), one
+/// spare): configuration-space reads and writes at any offset and size, BAR reads and writes
+/// (common configuration, ISR, device configuration, notify, MSI-X table and PBA) and queue
+/// service, as a driver — or a guest sweeping everything — would make them.
+pub fn virtio_pci(data: &[u8]) {
+    use crate::devices::pci::msix::Msix;
+    use crate::devices::pci::PciFunction;
+    use crate::devices::virtio::transport::pci::{PciResources, VirtioPci};
+    let Some(mem) = fuzzed_memory(data) else {
+        return;
+    };
+    let Some((_image, block)) = disk() else {
+        return;
+    };
+    let fds: Option<Vec<EventFd>> = (0..4)
+        .map(|_| EventFd::new(libc::EFD_NONBLOCK).ok())
+        .collect();
+    let Some(mut fds) = fds else {
+        return;
+    };
+    let intx = fds.remove(0);
+    let notify = fds.remove(0);
+    let msix = Arc::new(Msix::new(fds, vec![24, 25], Arc::new(AnyRoute)));
+    let device: Arc<Mutex<dyn VirtioDevice>> = Arc::new(Mutex::new(block));
+    let mut function = VirtioPci::new(
+        device.clone(),
+        PciResources {
+            mem,
+            vm_fd: None,
+            queue_events: vec![notify],
+            intx,
+            gsi: 5,
+            msix,
+            bar: 0xc000_0000,
+            window: (0xc000_0000, 0xd000_0000),
+        },
+    );
+    for op in data.get(0x800..).unwrap_or(&[]).chunks_exact(8) {
+        let len = [1usize, 2, 4, 8][usize::from(op[0] >> 4) % 4];
+        let offset = u16::from_le_bytes([op[1], op[2]]);
+        let value =
+            u64::from(u32::from_le_bytes([op[3], op[4], op[5], op[6]])) | (u64::from(op[7]) << 32);
+        let bytes = value.to_le_bytes();
+        match op[0] % 5 {
+            0 => function.read_config(offset % 0x1000, &mut [0u8; 8][..len.min(4)]),
+            1 => function.write_config(offset % 0x1000, &bytes[..len.min(4)]),
+            2 => function.read_bar(0, u64::from(offset) % 0x8000, &mut [0u8; 8][..len]),
+            3 => function.write_bar(0, u64::from(offset) % 0x8000, &bytes[..len]),
+            _ => {
+                device
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .process_queue(0);
+            }
+        }
+    }
+}
+
 /// virtio-vsock packet parsing and its connection state machine: `data` is guest memory
 /// holding three queues (descriptor table, avail and used rings of the receive queue at
 /// 0x1000/0x3000/0x4000, the transmit queue 0x8000 further up, the event queue 0x10000; byte
@@ -303,6 +371,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("legacy_devices", legacy_devices),
     ("virtio_block", virtio_block),
     ("virtio_mmio", virtio_mmio),
+    ("virtio_pci", virtio_pci),
     ("virtio_vsock", virtio_vsock),
     ("snapshot_state", snapshot_state),
 ];

@@ -127,7 +127,10 @@ def test_both_implementations_say_the_same(native_cli, probe_elf, tmp_path):
              ["--memory", "mem_size_mib=lots", "--kernel", "path=/x"], ["--vcpus", "num_vcpus=0", "--kernel",
              f"path={probe_elf}"], ["--kernel", f"path={probe_elf},cmdline=probe.exit=3"],
              ["--kernel", f"path={probe_elf},cmdline=probe.end=panic"], ["--blk", "path=/d,read_only=maybe",
-             "--kernel", "path=/x"], ["--net", "user,forward=80", "--kernel", "path=/x"]]
+             "--kernel", "path=/x"], ["--net", "user,forward=80", "--kernel", "path=/x"],
+             ["--transport", "pcie", "--kernel", f"path={probe_elf}"], ["--rng=1", "--kernel", "path=/x"],
+             ["--transport", "pci", "--transport", "mmio", "--kernel", "path=/x"],
+             ["--transport", "pci", "--rng", "--kernel", f"path={probe_elf},cmdline=probe.exit=3"]]
     for args in cases:
         native = subprocess.run([str(native_cli), *args], capture_output=True, text=True, timeout=60)
         python = subprocess.run([sys.executable, "-m", "vmm_reference", *args], capture_output=True, text=True,

@@ -67,3 +67,19 @@ def test_madt_gives_the_kernel_every_cpu(vm_factory, guest_assets, vcpus):
     assert "ACPI: Using ACPI (MADT) for SMP configuration information" in log
     assert re.search(r"ACPI: RSDP 0x00000000000E0000 \w+ \(v02 VMMREF\)", log), log
     assert f"smpboot: Allowing {vcpus} CPUs, 0 hotplug CPUs" in lines[-1]
+
+
+def test_a_pci_vm_gives_the_kernel_an_mcfg_and_reserves_ecam(vm_factory, guest_assets, tmp_path):
+    """With a device on PCI the kernel reads an MCFG and the e820 map reserves ECAM (which Linux
+    checks before it uses MMCONFIG); the rest of the PCI boot is the lab's (test_pci_full_boot)."""
+    disk = tmp_path / "d.img"
+    disk.write_bytes(bytes(1 << 20))
+    cmdline = "console=ttyS0 reboot=k panic=-1 earlyprintk=ttyS0"
+    vm = vm_factory(memory_mib=256, kernel=guest_assets.vmlinux, cmdline=cmdline, initrd=guest_assets.initrd,
+                    transport="pci", disks=[disk])
+    assert vm.boot_info.cmdline == cmdline, "no pci=off with a PCI device"
+    vm.start()
+    lines = read_until(vm, r"ACPI: MCFG 0x")
+    vm.kill()
+    assert (0xE000_0000, 0xE00F_FFFF, "reserved") in e820_lines(lines)
+    assert re.search(r"ACPI: MCFG 0x[0-9A-F]+ 00003C \(v01 VMMREF", "\n".join(lines))

@@ -47,7 +47,7 @@ _CHILD = textwrap.dedent(r'''
     t.start()
     prompt = r"# (\x1b\[6n)?$"
     with Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline="reboot=k panic=-1 quiet vmm.init=shell",
-            net=[Tap("tap0", mac="06:00:ac:10:00:02")]) as vm:
+            net=[Tap("tap0", mac="06:00:ac:10:00:02")], transport=sys.argv[2]) as vm:
         vm.start()
         vm.expect(GUEST_READY_MARKER, timeout=180)
         vm.expect(prompt, timeout=60)
@@ -72,11 +72,12 @@ _CHILD = textwrap.dedent(r'''
 ''')
 
 
-def test_tap_ping_and_a_tcp_transfer():
+@pytest.mark.parametrize("transport", ["mmio", "pci"])
+def test_tap_ping_and_a_tcp_transfer(transport):
     if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
         pytest.skip("unshare --net is not permitted here")
     size = 4 << 20  # far more than the TCP window and the queues; ~10 s at the lab's 0.4 MB/s
-    r = subprocess.run(["unshare", "--net", sys.executable, "-c", _CHILD, str(size)], capture_output=True,
+    r = subprocess.run(["unshare", "--net", sys.executable, "-c", _CHILD, str(size), transport], capture_output=True,
                        text=True, timeout=1800)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
     assert r.returncode == 0 and line, r.stdout[-3000:] + r.stderr[-3000:]

@@ -77,12 +77,13 @@ ROOT_WAIT_SECONDS = 5
 
 # Kernel modules the initramfs loads, each after the modules it depends on (read from the
 # modules themselves: the package has no modules.dep): the ACPI power button and the input
-# device acpid reads; virtio-mmio (which finds the VMM's disks through the DSDT) and
-# virtio-blk and virtio-net; ext4 and its dependencies where they are not built in (Debian's cloud kernel
-# has ext4 built in, virtio as modules); vsock and its virtio transport, for the guest agent.
+# device acpid reads; both virtio transports (virtio-mmio finds the VMM's devices through the DSDT,
+# virtio-pci on the PCI bus of a ``transport="pci"`` VM; each finds nothing on the other kind of VM),
+# virtio-blk, virtio-net and virtio-rng; ext4 and its dependencies where they are not built in (Debian's
+# cloud kernel has ext4 built in, virtio as modules); vsock and its virtio transport, for the guest agent.
 # Names missing from a kernel are left out.
-_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_blk", "virtio_net", "ext4", "vsock",
-                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_rng",
+                  "ext4", "vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
 
 #: Where the guest agent's sources are: in the package (``vmm_reference/guest_agent``), so an
 #: installed wheel can build it too.

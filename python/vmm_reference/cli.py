@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                         "himem_start: load address of the kernel and start of high memory, bytes "
                         "(decimal or 0x hex, multiple of 4096, at least 1048576; default 1048576); "
                         f'cmdline: kernel command line (default "{DEFAULT_CMDLINE}"; console=ttyS0 is '
-                        "added when it names no console, pci=off when it has no pci=); "
+                        "added when it names no console, pci=off when it has no pci= and no PCI device); "
                         "initrd: an initramfs to load")
     p.add_argument("--blk", action="append", default=[], metavar="path=PATH[,read_only=on][,serial=S]",
                    help="a raw disk image as a virtio-blk device (repeatable: /dev/vda, /dev/vdb, ... in "
@@ -134,6 +134,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="a virtio-net device (repeatable: eth0, eth1, ... in order): a host TAP interface (opened, "
                         "or created with CAP_NET_ADMIN), or user-mode networking through passt (no root; forward "
                         "host TCP ports to the guest with forward=8080:80, several joined by +)")
+    p.add_argument("--transport", action=_Once, default="mmio", metavar="mmio|pci",
+                   help="how the guest reaches the virtio devices: mmio (the default, for kernels with "
+                        "CONFIG_VIRTIO_MMIO) or pci, with MSI-X (for kernels with CONFIG_VIRTIO_PCI, as "
+                        "defconfig + kvm_guest.config builds them)")
+    p.add_argument("--rng", action="store_true",
+                   help="a virtio-rng device: entropy for the guest from the host's getrandom")
     p.add_argument("--console", action="store_true",
                    help="with -- COMMAND: copy the guest's console to stderr (it is hidden by default)")
     p.add_argument("--ready-timeout", action=_Once, type=float, default=120.0, metavar="SECONDS",
@@ -186,6 +192,8 @@ def _build_vm(args: argparse.Namespace) -> Vm:
         disks=[parse_disk(text) for text in args.blk],
         net=[parse_net(text) for text in args.net],
         vsock=True if getattr(args, "command", None) else None,
+        transport=args.transport,
+        rng=True if args.rng else None,
     )
 
 

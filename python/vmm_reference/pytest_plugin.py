@@ -20,6 +20,7 @@ Fixtures:
 
 Options (each with an ini key of the same name, ``vmm_kernel`` and so on):
 ``--vmm-kernel``, ``--vmm-initrd``, ``--vmm-cmdline``, ``--vmm-memory`` (MiB), ``--vmm-vcpus``,
+``--vmm-transport`` (``mmio`` or ``pci``: the virtio transport of every fixture's VMs),
 ``--vmm-timeout`` (seconds :meth:`Vm.expect` waits by default), ``--vmm-template-ready``
 (when ``vm_template``'s template is ready), ``--vmm-disk`` (a disk
 image for the ``vm`` fixture, repeatable: a path, or the CLI's ``path=P,read_only=on,serial=S``;
@@ -58,6 +59,8 @@ _OPTIONS = [
     ("--vmm-cmdline", "vmm_cmdline", "kernel command line for vm and vm_template [default: the Vm default]"),
     ("--vmm-memory", "vmm_memory", "guest RAM in MiB for vm and vm_factory [default: 256]"),
     ("--vmm-vcpus", "vmm_vcpus", "vCPUs for vm and vm_factory [default: 1]"),
+    ("--vmm-transport", "vmm_transport", "virtio transport of vm, vm_template and vm_factory's VMs: mmio or pci "
+     "[default: mmio]"),
     ("--vmm-timeout", "vmm_timeout", "seconds Vm.expect waits by default in vm and vm_factory [default: 60]"),
     ("--vmm-template-ready", "vmm_template_ready", "regular expression on the console that says the vm_template "
      "guest is ready [default: the guest agent answers]"),
@@ -155,12 +158,15 @@ def vm_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Calla
     memory = _number(config, "vmm_memory", 256, int)
     vcpus = _number(config, "vmm_vcpus", 1, int)
     timeout = _number(config, "vmm_timeout", 60.0, float)
+    transport = _setting(config, "vmm_transport")
     made = request.node.stash.setdefault(_VMS, [])
     request.node.stash[_CONSOLE_DIR] = tmp_path
 
     def make(**kwargs: Any) -> Vm:
         kwargs.setdefault("memory_mib", memory)
         kwargs.setdefault("vcpus", vcpus)
+        if transport is not None:
+            kwargs.setdefault("transport", transport)
         vm = Vm(**kwargs)
         vm.expect_timeout = timeout
         made.append(vm)
@@ -233,6 +239,9 @@ def vm_template_parent(request: pytest.FixtureRequest) -> Iterator[Vm]:
         "vcpus": _number(config, "vmm_vcpus", 1, int),
     }
     _default_vm_arguments(request, kwargs)
+    transport = _setting(config, "vmm_transport")
+    if transport is not None:
+        kwargs.setdefault("transport", transport)
     timeout = _number(config, "vmm_timeout", 60.0, float)
     template = Vm(**kwargs)
     try:

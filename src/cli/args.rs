@@ -20,7 +20,8 @@ pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--
                      --kernel path=PATH[,KEY=VALUE...]
                      [--blk path=PATH[,read_only=on][,serial=S]]
                      [--net tap=NAME[,mac=MAC] | user[,forward=H:G]]
-                     [--console] [--ready-timeout SECONDS] [--version]
+                     [--transport mmio|pci] [--rng] [--console]
+                     [--ready-timeout SECONDS] [--version]
 ";
 
 /// What `--help` prints after the usage lines.
@@ -39,7 +40,7 @@ options:
                         1048576; default 1048576); cmdline: kernel command
                         line (default \"reboot=k panic=-1\"; console=ttyS0 is
                         added when it names no console, pci=off when it has no
-                        pci=); initrd: an initramfs to load
+                        pci= and no PCI device); initrd: an initramfs to load
   --blk path=PATH[,read_only=on][,serial=S]
                         a raw disk image as a virtio-blk device (repeatable:
                         /dev/vda, /dev/vdb, ... in order); read_only:
@@ -51,6 +52,12 @@ options:
                         CAP_NET_ADMIN), or user-mode networking through passt
                         (no root; forward host TCP ports to the guest with
                         forward=8080:80, several joined by +)
+  --transport mmio|pci  how the guest reaches the virtio devices: mmio (the
+                        default, for kernels with CONFIG_VIRTIO_MMIO) or pci,
+                        with MSI-X (for kernels with CONFIG_VIRTIO_PCI, as
+                        defconfig + kvm_guest.config builds them)
+  --rng                 a virtio-rng device: entropy for the guest from the
+                        host's getrandom
   --console             with -- COMMAND: copy the guest's console to stderr
                         (it is hidden by default)
   --ready-timeout SECONDS
