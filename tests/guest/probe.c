@@ -10,10 +10,13 @@
  * sends the first one hostile requests, and `probe.bench=blkread|blkwrite|blkrand|blkid` times
  * requests (see blk_probe and bench_blk). A virtio-vsock driver on the same virtio-mmio code
  * talks to the host through the VMM's vsock device: `probe.vsock=info|test|bad` and
- * `probe.bench=vsockrx|vsocktx` (see vsock_probe and bench_vsock). */
+ * `probe.bench=vsockrx|vsocktx` (see vsock_probe and bench_vsock). The PCI platform and the
+ * virtio-pci transport are pci.c's (`probe.pci=`); it runs blk_test on virtio-pci disks through
+ * struct blk's `ops`, which answer the virtio-mmio register offsets for another transport. */
 #include <stdint.h>
 
 #include "net.h" /* the virtio-net driver in net.c: probe.net=, probe.bench=nettx */
+#include "pci.h" /* PCI and virtio-pci in pci.c: probe.pci= */
 
 #define COM1 0x3f8
 #define LSR_DATA_READY 0x01
@@ -653,6 +656,10 @@ struct blk {
     uint64_t offered, features, capacity;
     uint32_t seg_max, blk_size, last_len, last_id;
     int ro;
+    /* Another transport (pci.c's virtio-pci): ops answers the virtio-mmio register offsets
+     * for it; 0 for virtio-mmio at `base`. */
+    const struct vio_ops *ops;
+    void *ctx;
 };
 
 #define VQ_DESC ((volatile struct vring_desc *)(uintptr_t)vq_mem[0])
@@ -662,76 +669,101 @@ struct blk {
 
 static uint32_t vr(uint64_t base, uint32_t off) { return mmio_read32(base + off); }
 static void vw(uint64_t base, uint32_t off, uint32_t v) { mmio_write32(base + off, v); }
-static uint32_t blk_r(const struct blk *b, uint32_t off) { return vr(b->base, off); }
-static void blk_w(const struct blk *b, uint32_t off, uint32_t v) { vw(b->base, off, v); }
-static uint8_t cfg8(const struct blk *b, uint32_t off) { return *(volatile uint8_t *)(uintptr_t)(b->base + VM_CONFIG + off); }
+/* A register of the device: virtio-mmio's, or the same offset answered by another transport. */
+static uint32_t vio_r(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t off) {
+    return ops ? ops->read(ctx, off, 4) : vr(base, off);
+}
+static void vio_w(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t off, uint32_t v) {
+    if (ops) ops->write(ctx, off, v);
+    else vw(base, off, v);
+}
+static uint32_t blk_r(const struct blk *b, uint32_t off) { return vio_r(b->ops, b->ctx, b->base, off); }
+static void blk_w(const struct blk *b, uint32_t off, uint32_t v) { vio_w(b->ops, b->ctx, b->base, off, v); }
+static uint8_t cfg8(const struct blk *b, uint32_t off) {
+    if (b->ops) return (uint8_t)b->ops->read(b->ctx, VM_CONFIG + off, 1);
+    return *(volatile uint8_t *)(uintptr_t)(b->base + VM_CONFIG + off);
+}
 static uint32_t cfg32(const struct blk *b, uint32_t off) { return blk_r(b, VM_CONFIG + off); }
 /* A 64-bit field of a device's configuration space, read as two halves under its generation. */
-static uint64_t cfg64(uint64_t base, uint32_t off) {
+static uint64_t cfg64_on(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t off) {
     uint32_t gen, lo, hi;
     int tries = 0;
     do {
-        gen = vr(base, VM_CONFIG_GENERATION);
-        lo = vr(base, VM_CONFIG + off);
-        hi = vr(base, VM_CONFIG + off + 4);
-    } while (gen != vr(base, VM_CONFIG_GENERATION) && ++tries < 100);
+        gen = vio_r(ops, ctx, base, VM_CONFIG_GENERATION);
+        lo = vio_r(ops, ctx, base, VM_CONFIG + off);
+        hi = vio_r(ops, ctx, base, VM_CONFIG + off + 4);
+    } while (gen != vio_r(ops, ctx, base, VM_CONFIG_GENERATION) && ++tries < 100);
     return (uint64_t)hi << 32 | lo;
 }
+static uint64_t cfg64(uint64_t base, uint32_t off) { return cfg64_on(0, 0, base, off); }
 
 /* ---- virtio-mmio bring-up, shared by the drivers (virtio 1.2, 3.1.1 and 4.2.3) ----------- */
 
-static void virtio_reset(uint64_t base) {
-    vw(base, VM_STATUS, 0);
-    for (int i = 0; i < 1000000 && vr(base, VM_STATUS); i++) __asm__ volatile("pause");
+/* The bring-up takes (ops, ctx, base) as vio_r does; the plain names are virtio-mmio's. */
+static void virtio_reset_on(const struct vio_ops *ops, void *ctx, uint64_t base) {
+    vio_w(ops, ctx, base, VM_STATUS, 0);
+    for (int i = 0; i < 1000000 && vio_r(ops, ctx, base, VM_STATUS); i++) __asm__ volatile("pause");
 }
-static void blk_reset(struct blk *b) { virtio_reset(b->base); }
+static void virtio_reset(uint64_t base) { virtio_reset_on(0, 0, base); }
+static void blk_reset(struct blk *b) { virtio_reset_on(b->ops, b->ctx, b->base); }
 
 /* Resets the device at `base`, checks it is a version-2 device with `device_id`, then
  * ACKNOWLEDGE, DRIVER, the offered features that are in `wanted` (VERSION_1 required) and
  * FEATURES_OK. Returns 0, or why it went wrong. */
-static const char *virtio_begin(uint64_t base, uint32_t device_id, uint64_t wanted, uint64_t *offered, uint64_t *features) {
-    virtio_reset(base);
-    if (vr(base, VM_MAGIC) != VIRTIO_MAGIC || vr(base, VM_VERSION) != 2 || vr(base, VM_DEVICE_ID) != device_id)
+static const char *virtio_begin_on(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t device_id, uint64_t wanted,
+                                   uint64_t *offered, uint64_t *features) {
+    virtio_reset_on(ops, ctx, base);
+    if (vio_r(ops, ctx, base, VM_MAGIC) != VIRTIO_MAGIC || vio_r(ops, ctx, base, VM_VERSION) != 2 || vio_r(ops, ctx, base, VM_DEVICE_ID) != device_id)
         return device_id == 2 ? "not-virtio-blk-v2" : "not-the-device-v2";
-    if (vr(base, VM_STATUS) != 0) return "reset-failed";
-    vw(base, VM_STATUS, S_ACKNOWLEDGE);
-    vw(base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
-    vw(base, VM_DEVICE_FEATURES_SEL, 0);
-    uint64_t lo = vr(base, VM_DEVICE_FEATURES);
-    vw(base, VM_DEVICE_FEATURES_SEL, 1);
-    uint64_t hi = vr(base, VM_DEVICE_FEATURES);
+    if (vio_r(ops, ctx, base, VM_STATUS) != 0) return "reset-failed";
+    vio_w(ops, ctx, base, VM_STATUS, S_ACKNOWLEDGE);
+    vio_w(ops, ctx, base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER);
+    vio_w(ops, ctx, base, VM_DEVICE_FEATURES_SEL, 0);
+    uint64_t lo = vio_r(ops, ctx, base, VM_DEVICE_FEATURES);
+    vio_w(ops, ctx, base, VM_DEVICE_FEATURES_SEL, 1);
+    uint64_t hi = vio_r(ops, ctx, base, VM_DEVICE_FEATURES);
     *offered = hi << 32 | lo;
     *features = *offered & wanted;
     if (!(*features & F_VERSION_1)) return "no-version-1";
-    vw(base, VM_DRIVER_FEATURES_SEL, 0);
-    vw(base, VM_DRIVER_FEATURES, (uint32_t)*features);
-    vw(base, VM_DRIVER_FEATURES_SEL, 1);
-    vw(base, VM_DRIVER_FEATURES, (uint32_t)(*features >> 32));
-    vw(base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-    if (!(vr(base, VM_STATUS) & S_FEATURES_OK)) return "features-not-ok";
+    vio_w(ops, ctx, base, VM_DRIVER_FEATURES_SEL, 0);
+    vio_w(ops, ctx, base, VM_DRIVER_FEATURES, (uint32_t)*features);
+    vio_w(ops, ctx, base, VM_DRIVER_FEATURES_SEL, 1);
+    vio_w(ops, ctx, base, VM_DRIVER_FEATURES, (uint32_t)(*features >> 32));
+    vio_w(ops, ctx, base, VM_STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
+    if (!(vio_r(ops, ctx, base, VM_STATUS) & S_FEATURES_OK)) return "features-not-ok";
     return 0;
 }
 
+static const char *virtio_begin(uint64_t base, uint32_t device_id, uint64_t wanted, uint64_t *offered, uint64_t *features) {
+    return virtio_begin_on(0, 0, base, device_id, wanted, offered, features);
+}
+
 /* Selects queue `q` and returns its QueueNumMax (0: no such queue). */
-static uint32_t virtio_queue_max(uint64_t base, uint32_t q) {
-    vw(base, VM_QUEUE_SEL, q);
-    return vr(base, VM_QUEUE_NUM_MAX);
+static uint32_t virtio_queue_max_on(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t q) {
+    vio_w(ops, ctx, base, VM_QUEUE_SEL, q);
+    return vio_r(ops, ctx, base, VM_QUEUE_NUM_MAX);
 }
 
 /* Queue `q`: `num` entries, its three parts at the given addresses (zeroed by the caller),
  * then QueueReady. Returns 0, or why not. */
-static const char *virtio_queue(uint64_t base, uint32_t q, uint32_t num, uint64_t desc, uint64_t driver, uint64_t device) {
-    vw(base, VM_QUEUE_SEL, q);
-    if (vr(base, VM_QUEUE_READY)) return "queue-already-ready";
-    vw(base, VM_QUEUE_NUM, num);
-    vw(base, VM_QUEUE_DESC, (uint32_t)desc);
-    vw(base, VM_QUEUE_DESC + 4, (uint32_t)(desc >> 32));
-    vw(base, VM_QUEUE_DRIVER, (uint32_t)driver);
-    vw(base, VM_QUEUE_DRIVER + 4, (uint32_t)(driver >> 32));
-    vw(base, VM_QUEUE_DEVICE, (uint32_t)device);
-    vw(base, VM_QUEUE_DEVICE + 4, (uint32_t)(device >> 32));
-    vw(base, VM_QUEUE_READY, 1);
+static const char *virtio_queue_on(const struct vio_ops *ops, void *ctx, uint64_t base, uint32_t q, uint32_t num, uint64_t desc,
+                                   uint64_t driver, uint64_t device) {
+    vio_w(ops, ctx, base, VM_QUEUE_SEL, q);
+    if (vio_r(ops, ctx, base, VM_QUEUE_READY)) return "queue-already-ready";
+    vio_w(ops, ctx, base, VM_QUEUE_NUM, num);
+    vio_w(ops, ctx, base, VM_QUEUE_DESC, (uint32_t)desc);
+    vio_w(ops, ctx, base, VM_QUEUE_DESC + 4, (uint32_t)(desc >> 32));
+    vio_w(ops, ctx, base, VM_QUEUE_DRIVER, (uint32_t)driver);
+    vio_w(ops, ctx, base, VM_QUEUE_DRIVER + 4, (uint32_t)(driver >> 32));
+    vio_w(ops, ctx, base, VM_QUEUE_DEVICE, (uint32_t)device);
+    vio_w(ops, ctx, base, VM_QUEUE_DEVICE + 4, (uint32_t)(device >> 32));
+    vio_w(ops, ctx, base, VM_QUEUE_READY, 1);
     return 0;
+}
+
+static uint32_t virtio_queue_max(uint64_t base, uint32_t q) { return virtio_queue_max_on(0, 0, base, q); }
+static const char *virtio_queue(uint64_t base, uint32_t q, uint32_t num, uint64_t desc, uint64_t driver, uint64_t device) {
+    return virtio_queue_on(0, 0, base, q, num, desc, driver, device);
 }
 
 #define QNUM_DEFAULT 0xffffffffu
@@ -741,9 +773,9 @@ static const char *virtio_queue(uint64_t base, uint32_t q, uint32_t num, uint64_
  * the device allows, up to 256) at the given addresses, then set DRIVER_OK. Returns the Status register as read back at the end, or 0 with *why
  * set when it went wrong before DRIVER_OK. */
 static uint32_t blk_setup(struct blk *b, uint32_t qnum, uint64_t desc, uint64_t driver, uint64_t device, const char **why) {
-    *why = virtio_begin(b->base, 2, BLK_WANTED, &b->offered, &b->features);
+    *why = virtio_begin_on(b->ops, b->ctx, b->base, 2, BLK_WANTED, &b->offered, &b->features);
     if (*why) return 0;
-    uint32_t max = virtio_queue_max(b->base, 0);
+    uint32_t max = virtio_queue_max_on(b->ops, b->ctx, b->base, 0);
     if (!max) { *why = "no-queue-0"; return 0; }
     if (qnum == QNUM_DEFAULT) qnum = max < VQ_MAX ? max : VQ_MAX;
     b->qsize = qnum ? qnum : 1; /* only ever a divisor once the device is live */
@@ -751,7 +783,7 @@ static uint32_t blk_setup(struct blk *b, uint32_t qnum, uint64_t desc, uint64_t 
     b->avail_idx = b->used_idx = 0;
     for (int p = 0; p < 3; p++)
         for (int i = 0; i < 4096; i++) ((volatile uint8_t *)vq_mem[p])[i] = 0;
-    *why = virtio_queue(b->base, 0, qnum, desc, driver, device);
+    *why = virtio_queue_on(b->ops, b->ctx, b->base, 0, qnum, desc, driver, device);
     if (*why) return 0;
     blk_w(b, VM_STATUS, S_LIVE);
     return blk_r(b, VM_STATUS);
@@ -767,7 +799,7 @@ static const char *blk_init(struct blk *b) {
     if (s != S_LIVE) return "driver-ok-refused";
     if (b->slots == 0) return "queue-too-small";
     b->ro = (b->features & F_BLK_RO) != 0;
-    b->capacity = cfg64(b->base, 0);
+    b->capacity = cfg64_on(b->ops, b->ctx, b->base, 0);
     b->seg_max = (b->features & F_BLK_SEG_MAX) ? cfg32(b, 0x0c) : 0;
     b->blk_size = (b->features & F_BLK_BLK_SIZE) ? cfg32(b, 0x14) : 512;
     return 0;
@@ -2740,6 +2772,45 @@ int probe_virtio_find(const char *cmdline, uint64_t rsdp_hint, uint32_t device_i
     return -1;
 }
 
+/* ---- Exports for pci.c (see pci.h): ACPI tables, and the blk driver on another transport -- */
+
+const uint8_t *probe_acpi_table(uint64_t rsdp_hint, const char *sig) { return acpi_table(acpi_rsdp(rsdp_hint), sig); }
+int probe_dsdt_has_eisaid(uint64_t rsdp_hint, uint32_t id) {
+    const uint8_t *dsdt = acpi_dsdt(acpi_rsdp(rsdp_hint));
+    return dsdt ? dsdt_has_eisaid(dsdt, id) : -1;
+}
+
+static struct blk pci_blk; /* one device at a time, like vq_mem */
+struct blk *probe_blk_open(int n, const struct vio_ops *ops, void *ctx) {
+    pci_blk = (struct blk){0};
+    pci_blk.n = n;
+    pci_blk.ops = ops;
+    pci_blk.ctx = ctx;
+    return &pci_blk;
+}
+const char *probe_blk_init(struct blk *b) { return blk_init(b); }
+void probe_blk_test(struct blk *b) { blk_test(b); }
+void probe_blk_reset(struct blk *b) { blk_reset(b); }
+void probe_blk_post_read(struct blk *b, uint64_t sector, uint32_t len) {
+    struct seg s = {(uint64_t)(uintptr_t)blk_buf, len, VRING_DESC_F_WRITE};
+    blk_post(b, 0, BLK_T_IN, sector, &s, 1);
+}
+void probe_blk_notify(struct blk *b) { blk_notify(b); }
+int probe_blk_used(struct blk *b) { return VQ_USED[1] != b->used_idx; }
+int probe_blk_reap(struct blk *b, uint64_t ms) {
+    if (blk_reap(b, ms)) return -1;
+    return *(volatile uint8_t *)&blk_slots[0].status;
+}
+int probe_blk_read(struct blk *b, uint64_t sector, uint32_t len, uint64_t *fnv) {
+    for (uint32_t i = 0; i < len; i++) blk_buf[i] = 0xa5;
+    probe_blk_post_read(b, sector, len);
+    blk_notify(b);
+    int st = probe_blk_reap(b, BLK_TIMEOUT_MS);
+    if (fnv) *fnv = fnv1a(FNV_INIT, blk_buf, len);
+    return st;
+}
+uint64_t probe_blk_capacity(const struct blk *b) { return b->capacity; }
+
 /* Entered through the PVH note (QEMU's microvm boots the ELF this way): start_info is Xen's
  * struct hvm_start_info, whose command line pointer is at offset 24. */
 void pvh_main(const uint8_t *start_info) {
@@ -2757,6 +2828,8 @@ void pvh_main(const uint8_t *start_info) {
     if (net) net_probe(cmdline, rsdp, net); /* net.c */
     const char *vsk = cmdline ? cmdline_arg(cmdline, "probe.vsock") : 0;
     if (vsk) vsock_probe(cmdline, rsdp, vsk);
+    const char *pci = cmdline ? cmdline_arg(cmdline, "probe.pci") : 0;
+    if (pci) pci_probe(cmdline, rsdp, pci); /* pci.c */
     puts_("PROBE: done\n");
     if (cmdline && word_is(cmdline_arg(cmdline, "probe.end"), "halt")) {
         puts_("PROBE: halting\n");
@@ -2901,6 +2974,8 @@ void probe_main(const uint8_t *zp) {
     if (cmd_ptr && word_is(cmdline_arg(cmdline, "probe.i8042"), "test")) i8042_probe();
     const char *net = cmd_ptr ? cmdline_arg(cmdline, "probe.net") : 0;
     if (net) net_probe(cmdline, *(const uint64_t *)(zp + 0x70), net); /* net.c */
+    const char *pci = cmd_ptr ? cmdline_arg(cmdline, "probe.pci") : 0;
+    if (pci) pci_probe(cmdline, *(const uint64_t *)(zp + 0x70), pci); /* pci.c */
 
     const char *marker = cmd_ptr ? cmdline_arg(cmdline, "probe.marker") : 0;
     if (marker) { /* the port, then the MMIO register with the next value */
