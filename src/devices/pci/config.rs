@@ -11,6 +11,8 @@ pub const COMMAND_MEMORY: u16 = 1 << 1;
 pub const COMMAND_MASTER: u16 = 1 << 2;
 /// Command register bit: the function must not assert INTx.
 pub const COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// Status register bit: the function's INTx is asserted (read-only, the device's to set).
+pub const STATUS_INTERRUPT: u16 = 1 << 3;
 /// Status register bit: the function has a capability list.
 const STATUS_CAP_LIST: u16 = 1 << 4;
 /// Where capabilities start.

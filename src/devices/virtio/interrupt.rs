@@ -31,6 +31,10 @@ pub trait Vectors: Send + Sync {
     fn queue(&self, index: usize);
     /// Sends the configuration-change vector (or marks it pending while masked).
     fn config(&self);
+    /// Whether the line may be asserted (PCI's command register has INTx Disable).
+    fn line_allowed(&self) -> bool {
+        true
+    }
 }
 
 /// A device's interrupt and the status the driver reads through the transport.
@@ -78,10 +82,16 @@ impl Interrupt {
         self.vectors.as_deref().filter(|v| v.enabled())
     }
 
+    fn line_allowed(&self) -> bool {
+        self.vectors.as_ref().is_none_or(|v| v.line_allowed())
+    }
+
     fn raise(&self, bits: u32) {
         self.status.fetch_or(bits, Ordering::SeqCst);
-        // A full eventfd counter still has the interrupt pending: nothing is lost.
-        let _ = self.line.write(1);
+        if self.line_allowed() {
+            // A full eventfd counter still has the interrupt pending: nothing is lost.
+            let _ = self.line.write(1);
+        }
     }
 
     /// The device used buffers on queue `index`.
@@ -106,7 +116,7 @@ impl Interrupt {
     /// Raises the line again if the status still asks for it: a level-triggered line that
     /// the guest acknowledged at its interrupt controller while the device had more to say.
     pub fn resample(&self) {
-        if self.msix().is_none() && self.status() != 0 {
+        if self.msix().is_none() && self.line_allowed() && self.status() != 0 {
             let _ = self.line.write(1);
         }
     }

@@ -12,7 +12,7 @@
 //! signals the same eventfd. Interrupts: MSI-X vectors per queue and for the configuration
 //! ([`VirtioVectors`]), or INTx when the driver does not enable MSI-X.
 
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -22,7 +22,9 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{lock, CommonState, TransportState, VirtioCommon, VirtioTransport};
-use crate::devices::pci::config::{ConfigSpace, Identity, COMMAND_MEMORY};
+use crate::devices::pci::config::{
+    ConfigSpace, Identity, COMMAND_INTX_DISABLE, COMMAND_MEMORY, STATUS_INTERRUPT,
+};
 use crate::devices::pci::msix::{self, Msix, MsixState};
 use crate::devices::pci::PciFunction;
 use crate::devices::virtio::interrupt::Vectors;
@@ -82,6 +84,8 @@ pub struct VirtioVectors {
     msix: Arc<Msix>,
     queues: Vec<AtomicU16>,
     config: AtomicU16,
+    /// The command register's INTx Disable.
+    intx_disabled: AtomicBool,
 }
 
 impl VirtioVectors {
@@ -90,6 +94,7 @@ impl VirtioVectors {
             msix,
             queues: (0..queues).map(|_| AtomicU16::new(NO_VECTOR)).collect(),
             config: AtomicU16::new(NO_VECTOR),
+            intx_disabled: AtomicBool::new(false),
         }
     }
 
@@ -124,6 +129,10 @@ impl Vectors for VirtioVectors {
     fn config(&self) {
         self.msix
             .signal(usize::from(self.config.load(Ordering::SeqCst)));
+    }
+
+    fn line_allowed(&self) -> bool {
+        !self.intx_disabled.load(Ordering::SeqCst)
     }
 }
 
@@ -383,9 +392,7 @@ impl VirtioPci {
             (0x1a, 2) => {
                 let accepted = self.vectors.accept(v as u16);
                 if let Some(slot) = self.vectors.queues.get(c.queue_sel as usize) {
-                    if !c.running() {
-                        slot.store(accepted, Ordering::SeqCst);
-                    }
+                    slot.store(accepted, Ordering::SeqCst);
                 }
             }
             (0x1c, 2) => c.set_queue_ready(v == 1),
@@ -441,11 +448,23 @@ impl PciFunction for VirtioPci {
                 self.config.set_bytes(data_at as u8, &window);
             }
         }
+        // Status bit 3 (Interrupt Status) is the line's state: the ISR's bits while INTx
+        // is what the device uses (virtio 1.2, 4.1.4.5.1).
+        let pending = !self.msix.enabled() && self.common.interrupt().status() != 0;
+        let status = self.config.read16(0x06) & !STATUS_INTERRUPT;
+        let status = status | if pending { STATUS_INTERRUPT } else { 0 };
+        self.config.set_bytes(0x06, &status.to_le_bytes());
         self.config.read(offset, data);
     }
 
     fn write_config(&mut self, offset: u16, data: &[u8]) {
         self.config.write(offset, data);
+        if Self::overlaps(offset, data.len(), 0x04, 2) {
+            let disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
+            self.vectors.intx_disabled.store(disabled, Ordering::SeqCst);
+            // Enabling INTx with the ISR still set asserts the line at once.
+            self.common.interrupt().resample();
+        }
         let msix_control = u16::from(self.msix_cap) + 2;
         if Self::overlaps(offset, data.len(), msix_control, 2) {
             self.msix
@@ -570,6 +589,8 @@ impl VirtioTransport for VirtioPci {
             return Err("the saved device has another number of queues".into());
         }
         self.config.restore(&state.config)?;
+        let disabled = self.config.command() & COMMAND_INTX_DISABLE != 0;
+        self.vectors.intx_disabled.store(disabled, Ordering::SeqCst);
         self.msix.restore(&state.msix)?;
         for (slot, &v) in self.vectors.queues.iter().zip(&state.queue_vectors) {
             slot.store(self.vectors.accept(v), Ordering::SeqCst);
@@ -787,6 +808,27 @@ mod tests {
         bar_w(&mut t, 0x14, &[0]);
         assert!(!dev.lock().unwrap().active);
         assert_eq!(bar_r16(&mut t, 0x1a), NO_VECTOR);
+    }
+
+    #[test]
+    fn intx_shows_in_the_status_register_and_obeys_intx_disable() {
+        let (mut t, _) = function();
+        let status = |t: &mut VirtioPci| cfg32(t, 0x04) >> 16;
+        t.interrupt().queue(0);
+        assert_ne!(status(&mut t) & u32::from(STATUS_INTERRUPT), 0);
+        bar_r16(&mut t, ISR_OFFSET);
+        assert_eq!(
+            status(&mut t) & u32::from(STATUS_INTERRUPT),
+            0,
+            "reading ISR deasserts"
+        );
+        // INTx Disable: the status still says why, the line stays low until it is cleared.
+        t.write_config(0x04, &(COMMAND_MEMORY | COMMAND_INTX_DISABLE).to_le_bytes());
+        t.interrupt().queue(0);
+        assert_ne!(status(&mut t) & u32::from(STATUS_INTERRUPT), 0);
+        assert!(!t.vectors.line_allowed());
+        t.write_config(0x04, &COMMAND_MEMORY.to_le_bytes());
+        assert!(t.vectors.line_allowed());
     }
 
     #[test]
