@@ -18,6 +18,7 @@ pub mod block;
 pub mod bufs;
 pub mod interrupt;
 pub mod net;
+pub mod queue;
 pub mod rng;
 pub mod transport;
 pub mod vsock;
@@ -25,11 +26,12 @@ pub mod vsock;
 use std::sync::{Arc, Mutex};
 
 pub use interrupt::{Interrupt, INT_CONFIG, INT_USED_RING};
+pub use queue::{next_chain, serve, BrokenRing, Round, Served};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use virtio_queue::{Queue, QueueOwnedT, QueueState, QueueT};
+use virtio_queue::{Queue, QueueState};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -49,36 +51,6 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
             .and_then(|o| config.get(o))
             .copied()
             .unwrap_or(0);
-    }
-}
-
-/// The driver broke a queue: its avail ring's index is off by more than the queue's size,
-/// or the used ring could not be written. The device then asks for a reset
-/// ([`Interrupt::fail`]) and stops serving the queue.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the driver corrupted a virtqueue")]
-pub struct BrokenRing;
-
-/// The next chain the driver made available on `queue`, or None once it is drained.
-///
-/// Every device serves its queues the same way: take chains until none is left, then ask
-/// the driver to notify again at the next one (with `VIRTIO_RING_F_EVENT_IDX`, by
-/// publishing how far the device got; without, by clearing `VRING_USED_F_NO_NOTIFY`), and
-/// look once more, for a chain that came in meanwhile would otherwise wait for a
-/// notification that is not coming. Notifications stay off while chains are being taken,
-/// so a busy driver does not exit to us once per chain.
-pub fn next_chain<'a>(
-    queue: &mut Queue,
-    mem: &'a GuestMemoryMmap,
-) -> std::result::Result<Option<virtio_queue::DescriptorChain<&'a GuestMemoryMmap>>, BrokenRing> {
-    loop {
-        if let Some(chain) = queue.iter(mem).map_err(|_| BrokenRing)?.next() {
-            return Ok(Some(chain));
-        }
-        if !queue.enable_notification(mem).map_err(|_| BrokenRing)? {
-            return Ok(None);
-        }
-        queue.disable_notification(mem).map_err(|_| BrokenRing)?;
     }
 }
 
@@ -233,80 +205,5 @@ pub(crate) mod testing {
         })
         .unwrap();
         mem
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use virtio_queue::QueueState;
-    use vm_memory::{Bytes, GuestAddress};
-
-    const SIZE: u16 = 16;
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
-
-    fn queue(event_idx: bool) -> (Queue, GuestMemoryMmap) {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10_000)]).unwrap();
-        let q = Queue::try_from(QueueState {
-            max_size: SIZE,
-            size: SIZE,
-            ready: true,
-            desc_table: DESC,
-            avail_ring: AVAIL,
-            used_ring: USED,
-            event_idx_enabled: event_idx,
-            ..QueueState::default()
-        })
-        .unwrap();
-        (q, mem)
-    }
-
-    /// Makes descriptor `n` (one 64-byte buffer) available as the `n`th chain.
-    fn offer(mem: &GuestMemoryMmap, n: u16) {
-        let mut desc = [0u8; 16];
-        desc[..8].copy_from_slice(&(0x8000 + 64 * u64::from(n)).to_le_bytes());
-        desc[8..12].copy_from_slice(&64u32.to_le_bytes());
-        mem.write_slice(&desc, GuestAddress(DESC + 16 * u64::from(n)))
-            .unwrap();
-        mem.write_obj(n, GuestAddress(AVAIL + 4 + 2 * u64::from(n)))
-            .unwrap();
-        mem.write_obj(n + 1, GuestAddress(AVAIL + 2)).unwrap();
-    }
-
-    #[test]
-    fn next_chain_publishes_the_avail_event_once_drained() {
-        let (mut q, mem) = queue(true);
-        offer(&mem, 0);
-        offer(&mem, 1);
-        let avail_event = GuestAddress(USED + 4 + 8 * u64::from(SIZE));
-        for want in 0..2u16 {
-            let chain = next_chain(&mut q, &mem).unwrap().unwrap();
-            assert_eq!(chain.head_index(), want);
-            // Not drained yet: the driver is not asked to notify.
-            assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 0);
-        }
-        assert!(next_chain(&mut q, &mem).unwrap().is_none());
-        assert_eq!(mem.read_obj::<u16>(avail_event).unwrap(), 2);
-    }
-
-    #[test]
-    fn next_chain_reenables_notifications_without_event_idx() {
-        let (mut q, mem) = queue(false);
-        offer(&mem, 0);
-        q.disable_notification(&mem).unwrap();
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED)).unwrap(), 1); // NO_NOTIFY
-        assert!(next_chain(&mut q, &mem).unwrap().is_some());
-        assert!(next_chain(&mut q, &mem).unwrap().is_none());
-        assert_eq!(mem.read_obj::<u16>(GuestAddress(USED)).unwrap(), 0);
-    }
-
-    #[test]
-    fn next_chain_reports_a_broken_avail_index() {
-        let (mut q, mem) = queue(true);
-        // An avail index more than the queue's size ahead of the device.
-        mem.write_obj(SIZE + 5, GuestAddress(AVAIL + 2)).unwrap();
-        assert_eq!(next_chain(&mut q, &mem).err(), Some(BrokenRing));
     }
 }

@@ -20,7 +20,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::backend::RawFile;
 use self::request::{Request, RequestType, ID_LEN, SECTOR_SIZE, S_IOERR, S_OK, S_UNSUPP};
-use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
+use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::DiskConfig;
 use crate::error::Result;
@@ -298,58 +298,45 @@ impl VirtioDevice for Block {
 }
 
 impl Block {
-    /// Serves available requests; returns whether some are left for another round.
+    /// Serves available requests; returns whether some are left for another round. A round
+    /// ends after [`BATCH`] requests, `batch_bytes` of data or [`BATCH_TIME`].
     fn serve(&mut self, active: &mut Active) -> bool {
         let mem = active.mem.clone();
         let mem = mem.as_ref();
-        let mut served = 0;
         let mut bytes = 0u64;
         let started = Instant::now();
         let mut descriptors = Vec::with_capacity(QUEUE_SIZE as usize);
-        let mut more = false;
-        let _ = active.queue.disable_notification(mem);
-        loop {
-            let spent =
-                bytes >= self.batch_bytes || (served > 0 && started.elapsed() >= BATCH_TIME);
-            if served == BATCH || spent {
-                more = true;
-                break;
-            }
-            let chain = match next_chain(&mut active.queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    return false;
+        let round = queue::serve(
+            &mut active.queue,
+            0,
+            mem,
+            &active.interrupt,
+            BATCH,
+            |chain| {
+                descriptors.clear();
+                descriptors.extend(chain);
+                let used = match Request::parse(&descriptors, mem) {
+                    Ok(req) => {
+                        bytes += req.data_len();
+                        let (status, written) = self.execute(mem, &req);
+                        let _ = mem.write_obj(status, req.status);
+                        written + 1
+                    }
+                    Err((_, Some(status))) => {
+                        let _ = mem.write_obj(S_IOERR, status);
+                        1
+                    }
+                    Err((_, None)) => 0,
+                };
+                self.requests += 1;
+                if bytes >= self.batch_bytes || started.elapsed() >= BATCH_TIME {
+                    Served::UsedLast(used)
+                } else {
+                    Served::Used(used)
                 }
-            };
-            let head = chain.head_index();
-            descriptors.clear();
-            descriptors.extend(chain);
-            let used = match Request::parse(&descriptors, mem) {
-                Ok(req) => {
-                    bytes += req.data_len();
-                    let (status, written) = self.execute(mem, &req);
-                    let _ = mem.write_obj(status, req.status);
-                    written + 1
-                }
-                Err((_, Some(status))) => {
-                    let _ = mem.write_obj(S_IOERR, status);
-                    1
-                }
-                Err((_, None)) => 0,
-            };
-            self.requests += 1;
-            served += 1;
-            if active.queue.add_used(mem, head, used).is_err() {
-                active.interrupt.fail();
-                return false;
-            }
-        }
-        if served > 0 && active.queue.needs_notification(mem).unwrap_or(true) {
-            active.interrupt.queue(0);
-        }
-        more
+            },
+        );
+        round.more()
     }
 }
 

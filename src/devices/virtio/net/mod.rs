@@ -26,7 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bufs::GuestBufs;
-use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
+use super::{queue, ActivateError, Activation, Interrupt, Round, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
 use crate::error::Result;
@@ -181,28 +181,13 @@ impl Net {
             return false;
         };
         let mem = active.mem.clone();
-        let mut served = 0;
-        let mut more = false;
-        let _ = active.queues[TXQ].disable_notification(mem.as_ref());
-        loop {
-            if served == BATCH {
-                more = true;
-                break;
-            }
+        let queue = &mut active.queues[TXQ];
+        let round = queue::serve(queue, TXQ, &mem, &active.interrupt, BATCH, |chain| {
             if let Some(Backend::Passt(p)) = &self.backend {
                 if p.busy() {
-                    break; // the socket is full: the rest waits in the ring
+                    return Served::Return; // the socket is full: the rest waits in the ring
                 }
             }
-            let chain = match next_chain(&mut active.queues[TXQ], mem.as_ref()) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    break;
-                }
-            };
-            let head = chain.head_index();
             let mut readable = Vec::new();
             let mut bad = false;
             for d in chain {
@@ -218,21 +203,10 @@ impl Net {
             } else {
                 self.counters.tx_frames += 1;
             }
-            served += 1;
-            if active.queues[TXQ].add_used(mem.as_ref(), head, 0).is_err() {
-                active.interrupt.fail();
-                break;
-            }
-        }
-        if served > 0
-            && active.queues[TXQ]
-                .needs_notification(mem.as_ref())
-                .unwrap_or(true)
-        {
-            active.interrupt.queue(TXQ);
-        }
+            Served::Used(0)
+        });
         self.active = Some(active);
-        more
+        round.more()
     }
 
     /// One frame (header + Ethernet frame in `bufs`) to the backend; false if dropped.
@@ -312,62 +286,31 @@ impl Net {
             return false;
         };
         let mem = active.mem.clone();
-        let mut served = 0;
-        let mut more = false;
-        loop {
-            if served == BATCH {
-                more = true;
-                break;
-            }
-            let chain = match next_chain(&mut active.queues[RXQ], mem.as_ref()) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => {
-                    // No buffers: stop reading the backend until the guest gives some (it
-                    // was asked to notify then).
-                    let interest = self.interest & EventSet::OUT;
-                    self.set_interest(interest);
-                    break;
-                }
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    break;
-                }
-            };
-            let head = chain.head_index();
+        let queue = &mut active.queues[RXQ];
+        let round = queue::serve(queue, RXQ, &mem, &active.interrupt, BATCH, |chain| {
             let bufs = GuestBufs::writable(chain);
-            let used = match self.recv(&mem, &bufs) {
-                Rx::Frame(len) => len,
-                Rx::Empty => 0,
+            match self.recv(&mem, &bufs) {
+                Rx::Frame(len) => Served::Used(len as u32),
+                Rx::Empty => Served::Used(0),
                 Rx::Nothing | Rx::Gone => {
                     // Give the buffer back; watch the backend again, unless it is gone.
-                    let q = &mut active.queues[RXQ];
-                    q.set_next_avail(q.next_avail().wrapping_sub(1));
                     self.rx_pending = false;
                     if self.backend.is_some() {
                         let interest = self.interest | EventSet::IN;
                         self.set_interest(interest);
                     }
-                    break;
+                    Served::Return
                 }
-            };
-            served += 1;
-            if active.queues[RXQ]
-                .add_used(mem.as_ref(), head, used as u32)
-                .is_err()
-            {
-                active.interrupt.fail();
-                break;
             }
-        }
-        if served > 0
-            && active.queues[RXQ]
-                .needs_notification(mem.as_ref())
-                .unwrap_or(true)
-        {
-            active.interrupt.queue(RXQ);
+        });
+        if round == Round::Drained {
+            // No buffers: stop reading the backend until the guest gives some (it was asked
+            // to notify then).
+            let interest = self.interest & EventSet::OUT;
+            self.set_interest(interest);
         }
         self.active = Some(active);
-        more
+        round.more()
     }
 
     /// One frame into `bufs`.

@@ -19,7 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::bufs::GuestBufs;
-use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
+use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
 use crate::config::RngConfig;
 
 /// The virtio device type of an entropy source.
@@ -98,56 +98,41 @@ impl Rng {
         let mem = active.mem.clone();
         let mem = mem.as_ref();
         let mut buf = vec![0u8; MAX_REQUEST];
-        let mut used_any = false;
-        let mut more = false;
         self.wait = None;
-        let _ = active.queue.disable_notification(mem);
-        for served in 0.. {
-            if served == BATCH {
-                more = true;
-                break;
-            }
-            let allowance = match &mut self.bucket {
-                Some(b) => {
-                    b.refill(Instant::now());
-                    if b.tokens == 0 {
-                        self.wait = Some(b.wait_for(MAX_REQUEST as u64));
-                        break;
+        let (bucket, wait, bytes) = (&mut self.bucket, &mut self.wait, &mut self.bytes);
+        let round = queue::serve(
+            &mut active.queue,
+            0,
+            mem,
+            &active.interrupt,
+            BATCH,
+            |chain| {
+                let allowance = match bucket.as_mut() {
+                    Some(b) => {
+                        b.refill(Instant::now());
+                        if b.tokens == 0 {
+                            *wait = Some(b.wait_for(MAX_REQUEST as u64));
+                            return Served::Return;
+                        }
+                        b.tokens.min(MAX_REQUEST as u64) as usize
                     }
-                    b.tokens.min(MAX_REQUEST as u64) as usize
+                    None => MAX_REQUEST,
+                };
+                let bufs = GuestBufs::writable(chain);
+                let n = bufs.len().min(allowance);
+                let written = if n > 0 && fill_random(&mut buf[..n]) {
+                    bufs.write(mem, 0, &buf[..n]).map_or(0, |_| n)
+                } else {
+                    0
+                };
+                if let Some(b) = bucket.as_mut() {
+                    b.tokens -= written as u64;
                 }
-                None => MAX_REQUEST,
-            };
-            let chain = match next_chain(&mut active.queue, mem) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    return false;
-                }
-            };
-            let head = chain.head_index();
-            let bufs = GuestBufs::writable(chain);
-            let n = bufs.len().min(allowance);
-            let written = if n > 0 && fill_random(&mut buf[..n]) {
-                bufs.write(mem, 0, &buf[..n]).map_or(0, |_| n)
-            } else {
-                0
-            };
-            if let Some(b) = &mut self.bucket {
-                b.tokens -= written as u64;
-            }
-            self.bytes += written as u64;
-            if active.queue.add_used(mem, head, written as u32).is_err() {
-                active.interrupt.fail();
-                return false;
-            }
-            used_any = true;
-        }
-        if used_any && active.queue.needs_notification(mem).unwrap_or(true) {
-            active.interrupt.queue(0);
-        }
-        more
+                *bytes += written as u64;
+                Served::Used(written as u32)
+            },
+        );
+        round.more()
     }
 }
 

@@ -35,7 +35,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::packet::*;
 use self::unix::Listener;
-use super::{next_chain, ActivateError, Activation, BrokenRing, Interrupt, VirtioDevice};
+use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::VsockConfig;
 use crate::error::Result;
@@ -561,31 +561,15 @@ impl Vsock {
             return;
         };
         let mem = active.mem.clone();
-        let mut used_any = false;
         self.tx_stalled = false;
-        self.tx_more = false;
-        let _ = active.queues[TXQ].disable_notification(mem.as_ref());
-        for served in 0.. {
-            if served == self.batch {
-                self.tx_more = true;
-                break;
-            }
+        let queue = &mut active.queues[TXQ];
+        let round = queue::serve(queue, TXQ, &mem, &active.interrupt, self.batch, |chain| {
             if self.pending.len() >= MAX_PENDING {
                 // Room for our answers first: the guest's receive buffers make it, and
                 // the handler comes back here once they have.
                 self.tx_stalled = true;
-                break;
+                return Served::Return;
             }
-            let chain = match next_chain(&mut active.queues[TXQ], mem.as_ref()) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    self.active = Some(active);
-                    return;
-                }
-            };
-            let head = chain.head_index();
             let mut readable = Vec::new();
             let mut writable = false;
             for d in chain {
@@ -599,20 +583,9 @@ impl Vsock {
             if !writable {
                 self.tx_packet(&mem, &bufs);
             }
-            used_any = true;
-            if active.queues[TXQ].add_used(mem.as_ref(), head, 0).is_err() {
-                active.interrupt.fail();
-                self.active = Some(active);
-                return;
-            }
-        }
-        if used_any
-            && active.queues[TXQ]
-                .needs_notification(mem.as_ref())
-                .unwrap_or(true)
-        {
-            active.interrupt.queue(TXQ);
-        }
+            Served::Used(0)
+        });
+        self.tx_more = round.more();
         self.active = Some(active);
     }
 
@@ -769,63 +742,28 @@ impl Vsock {
             return;
         };
         let mem = active.mem.clone();
-        let mut used_any = false;
-        self.rx_more = false;
-        let mut served = 0;
-        while !self.pending.is_empty() || !self.ready.is_empty() {
-            if served == self.batch {
-                self.rx_more = true;
-                break;
+        let queue = &mut active.queues[RXQ];
+        let round = queue::serve(queue, RXQ, &mem, &active.interrupt, self.batch, |chain| {
+            if self.pending.is_empty() && self.ready.is_empty() {
+                return Served::Return; // nothing to send
             }
-            served += 1;
             // Out of receive buffers with work left, the guest is asked to notify us when it
-            // adds some.
-            let chain = match next_chain(&mut active.queues[RXQ], mem.as_ref()) {
-                Ok(Some(chain)) => chain,
-                Ok(None) => break,
-                Err(BrokenRing) => {
-                    active.interrupt.fail();
-                    break;
-                }
-            };
-            let head = chain.head_index();
+            // adds some (the round ends drained).
             let bufs = GuestBufs::writable(chain);
-            let len = if bufs.len() < HDR_LEN {
-                0 // too small for anything: returned empty
-            } else if let Some((key, op, flags)) = self.pending.pop_front() {
-                let h = self.header(key, op, flags, 0);
-                if bufs.write(mem.as_ref(), 0, &h.to_bytes()).is_ok() {
-                    HDR_LEN as u32
-                } else {
-                    0
-                }
-            } else {
-                match self.rx_data(mem.as_ref(), &bufs) {
-                    Some(n) => n,
-                    None => {
-                        // Nothing to send after all: give the buffer back.
-                        let q = &mut active.queues[RXQ];
-                        q.set_next_avail(q.next_avail().wrapping_sub(1));
-                        break;
-                    }
-                }
-            };
-            used_any = true;
-            if active.queues[RXQ]
-                .add_used(mem.as_ref(), head, len)
-                .is_err()
-            {
-                active.interrupt.fail();
-                break;
+            if bufs.len() < HDR_LEN {
+                return Served::Used(0); // too small for anything: returned empty
             }
-        }
-        if used_any
-            && active.queues[RXQ]
-                .needs_notification(mem.as_ref())
-                .unwrap_or(true)
-        {
-            active.interrupt.queue(RXQ);
-        }
+            if let Some((key, op, flags)) = self.pending.pop_front() {
+                let h = self.header(key, op, flags, 0);
+                let written = bufs.write(mem.as_ref(), 0, &h.to_bytes()).is_ok();
+                return Served::Used(if written { HDR_LEN as u32 } else { 0 });
+            }
+            match self.rx_data(mem.as_ref(), &bufs) {
+                Some(n) => Served::Used(n),
+                None => Served::Return, // nothing to send after all: the buffer goes back
+            }
+        });
+        self.rx_more = round.more();
         self.active = Some(active);
     }
 
@@ -973,17 +911,14 @@ impl VirtioDevice for Vsock {
             return;
         };
         let mem = active.mem.clone();
-        if let Ok(Some(chain)) = next_chain(&mut active.queues[EVQ], mem.as_ref()) {
-            let head = chain.head_index();
+        let queue = &mut active.queues[EVQ];
+        queue::serve(queue, EVQ, &mem, &active.interrupt, 1, |chain| {
             let bufs = GuestBufs::writable(chain);
-            if bufs
-                .write(mem.as_ref(), 0, &EVENT_TRANSPORT_RESET.to_le_bytes())
-                .is_ok()
-                && active.queues[EVQ].add_used(mem.as_ref(), head, 4).is_ok()
-            {
-                active.interrupt.queue(EVQ);
+            match bufs.write(mem.as_ref(), 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+                Ok(_) => Served::Used(4),
+                Err(_) => Served::Used(0),
             }
-        }
+        });
         self.active = Some(active);
     }
 
