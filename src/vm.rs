@@ -113,12 +113,6 @@ pub struct Vm {
     pm1: Option<Arc<Mutex<AcpiPm1>>>,
     /// The virtio devices, in the order they were registered.
     devices: Vec<DeviceInfo>,
-    /// The disks, in `config.disks` order.
-    disks: Vec<Arc<Mutex<Block>>>,
-    /// The network devices, in `config.net` order.
-    nets: Vec<Arc<Mutex<Net>>>,
-    /// The vsock device.
-    vsock: Option<Arc<Mutex<Vsock>>>,
     /// Every virtio device and its transport, in registration order (snapshots).
     virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
     transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
@@ -194,25 +188,18 @@ impl Vm {
         let console = Arc::new(Console::new(config.console_limit));
         let mut dm = DeviceManager::new(vm_fd.clone(), memory.clone(), config.transport);
         let legacy = legacy::attach(&mut dm, &console, &exit, config.acpi)?;
-        let disks = config
-            .disks
-            .iter()
-            .enumerate()
-            .map(|(i, disk)| Ok(dm.register_virtio(Block::new(i, disk)?)?))
-            .collect::<Result<Vec<_>>>()?;
-        let nets = config
-            .net
-            .iter()
-            .enumerate()
-            .map(|(i, net)| Ok(dm.register_virtio(Net::new(i, net)?)?))
-            .collect::<Result<Vec<_>>>()?;
-        let vsock = match &config.vsock {
-            Some(v) => Some(dm.register_virtio(Vsock::new(v)?)?),
-            None => None,
-        };
+        // Every device is held by its transport and the device list (`devices.virtio`); the
+        // VM keeps no handle per kind.
+        for (i, disk) in config.disks.iter().enumerate() {
+            dm.register_virtio(Block::new(i, disk)?)?;
+        }
+        for (i, net) in config.net.iter().enumerate() {
+            dm.register_virtio(Net::new(i, net)?)?;
+        }
+        if let Some(v) = &config.vsock {
+            dm.register_virtio(Vsock::new(v)?)?;
+        }
         if let Some(r) = &config.rng {
-            // Held by its transport and the device list like every device; nothing of it is
-            // the VM's to read.
             dm.register_virtio(Rng::new(r))?;
         }
         let devices = dm.finish()?;
@@ -287,9 +274,6 @@ impl Vm {
             started_at: Mutex::new(None),
             pm1: legacy.pm1,
             devices: devices.info,
-            disks,
-            nets,
-            vsock,
             resources: Some(Resources {
                 vm_fd,
                 _kvm: kvm,
@@ -347,9 +331,9 @@ impl Vm {
             devices: self.virtio.clone(),
             seccomp: self.config.seccomp,
             children: self
-                .nets
+                .virtio
                 .iter()
-                .filter_map(|n| n.lock().unwrap_or_else(|e| e.into_inner()).child_pid())
+                .filter_map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).child_pid())
                 .collect(),
         };
         let handle = match event_loop.spawn() {
@@ -796,17 +780,31 @@ impl Vm {
 
     /// Requests each disk has served, in `config.disks` order.
     pub fn disk_requests(&self) -> Vec<u64> {
-        self.disks
+        self.counters_of("virtio-blk")
             .iter()
-            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).requests())
+            .map(|c| counter(c, "requests"))
             .collect()
     }
 
     /// Frames each network device moved, in `config.net` order.
     pub fn net_counters(&self) -> Vec<NetCounters> {
-        self.nets
+        self.counters_of("virtio-net")
             .iter()
-            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).counters())
+            .map(|c| NetCounters {
+                tx_frames: counter(c, "tx_frames"),
+                rx_frames: counter(c, "rx_frames"),
+                dropped: counter(c, "dropped"),
+            })
+            .collect()
+    }
+
+    /// The counters of every device of `kind`, in registration order.
+    fn counters_of(&self, kind: &str) -> Vec<Vec<(&'static str, u64)>> {
+        self.virtio
+            .iter()
+            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+            .filter(|d| d.kind() == kind)
+            .map(|d| d.counters())
             .collect()
     }
 
@@ -853,9 +851,6 @@ impl Drop for Vm {
                 .take(),
             _transports: std::mem::take(&mut self.transports),
             _virtio: std::mem::take(&mut self.virtio),
-            _disks: std::mem::take(&mut self.disks),
-            _nets: std::mem::take(&mut self.nets),
-            _vsock: self.vsock.take(),
             _resources: self.resources.take(),
         });
     }
@@ -867,9 +862,6 @@ struct Teardown {
     _unstarted: Option<Unstarted>,
     _transports: Vec<Arc<Mutex<dyn VirtioTransport>>>,
     _virtio: Vec<Arc<Mutex<dyn VirtioDevice>>>,
-    _disks: Vec<Arc<Mutex<Block>>>,
-    _nets: Vec<Arc<Mutex<Net>>>,
-    _vsock: Option<Arc<Mutex<Vsock>>>,
     _resources: Option<Resources>,
 }
 
@@ -1009,6 +1001,14 @@ fn restore_devices(
             .map_err(|e| snapshot_error(format!("virtio device {i}: {e}")))?;
     }
     Ok(())
+}
+
+/// The counter `name` of a device's `counters` (0 if it has none such).
+fn counter(counters: &[(&'static str, u64)], name: &str) -> u64 {
+    counters
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |&(_, v)| v)
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {

@@ -97,6 +97,17 @@ pub trait VirtioDevice: Send {
     /// A short name of the device's kind for people, e.g. `virtio-blk`.
     fn kind(&self) -> &'static str;
 
+    /// A process the device's backend runs (passt), which the event loop stops with the VM
+    /// (its seccomp filter allows signalling exactly these).
+    fn child_pid(&self) -> Option<u32> {
+        None
+    }
+
+    /// What the device counted, by name (e.g. `("requests", 12)`), for statistics.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// The VM has stopped: let go of host resources others may want (a TAP, a child
     /// process, a listening socket) now rather than when the VM object is dropped.
     fn release(&mut self) {}

@@ -295,6 +295,10 @@ impl VirtioDevice for Block {
     fn kind(&self) -> &'static str {
         "virtio-blk"
     }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("requests", self.requests)]
+    }
 }
 
 impl Block {

@@ -146,14 +146,6 @@ impl Net {
         self.counters
     }
 
-    /// The process behind the backend (passt's), which the event loop stops with the VM.
-    pub fn child_pid(&self) -> Option<u32> {
-        match &self.backend {
-            Some(Backend::Passt(p)) => Some(p.pid()),
-            _ => None,
-        }
-    }
-
     fn set_interest(&mut self, interest: EventSet) {
         if interest != self.interest {
             self.interest = interest;
@@ -467,6 +459,21 @@ impl VirtioDevice for Net {
 
     fn kind(&self) -> &'static str {
         "virtio-net"
+    }
+
+    fn child_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Some(Backend::Passt(p)) => Some(p.pid()),
+            _ => None,
+        }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("tx_frames", self.counters.tx_frames),
+            ("rx_frames", self.counters.rx_frames),
+            ("dropped", self.counters.dropped),
+        ]
     }
 
     fn release(&mut self) {

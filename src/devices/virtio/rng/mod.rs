@@ -196,6 +196,10 @@ impl VirtioDevice for Rng {
         "virtio-rng"
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("bytes", self.bytes)]
+    }
+
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
         self.active.as_ref().map(|a| vec![a.queue.state()])
     }
