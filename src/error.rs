@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+pub use crate::refusal::{HostError, Refusal};
+
 /// The family of an [`Error`], for front ends that map errors onto their own types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -33,34 +35,10 @@ pub enum ErrorKind {
 /// An error from building, starting or running a VM.
 #[derive(Debug, Error)]
 pub enum Error {
-    /// A configuration value is not accepted.
-    #[error("invalid {arg}={value}: {expected}")]
-    InvalidArgument {
-        /// The argument's name, as the user wrote it (`memory_mib`, `himem_start`, `disks[1]`).
-        arg: Cow<'static, str>,
-        /// The value given.
-        value: String,
-        /// What is accepted instead.
-        expected: String,
-    },
-    /// A file does not exist.
-    #[error("{arg}={path:?}: no such file")]
-    FileNotFound {
-        /// The argument that named the file.
-        arg: Cow<'static, str>,
-        /// The path given.
-        path: PathBuf,
-    },
-    /// A file cannot be opened for reading.
-    #[error("{arg}={path:?}: permission denied; {hint}")]
-    PermissionDenied {
-        /// The argument that named the file, or `kvm`.
-        arg: Cow<'static, str>,
-        /// The path.
-        path: PathBuf,
-        /// What to do about it.
-        hint: String,
-    },
+    /// A value the user gave is not accepted: out of range or malformed, a file that does not
+    /// exist or cannot be opened as asked.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// `/dev/kvm` is missing or not usable.
     #[error("KVM is not available at {path:?}: {reason}; {hint}")]
     KvmUnavailable {
@@ -121,9 +99,9 @@ impl Error {
     /// The family of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Error::FileNotFound { .. } => ErrorKind::FileNotFound,
-            Error::PermissionDenied { .. } => ErrorKind::PermissionDenied,
+            Error::Refused(Refusal::InvalidArgument { .. }) => ErrorKind::InvalidArgument,
+            Error::Refused(Refusal::FileNotFound { .. }) => ErrorKind::FileNotFound,
+            Error::Refused(Refusal::PermissionDenied { .. }) => ErrorKind::PermissionDenied,
             Error::KvmUnavailable { .. } => ErrorKind::KvmUnavailable,
             Error::InvalidState { .. } => ErrorKind::InvalidState,
             Error::Snapshot(_) => ErrorKind::Snapshot,
@@ -131,22 +109,52 @@ impl Error {
         }
     }
 
-    /// Shorthand for an [`Error::InvalidArgument`].
+    /// Shorthand for a refused argument ([`Refusal::InvalidArgument`]).
     pub fn invalid(
         arg: impl Into<Cow<'static, str>>,
         value: impl ToString,
         expected: impl ToString,
     ) -> Self {
-        Error::InvalidArgument {
-            arg: arg.into(),
-            value: value.to_string(),
-            expected: expected.to_string(),
-        }
+        Error::Refused(Refusal::invalid(arg, value, expected))
     }
 
     /// Shorthand for a KVM ioctl failure.
     pub fn kvm(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
         move |source| Error::Kvm { what, source }
+    }
+}
+
+impl From<HostError> for Error {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Refused(r) => Error::Refused(r),
+            HostError::Io { what, source } => Error::Io { what, source },
+        }
+    }
+}
+
+impl From<crate::devices::virtio::block::Error> for Error {
+    fn from(e: crate::devices::virtio::block::Error) -> Self {
+        match e {
+            crate::devices::virtio::block::Error::Image(h) => h.into(),
+        }
+    }
+}
+
+impl From<crate::devices::virtio::net::Error> for Error {
+    fn from(e: crate::devices::virtio::net::Error) -> Self {
+        match e {
+            crate::devices::virtio::net::Error::Tap(h)
+            | crate::devices::virtio::net::Error::Passt(h) => h.into(),
+        }
+    }
+}
+
+impl From<crate::devices::virtio::vsock::Error> for Error {
+    fn from(e: crate::devices::virtio::vsock::Error) -> Self {
+        match e {
+            crate::devices::virtio::vsock::Error::Socket(h) => h.into(),
+        }
     }
 }
 

@@ -32,13 +32,15 @@ pub fn open_kvm_at(path: &Path) -> Result<Kvm> {
                     "load the kvm module (kvm_intel or kvm_amd) or run on a host with \
                      hardware virtualization",
                 ),
-                libc::EACCES | libc::EPERM => Error::PermissionDenied {
-                    arg: "kvm".into(),
-                    path: PathBuf::from(path),
-                    hint: "add your user to the group that owns /dev/kvm (usually `kvm`: \
+                libc::EACCES | libc::EPERM => {
+                    Error::Refused(crate::refusal::Refusal::PermissionDenied {
+                        arg: "kvm".into(),
+                        path: PathBuf::from(path),
+                        hint: "add your user to the group that owns /dev/kvm (usually `kvm`: \
                            sudo usermod -aG kvm $USER, then log in again)"
-                        .into(),
-                },
+                            .into(),
+                    })
+                }
                 _ => unavailable(e.to_string(), "check that /dev/kvm is the KVM device"),
             })
         }

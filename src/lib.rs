@@ -45,9 +45,11 @@ pub mod event_loop;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod host_file;
 pub mod kvm;
 pub mod memory;
 pub mod reaper;
+pub mod refusal;
 pub mod seccomp;
 pub mod snapshot;
 pub mod vcpu;

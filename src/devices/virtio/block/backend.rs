@@ -13,7 +13,7 @@ use std::path::Path;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::request::SECTOR_SIZE;
-use crate::error::{Error, Result};
+use crate::refusal::{HostError, Refusal};
 
 /// At most this many buffers go to one `preadv`/`pwritev` (Linux's `IOV_MAX`).
 const IOV_MAX: usize = 1024;
@@ -28,25 +28,25 @@ pub struct RawFile {
 
 impl RawFile {
     /// Opens `path` (named `arg` in errors) for reading, and writing unless `read_only`.
-    pub fn open(arg: String, path: &Path, read_only: bool) -> Result<RawFile> {
-        let file = crate::boot::image::open_file(arg.clone(), path, !read_only)?;
+    pub fn open(arg: String, path: &Path, read_only: bool) -> Result<RawFile, HostError> {
+        let file = crate::host_file::open_file(arg.clone(), path, !read_only)?;
         let len = file
             .metadata()
-            .map_err(|source| Error::Io {
-                what: format!("cannot read the size of {arg}={}", path.display()),
-                source,
-            })?
+            .map_err(HostError::io(format!(
+                "cannot read the size of {arg}={}",
+                path.display()
+            )))?
             .len();
         let sectors = len / SECTOR_SIZE;
         if sectors == 0 {
-            return Err(Error::invalid(
+            return Err(HostError::Refused(Refusal::invalid(
                 arg,
                 path.display(),
                 format!(
                     "expected a raw disk image of at least {SECTOR_SIZE} bytes (it has {len}); \
                      its size sets the disk's capacity"
                 ),
-            ));
+            )));
         }
         Ok(RawFile {
             file,

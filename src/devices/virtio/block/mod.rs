@@ -23,7 +23,6 @@ use self::request::{Request, RequestType, ID_LEN, SECTOR_SIZE, S_IOERR, S_OK, S_
 use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::DiskConfig;
-use crate::error::Result;
 
 /// The virtio device type of a block device.
 pub const TYPE_BLOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -70,9 +69,17 @@ struct Active {
     interrupt: Arc<Interrupt>,
 }
 
+/// Why a disk cannot be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its image (named `disks[i]`) is refused or cannot be opened.
+    #[error(transparent)]
+    Image(#[from] crate::refusal::HostError),
+}
+
 impl Block {
     /// Opens disk number `index` as `config` describes it; errors name `disks[index]`.
-    pub fn new(index: usize, config: &DiskConfig) -> Result<Block> {
+    pub fn new(index: usize, config: &DiskConfig) -> Result<Block, Error> {
         let disk = RawFile::open(format!("disks[{index}]"), &config.path, config.read_only)?;
         let mut serial = [0u8; ID_LEN];
         if let Some(s) = &config.serial {

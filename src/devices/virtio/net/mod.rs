@@ -29,7 +29,6 @@ use super::bufs::GuestBufs;
 use super::{queue, ActivateError, Activation, Interrupt, Round, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
-use crate::error::Result;
 
 /// The virtio device type of a network device.
 pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -77,6 +76,17 @@ pub struct NetCounters {
     pub dropped: u64,
 }
 
+/// Why a network device cannot be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its TAP (named `net[i].tap`) is refused or cannot be opened.
+    #[error(transparent)]
+    Tap(crate::refusal::HostError),
+    /// passt (for `net[i].user`) cannot be started.
+    #[error(transparent)]
+    Passt(crate::refusal::HostError),
+}
+
 /// A virtio-net device.
 pub struct Net {
     /// None once the VM has stopped ([`VirtioDevice::release`]) or the backend failed.
@@ -100,7 +110,7 @@ pub struct Net {
 
 impl Net {
     /// Opens the backend of network device `index`, configured by `config`.
-    pub fn new(index: usize, config: &NetConfig) -> Result<Net> {
+    pub fn new(index: usize, config: &NetConfig) -> Result<Net, Error> {
         let arg = format!("net[{index}]");
         let bit = |b: u32| 1u64 << b;
         // EVENT_IDX: notifications and interrupts once per batch rather than per frame.
@@ -116,10 +126,10 @@ impl Net {
                     | bit(VIRTIO_NET_F_GUEST_TSO6)
                     | bit(VIRTIO_NET_F_HOST_TSO4)
                     | bit(VIRTIO_NET_F_HOST_TSO6);
-                Backend::Tap(tap::Tap::open(&arg, name, HDR_LEN)?)
+                Backend::Tap(tap::Tap::open(&arg, name, HDR_LEN).map_err(Error::Tap)?)
             }
             NetBackendConfig::User { forward } => {
-                Backend::Passt(passt::Passt::start(&arg, forward)?)
+                Backend::Passt(passt::Passt::start(&arg, forward).map_err(Error::Passt)?)
             }
         };
         let mut cfg = [0u8; 10];

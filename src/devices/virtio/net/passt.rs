@@ -10,7 +10,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-use crate::error::{Error, Result};
+use crate::refusal::{HostError, Refusal};
 
 /// The largest frame passt sends or takes (its MTU of 65520 plus the Ethernet header).
 pub const MAX_FRAME: usize = 65_520 + 14;
@@ -28,11 +28,9 @@ pub struct Passt {
 
 impl Passt {
     /// Starts passt with TCP port forwards `(host port, guest port)`; errors name `arg`.
-    pub fn start(arg: &str, forward: &[(u16, u16)]) -> Result<Passt> {
-        let (ours, theirs) = UnixStream::pair().map_err(|e| Error::Io {
-            what: "cannot create passt's socket pair".into(),
-            source: e,
-        })?;
+    pub fn start(arg: &str, forward: &[(u16, u16)]) -> Result<Passt, HostError> {
+        let (ours, theirs) =
+            UnixStream::pair().map_err(HostError::io("cannot create passt's socket pair"))?;
         let fd = theirs.as_raw_fd();
         let mut cmd = Command::new("passt");
         // MTU 1500: the guest's receive buffers are sized for it unless it takes TSO (which
@@ -60,20 +58,18 @@ impl Passt {
             });
         }
         let child = cmd.spawn().map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::FileNotFound {
+            io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
                 arg: format!("{arg}.user").into(),
                 path: "passt".into(),
-            },
-            _ => Error::Io {
+            }),
+            _ => HostError::Io {
                 what: format!("cannot start passt for {arg}"),
                 source: e,
             },
         })?;
         drop(theirs);
-        ours.set_nonblocking(true).map_err(|e| Error::Io {
-            what: "cannot make passt's socket non-blocking".into(),
-            source: e,
-        })?;
+        ours.set_nonblocking(true)
+            .map_err(HostError::io("cannot make passt's socket non-blocking"))?;
         Ok(Passt {
             stream: ours,
             child,

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::io::{AsRawFd, RawFd};
 
-use crate::error::{Error, Result};
+use crate::refusal::{HostError, Refusal};
 
 /// `struct ifreq` as far as TUNSETIFF needs it.
 #[repr(C)]
@@ -37,21 +37,21 @@ pub struct Tap {
 impl Tap {
     /// Opens (creating it if it does not exist and this process may) the TAP `name`; errors
     /// name `arg` (`net[0]`).
-    pub fn open(arg: &str, name: &str, vnet_hdr_len: usize) -> Result<Tap> {
+    pub fn open(arg: &str, name: &str, vnet_hdr_len: usize) -> Result<Tap, HostError> {
         if name.is_empty()
             || name.len() >= libc::IFNAMSIZ
             || name.contains(['/', ' ', '\t', '\n', ':'])
             || name == "."
             || name == ".."
         {
-            return Err(Error::invalid(
+            return Err(HostError::Refused(Refusal::invalid(
                 format!("{arg}.tap"),
                 format!("{name:?}"),
                 format!(
                     "expected an interface name of 1 to {} characters without '/', ':' or spaces",
                     libc::IFNAMSIZ - 1
                 ),
-            ));
+            )));
         }
         let file = OpenOptions::new()
             .read(true)
@@ -59,16 +59,16 @@ impl Tap {
             .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
             .open("/dev/net/tun")
             .map_err(|e| match e.kind() {
-                io::ErrorKind::NotFound => Error::FileNotFound {
+                io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
                     arg: format!("{arg}.tap").into(),
                     path: "/dev/net/tun".into(),
-                },
-                io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+                }),
+                io::ErrorKind::PermissionDenied => HostError::Refused(Refusal::PermissionDenied {
                     arg: format!("{arg}.tap").into(),
                     path: "/dev/net/tun".into(),
                     hint: "make /dev/net/tun readable and writable by this user".into(),
-                },
-                _ => Error::Io {
+                }),
+                _ => HostError::Io {
                     what: "cannot open /dev/net/tun".into(),
                     source: e,
                 },
@@ -83,25 +83,27 @@ impl Tap {
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, &mut req) } < 0 {
             let e = io::Error::last_os_error();
             return Err(match e.raw_os_error() {
-                Some(libc::EPERM) | Some(libc::EACCES) => Error::PermissionDenied {
-                    arg: format!("{arg}.tap").into(),
-                    path: name.into(),
-                    hint: format!(
-                        "creating a TAP needs CAP_NET_ADMIN; create it beforehand with \
-                         `ip tuntap add dev {name} mode tap user $USER`"
-                    ),
-                },
-                Some(libc::EBUSY) => Error::invalid(
+                Some(libc::EPERM) | Some(libc::EACCES) => {
+                    HostError::Refused(Refusal::PermissionDenied {
+                        arg: format!("{arg}.tap").into(),
+                        path: name.into(),
+                        hint: format!(
+                            "creating a TAP needs CAP_NET_ADMIN; create it beforehand with \
+                             `ip tuntap add dev {name} mode tap user $USER`"
+                        ),
+                    })
+                }
+                Some(libc::EBUSY) => HostError::Refused(Refusal::invalid(
                     format!("{arg}.tap"),
                     format!("{name:?}"),
                     "expected a TAP no other program has open",
-                ),
-                Some(libc::EINVAL) => Error::invalid(
+                )),
+                Some(libc::EINVAL) => HostError::Refused(Refusal::invalid(
                     format!("{arg}.tap"),
                     format!("{name:?}"),
                     "expected the name of a TAP device (this interface is of another kind)",
-                ),
-                _ => Error::Io {
+                )),
+                _ => HostError::Io {
                     what: format!("cannot attach to the TAP {name}"),
                     source: e,
                 },
@@ -110,7 +112,7 @@ impl Tap {
         let size = vnet_hdr_len as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int.
         if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETVNETHDRSZ, &size) } < 0 {
-            return Err(Error::Io {
+            return Err(HostError::Io {
                 what: format!("cannot set the TAP {name}'s virtio-net header size"),
                 source: io::Error::last_os_error(),
             });

@@ -38,7 +38,6 @@ use self::unix::Listener;
 use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::VsockConfig;
-use crate::error::Result;
 
 /// The virtio device type of a socket device.
 pub const TYPE_VSOCK: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
@@ -219,9 +218,17 @@ pub fn connection_cap() -> usize {
     (soft / 4).clamp(16, MAX_CONNECTIONS)
 }
 
+/// Why a vsock device cannot be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Its socket (`vsock.uds`) is refused or cannot be bound.
+    #[error(transparent)]
+    Socket(#[from] crate::refusal::HostError),
+}
+
 impl Vsock {
     /// A device for `config`: binds its UNIX socket.
-    pub fn new(config: &VsockConfig) -> Result<Vsock> {
+    pub fn new(config: &VsockConfig) -> Result<Vsock, Error> {
         let listener = Listener::bind(&config.uds)?;
         let cid = u64::from(config.cid);
         Ok(Vsock {

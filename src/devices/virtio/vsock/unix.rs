@@ -10,7 +10,7 @@ use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::refusal::{HostError, Refusal};
 
 /// The longest `CONNECT <port>\n` line accepted.
 pub const MAX_CONNECT_LINE: usize = 32;
@@ -24,33 +24,32 @@ pub struct Listener {
 
 impl Listener {
     /// Binds `path` (named `vsock.uds` in errors); it must not exist.
-    pub fn bind(path: &Path) -> Result<Listener> {
+    pub fn bind(path: &Path) -> Result<Listener, HostError> {
         if path.symlink_metadata().is_ok() {
-            return Err(Error::invalid(
+            return Err(HostError::Refused(Refusal::invalid(
                 "vsock.uds",
                 format!("{path:?}"),
                 "expected a path that does not exist yet (the VMM creates the socket there)",
-            ));
+            )));
         }
         let socket = UnixListener::bind(path).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => Error::FileNotFound {
+            io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
                 arg: "vsock.uds".into(),
                 path: path.parent().unwrap_or(path).into(),
-            },
-            io::ErrorKind::PermissionDenied => Error::PermissionDenied {
+            }),
+            io::ErrorKind::PermissionDenied => HostError::Refused(Refusal::PermissionDenied {
                 arg: "vsock.uds".into(),
                 path: path.into(),
                 hint: "choose a directory this user may create files in".into(),
-            },
-            _ => Error::Io {
+            }),
+            _ => HostError::Io {
                 what: format!("cannot listen on vsock.uds={}", path.display()),
                 source: e,
             },
         })?;
-        socket.set_nonblocking(true).map_err(|e| Error::Io {
-            what: "cannot make the vsock socket non-blocking".into(),
-            source: e,
-        })?;
+        socket
+            .set_nonblocking(true)
+            .map_err(HostError::io("cannot make the vsock socket non-blocking"))?;
         Ok(Listener {
             socket,
             path: path.into(),
