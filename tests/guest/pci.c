@@ -15,7 +15,12 @@
  *   msix     entry and function masking (PBA), retargeting, vectors beyond the table
  *   hostile  config-space sweeps, BAR sizing and moves, MSI-X table abuse, decode off mid-I/O,
  *            then the device must still work
- *   intx     MSI-X off: level-triggered INTx through the IOAPIC, the ISR byte deasserting it */
+ *   intx     MSI-X off: level-triggered INTx through the IOAPIC, the ISR byte deasserting it
+ *
+ * probe.c's bench_blk also runs here (probe.transport=pci, see pci_blk_find), on ours and on
+ * QEMU's virtio-blk-pci, whose regions may be in any BAR (QEMU: BAR4, MSI-X in BAR1); under
+ * QEMU's microvm,pcie=on nothing assigned the BARs and there is no MCFG, so the ECAM and the
+ * window come from the DSDT and the probe places the BARs itself. */
 #include <stdint.h>
 
 #include "net.h"
@@ -169,9 +174,11 @@ struct vpci {
     int idx; /* among the virtio functions, in slot order (= the VM's device order) */
     uint16_t device;
     uint64_t bar0;
-    int ok; /* the four regions are all in BAR0 */
+    uint64_t bars[6]; /* the other BARs' addresses (a 64-bit BAR's at its low half), as opened */
+    int ok; /* the four regions found, each in an assigned BAR */
+    uint8_t cbar, ibar, dbar, nbar; /* the BAR each region is in (ours: all BAR0; QEMU: BAR4) */
     uint8_t cap_msix, cap_pcicfg;
-    uint32_t common, isr, devcfg, notify, notify_mult; /* offsets in BAR0 */
+    uint32_t common, isr, devcfg, notify, notify_mult; /* offsets in their BARs */
     uint32_t common_len, isr_len, devcfg_len, notify_len;
     uint32_t msix_size, msix_table, msix_pba;
     /* The vio_ops state: vectors given to the device when a queue is enabled (msix) */
@@ -184,6 +191,14 @@ struct vpci {
 static uint64_t bar0_addr(uint32_t bdf) {
     uint32_t lo = cfg_r(bdf, 0x10, 4);
     uint64_t hi = (lo & 6) == 4 ? cfg_r(bdf, 0x14, 4) : 0;
+    return hi << 32 | (lo & ~0xfu);
+}
+/* BAR `i`'s address (with the next one as its high half when it is a 64-bit memory BAR); 0 for
+ * an I/O BAR. */
+static uint64_t bar_addr(uint32_t bdf, int i) {
+    uint32_t lo = cfg_r(bdf, 0x10 + 4 * (uint32_t)i, 4);
+    if (lo & 1) return 0;
+    uint64_t hi = (lo & 6) == 4 && i < 5 ? cfg_r(bdf, 0x14 + 4 * (uint32_t)i, 4) : 0;
     return hi << 32 | (lo & ~0xfu);
 }
 static void bar0_set(uint32_t bdf, uint64_t a) {
@@ -212,6 +227,7 @@ static void vpci_open(struct vpci *p, uint32_t bdf, int idx, int print) {
     p->idx = idx;
     p->device = (uint16_t)cfg_r(bdf, 2, 2);
     p->bar0 = bar0_addr(bdf);
+    for (int i = 1; i < 6; i++) p->bars[i] = bar_addr(bdf, i);
     int have = 0;
     uint32_t ptr = (cfg_r(bdf, 6, 2) & 0x10) ? cfg_r(bdf, 0x34, 1) & 0xfc : 0;
     for (int n = 0; ptr && n < 48; n++) {
@@ -229,24 +245,32 @@ static void vpci_open(struct vpci *p, uint32_t bdf, int idx, int print) {
             uint32_t len = cfg_r(bdf, ptr + 2, 1), off = cfg_r(bdf, ptr + 8, 4), length = cfg_r(bdf, ptr + 12, 4);
             if (print) { ks("type", cap_name(type)); kd("cap_len", len); kd("bar", bar); kv("offset", off); kv("length", length); }
             if (type == 5) p->cap_pcicfg = (uint8_t)ptr;
-            else if (type >= 1 && type <= 4 && bar == 0 && !(have & 1 << type)) {
+            else if (type >= 1 && type <= 4 && bar < 6 && !(have & 1 << type)) {
                 have |= 1 << type;
-                if (type == 1) { p->common = off; p->common_len = length; }
+                if (type == 1) { p->common = off; p->common_len = length; p->cbar = bar; }
                 if (type == 2) {
+                    p->nbar = bar;
                     p->notify = off;
                     p->notify_len = length;
                     p->notify_mult = cfg_r(bdf, ptr + 16, 4);
                     if (print) kd("multiplier", p->notify_mult);
                 }
-                if (type == 3) { p->isr = off; p->isr_len = length; }
-                if (type == 4) { p->devcfg = off; p->devcfg_len = length; }
+                if (type == 3) { p->isr = off; p->isr_len = length; p->ibar = bar; }
+                if (type == 4) { p->devcfg = off; p->devcfg_len = length; p->dbar = bar; }
             }
         }
         if (print) putc_('\n');
         ptr = next & 0xfcu;
     }
-    p->ok = have == 0x1e && p->bar0;
+    p->ok = have == 0x1e;
+    const uint8_t used[4] = {p->cbar, p->ibar, p->dbar, p->nbar};
+    for (int i = 0; i < 4; i++) if (!(used[i] ? p->bars[used[i]] : p->bar0)) p->ok = 0;
 }
+
+/* Where a region (or the MSI-X table, by its BIR) is: BAR0 as it is now (the hostile mode
+ * moves it), the others as opened. */
+static uint64_t bar_of(const struct vpci *p, uint32_t i) { return i ? p->bars[i % 6] : p->bar0; }
+static uint64_t isr_addr(const struct vpci *p) { return bar_of(p, p->ibar) + p->isr; }
 
 /* Common configuration (virtio 1.2, 4.1.4.3) */
 #define CC_DFSELECT 0x00
@@ -267,7 +291,7 @@ static void vpci_open(struct vpci *p, uint32_t bdf, int idx, int print) {
 #define CC_Q_DEVICE 0x30
 #define NO_VECTOR 0xffffu
 
-static uint64_t cc(const struct vpci *p, uint32_t off) { return p->bar0 + p->common + off; }
+static uint64_t cc(const struct vpci *p, uint32_t off) { return bar_of(p, p->cbar) + p->common + off; }
 
 /* virtio-mmio's register offsets (probe.c's VM_*), which vio_ops answers */
 #define MM_MAGIC 0x000
@@ -294,7 +318,7 @@ static uint64_t cc(const struct vpci *p, uint32_t off) { return p->bar0 + p->com
 
 static void vp_notify(const struct vpci *p, uint16_t q) {
     __asm__ volatile("mfence" ::: "memory");
-    w16(p->bar0 + p->notify + (uint32_t)p->qnoff[q & 7] * p->notify_mult, q);
+    w16(bar_of(p, p->nbar) + p->notify + (uint32_t)p->qnoff[q & 7] * p->notify_mult, q);
 }
 
 static uint32_t shim_read(void *ctx, uint32_t off, int size) {
@@ -310,12 +334,12 @@ static uint32_t shim_read(void *ctx, uint32_t off, int size) {
         if (!p->qset[q]) p->qmax[q] = r16(cc(p, CC_Q_SIZE)); /* the maximum until the driver writes one */
         return p->qmax[q];
     case MM_QUEUE_READY: return r16(cc(p, CC_Q_ENABLE));
-    case MM_INTERRUPT_STATUS: return r8(p->bar0 + p->isr);
+    case MM_INTERRUPT_STATUS: return r8(isr_addr(p));
     case MM_STATUS: return r8(cc(p, CC_STATUS));
     case MM_CONFIG_GENERATION: return r8(cc(p, CC_GENERATION));
     }
     if (off >= MM_CONFIG) {
-        uint64_t a = p->bar0 + p->devcfg + off - MM_CONFIG;
+        uint64_t a = bar_of(p, p->dbar) + p->devcfg + off - MM_CONFIG;
         return size == 1 ? r8(a) : r32(a);
     }
     return 0;
@@ -474,7 +498,7 @@ static void irq_drain(uint64_t ms) {
 
 /* ---- MSI-X ------------------------------------------------------------------------------ */
 
-static uint64_t msix_entry_addr(const struct vpci *p, uint32_t i) { return p->bar0 + (p->msix_table & ~7u) + 16 * i; }
+static uint64_t msix_entry_addr(const struct vpci *p, uint32_t i) { return bar_of(p, p->msix_table & 7) + (p->msix_table & ~7u) + 16 * i; }
 static void msix_entry(const struct vpci *p, uint32_t i, uint32_t vec, int masked) {
     uint64_t e = msix_entry_addr(p, i);
     w32(e + 12, 1); /* masked while it changes */
@@ -488,7 +512,7 @@ static void msix_ctl(const struct vpci *p, int enable, int fmask) {
     uint32_t ctl = cfg_r(p->bdf, p->cap_msix + 2u, 2) & 0x3fffu;
     cfg_w(p->bdf, p->cap_msix + 2u, 2, ctl | (uint32_t)enable << 15 | (uint32_t)fmask << 14);
 }
-static int pba(const struct vpci *p, uint32_t i) { return (r32(p->bar0 + (p->msix_pba & ~7u) + 4 * (i / 32)) >> (i % 32)) & 1; }
+static int pba(const struct vpci *p, uint32_t i) { return (r32(bar_of(p, p->msix_pba & 7) + (p->msix_pba & ~7u) + 4 * (i / 32)) >> (i % 32)) & 1; }
 static int pba_wait(const struct vpci *p, uint32_t i, int want, uint64_t ms) {
     uint64_t end = probe_deadline_ms(ms);
     while (pba(p, i) != want) {
@@ -649,7 +673,7 @@ static void list_mode(uint64_t rsdp_hint) {
             kv("config_msix", r16(cc(p, CC_MSIX_CONFIG)));
             kd("queue0_notify_off", r16(cc(p, CC_Q_NOFF)));
             kv("status", r8(cc(p, CC_STATUS)));
-            kv("isr", r8(p->bar0 + p->isr));
+            kv("isr", r8(isr_addr(p)));
             if (p->cap_pcicfg) {
                 /* The same register through the PCI configuration access capability. */
                 uint32_t c = p->cap_pcicfg;
@@ -925,11 +949,11 @@ static void msix_mode(void) {
     /* MSI-X disabled under a live device: no message; the ISR byte says queue (INTx, whose
      * IOAPIC pin stays masked here). */
     msix_ctl(p, 0, 0);
-    (void)r8(p->bar0 + p->isr);
+    (void)r8(isr_addr(p));
     st = probe_blk_read(b, 0, 512, 0);
     uint64_t end = probe_deadline_ms(1000);
     uint8_t isr = 0;
-    while (!(isr = r8(p->bar0 + p->isr)) && rdtsc() < end) pause();
+    while (!(isr = r8(isr_addr(p))) && rdtsc() < end) pause();
     pend = irr_wait(qv, 200);
     msix_line(p, "disabled"); kst("read", st); kd("irr", (uint64_t)pend); kv("isr", isr); putc_('\n');
 
@@ -978,7 +1002,7 @@ static void intx_mode(void) {
     intx_line(p, "level"); kd("taken", taken); kd("masked", redir >> 16 & 1); kd("redelivered", (uint64_t)again); putc_('\n');
 
     /* The ISR byte: read once it says queue and deasserts; then EOI brings nothing back. */
-    uint8_t isr1 = r8(p->bar0 + p->isr), isr2 = r8(p->bar0 + p->isr);
+    uint8_t isr1 = r8(isr_addr(p)), isr2 = r8(isr_addr(p));
     uint32_t status_after = cfg_r(p->bdf, 6, 2) >> 3 & 1;
     taken = irq_take(v, 1000);
     int back = irr_wait(v, 200);
@@ -988,7 +1012,7 @@ static void intx_mode(void) {
     /* A second request raises it again. */
     st = probe_blk_read(b, 0, 512, 0);
     pend = irr_wait(v, 1000);
-    isr1 = r8(p->bar0 + p->isr);
+    isr1 = r8(isr_addr(p));
     taken = irq_take(v, 1000);
     intx_line(p, "second"); kst("read", st); kd("irr", (uint64_t)pend); kv("isr", isr1); kd("taken", taken); putc_('\n');
 
@@ -996,7 +1020,7 @@ static void intx_mode(void) {
     cfg_w(p->bdf, 4, 2, cfg_r(p->bdf, 4, 2) | 0x400u);
     st = probe_blk_read(b, 0, 512, 0);
     pend = irr_wait(v, 200);
-    isr1 = r8(p->bar0 + p->isr);
+    isr1 = r8(isr_addr(p));
     intx_line(p, "disabled"); kst("read", st); kd("irr", (uint64_t)pend); kv("isr", isr1); putc_('\n');
     cfg_w(p->bdf, 4, 2, cfg_r(p->bdf, 4, 2) & ~0x400u);
 
@@ -1257,6 +1281,129 @@ static void hostile_mode(void) {
     kst("read", st); kd("fnv_same", (uint64_t)(st == 0 && fnv == fnv0)); kd("irr", (uint64_t)pend); kd("taken", taken); putc_('\n');
     irq_drain(10);
     puts_("PROBE: pci hostile done\n");
+}
+
+/* ---- probe.bench=blk* probe.transport=pci ------------------------------------------------ */
+
+/* A memory range from the DSDT: the first address space descriptor with `tag` (0x87 DWord,
+ * 0x8a QWord) and resource type memory, in a `Name (_CRS, ResourceTemplate ...)` after the
+ * first occurrence of the name `after`. Returns 0 and sets [*lo, *hi), or -1. Ours, and QEMU's
+ * GPEX, describe the host bridge's window so in PCI0's _CRS; QEMU's GPEX (microvm, which has
+ * no MCFG) its ECAM as a QWord in the _CRS of PCI0.RES0 (a PNP0C02). */
+static int dsdt_mem(uint64_t rsdp_hint, const char *after, uint8_t tag, uint64_t *lo, uint64_t *hi) {
+    const uint8_t *d = probe_acpi_dsdt(rsdp_hint);
+    if (!d) return -1;
+    uint32_t len = *(const uint32_t *)(d + 4), i = 0;
+    for (uint32_t k = 36; k + 4 <= len && !i; k++)
+        if (d[k] == (uint8_t)after[0] && d[k + 1] == (uint8_t)after[1] && d[k + 2] == (uint8_t)after[2] && d[k + 3] == (uint8_t)after[3])
+            i = k;
+    if (!i) return -1;
+    for (; i + 6 <= len; i++) {
+        if (!(d[i] == 0x08 && d[i + 1] == '_' && d[i + 2] == 'C' && d[i + 3] == 'R' && d[i + 4] == 'S' && d[i + 5] == 0x11))
+            continue;
+        uint32_t j = i + 6, follow = d[j] >> 6, pkg = follow ? d[j] & 0xf : d[j] & 0x3f;
+        for (uint32_t b = 1; b <= follow; b++) pkg |= (uint32_t)d[j + b] << (4 + 8 * (b - 1));
+        uint32_t end = j + pkg; /* PkgLength counts itself */
+        j += 1 + follow;
+        /* BufferSize: a ByteConst, WordConst, DWordConst, Zero or One */
+        if (d[j] == 0x0a) j += 2;
+        else if (d[j] == 0x0b) j += 3;
+        else if (d[j] == 0x0c) j += 5;
+        else j += 1;
+        while (j + 3 <= end && j + 3 <= len) {
+            uint8_t t = d[j];
+            if (t == 0x79) break; /* end tag */
+            if (!(t & 0x80)) { j += 1 + (t & 7u); continue; }
+            uint32_t dlen = d[j + 1] | (uint32_t)d[j + 2] << 8;
+            const uint8_t *x = d + j + 3;
+            if (t == tag && t == 0x87 && dlen >= 23 && x[0] == 0) {
+                uint32_t min = *(const uint32_t *)(x + 7), size = *(const uint32_t *)(x + 19);
+                if (size) { *lo = min; *hi = (uint64_t)min + size; return 0; }
+            }
+            if (t == tag && t == 0x8a && dlen >= 43 && x[0] == 0) {
+                uint64_t min = *(const uint64_t *)(x + 11), size = *(const uint64_t *)(x + 35);
+                if (size) { *lo = min; *hi = min + size; return 0; }
+            }
+            j += 3 + dlen;
+        }
+    }
+    return -1;
+}
+
+/* Sizes every memory BAR of `bdf` (decode off meanwhile) and gives each one that reads 0 a
+ * naturally aligned place from *next (below `hi`). Returns how many it assigned, -1 when the
+ * window is too small. */
+static int assign_bars(uint32_t bdf, uint64_t *next, uint64_t hi) {
+    uint32_t cmd = cfg_r(bdf, 4, 2);
+    int assigned = 0;
+    cfg_w(bdf, 4, 2, cmd & ~3u);
+    for (int i = 0; i < 6; i++) {
+        uint32_t reg = 0x10 + 4 * (uint32_t)i, lo = cfg_r(bdf, reg, 4);
+        int is64 = !(lo & 1) && (lo & 6) == 4 && i < 5;
+        if (lo & 1) continue; /* I/O: not needed */
+        uint32_t hiw = is64 ? cfg_r(bdf, reg + 4, 4) : 0;
+        cfg_w(bdf, reg, 4, 0xffffffffu);
+        uint32_t slo = cfg_r(bdf, reg, 4), shi = 0xffffffffu;
+        if (is64) { cfg_w(bdf, reg + 4, 4, 0xffffffffu); shi = cfg_r(bdf, reg + 4, 4); }
+        uint64_t mask = (uint64_t)shi << 32 | (slo & ~0xfu), size = (slo & ~0xfu) ? ~mask + 1 : 0;
+        uint64_t at = (uint64_t)hiw << 32 | (lo & ~0xfu);
+        if (size && !at) {
+            at = (*next + size - 1) & ~(size - 1);
+            if (at + size > hi) { cfg_w(bdf, 4, 2, cmd); return -1; }
+            *next = at + size;
+            assigned++;
+        }
+        cfg_w(bdf, reg, 4, (uint32_t)at | (lo & 0xfu));
+        if (is64) cfg_w(bdf, reg + 4, 4, (uint32_t)(at >> 32));
+        if (is64) i++;
+    }
+    cfg_w(bdf, 4, 2, cmd | 6u); /* memory decode, bus master */
+    return assigned;
+}
+
+int pci_blk_find(uint64_t rsdp_hint, int devi, const struct vio_ops **ops, void **ctx, const char **why) {
+    shim_ops.read = shim_read;
+    shim_ops.write = shim_write;
+    find_ecam(rsdp_hint);
+    uint64_t lo = 0, hi = 0, next;
+    if (!ecam && !dsdt_mem(rsdp_hint, "RES0", 0x8a, &lo, &hi)) {
+        ecam = lo;
+        puts_("PROBE: pci ecam from-dsdt"); kv("base", ecam); putc_('\n');
+    }
+    scan();
+    find_virtio(0);
+    struct vpci *p = 0;
+    for (int i = 0, k = 0; i < nvdevs; i++)
+        if (vdevs[i].device == 0x1042 && k++ == devi) { p = &vdevs[i]; break; }
+    if (!p) { *why = "no-device"; return -1; }
+    int win = dsdt_mem(rsdp_hint, "PCI0", 0x87, &lo, &hi);
+    /* Well past whatever a function already decodes in the window (16 MiB: more than any BAR
+     * of these devices; only a mix of assigned and unassigned BARs needs it). */
+    next = lo;
+    for (int i = 0; i < nfns; i++)
+        for (int b = 0; b < 6; b++) {
+            uint64_t a = bar_addr(fns[i].bdf, b);
+            if (a >= lo && a < hi && a >= next) next = a + (16u << 20);
+        }
+    int assigned = win ? 0 : assign_bars(p->bdf, &next, hi);
+    line("bench", p->bdf);
+    kv("window_lo", lo); kv("window_hi", hi); kd("assigned", (uint64_t)(assigned > 0 ? assigned : 0));
+    vpci_open(p, p->bdf, p->idx, 0);
+    if (win) cfg_w(p->bdf, 4, 2, cfg_r(p->bdf, 4, 2) | 6u); /* the BARs as they are */
+    kv("cmd", cfg_r(p->bdf, 4, 2)); kd("common_bar", p->cbar); kd("notify_bar", p->nbar);
+    kd("msix_bar", p->msix_table & 7); kv("common", bar_of(p, p->cbar) + p->common);
+    putc_('\n');
+    if (assigned < 0) { *why = "window-too-small"; return -1; }
+    if (!p->ok) { *why = win ? "no-window-bars-unassigned" : "not-virtio-pci-modern"; return -1; }
+    /* MSI-X on, so the device has no INTx to raise, and no vector for the queue or the
+     * configuration (shim_write gives them at QUEUE_READY): nothing is delivered. */
+    p->msix = p->cap_msix != 0;
+    p->cfg_vec = p->q_vec = NO_VECTOR;
+    if (p->cap_msix) msix_ctl(p, 1, 0);
+    *ops = &shim_ops;
+    *ctx = p;
+    *why = 0;
+    return p->idx;
 }
 
 /* ---- Entry -------------------------------------------------------------------------------- */

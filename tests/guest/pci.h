@@ -17,6 +17,7 @@ struct vio_ops {
 
 /* From probe.c */
 const uint8_t *probe_acpi_table(uint64_t rsdp_hint, const char *sig);
+const uint8_t *probe_acpi_dsdt(uint64_t rsdp_hint);
 /* Whether the DSDT has the EISA id (e.g. 0x080ad041 for PNP0A08); -1 without a DSDT. */
 int probe_dsdt_has_eisaid(uint64_t rsdp_hint, uint32_t id);
 
@@ -37,5 +38,10 @@ uint64_t probe_blk_capacity(const struct blk *b);
 
 /* In pci.c */
 void pci_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode);
+/* For probe.bench=blk* probe.transport=pci: the `devi`th virtio-blk PCI function, its BARs
+ * assigned from the host bridge's window if they were not (no firmware), memory decode and bus
+ * mastering on, MSI-X enabled with no vectors. Returns its index among the virtio functions and
+ * sets ops and ctx for probe.c's driver, or sets why (ops untouched). */
+int pci_blk_find(uint64_t rsdp_hint, int devi, const struct vio_ops **ops, void **ctx, const char **why);
 
 #endif

@@ -632,7 +632,8 @@ static void list_virtio(const struct vloc *v, int n, const char *source) {
 #define VQ_MAX 256
 #define BLK_DPS 20                 /* descriptors per request slot: header, 18 data, status */
 #define BLK_MAX_SEGS (BLK_DPS - 2)
-#define BLK_SLOTS 8
+#define BLK_SLOTS 8                /* slots of BLK_DPS descriptors, the usual layout */
+#define BLK_SLOTS_MAX 64           /* the bench's compact layout (fewer descriptors a slot) */
 #define BLK_BUF_SIZE (1u << 20)
 #define BLK_TIMEOUT_MS 10000
 
@@ -645,13 +646,13 @@ struct seg { uint64_t addr; uint32_t len; uint16_t flags; };
 /* The queue's memory (descriptors, driver area, device area: a page each); one device at a
  * time uses it, and every device is reset before the next one starts. */
 static uint8_t vq_mem[3][4096] __attribute__((aligned(4096)));
-static struct blk_slot blk_slots[BLK_SLOTS] __attribute__((aligned(64)));
+static struct blk_slot blk_slots[BLK_SLOTS_MAX] __attribute__((aligned(64)));
 static uint8_t blk_buf[BLK_BUF_SIZE] __attribute__((aligned(4096)));
 
 struct blk {
     int n;
     uint64_t base;
-    uint32_t qsize, slots;
+    uint32_t qsize, slots, dps; /* dps: descriptors a slot (BLK_DPS unless the bench packs them) */
     uint16_t avail_idx, used_idx;
     uint64_t offered, features, capacity;
     uint32_t seg_max, blk_size, last_len, last_id;
@@ -780,6 +781,7 @@ static uint32_t blk_setup(struct blk *b, uint32_t qnum, uint64_t desc, uint64_t 
     if (qnum == QNUM_DEFAULT) qnum = max < VQ_MAX ? max : VQ_MAX;
     b->qsize = qnum ? qnum : 1; /* only ever a divisor once the device is live */
     b->slots = qnum / BLK_DPS < BLK_SLOTS ? qnum / BLK_DPS : BLK_SLOTS;
+    b->dps = BLK_DPS;
     b->avail_idx = b->used_idx = 0;
     for (int p = 0; p < 3; p++)
         for (int i = 0; i < 4096; i++) ((volatile uint8_t *)vq_mem[p])[i] = 0;
@@ -813,9 +815,9 @@ static void blk_notify(const struct blk *b) {
 /* Writes slot `slot`'s descriptor chain: its header (of type `type`), the data segments, its
  * status byte. A chain stays valid for requests of the same shape: the bench writes each
  * slot's once (every guest instruction counts where the CPU is emulated, as on PVM). */
-static void blk_chain(uint32_t slot, uint32_t type, const struct seg *segs, int nseg) {
+static void blk_chain(const struct blk *b, uint32_t slot, uint32_t type, const struct seg *segs, int nseg) {
     struct blk_slot *s = &blk_slots[slot];
-    uint16_t d = (uint16_t)(slot * BLK_DPS);
+    uint16_t d = (uint16_t)(slot * b->dps);
     s->hdr.type = type;
     s->hdr.reserved = 0;
     VQ_DESC[d].addr = (uint64_t)(uintptr_t)&s->hdr;
@@ -841,14 +843,14 @@ static void blk_submit(struct blk *b, uint32_t slot, uint64_t sector) {
     blk_slots[slot].hdr.sector = sector;
     *(volatile uint8_t *)&blk_slots[slot].status = 0xff;
     barrier();
-    VQ_AVAIL[2 + (b->avail_idx & (b->qsize - 1))] = (uint16_t)(slot * BLK_DPS);
+    VQ_AVAIL[2 + (b->avail_idx & (b->qsize - 1))] = (uint16_t)(slot * b->dps);
     barrier();
     VQ_AVAIL[1] = ++b->avail_idx;
 }
 
 /* Posts a request in slot `slot`: header, the data segments, the status byte. */
 static void blk_post(struct blk *b, uint32_t slot, uint32_t type, uint64_t sector, const struct seg *segs, int nseg) {
-    blk_chain(slot, type, segs, nseg);
+    blk_chain(b, slot, type, segs, nseg);
     blk_submit(b, slot, sector);
 }
 
@@ -1374,7 +1376,7 @@ static void blk_flood(struct blk *b) {
     if (!seg) seg = 512;
     struct seg segs[BLK_MAX_SEGS];
     for (int i = 0; i < BLK_MAX_SEGS; i++) segs[i] = (struct seg){(uint64_t)(uintptr_t)blk_buf, seg, VRING_DESC_F_WRITE};
-    blk_chain(0, BLK_T_IN, segs, BLK_MAX_SEGS);
+    blk_chain(b, 0, BLK_T_IN, segs, BLK_MAX_SEGS);
     blk_slots[0].hdr.sector = 0;
     puts_("PROBE: blk flood running segment=");
     put_dec(seg);
@@ -1416,14 +1418,19 @@ static void blk_probe(const char *cmdline, uint64_t rsdp_hint, const char *mode)
 }
 
 /* probe.bench=blkread|blkwrite|blkrand|blkid probe.n=N [probe.bs=BYTES] [probe.qd=N]
- * [probe.dev=I]: N requests of BS bytes (default 4096) on virtio-blk device I (default the
- * first), sequential and wrapping at the capacity, or at random BS-aligned places; up to QD
- * (default 1) in flight. blkid sends GET_ID requests (20 bytes, no disk I/O): the cost of the
- * round trip alone. */
+ * [probe.dev=I] [probe.transport=pci] [probe.nointr=1]: N requests of BS bytes (default 4096)
+ * on virtio-blk device I (default the first), sequential and wrapping at the capacity, or at
+ * random BS-aligned places; up to QD (default 1, at most 64) in flight. blkid sends GET_ID
+ * requests (20 bytes, no disk I/O): the cost of the round trip alone. The device is virtio-mmio
+ * unless probe.transport=pci: then the first virtio-blk PCI function (pci.c's pci_blk_find,
+ * which assigns unassigned BARs itself), MSI-X enabled with no vector for the queue or the
+ * configuration, as Linux sets up a polled queue. probe.nointr=1 also sets
+ * VIRTQ_AVAIL_F_NO_INTERRUPT (as Linux's polled queues do), on either transport. */
 static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind, const char *name, uint64_t n) {
     struct vloc v[VIRTIO_MAX_DEVS];
     const char *source, *tsrc;
-    int count = virtio_devices(cmdline, rsdp_hint, v, &source);
+    int pci = word_is(cmdline_arg(cmdline, "probe.transport"), "pci");
+    int count = pci ? 0 : virtio_devices(cmdline, rsdp_hint, v, &source);
     uint64_t khz = tsc_khz(&tsrc);
     puts_("PROBE: tsc khz=");
     put_dec(khz);
@@ -1436,11 +1443,13 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
     uint64_t bs = bsarg ? parse_dec(bsarg) : 4096, qd = qdarg ? parse_dec(qdarg) : 1;
     const char *err = 0;
     struct blk b = {0};
-    if (devi >= count || mmio_read32(v[devi].base + VM_DEVICE_ID) != 2) err = "no-device";
-    else if (bs == 0 || bs % 512 || bs > BLK_BUF_SIZE) err = "bad-bs";
+    if (pci) {
+        int idx = pci_blk_find(rsdp_hint, devi, &b.ops, &b.ctx, &err);
+        if (!err) b.n = idx;
+    } else if (devi >= count || mmio_read32(v[devi].base + VM_DEVICE_ID) != 2) err = "no-device";
+    if (!err && (bs == 0 || bs % 512 || bs > BLK_BUF_SIZE)) err = "bad-bs";
     if (!err) {
-        b.n = devi;
-        b.base = v[devi].base;
+        if (!pci) b.base = v[devi].base;
         err = blk_init(&b);
     }
     uint64_t spr = bs / 512;
@@ -1451,17 +1460,24 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
         puts_(" failed ");
         puts_(err);
         putc_('\n');
-        if (b.base) blk_reset(&b);
+        if (b.base || b.ops) blk_reset(&b);
         return;
     }
-    if (qd < 1) qd = 1;
-    if (qd > b.slots) qd = b.slots;
-    if (qd > BLK_BUF_SIZE / bs) qd = BLK_BUF_SIZE / bs;
+    if (word_is(cmdline_arg(cmdline, "probe.nointr"), "1")) VQ_AVAIL[0] = 1; /* VIRTQ_AVAIL_F_NO_INTERRUPT */
     /* Segments of at most 64 KiB, fewer and larger if the device allows fewer. */
     uint32_t max_segs = BLK_MAX_SEGS;
     if (b.seg_max && b.seg_max < max_segs) max_segs = b.seg_max;
     uint64_t seg_len = 65536;
     while ((bs + seg_len - 1) / seg_len > max_segs) seg_len *= 2;
+    if (qd < 1) qd = 1;
+    /* More in flight than the usual layout's slots: slots of just the descriptors a request
+     * of BS bytes needs (header, segments, status). */
+    if (qd > b.slots) {
+        b.dps = (uint32_t)((bs + seg_len - 1) / seg_len) + 2;
+        b.slots = b.qsize / b.dps < BLK_SLOTS_MAX ? b.qsize / b.dps : BLK_SLOTS_MAX;
+    }
+    if (qd > b.slots) qd = b.slots;
+    if (qd > BLK_BUF_SIZE / bs) qd = BLK_BUF_SIZE / bs;
     int write = word_is(kind, "blkwrite"), rnd = word_is(kind, "blkrand"), getid = word_is(kind, "blkid");
     uint32_t type = write ? BLK_T_OUT : getid ? BLK_T_GET_ID : BLK_T_IN;
     uint16_t dflag = write ? 0 : VRING_DESC_F_WRITE;
@@ -1480,11 +1496,11 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
             segs[0].len = 20;
             nseg = 1;
         }
-        blk_chain(slot, type, segs, nseg);
+        blk_chain(&b, slot, type, segs, nseg);
     }
     uint64_t next = 0, lcg = 0x2545f4914f6cdd1dull, slots_of = b.capacity / spr;
     uint64_t issued = 0, done = 0, errors = 0, waits = 0;
-    uint32_t free_slots[BLK_SLOTS], nfree = 0;
+    uint32_t free_slots[BLK_SLOTS_MAX], nfree = 0;
     for (uint32_t i = (uint32_t)qd; i > 0; i--) free_slots[nfree++] = i - 1;
     int timed_out = 0;
     uint64_t t0 = rdtsc();
@@ -1511,8 +1527,8 @@ static void bench_blk(const char *cmdline, uint64_t rsdp_hint, const char *kind,
         if (blk_reap(&b, BLK_TIMEOUT_MS)) { timed_out = 1; break; }
         waits++;
         do {
-            uint32_t slot = b.last_id / BLK_DPS;
-            if (b.last_id % BLK_DPS || slot >= qd) errors++; /* not a head we posted */
+            uint32_t slot = b.last_id / b.dps;
+            if (b.last_id % b.dps || slot >= qd) errors++; /* not a head we posted */
             else {
                 if (*(volatile uint8_t *)&blk_slots[slot].status != 0) errors++;
                 free_slots[nfree++] = slot;
@@ -2775,6 +2791,7 @@ int probe_virtio_find(const char *cmdline, uint64_t rsdp_hint, uint32_t device_i
 /* ---- Exports for pci.c (see pci.h): ACPI tables, and the blk driver on another transport -- */
 
 const uint8_t *probe_acpi_table(uint64_t rsdp_hint, const char *sig) { return acpi_table(acpi_rsdp(rsdp_hint), sig); }
+const uint8_t *probe_acpi_dsdt(uint64_t rsdp_hint) { return acpi_dsdt(acpi_rsdp(rsdp_hint)); }
 int probe_dsdt_has_eisaid(uint64_t rsdp_hint, uint32_t id) {
     const uint8_t *dsdt = acpi_dsdt(acpi_rsdp(rsdp_hint));
     return dsdt ? dsdt_has_eisaid(dsdt, id) : -1;
