@@ -619,9 +619,10 @@ def boot_phases(console: Any, t0: float) -> dict[str, float]:
     return phases
 
 
-def boot_ours(g: Any) -> dict[str, float]:
+def boot_ours(g: Any, transport: str = "mmio", disk: Optional[Path] = None) -> dict[str, float]:
     t0 = time.perf_counter()
-    console = VmConsole(Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=BOOT_CMDLINE))
+    console = VmConsole(Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=BOOT_CMDLINE,
+                           transport=transport, disks=[] if disk is None else [disk]))
     try:
         console.vm.start()
         return boot_phases(console, t0)
@@ -665,8 +666,14 @@ def userspace_samples(reps: int, firecracker: Optional[str]) -> dict[str, list[d
     g = fetch_guest()
     out: dict[str, list[dict[str, float]]] = {"ours": [], "qemu": []}
     with tempfile.TemporaryDirectory(prefix="vmm-bench-") as scratch:
+        # With one disk, on each transport: what PCI costs the boot (a bus to enumerate, MSI-X).
+        disk = Path(scratch) / "boot-disk.img"
+        disk.write_bytes(bytes(8 * MIB))
+        out["ours_mmio_disk"], out["ours_pci_disk"] = [], []
         runners: list[tuple[str, Callable[[], dict[str, float]]]] = [
-            ("ours", lambda: boot_ours(g)), ("qemu", lambda: boot_qemu(g))]
+            ("ours", lambda: boot_ours(g)), ("qemu", lambda: boot_qemu(g)),
+            ("ours_mmio_disk", lambda: boot_ours(g, "mmio", disk)),
+            ("ours_pci_disk", lambda: boot_ours(g, "pci", disk))]
         if firecracker:
             out["firecracker"] = []
             runners.append(("firecracker", lambda: boot_firecracker(g, firecracker, Path(scratch))))
@@ -715,6 +722,10 @@ def case_userspace(reps: int, kvm_kind: str, firecracker: Optional[str]) -> list
         Row("7 userspace", f"{metric}, {where}", "s", ours, fc, "Firecracker, same run",
             "≤ 0.8× peer" if fc else "", (lambda r: r.ratio is not None and r.ratio <= 0.8) if fc else None,
             note=fc_note),
+        Row("7 userspace", f"the same with a disk on virtio-pci (MSI-X), {where}", "s",
+            [b["total"] for b in s.get("ours_pci_disk", [])], [b["total"] for b in s.get("ours_mmio_disk", [])],
+            "ours, the disk on virtio-mmio, same run", "≤ 1.05× peer",
+            lambda r: r.ratio is not None and r.ratio <= 1.05),
     ]
 
 
@@ -805,9 +816,9 @@ def dd_rates(console: Any) -> dict[str, float]:
     return rates
 
 
-def dd_ours(g: Any, image: Path) -> dict[str, float]:
+def dd_ours(g: Any, image: Path, transport: str = "mmio") -> dict[str, float]:
     console = VmConsole(Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline=SHELL_CMDLINE,
-                           disks=[image]))
+                           disks=[image], transport=transport))
     try:
         console.vm.start()
         return dd_rates(console)
@@ -825,11 +836,12 @@ def dd_qemu(g: Any, image: Path) -> dict[str, float]:
         console.close()
 
 
-def dd_firecracker(g: Any, image: Path, firecracker: str) -> dict[str, float]:
+def dd_firecracker(g: Any, image: Path, firecracker: str, pci: bool = False) -> dict[str, float]:
     path = firecracker_config(g, SHELL_CMDLINE, image.with_suffix(".firecracker.json"),
                               [{"drive_id": "data", "path_on_host": str(image), "is_root_device": False,
                                 "is_read_only": False}])
-    console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error"])
+    console = ProcConsole([firecracker, "--no-api", "--config-file", str(path), "--level", "Error",
+                           *(["--enable-pci"] if pci else [])])
     try:
         return dd_rates(console)
     finally:
@@ -845,9 +857,11 @@ def inner_disks(reps: int, firecracker: Optional[str]) -> dict[str, dict[str, li
         with image.open("wb") as f:
             f.write(os.urandom(LAB_DISK_MIB * MIB))
         runners: list[tuple[str, Callable[[], dict[str, float]]]] = [
-            ("ours", lambda: dd_ours(g, image)), ("qemu", lambda: dd_qemu(g, image))]
+            ("ours", lambda: dd_ours(g, image)), ("qemu", lambda: dd_qemu(g, image)),
+            ("ours_pci", lambda: dd_ours(g, image, "pci"))]
         if firecracker:
             runners.append(("firecracker", lambda: dd_firecracker(g, image, firecracker)))
+            runners.append(("firecracker_pci", lambda: dd_firecracker(g, image, firecracker, pci=True)))
         for _ in range(reps):
             for name, fn in runners:
                 for case, rate in fn().items():
@@ -880,6 +894,16 @@ def case_lab_disks(reps: int, firecracker: Optional[str]) -> list[Row]:
                         "Firecracker in the same lab", "≥ 1.0× peer" if fc else "", at_least_peer if fc else None,
                         note="" if fc else "Firecracker not run: pass --firecracker PATH (a binary built from "
                                             "its source; none is shipped)"))
+        pci = s[case].get("ours_pci", [])
+        pci_metric = metric.format(case) + ", the disk on virtio-pci"
+        rows.append(Row("9 disks, real guest", pci_metric, "MB/s", pci, s[case]["ours"],
+                        "ours, virtio-mmio, same lab", "≥ 1.0× peer", at_least_peer))
+        fc_pci = s[case].get("firecracker_pci", [])
+        rows.append(Row("9 disks, real guest", pci_metric, "MB/s", pci, fc_pci,
+                        "Firecracker --enable-pci in the same lab", "≥ 1.0× peer" if fc_pci else "",
+                        at_least_peer if fc_pci else None,
+                        note="" if fc_pci else "Firecracker not run: pass --firecracker PATH (1.13 or later, "
+                                                "built from its source; none is shipped)"))
     return rows
 
 
