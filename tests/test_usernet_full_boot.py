@@ -108,7 +108,7 @@ _CHILD = textwrap.dedent(r'''
 
     g = fetch_guest()
     with Vm(memory_mib=256, kernel=g.vmlinux, initrd=g.initrd, cmdline="reboot=k panic=-1 quiet", vsock=True,
-            net=[UserNet(forward={8080: 80}, mac="06:00:c0:00:02:0f")]) as vm:
+            net=[UserNet(forward={8080: 80}, mac="06:00:c0:00:02:0f")], transport=config["transport"]) as vm:
         vm.start()
         vm.wait_ready(timeout=120)
 
@@ -147,7 +147,8 @@ _CHILD = textwrap.dedent(r'''
 ''')
 
 
-def test_dhcp_a_download_from_the_host_and_a_forwarded_port(tmp_path, request):
+@pytest.mark.parametrize("transport", ["mmio", "pci"])
+def test_dhcp_a_download_from_the_host_and_a_forwarded_port(tmp_path, request, transport):
     from vmm_reference.pytest_plugin import skip_or_fail
 
     if not shutil.which("passt"):
@@ -164,7 +165,8 @@ def test_dhcp_a_download_from_the_host_and_a_forwarded_port(tmp_path, request):
     (www / "blob").write_bytes(blob)
     escape = tmp_path / "escape"
     escape.mkdir()
-    config = {"www": str(www), "script": UDHCPC_SCRIPT, "page_bytes": 4 << 20, "escape": str(escape)}
+    config = {"www": str(www), "script": UDHCPC_SCRIPT, "page_bytes": 4 << 20, "escape": str(escape),
+              "transport": transport}
     r = subprocess.run([*prefix, sys.executable, "-c", _CHILD, json.dumps(config)], capture_output=True,
                        text=True, timeout=900)
     line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
