@@ -3,7 +3,10 @@
 //! The table and the pending-bit array (PBA) live in a BAR; the capability's message control
 //! (enable, function mask) in configuration space. Each vector has an irqfd on its own GSI
 //! whose route (an MSI route, [`MsiRouter`]) carries the address and data the driver wrote, so
-//! an unmasked vector is one eventfd write away from the guest's local APIC. A masked vector
+//! an unmasked vector is one eventfd write away from the guest's local APIC. A route is set
+//! when a vector can fire (MSI-X on, the vector and the function unmasked) with a message
+//! other than the one routed: a driver writes an entry's words one by one while it is masked
+//! and unmasks it once, so that costs one `KVM_SET_GSI_ROUTING` per vector, not one per word. A masked vector
 //! (its own mask bit or the function mask) keeps the message pending in the PBA and sends it
 //! when unmasked, as the PCI specification requires.
 
@@ -54,6 +57,8 @@ pub struct MsixState {
 /// A function's MSI-X vectors: see the module documentation.
 pub struct Msix {
     state: Mutex<MsixState>,
+    /// The message each vector's GSI is routed to now.
+    routed: Mutex<Vec<Option<(u64, u32)>>>,
     irqfds: Vec<EventFd>,
     gsis: Vec<u32>,
     router: Arc<dyn MsiRouter>,
@@ -71,6 +76,7 @@ impl Msix {
                 enabled: false,
                 masked: false,
             }),
+            routed: Mutex::new(vec![None; n]),
             irqfds,
             gsis,
             router,
@@ -112,7 +118,29 @@ impl Msix {
         let mut s = self.lock();
         s.enabled = control & CONTROL_ENABLE != 0;
         s.masked = control & CONTROL_MASK != 0;
+        for v in 0..s.entries.len() {
+            self.route(&s, v);
+        }
         self.flush_pending(&mut s);
+    }
+
+    /// Routes vector `v`'s message if it can fire and is not routed so yet.
+    fn route(&self, s: &MsixState, v: usize) {
+        let Some(e) = s.entries.get(v) else {
+            return;
+        };
+        if !s.enabled || s.masked || e.control & VECTOR_MASKED != 0 {
+            return;
+        }
+        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        let message = Some((e.address, e.data));
+        if let (Some(slot), Some(&gsi)) = (routed.get_mut(v), self.gsis.get(v)) {
+            // A route KVM refuses leaves the vector undeliverable, as a bad address would on
+            // hardware; the guest sees nothing worse.
+            if *slot != message && self.router.route(gsi, message).is_ok() {
+                *slot = message;
+            }
+        }
     }
 
     /// Sends vector `v` (or keeps it pending while masked). A vector out of range is ignored.
@@ -194,13 +222,8 @@ impl Msix {
                 _ => e.control = w & VECTOR_MASKED,
             }
         }
-        let after = *e;
-        if (after.address, after.data) != (before.address, before.data) {
-            if let Some(&gsi) = self.gsis.get(v) {
-                // A route KVM refuses leaves the vector undeliverable, as a bad address
-                // would on hardware; the guest sees nothing worse.
-                let _ = self.router.route(gsi, Some((after.address, after.data)));
-            }
+        if *e != before {
+            self.route(&s, v);
         }
         self.flush_pending(&mut s);
     }
@@ -238,11 +261,17 @@ impl Msix {
         }
         let mut s = self.lock();
         *s = saved.clone();
-        for (e, &gsi) in s.entries.iter().zip(&self.gsis) {
+        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        for ((e, &gsi), slot) in s.entries.iter().zip(&self.gsis).zip(routed.iter_mut()) {
+            // Every programmed message, masked or not: KVM's table is rebuilt from scratch.
             if (e.address, e.data) != (0, 0) {
-                self.router.route(gsi, Some((e.address, e.data)))?;
+                let message = Some((e.address, e.data));
+                self.router.route(gsi, message)?;
+                *slot = message;
             }
         }
+        drop(routed);
+        self.flush_pending(&mut s);
         Ok(())
     }
 }
@@ -293,14 +322,16 @@ mod tests {
         m.set_control(CONTROL_ENABLE);
         w32(&m, 16, 0xfee0_0000);
         w32(&m, 24, 0x41);
-        assert_eq!(
-            routes.0.lock().unwrap().last(),
-            Some(&(25, Some((0xfee0_0000, 0x41))))
+        assert!(
+            routes.0.lock().unwrap().is_empty(),
+            "masked: not routed yet"
         );
         m.signal(1);
         assert!(!fired(&m, 1), "masked at reset");
         assert_eq!(pba(&m), 0b10);
         w32(&m, 28, 0);
+        let one = vec![(25, Some((0xfee0_0000, 0x41)))];
+        assert_eq!(*routes.0.lock().unwrap(), one, "routed once, at the unmask");
         assert!(fired(&m, 1), "the unmask sends what was pending");
         assert_eq!(pba(&m), 0);
         m.signal(1);
