@@ -31,7 +31,7 @@ pub use queue::{next_chain, serve, BrokenRing, Round, Served};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use vmm_sys_util::epoll::EventSet;
 
-use virtio_queue::{Queue, QueueState};
+use virtio_queue::{Queue, QueueState, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -64,6 +64,30 @@ pub struct Activation {
     pub interrupt: Arc<Interrupt>,
     /// The features the driver accepted.
     pub features: u64,
+}
+
+/// A one-queue device's running state: its queue, guest memory and interrupt.
+pub struct SingleQueue {
+    /// The queue.
+    pub queue: Queue,
+    /// Guest memory, where the ring and buffers are.
+    pub mem: Arc<GuestMemoryMmap>,
+    /// The device's interrupt.
+    pub interrupt: Arc<Interrupt>,
+}
+
+impl Activation {
+    /// The first queue, which a one-queue device needs ready, with memory and interrupt.
+    pub fn single_queue(self) -> Result<SingleQueue, ActivateError> {
+        let Some(queue) = self.queues.into_iter().next().filter(|q| q.ready()) else {
+            return Err(ActivateError::QueueNotReady(0));
+        };
+        Ok(SingleQueue {
+            queue,
+            mem: self.mem,
+            interrupt: self.interrupt,
+        })
+    }
 }
 
 /// A device refused to start with what the driver set up.

@@ -11,16 +11,14 @@
 pub mod backend;
 pub mod request;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::*;
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use self::backend::RawFile;
 use self::request::{Request, RequestType, ID_LEN, SECTOR_SIZE, S_IOERR, S_OK, S_UNSUPP};
-use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
+use super::{queue, ActivateError, Activation, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::DiskConfig;
 
@@ -63,11 +61,7 @@ pub struct Block {
     batch_bytes: u64,
 }
 
-struct Active {
-    queue: Queue,
-    mem: Arc<GuestMemoryMmap>,
-    interrupt: Arc<Interrupt>,
-}
+use super::SingleQueue as Active;
 
 /// Why a disk cannot be attached.
 #[derive(Debug, thiserror::Error)]
@@ -270,15 +264,8 @@ impl VirtioDevice for Block {
         super::read_config_bytes(&self.config, offset, data);
     }
 
-    fn activate(&mut self, activation: Activation) -> std::result::Result<(), ActivateError> {
-        let Some(queue) = activation.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::QueueNotReady(0));
-        };
-        self.active = Some(Active {
-            queue,
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-        });
+    fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
+        self.active = Some(activation.single_queue()?);
         Ok(())
     }
 
@@ -354,7 +341,10 @@ impl Block {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::Interrupt;
+    use std::sync::Arc;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::Queue;
     use virtio_queue::QueueState;
     use vmm_sys_util::eventfd::EventFd;
 

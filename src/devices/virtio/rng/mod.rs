@@ -12,14 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
 use super::bufs::GuestBufs;
-use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
+use super::{queue, ActivateError, Activation, Served, VirtioDevice};
 use crate::config::RngConfig;
 
 /// The virtio device type of an entropy source.
@@ -41,11 +39,7 @@ pub struct Rng {
     wait: Option<Duration>,
 }
 
-struct Active {
-    queue: Queue,
-    mem: Arc<GuestMemoryMmap>,
-    interrupt: Arc<Interrupt>,
-}
+use super::SingleQueue as Active;
 
 /// A token bucket: `rate` bytes per second, at most one second's worth saved up.
 struct Bucket {
@@ -172,14 +166,7 @@ impl VirtioDevice for Rng {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        let Some(queue) = activation.queues.into_iter().next().filter(|q| q.ready()) else {
-            return Err(ActivateError::QueueNotReady(0));
-        };
-        self.active = Some(Active {
-            queue,
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.single_queue()?);
         Ok(())
     }
 
@@ -260,7 +247,7 @@ impl MutEventSubscriber for RngHandler {
 mod tests {
     use super::*;
     use crate::devices::virtio::testing::{activate, ring};
-    use vm_memory::{Bytes, GuestAddress};
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
     /// Makes chain `n` (one write-only buffer of `len` bytes at 0x40000 + n * 0x20000).
     fn offer(mem: &GuestMemoryMmap, n: u16, len: u32) -> u64 {
