@@ -7,6 +7,7 @@
 //! fixed amount of memory, and a reader that fell behind sees the gap in
 //! [`ConsoleChunk::start`].
 
+use crate::sync::Locked;
 use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -60,7 +61,7 @@ impl Console {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock only means a reader panicked; the buffer itself stays consistent.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.locked()
     }
 
     /// The retention bound in bytes.

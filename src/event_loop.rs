@@ -18,6 +18,7 @@ use crate::console::Console;
 use crate::devices::serial::{SerialDevice, INPUT_QUEUE_LIMIT};
 use crate::devices::virtio::VirtioDevice;
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
+use crate::sync::Locked;
 use crate::vcpu::VcpuHandles;
 
 /// Host input on its way to the serial device.
@@ -39,7 +40,7 @@ impl ConsoleInput {
     /// Queues `data` for the guest; returns how many bytes were accepted (the queue holds at
     /// most [`INPUT_QUEUE_LIMIT`] bytes the event loop has not moved on yet).
     pub fn push(&self, data: &[u8]) -> usize {
-        let mut staged = self.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut staged = self.staged.locked();
         let n = data
             .len()
             .min(INPUT_QUEUE_LIMIT.saturating_sub(staged.len()));
@@ -62,21 +63,18 @@ pub struct Finished {
 impl Finished {
     /// Publishes `status` and wakes waiters.
     pub fn set(&self, status: ExitStatus) {
-        *self.status.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+        *self.status.locked() = Some(status);
         self.cond.notify_all();
     }
 
     /// The status, if the VM has stopped.
     pub fn get(&self) -> Option<ExitStatus> {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.locked().clone()
     }
 
     /// Waits up to `timeout` (forever if `None`) for the VM to stop.
     pub fn wait(&self, timeout: Option<Duration>) -> Option<ExitStatus> {
-        let guard = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.status.locked();
         let guard = match timeout {
             None => self
                 .cond
@@ -100,14 +98,10 @@ struct InputPump {
 impl MutEventSubscriber for InputPump {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.input.event.read();
-        let mut staged = self.input.staged.lock().unwrap_or_else(|e| e.into_inner());
+        let mut staged = self.input.staged.locked();
         let (a, b) = staged.as_slices();
         let data = [a, b].concat();
-        let accepted = self
-            .serial
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .queue_input(&data);
+        let accepted = self.serial.locked().queue_input(&data);
         staged.drain(..accepted);
     }
 
@@ -159,7 +153,7 @@ pub struct EventLoop {
 /// Lets every device give back its host resources (TAPs, passt, sockets).
 pub fn release_devices(devices: &[Arc<Mutex<dyn VirtioDevice>>]) {
     for device in devices {
-        device.lock().unwrap_or_else(|e| e.into_inner()).release();
+        device.locked().release();
     }
 }
 

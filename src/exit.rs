@@ -5,6 +5,7 @@
 //! request raises a stop flag that vCPU threads check between exits, and wakes the event
 //! loop, which stops the remaining vCPUs.
 
+use crate::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -99,7 +100,7 @@ impl ExitSignal {
     /// Ends the VM with `status`, unless something ended it first. Returns whether this
     /// call decided the status.
     pub fn request(&self, status: ExitStatus) -> bool {
-        let mut slot = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.status.locked();
         let first = slot.is_none();
         if first {
             *slot = Some(status);
@@ -118,10 +119,7 @@ impl ExitSignal {
 
     /// The status, once decided.
     pub fn status(&self) -> Option<ExitStatus> {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.locked().clone()
     }
 
     /// The eventfd the event loop waits on.

@@ -26,6 +26,7 @@ use crate::devices::virtio::transport::mmio::MmioTransport;
 use crate::devices::virtio::{Activation, Interrupt, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::BusDevice;
 use crate::exit::ExitSignal;
+use crate::sync::Locked;
 
 /// A file in memory holding `data`, and a path that opens it.
 fn memfd(data: &[u8]) -> Option<(File, std::path::PathBuf)> {
@@ -206,10 +207,7 @@ pub fn virtio_mmio(data: &[u8]) {
             1 => transport.write(offset, &value.to_le_bytes()),
             2 => transport.read(offset + u64::from(op[0] >> 2), &mut [0u8; 1]),
             _ => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .process_queue(0);
+                device.locked().process_queue(0);
             }
         }
     }
@@ -274,10 +272,7 @@ pub fn virtio_pci(data: &[u8]) {
             2 => function.read_bar(0, u64::from(offset) % 0x8000, &mut [0u8; 8][..len]),
             3 => function.write_bar(0, u64::from(offset) % 0x8000, &bytes[..len]),
             _ => {
-                device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .process_queue(0);
+                device.locked().process_queue(0);
             }
         }
     }

@@ -52,6 +52,7 @@ pub mod reaper;
 pub mod refusal;
 pub mod seccomp;
 pub mod snapshot;
+pub mod sync;
 pub mod vcpu;
 pub mod vm;
 

@@ -7,6 +7,7 @@
 //! the next VM's work. At most [`MAX_PENDING`] VMs wait there; beyond that the dropping
 //! thread releases its own, so memory stays bounded however fast VMs are made.
 
+use crate::sync::Locked;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
 
@@ -43,7 +44,7 @@ pub fn release<T: Send + 'static>(resources: T) {
     let Some(sender) = sender() else {
         return; // `work` drops here
     };
-    let sender = sender.lock().unwrap_or_else(|e| e.into_inner());
+    let sender = sender.locked();
     match sender.try_send(work) {
         Ok(()) => {}
         Err(TrySendError::Full(work) | TrySendError::Disconnected(work)) => {

@@ -29,6 +29,7 @@ use crate::devices::{Bus, DeviceStats};
 use crate::error::{Error, Result};
 use crate::exit::{ExitReason, ExitSignal, ExitStatus};
 use crate::seccomp::{Scope, ThreadKind};
+use crate::sync::Locked;
 
 /// The real-time signal used to kick vCPU threads out of `KVM_RUN`.
 pub fn kick_signal() -> libc::c_int {
@@ -515,13 +516,13 @@ pub const VCPU_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 impl VcpuHandles {
     /// Holds the started vCPUs' handles.
     pub fn set(&self, handles: Vec<VcpuHandle>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = handles;
+        *self.0.locked() = handles;
     }
 
     /// Sends each vCPU the event `make(id)` makes and collects the answers, in vCPU order.
     /// None if a thread ended or did not answer within [`VCPU_ANSWER_TIMEOUT`].
     pub fn request(&self, make: impl Fn(u8) -> VcpuEvent) -> Option<Vec<VcpuResponse>> {
-        let handles = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let handles = self.0.locked();
         if handles.is_empty() {
             return None;
         }
@@ -538,7 +539,7 @@ impl VcpuHandles {
 
     /// Stops every vCPU thread and joins it; false if one panicked.
     pub fn stop_and_join(&self, kick_interval: Duration) -> bool {
-        let mut handles = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut handles = self.0.locked();
         for h in handles.iter() {
             h.send(VcpuEvent::Stop);
         }
@@ -559,7 +560,7 @@ impl VcpuHandles {
 
     /// How many vCPU threads there are.
     pub fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.0.locked().len()
     }
 
     /// Whether no vCPU thread was started.

@@ -50,6 +50,7 @@ use crate::devices::virtio::transport::pci::{IntxResample, PciResources, VirtioP
 use crate::devices::virtio::transport::{TransportState, VirtioTransport};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::Bus;
+use crate::sync::Locked;
 use crate::vcpu::Buses;
 
 /// What can go wrong while wiring devices.
@@ -349,11 +350,7 @@ impl DeviceManager {
                 window: (pci::WINDOW_START, pci::WINDOW_END),
             },
         )));
-        let interrupt = function
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .interrupt()
-            .clone();
+        let interrupt = function.locked().interrupt().clone();
         self.add_subscriber(Box::new(IntxResample::new(interrupt, resample)));
         self.pci.add(usize::from(slot), function.clone());
         let info = DeviceInfo {

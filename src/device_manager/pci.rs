@@ -18,6 +18,7 @@ use acpi_tables::{aml, Aml};
 use crate::devices::pci::config::{ConfigSpace, Identity};
 use crate::devices::pci::PciFunction;
 use crate::devices::BusDevice;
+use crate::sync::Locked;
 
 /// Where ECAM starts (bus 0 only).
 pub const ECAM_BASE: u64 = 0xe000_0000;
@@ -85,10 +86,7 @@ impl PciBus {
     /// A configuration read of function (`bus`, `device`, `function`) at `offset`.
     pub fn read_config(&self, bdf: (u8, u8, u8), offset: u16, data: &mut [u8]) {
         match self.function(bdf.0, bdf.1, bdf.2) {
-            Some(f) => f
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_config(offset, data),
+            Some(f) => f.locked().read_config(offset, data),
             None => data.fill(0xff),
         }
     }
@@ -96,9 +94,7 @@ impl PciBus {
     /// A configuration write.
     pub fn write_config(&self, bdf: (u8, u8, u8), offset: u16, data: &[u8]) {
         if let Some(f) = self.function(bdf.0, bdf.1, bdf.2) {
-            f.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_config(offset, data);
+            f.locked().write_config(offset, data);
         }
     }
 
@@ -106,7 +102,7 @@ impl PciBus {
     fn decoder(&self, addr: u64) -> Option<(SharedFunction, usize, u64)> {
         let slots = self.slots.read().unwrap_or_else(|e| e.into_inner());
         slots.iter().flatten().find_map(|f| {
-            let (bar, offset) = f.lock().unwrap_or_else(|e| e.into_inner()).bar_at(addr)?;
+            let (bar, offset) = f.locked().bar_at(addr)?;
             Some((f.clone(), bar, offset))
         })
     }
@@ -269,19 +265,14 @@ impl BarWindow {
 impl BusDevice for BarWindow {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         match self.bus.decoder(WINDOW_START + offset) {
-            Some((f, bar, off)) => f
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .read_bar(bar, off, data),
+            Some((f, bar, off)) => f.locked().read_bar(bar, off, data),
             None => data.fill(0xff),
         }
     }
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if let Some((f, bar, off)) = self.bus.decoder(WINDOW_START + offset) {
-            f.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_bar(bar, off, data);
+            f.locked().write_bar(bar, off, data);
         }
     }
 }

@@ -7,6 +7,7 @@
 //! shell: `devmem 0xd0001000 8 123` (busybox; Debian's kernels have `/dev/mem` but no
 //! `/dev/port`, and let `/dev/mem` reach unclaimed MMIO).
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,21 +31,18 @@ pub struct BootMarkers {
 impl BootMarkers {
     /// Sets time zero (when the VM starts).
     pub fn start_clock(&self) {
-        *self.start.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.start.locked() = Some(Instant::now());
     }
 
     /// The markers so far.
     pub fn events(&self) -> Vec<(u8, Duration)> {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.events.locked().clone()
     }
 
     fn record(&self, value: u8) {
-        let start = *self.start.lock().unwrap_or_else(|e| e.into_inner());
+        let start = *self.start.locked();
         let since = start.map(|t| t.elapsed()).unwrap_or_default();
-        let mut events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let mut events = self.events.locked();
         if events.len() < MAX_MARKERS {
             events.push((value, since));
         }

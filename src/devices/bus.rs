@@ -3,6 +3,7 @@
 //! Accesses no device claims read as zero and writes are dropped, as on a PC whose bus has
 //! nothing there; a guest probing for hardware must never stop the VM.
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 
 /// A device on a bus.
@@ -91,10 +92,7 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((r, offset)) => {
-                r.device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(offset, data);
+                r.device.locked().read(offset, data);
                 true
             }
             None => {
@@ -108,10 +106,7 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((r, offset)) => {
-                r.device
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(offset, data);
+                r.device.locked().write(offset, data);
                 true
             }
             None => false,

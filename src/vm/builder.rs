@@ -2,6 +2,7 @@
 //! boot images or the saved device and KVM state, vCPUs.
 
 use super::*;
+use crate::sync::Locked;
 
 impl Vm {
     /// Builds the VM `config` describes on `ram`: booting it, or giving everything the state
@@ -153,21 +154,16 @@ fn restore_devices(
 ) -> Result<()> {
     legacy
         .serial
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .restore(&saved.serial)
         .map_err(snapshot_error)?;
     legacy
         .i8042
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .locked()
         .restore(&saved.i8042)
         .map_err(snapshot_error)?;
     if let (Some(pm1), Some(state)) = (&legacy.pm1, &saved.pm1) {
-        pm1.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .restore(state)
-            .map_err(snapshot_error)?;
+        pm1.locked().restore(state).map_err(snapshot_error)?;
     }
     if saved.virtio.len() != transports.len() {
         return Err(snapshot_error(format!(
@@ -177,8 +173,7 @@ fn restore_devices(
         )));
     }
     for (i, (t, state)) in transports.iter().zip(&saved.virtio).enumerate() {
-        t.lock()
-            .unwrap_or_else(|e| e.into_inner())
+        t.locked()
             .restore(state)
             .map_err(|e| snapshot_error(format!("virtio device {i}: {e}")))?;
     }

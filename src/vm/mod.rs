@@ -41,6 +41,7 @@ use crate::memory::{
     create_guest_memory, create_guest_memory_backed, register_guest_memory, GuestRam,
 };
 use crate::snapshot::Snapshot;
+use crate::sync::Locked;
 use crate::vcpu::{register_kick_handler, Vcpu, VcpuEvent, VcpuHandles, VcpuResponse};
 
 mod builder;
@@ -172,18 +173,14 @@ impl Vm {
     /// Starts the vCPU threads (`paused`: held out of guest code until [`Vm::resume`]) and
     /// the event loop.
     fn start_threads(&self, paused: bool) -> Result<()> {
-        let parts = self
-            .unstarted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let parts = self.unstarted.locked().take();
         let Some(parts) = parts else {
             return Err(Error::InvalidState {
                 operation: "start",
                 state: self.state(),
             });
         };
-        *self.started_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        *self.started_at.locked() = Some(Instant::now());
         self.markers.start_clock();
         let mut handles = Vec::with_capacity(parts.vcpus.len());
         self.paused.store(paused, Ordering::SeqCst);
@@ -215,7 +212,7 @@ impl Vm {
             children: self
                 .virtio
                 .iter()
-                .filter_map(|d| d.lock().unwrap_or_else(|e| e.into_inner()).child_pid())
+                .filter_map(|d| d.locked().child_pid())
                 .collect(),
         };
         let handle = match event_loop.spawn() {
@@ -235,7 +232,7 @@ impl Vm {
                 return Err(io_err("cannot start the event loop thread")(e));
             }
         };
-        *self.event_loop.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *self.event_loop.locked() = Some(handle);
         match vcpu_error {
             Some(e) => Err(io_err("cannot start a vCPU thread")(e)),
             None => Ok(()),
@@ -284,11 +281,7 @@ impl Vm {
     /// was never started makes it exited.
     pub fn kill(&self) {
         self.exit.request(ExitStatus::new(ExitReason::Killed));
-        let unstarted = self
-            .unstarted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let unstarted = self.unstarted.locked().take();
         if unstarted.is_some() {
             crate::event_loop::release_devices(&self.virtio);
             self.console.close();
@@ -310,7 +303,7 @@ impl Vm {
                 "acpi=true: the power button is an ACPI device",
             ));
         };
-        let mut pm1 = pm1.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pm1 = pm1.locked();
         pm1.press_power_button();
         Ok(pm1.power_button_enabled())
     }
@@ -328,12 +321,7 @@ impl Vm {
     pub fn state(&self) -> VmState {
         if self.finished.get().is_some() {
             VmState::Exited
-        } else if self
-            .unstarted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        } else if self.unstarted.locked().is_some() {
             VmState::Created
         } else if self.paused.load(Ordering::SeqCst) {
             VmState::Paused
@@ -398,7 +386,7 @@ impl Vm {
     fn counters_of(&self, kind: &str) -> Vec<Vec<(&'static str, u64)>> {
         self.virtio
             .iter()
-            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
+            .map(|d| d.locked())
             .filter(|d| d.kind() == kind)
             .map(|d| d.counters())
             .collect()
@@ -416,7 +404,7 @@ impl Vm {
 
     /// Activity counters; cheap enough to call in a loop.
     pub fn stats(&self) -> VmStats {
-        let started = *self.started_at.lock().unwrap_or_else(|e| e.into_inner());
+        let started = *self.started_at.locked();
         VmStats {
             exits: self.stats.snapshot(),
             console_bytes: self.console.total(),
@@ -428,11 +416,7 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
-        let handle = self
-            .event_loop
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.event_loop.locked().take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }

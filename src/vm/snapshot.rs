@@ -1,6 +1,7 @@
 //! Snapshot, restore and fork of a VM ([`crate::snapshot`] is the file format).
 
 use super::*;
+use crate::sync::Locked;
 
 /// Most clones one [`Vm::fork`] makes.
 pub const MAX_FORK: usize = 1024;
@@ -12,11 +13,7 @@ impl Vm {
     pub fn snapshot(&self, dir: &Path) -> Result<u64> {
         self.while_paused("snapshot", || {
             let (out, mem_path) = crate::snapshot::create_memory_file(dir)?;
-            let base = self
-                .memory_base
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let base = self.memory_base.locked().clone();
             let (snap, written) = self.capture(|mappings| {
                 let base = base.as_ref().map(|b| &*b.file);
                 Ok(crate::snapshot::write_memory(
@@ -83,7 +80,7 @@ impl Vm {
             )));
         }
         let vm = Self::build(kvm, config, ram, Origin::Saved(snap))?;
-        *vm.memory_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
+        *vm.memory_base.locked() = Some(base);
         vm.start_threads(true)?;
         Ok(vm)
     }
@@ -107,11 +104,7 @@ impl Vm {
         }
         self.check_forkable(specs)?;
         self.while_paused("fork", || {
-            let current = self
-                .memory_base
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let current = self.memory_base.locked().clone();
             let (snap, base) = self.capture(|mappings| {
                 // The parent's memory as it is now, as an immutable base: the one made at the
                 // last fork if the parent has not written since, else a new one, which the
@@ -132,7 +125,7 @@ impl Vm {
                     .map_err(io_err("cannot map guest memory copy-on-write"))?;
                 Ok(Arc::new(file))
             })?;
-            *self.memory_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(MemoryBase {
+            *self.memory_base.locked() = Some(MemoryBase {
                 file: base.clone(),
                 sealed: true,
             });
@@ -257,23 +250,12 @@ impl Vm {
             }
         }
         // Transports before devices: the order a vCPU's MMIO access takes them in.
-        let transports: Vec<_> = self
-            .transports
-            .iter()
-            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
-        let devices: Vec<_> = self
-            .virtio
-            .iter()
-            .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()))
-            .collect();
+        let transports: Vec<_> = self.transports.iter().map(|t| t.locked()).collect();
+        let devices: Vec<_> = self.virtio.iter().map(|d| d.locked()).collect();
         let state = DevicesState {
-            serial: self.serial.lock().unwrap_or_else(|e| e.into_inner()).save(),
-            i8042: self.i8042.lock().unwrap_or_else(|e| e.into_inner()).save(),
-            pm1: self
-                .pm1
-                .as_ref()
-                .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).save()),
+            serial: self.serial.locked().save(),
+            i8042: self.i8042.locked().save(),
+            pm1: self.pm1.as_ref().map(|p| p.locked().save()),
             virtio: transports
                 .iter()
                 .zip(&devices)

@@ -6,6 +6,7 @@
 //! irqfd registered on it, so a device signals a vector by writing that eventfd and KVM
 //! delivers the message the driver programmed, without the VMM on the path.
 
+use crate::sync::Locked;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -89,7 +90,7 @@ pub fn entries(msi_routes: &BTreeMap<u32, (u64, u32)>) -> Vec<kvm_irq_routing_en
 
 impl MsiRouter for GsiRouting {
     fn route(&self, gsi: u32, message: Option<(u64, u32)>) -> Result<(), String> {
-        let mut routes = self.msi.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.msi.locked();
         let changed = match message {
             Some(m) => routes.insert(gsi, m) != Some(m),
             None => routes.remove(&gsi).is_some(),

@@ -10,6 +10,7 @@
 //! (its own mask bit or the function mask) keeps the message pending in the PBA and sends it
 //! when unmasked, as the PCI specification requires.
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 
 use vmm_sys_util::eventfd::EventFd;
@@ -84,7 +85,7 @@ impl Msix {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, MsixState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     /// How many vectors the table has.
@@ -132,7 +133,7 @@ impl Msix {
         if !s.enabled || s.masked || e.control & VECTOR_MASKED != 0 {
             return;
         }
-        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routed = self.routed.locked();
         let message = Some((e.address, e.data));
         if let (Some(slot), Some(&gsi)) = (routed.get_mut(v), self.gsis.get(v)) {
             // A route KVM refuses leaves the vector undeliverable, as a bad address would on
@@ -261,7 +262,7 @@ impl Msix {
         }
         let mut s = self.lock();
         *s = saved.clone();
-        let mut routed = self.routed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routed = self.routed.locked();
         for ((e, &gsi), slot) in s.entries.iter().zip(&self.gsis).zip(routed.iter_mut()) {
             // Every programmed message, masked or not: KVM's table is rebuilt from scratch.
             if (e.address, e.data) != (0, 0) {

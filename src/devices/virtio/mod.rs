@@ -23,6 +23,7 @@ pub mod rng;
 pub mod transport;
 pub mod vsock;
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex};
 
 pub use interrupt::{Interrupt, INT_CONFIG, INT_USED_RING};
@@ -176,11 +177,7 @@ impl MutEventSubscriber for QueueHandler {
             return;
         };
         let _ = event.read();
-        let more = self
-            .device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .process_queue(index);
+        let more = self.device.locked().process_queue(index);
         if more {
             // Work is left after a full batch: come back after the loop's other events.
             let _ = event.write(1);

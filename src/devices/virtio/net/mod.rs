@@ -29,6 +29,7 @@ use super::bufs::GuestBufs;
 use super::{queue, ActivateError, Activation, Interrupt, Round, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
+use crate::sync::Locked;
 
 /// The virtio device type of a network device.
 pub const TYPE_NET: u32 = virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -497,8 +498,7 @@ impl VirtioDevice for Net {
         queue_events: Vec<EventFd>,
     ) -> Box<dyn MutEventSubscriber + Send> {
         let backend_fd = device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .locked()
             .backend
             .as_ref()
             .map_or(-1, |b| b.as_raw_fd());
@@ -521,7 +521,7 @@ pub struct NetHandler {
 impl MutEventSubscriber for NetHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let token = events.data();
-        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dev = self.device.locked();
         let mut again = None;
         match token {
             TOKEN_BACKEND => {
@@ -582,7 +582,7 @@ impl MutEventSubscriber for NetHandler {
         for (i, e) in self.queue_events.iter().enumerate() {
             let _ = ops.add(Events::with_data(e, i as u32, EventSet::IN));
         }
-        let dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let dev = self.device.locked();
         let _ = ops.add(Events::with_data_raw(
             self.backend_fd,
             TOKEN_BACKEND,

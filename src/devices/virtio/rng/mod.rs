@@ -19,6 +19,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::bufs::GuestBufs;
 use super::{queue, ActivateError, Activation, Served, VirtioDevice};
 use crate::config::RngConfig;
+use crate::sync::Locked;
 
 /// The virtio device type of an entropy source.
 pub const DEVICE_TYPE: u32 = 4;
@@ -225,7 +226,7 @@ impl MutEventSubscriber for RngHandler {
                 }
             }
         }
-        let mut dev = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut dev = self.device.locked();
         if dev.serve() {
             // Work is left after a full batch: come back after the loop's other events.
             let _ = self.queue.write(1);

@@ -10,6 +10,7 @@
 pub mod mmio;
 pub mod pci;
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use virtio_queue::{Queue, QueueState, QueueT};
@@ -36,7 +37,7 @@ pub mod status {
 /// Locks a device, taking it over from a thread that panicked while holding it (the device's
 /// state is still consistent: every method leaves it so before it could panic).
 pub fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
-    device.lock().unwrap_or_else(|e| e.into_inner())
+    device.locked()
 }
 
 /// The transport-neutral half of a virtio transport: see the module documentation.

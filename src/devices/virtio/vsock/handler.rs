@@ -2,6 +2,7 @@
 //! connection's socket and a timer, and the watch changes the device asks for.
 
 use super::*;
+use crate::sync::Locked;
 
 /// The vsock device's part of the event loop: its queues, its listening socket and its
 /// connections' sockets.
@@ -70,7 +71,7 @@ impl MutEventSubscriber for VsockHandler {
     fn process(&mut self, events: Events, ops: &mut EventOps) {
         let token = events.data();
         let shared = self.device.clone();
-        let mut device = shared.lock().unwrap_or_else(|e| e.into_inner());
+        let mut device = shared.locked();
         match token {
             t if (t as usize) < self.queue_events.len() => {
                 let _ = self.queue_events[t as usize].read();
@@ -113,7 +114,7 @@ impl MutEventSubscriber for VsockHandler {
         if let Some(timer) = &self.timer {
             let _ = ops.add(Events::with_data(timer, TOKEN_TIMER, EventSet::IN));
         }
-        let device = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let device = self.device.locked();
         if let Some(listener) = &device.listener {
             let _ = ops.add(Events::with_data(listener, TOKEN_LISTENER, EventSet::IN));
         }
