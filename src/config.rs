@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 
 use crate::arch::x86_64::layout::{HIMEM_START_ALIGN, HIMEM_START_MIN};
-use crate::error::{Error, Result};
+/// Configuration checks refuse values; they never fail otherwise.
+use crate::refusal::Refusal as Error;
+
+type Result<T> = std::result::Result<T, Error>;
 
 /// The default guest RAM, in MiB.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;

@@ -1,5 +1,11 @@
 //! The errors the public API returns.
 //!
+//! This module names nothing of the crate but the leaf [`crate::refusal`] and the module
+//! errors it wraps whole (`arch`, the device manager), so every module may return it without
+//! an import loop; modules whose errors it does not know convert them themselves
+//! (`impl From<snapshot::Error> for Error` lives in `snapshot`, the devices' in
+//! `vm::builder`).
+//!
 //! Every error a user can cause names the argument, the value given and what is accepted,
 //! so a front end can show the message as it is. [`Error::kind`] tells front ends which
 //! family an error belongs to (the Python layer maps it onto `ValueError`,
@@ -54,8 +60,8 @@ pub enum Error {
     InvalidState {
         /// What was asked, e.g. `start`.
         operation: &'static str,
-        /// The state the VM is in.
-        state: crate::vm::VmState,
+        /// The state the VM is in (`VmState::as_str`).
+        state: &'static str,
     },
     /// Setting up the vCPU boot state failed.
     #[error(transparent)]
@@ -82,9 +88,10 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A snapshot cannot be written or used.
-    #[error(transparent)]
-    Snapshot(#[from] crate::snapshot::Error),
+    /// A snapshot cannot be written or used (`snapshot::Error`'s message: that module
+    /// converts its errors, so this one needs nothing of it).
+    #[error("{0}")]
+    Snapshot(String),
     /// Writing a boot structure or image into guest memory failed.
     #[error("cannot {what}: {detail}")]
     GuestMemory {
@@ -129,31 +136,6 @@ impl From<HostError> for Error {
         match e {
             HostError::Refused(r) => Error::Refused(r),
             HostError::Io { what, source } => Error::Io { what, source },
-        }
-    }
-}
-
-impl From<crate::devices::virtio::block::Error> for Error {
-    fn from(e: crate::devices::virtio::block::Error) -> Self {
-        match e {
-            crate::devices::virtio::block::Error::Image(h) => h.into(),
-        }
-    }
-}
-
-impl From<crate::devices::virtio::net::Error> for Error {
-    fn from(e: crate::devices::virtio::net::Error) -> Self {
-        match e {
-            crate::devices::virtio::net::Error::Tap(h)
-            | crate::devices::virtio::net::Error::Passt(h) => h.into(),
-        }
-    }
-}
-
-impl From<crate::devices::virtio::vsock::Error> for Error {
-    fn from(e: crate::devices::virtio::vsock::Error) -> Self {
-        match e {
-            crate::devices::virtio::vsock::Error::Socket(h) => h.into(),
         }
     }
 }

@@ -45,7 +45,8 @@ fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
     }
 }
 
-fn to_py(py: Python<'_>, e: Error) -> PyErr {
+fn to_py(py: Python<'_>, e: impl Into<Error>) -> PyErr {
+    let e: Error = e.into();
     raise(py, error_class(e.kind()), e.to_string())
 }
 
@@ -122,7 +123,7 @@ type StatusTuple = (&'static str, Option<String>, Option<u32>);
 type NetArg = (String, String, Option<String>, Vec<(i64, i64)>);
 
 /// The network devices `net` (what Python's `net_tuples` makes) describes; errors name `net[i]`.
-fn net_configs(net: &[NetArg]) -> Result<Vec<crate::config::NetConfig>, Error> {
+fn net_configs(net: &[NetArg]) -> Result<Vec<crate::config::NetConfig>, crate::refusal::Refusal> {
     net.iter()
         .enumerate()
         .map(|(i, (kind, name, mac, forward))| {
@@ -304,7 +305,7 @@ impl NativeVm {
                 py,
                 Error::InvalidState {
                     operation: "wait",
-                    state: crate::VmState::Created,
+                    state: crate::VmState::Created.as_str(),
                 },
             ));
         }

@@ -82,14 +82,7 @@ pub struct Vcpu {
     cpuid: Vec<kvm_cpuid_entry2>,
 }
 
-/// The buses a vCPU dispatches exits to.
-#[derive(Clone)]
-pub struct Buses {
-    /// Port I/O.
-    pub pio: Arc<Bus>,
-    /// MMIO.
-    pub mmio: Arc<Bus>,
-}
+pub use crate::devices::bus::Buses;
 
 /// What a vCPU thread is asked to do.
 pub enum VcpuEvent {

@@ -464,6 +464,12 @@ impl From<Error> for Refused {
     }
 }
 
+impl From<crate::refusal::Refusal> for Refused {
+    fn from(r: crate::refusal::Refusal) -> Self {
+        Refused::Vm(r.into())
+    }
+}
+
 fn parse_disk(text: &str) -> Result<DiskConfig, Usage> {
     let blk = parse_key_values("blk", text, BLK_KEYS)?;
     let Some(path) = blk.get("path") else {
@@ -589,7 +595,7 @@ pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
         disks,
         net,
         transport: match &opts.transport {
-            Some(t) => Transport::parse(t).map_err(Refused::Vm)?,
+            Some(t) => Transport::parse(t)?,
             None => Transport::Mmio,
         },
         rng: opts.rng.then(RngConfig::default),

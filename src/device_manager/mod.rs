@@ -43,7 +43,7 @@ use self::allocator::{Allocator, MMIO_SLOT};
 use self::pci::PciBus;
 use crate::arch::x86_64::irq_routing::GsiRouting;
 use crate::config::Transport;
-use crate::devices::bus::{Overlap, SharedDevice};
+use crate::devices::bus::{Buses, Overlap, SharedDevice};
 use crate::devices::pci::msix::Msix;
 use crate::devices::virtio::transport::mmio::{MmioTransport, NOTIFY_OFFSET};
 use crate::devices::virtio::transport::pci::{IntxResample, PciResources, VirtioPci, BAR_SIZE};
@@ -51,7 +51,6 @@ use crate::devices::virtio::transport::{TransportState, VirtioTransport};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::Bus;
 use crate::sync::Locked;
-use crate::vcpu::Buses;
 
 /// What can go wrong while wiring devices.
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,15 @@ pub struct Bus {
     ranges: Vec<Range>,
 }
 
+/// The buses a vCPU dispatches exits to, as the device manager built them.
+#[derive(Clone)]
+pub struct Buses {
+    /// Port I/O.
+    pub pio: Arc<Bus>,
+    /// MMIO.
+    pub mmio: Arc<Bus>,
+}
+
 /// The port-I/O bus (ports are addresses below 0x10000).
 pub type PioBus = Bus;
 /// The MMIO bus.

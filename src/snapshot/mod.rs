@@ -253,6 +253,12 @@ pub fn read(dir: &Path) -> Result<(Snapshot, File)> {
     Ok((snapshot, mem))
 }
 
+impl From<Error> for crate::error::Error {
+    fn from(e: Error) -> Self {
+        crate::error::Error::Snapshot(e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -179,3 +179,30 @@ fn restore_devices(
     }
     Ok(())
 }
+
+// The devices' errors become the public one here, where the devices are built: the device
+// modules know nothing of `crate::error`.
+impl From<crate::devices::virtio::block::Error> for Error {
+    fn from(e: crate::devices::virtio::block::Error) -> Self {
+        match e {
+            crate::devices::virtio::block::Error::Image(h) => h.into(),
+        }
+    }
+}
+
+impl From<crate::devices::virtio::net::Error> for Error {
+    fn from(e: crate::devices::virtio::net::Error) -> Self {
+        match e {
+            crate::devices::virtio::net::Error::Tap(h)
+            | crate::devices::virtio::net::Error::Passt(h) => h.into(),
+        }
+    }
+}
+
+impl From<crate::devices::virtio::vsock::Error> for Error {
+    fn from(e: crate::devices::virtio::vsock::Error) -> Self {
+        match e {
+            crate::devices::virtio::vsock::Error::Socket(h) => h.into(),
+        }
+    }
+}

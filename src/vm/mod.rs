@@ -177,7 +177,7 @@ impl Vm {
         let Some(parts) = parts else {
             return Err(Error::InvalidState {
                 operation: "start",
-                state: self.state(),
+                state: self.state().as_str(),
             });
         };
         *self.started_at.locked() = Some(Instant::now());
@@ -312,7 +312,10 @@ impl Vm {
     fn require_state(&self, expected: VmState, operation: &'static str) -> Result<()> {
         let state = self.state();
         if state != expected {
-            return Err(Error::InvalidState { operation, state });
+            return Err(Error::InvalidState {
+                operation,
+                state: state.as_str(),
+            });
         }
         Ok(())
     }
@@ -346,7 +349,7 @@ impl Vm {
         if self.state() == VmState::Exited {
             return Err(Error::InvalidState {
                 operation: "write to the console",
-                state: VmState::Exited,
+                state: VmState::Exited.as_str(),
             });
         }
         Ok(self.input.push(data))

@@ -216,7 +216,12 @@ impl Vm {
                 true
             }
             VmState::Paused => false,
-            state => return Err(Error::InvalidState { operation, state }),
+            state => {
+                return Err(Error::InvalidState {
+                    operation,
+                    state: state.as_str(),
+                })
+            }
         };
         let result = f();
         if was_running {
