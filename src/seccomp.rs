@@ -462,6 +462,7 @@ mod tests {
             install(ThreadKind::EventLoop, &scope).expect("install the filter");
             // SAFETY: signals to our own child and to our parent (signal 0: a check only).
             let other = errno(unsafe { libc::kill(libc::getppid(), 0) } as libc::c_long);
+            // SAFETY: SIGTERM to the child this test started; no memory is passed.
             let term = errno(unsafe { libc::kill(pid as i32, libc::SIGTERM) } as libc::c_long);
             let _ = child.kill();
             (other, term, child.wait().map(|s| s.code()))
