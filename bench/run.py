@@ -32,8 +32,8 @@ from typing import Any, Callable, Optional
 
 from vmm_reference import Vm
 from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
+from vmm_reference.host import detect_kvm_kind
 from vmm_reference.lab import host_python_command, lab_available, run_in_lab
-from vmm_reference.pytest_plugin import detect_kvm_kind
 
 REPO = Path(__file__).resolve().parent.parent
 PROBE = REPO / "tests" / "guest" / "build" / "probe.elf"

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 from conftest import NetReport, parse_net
-from vmm_reference.pytest_plugin import detect_kvm_kind, skip_or_fail
+from vmm_reference.host import detect_kvm_kind
+from vmm_reference.pytest_plugin import skip_or_fail
 
 PROBE_MAC = "06:00:ac:10:00:02"
 PROBE_IP, HOST_IP = "10.0.2.15", "10.0.2.1"

@@ -47,6 +47,7 @@ import pytest
 
 from .assets import AssetError, GuestAssets, fetch_guest
 from .devices import Disk
+from .host import detect_kvm_kind
 from .vm import Vm
 
 __all__ = ["guest_assets", "kvm_kind", "skip_or_fail", "vm", "vm_factory"]
@@ -118,15 +119,6 @@ def skip_or_fail(config: pytest.Config, reason: str) -> None:
     if config.getoption("--vmm-strict", default=False):
         pytest.fail(f"cannot run here (and --vmm-strict is set): {reason}")
     pytest.skip(reason)
-
-
-def detect_kvm_kind() -> str:
-    """Return ``"none"``, ``"pvm"`` (nested, software-assisted KVM) or ``"hardware"``."""
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "none"
-    if Path("/sys/module/kvm_pvm").exists():
-        return "pvm"
-    return "hardware"
 
 
 @pytest.fixture(scope="session")
