@@ -11,12 +11,50 @@ from __future__ import annotations
 
 import html
 import threading
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 if TYPE_CHECKING:
-    from .vm import Vm
+    from .serial import Serial
+    from .status import BootInfo, ExitStatus
 
-__all__ = ["ConsoleView", "vm_html"]
+__all__ = ["ConsoleView", "Viewable", "vm_html"]
+
+
+class Viewable(Protocol):
+    """What the views need of a VM (:class:`~vmm_reference.Vm` is one).
+
+    Its state, its configuration, its console, and Stop and Kill.
+    """
+
+    @property
+    def state(self) -> str:
+        """The VM's state."""
+
+    @property
+    def exit_status(self) -> Optional[ExitStatus]:
+        """How it ended, once it has."""
+
+    @property
+    def boot_info(self) -> BootInfo:
+        """Where things went, and its devices."""
+
+    @property
+    def console_log(self) -> str:
+        """The retained console output."""
+
+    kernel: str
+    memory_mib: int
+    vcpus: int
+    acpi: bool
+
+    def console_follow(self) -> tuple[bytes, Serial]:
+        """Return the retained console output and a reader of what comes after it."""
+
+    def stop(self) -> Any:
+        """Press the power button, then kill."""
+
+    def kill(self) -> None:
+        """End the VM."""
 
 TAIL_LINES = 40
 """Console lines shown by the static repr."""
@@ -24,7 +62,7 @@ LIVE_BYTES = 64 * 1024
 """Console bytes the live view keeps on screen."""
 
 
-def vm_html(vm: Vm, tail_lines: int = TAIL_LINES) -> str:
+def vm_html(vm: Viewable, tail_lines: int = TAIL_LINES) -> str:
     """HTML for ``vm``: a table of its state and configuration, then its console's last lines."""
     status = vm.exit_status
     rows = [
@@ -39,7 +77,8 @@ def vm_html(vm: Vm, tail_lines: int = TAIL_LINES) -> str:
         flags = ", read-only" if dev.read_only else ""
         serial = f", serial {dev.serial}" if dev.serial else ""
         backing = f" {dev.path}{flags}{serial}" if dev.path else ""
-        rows.append((f"device {i}", f"{dev.kind}{backing} — MMIO {dev.mmio_base:#x}, GSI {dev.gsi}"))
+        where = f"PCI {dev.bdf}" if dev.bdf else f"MMIO {dev.mmio_base:#x}, GSI {dev.gsi}"
+        rows.append((f"device {i}", f"{dev.kind}{backing} — {where}"))
     if status is not None:
         detail = f" — {status.detail}" if status.detail else ""
         code = f", code {status.code}" if status.code is not None else ""
@@ -62,7 +101,7 @@ class ConsoleView:
     when the console does. Displaying it (or ``display(view)``) shows the widget.
     """
 
-    def __init__(self, vm: Vm, widgets: Any) -> None:
+    def __init__(self, vm: Viewable, widgets: Any) -> None:
         self.vm = vm
         self._w = widgets
         self.text = widgets.HTML()
@@ -72,9 +111,8 @@ class ConsoleView:
         stop.on_click(lambda _: threading.Thread(target=vm.stop, daemon=True).start())
         kill.on_click(lambda _: vm.kill())
         self.widget = widgets.VBox([widgets.HBox([stop, kill, self.status]), self.text])
-        start, data = vm._native.console_snapshot()
+        data, self._reader = vm.console_follow()
         self._buffer = bytearray(data[-LIVE_BYTES:])
-        self._offset = start + len(data)
         self._refresh()
         self.thread = threading.Thread(target=self._follow, name="vmm-console-view", daemon=True)
         self.thread.start()
@@ -87,10 +125,7 @@ class ConsoleView:
         self.status.value = f"state: {self.vm.state}" + (f" ({status.reason})" if status else "")
 
     def _follow(self) -> None:
-        from .vm import Serial
-
-        reader = Serial(self.vm._native)  # its own offset: does not take bytes from vm.serial
-        reader._offset = self._offset
+        reader = self._reader  # its own offset: does not take bytes from vm.serial
         while True:
             data = reader.read(timeout=0.5)
             if data:
@@ -110,7 +145,7 @@ class ConsoleView:
         self.thread.join(timeout)
 
 
-def show(vm: Vm) -> Any:
+def show(vm: Viewable) -> Any:
     """``vm.show()``: a :class:`ConsoleView` with ipywidgets, else the VM (its static repr)."""
     try:
         import ipywidgets  # type: ignore[import-untyped,import-not-found,unused-ignore]

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import codecs
 import os
 import re
 import subprocess
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Optional, TypeVar, Union
 
 from . import _native
+from ._aio import to_thread
 from .agent import DEFAULT_MAX_OUTPUT, Client, Command, Input
 from .devices import DeviceInfo, DiskArg, NetArg, Rng, Vsock, disk_tuples, net_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
+from .serial import Serial
+from .status import BootInfo, ExitStatus
 from .vsock import VsockEndpoint
 from .vsock import resolve as resolve_vsock
 
@@ -35,11 +36,6 @@ DEFAULT = _Default()
 _T = TypeVar("_T")
 
 
-async def _to_thread(fn: Callable[..., _T], *args: Any) -> _T:
-    """``asyncio.to_thread``, with asyncio imported only by code that uses it (it is slow to import)."""
-    import asyncio
-
-    return await asyncio.to_thread(fn, *args)
 
 
 __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
@@ -48,57 +44,13 @@ PathArg = Union[str, "os.PathLike[str]"]
 
 #: The command line used when none is given: reboot through the i8042 (so a guest ``reboot``
 #: ends the VM) and reboot at once on panic. ``console=ttyS0`` is added to any command line
-#: that names no console, and ``pci=off`` to any with no ``pci=`` (there is no PCI bus).
+#: that names no console, and ``pci=off`` to any with no ``pci=`` when the VM has no PCI device.
 DEFAULT_CMDLINE: str = _native.DEFAULT_CMDLINE
-
-_READ_CHUNK = 64 * 1024
 
 
 def max_vcpus() -> Optional[int]:
     """Return KVM's vCPU limit on this host, or None when KVM is unavailable."""
     return _native.max_vcpus()
-
-
-@dataclass(frozen=True)
-class ExitStatus:
-    """How a VM ended.
-
-    ``reason`` is one of ``"reset"`` (the guest rebooted, e.g. ``reboot -f`` with ``reboot=k``),
-    ``"poweroff"`` (the guest wrote its exit ``code`` to the exit device), ``"shutdown"`` (a
-    triple fault), ``"panic"`` (``Kernel panic - not syncing`` on the console; ``detail`` is
-    that line), ``"killed"`` (:meth:`Vm.kill`, or the ``with`` block ended first) or
-    ``"error"`` (KVM could not run the guest; ``detail`` says why).
-    """
-
-    reason: str
-    detail: Optional[str] = None
-    code: Optional[int] = None
-    """The exit code the guest wrote to the exit device (0xd0000000), if any."""
-
-    @property
-    def ok(self) -> bool:
-        """Whether the guest ended the VM itself without failing: reset, shutdown, or poweroff with code 0."""
-        return self.reason in ("reset", "shutdown") or (self.reason == "poweroff" and self.code == 0)
-
-
-@dataclass(frozen=True)
-class BootInfo:
-    """Where the VMM put the guest's boot images."""
-
-    format: str
-    """``"ELF vmlinux"`` or ``"bzImage"``."""
-    entry: int
-    """The 64-bit entry point."""
-    kernel_end: int
-    """First byte past the loaded kernel."""
-    cmdline: str
-    """The command line as the guest sees it."""
-    initrd: Optional[tuple[int, int]]
-    """Guest address and size of the initrd."""
-    e820: list[tuple[int, int, int]]
-    """The e820 map: ``(address, size, type)``, type 1 is RAM and 2 reserved."""
-    devices: list[DeviceInfo]
-    """The virtio devices in the order the guest finds them (disks first, ``/dev/vda`` first)."""
 
 
 def _check_int(name: str, value: object) -> int:
@@ -120,125 +72,6 @@ def _check_path(name: str, value: object, optional: bool = False) -> Optional[st
         if isinstance(path, str) and path:
             return path
     raise VmConfigError(f"invalid {name}={value!r}: expected a path to a file")
-
-
-class _LineSplitter:
-    """Turns console chunks into lines: decodes UTF-8 across chunk boundaries, strips CR.
-
-    An unfinished line is kept as a list of pieces (no quadratic re-joining) and never grows
-    past ``limit`` characters: a guest printing without newlines gets its text handed out in
-    ``limit``-sized lines, so the host holds no more than the console itself does.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.offset = 0
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._parts: list[str] = []
-        self._size = 0
-        self._limit = max(1, limit)
-
-    def _take(self) -> str:
-        line = "".join(self._parts)
-        self._parts, self._size = [], 0
-        return line
-
-    def feed(self, start: int, data: bytes, eof: bool) -> list[str]:
-        """Take the chunk read at ``start``; return the lines it completes (and the last at ``eof``)."""
-        self.offset = start + len(data)
-        *complete, last = self._decoder.decode(data, final=eof).split("\n")
-        out = []
-        for piece in complete:
-            self._parts.append(piece)
-            out.append(self._take())
-        if last:
-            self._parts.append(last)
-            self._size += len(last)
-            while self._size >= self._limit:
-                line = self._take()
-                out.append(line[: self._limit])
-                if len(line) > self._limit:
-                    self._parts, self._size = [line[self._limit :]], len(line) - self._limit
-        if eof and self._parts:
-            out.append(self._take())
-        return [line.rstrip("\r") for line in out]
-
-
-class Serial:
-    """The guest's serial console (COM1), as lines or raw bytes.
-
-    Iterating yields ``str`` lines (without their newline) from the oldest retained output;
-    the iteration ends once the VM has exited and all output has been read. Each iteration
-    starts afresh, so a console can be read more than once. :meth:`read` returns raw bytes
-    incrementally, keeping its own position. Output is retained up to the VM's
-    ``console_limit`` bytes; beyond that the oldest bytes are dropped.
-    """
-
-    def __init__(self, native: _native.NativeVm) -> None:
-        self._native = native
-        self._offset = 0
-        self._eof = False
-
-    def __iter__(self) -> Iterator[str]:
-        """Yield console lines until the VM has exited and the output is drained."""
-        return self.lines()
-
-    def lines(self, timeout: Optional[float] = None) -> Iterator[str]:
-        """Yield console lines; raise :class:`VmTimeoutError` if ``timeout`` seconds pass first.
-
-        A final line without a newline is yielded when the console ends.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        splitter = _LineSplitter(self._native.console_limit)
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            start, data, eof = self._native.read_console(splitter.offset, _READ_CHUNK, remaining)
-            yield from splitter.feed(start, data, eof)
-            if eof:
-                return
-            if deadline is not None and time.monotonic() >= deadline and not data:
-                raise VmTimeoutError(
-                    f"no end of console output within timeout={timeout}s; last lines:\n"
-                    + self._tail()
-                )
-
-    async def __aiter__(self) -> AsyncIterator[str]:
-        """Yield console lines without blocking the event loop; ends like iteration does."""
-        splitter = _LineSplitter(self._native.console_limit)
-        while True:
-            start, data, eof = await _to_thread(self._native.read_console, splitter.offset, _READ_CHUNK, 0.2)
-            for line in splitter.feed(start, data, eof):
-                yield line
-            if eof:
-                return
-
-    def read(self, timeout: Optional[float] = 0.0) -> bytes:
-        """Return console bytes printed since the previous :meth:`read`.
-
-        Waits up to ``timeout`` seconds (forever if None) for at least one byte; returns
-        ``b""`` when none arrived or the console has ended (see :attr:`at_eof`).
-        """
-        start, data, eof = self._native.read_console(self._offset, _READ_CHUNK, timeout)
-        self._offset = start + len(data)
-        self._eof = eof
-        return data
-
-    @property
-    def at_eof(self) -> bool:
-        """Whether :meth:`read` has returned everything the guest will ever print."""
-        return self._eof
-
-    @property
-    def log_bytes(self) -> bytes:
-        """All retained console output, as bytes."""
-        return self._native.console_snapshot()[1]
-
-    @property
-    def log(self) -> str:
-        """All retained console output, decoded as UTF-8 (invalid bytes replaced)."""
-        return self.log_bytes.decode("utf-8", errors="replace")
-
-    def _tail(self, n: int = 10) -> str:
-        return "\n".join(self.log.splitlines()[-n:])
 
 
 def _snapshot_dir(name: str, value: object) -> str:
@@ -521,7 +354,7 @@ class Vm:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = 0.2 if deadline is None else min(0.2, max(0.0, deadline - time.monotonic()))
-            result = await _to_thread(self._native.wait, remaining)
+            result = await to_thread(self._native.wait, remaining)
             if result is not None:
                 return ExitStatus(*result)
             if deadline is not None and time.monotonic() >= deadline:
@@ -557,7 +390,7 @@ class Vm:
         fail: Optional[Union[Pattern, list[Pattern]]] = None,
     ) -> re.Match[Any]:
         """Like :meth:`expect`, without blocking the asyncio event loop."""
-        return await _to_thread(self.expect, pattern, timeout, fail)
+        return await to_thread(self.expect, pattern, timeout, fail)
 
     def pause(self) -> None:
         """Pause a running VM; returns once no vCPU runs guest code. Raises :class:`VmStateError` unless running."""
@@ -704,6 +537,15 @@ class Vm:
     def vsock(self) -> Optional[VsockEndpoint]:
         """The vsock device's host end (``connect(port)``, ``listen(port)``), or None without one."""
         return self._vsock
+
+    def console_follow(self) -> tuple[bytes, Serial]:
+        """Return the retained console output and a :class:`Serial` that goes on after it.
+
+        The reader's :meth:`~Serial.read` has its own position: it takes nothing from
+        :attr:`serial`.
+        """
+        start, data = self._native.console_snapshot()
+        return data, Serial(self._native, offset=start + len(data))
 
     def _repr_html_(self) -> str:
         """State, configuration, exit status and the console's tail, for Jupyter."""
@@ -855,7 +697,7 @@ class Vm:
                                   cancel=cancel, max_output=max_output)
 
         try:
-            return await _to_thread(work)
+            return await to_thread(work)
         finally:
             cancel.set()
 
