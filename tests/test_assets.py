@@ -166,7 +166,7 @@ def test_e2fsprogs_command_prefers_the_hosts_tool(tmp_path, monkeypatch):
 
 
 def test_e2fsprogs_command_offline_uses_the_cache_copy_or_says_what_to_do(tmp_path, monkeypatch):
-    monkeypatch.setattr(assets, "_find_tool", lambda tool: None)
+    monkeypatch.setattr(assets.rootfs, "_find_tool", lambda tool: None)
     monkeypatch.setenv("VMM_REFERENCE_OFFLINE", "1")
     with pytest.raises(AssetError, match="install e2fsprogs"):
         e2fsprogs_command("debugfs", tmp_path)

@@ -47,6 +47,8 @@ def test_the_wheel_is_manylinux_abi3_and_carries_the_native_command(wheel):
             assert elf[:4] == b"\x7fELF", member
             wanted = glibc_versions(elf)
             assert wanted and max(wanted) <= MAX_GLIBC, f"{member} needs glibc {max(wanted)}"
+        for data in ("vmm_reference/assets/init/init.sh", "vmm_reference/guest_agent/agent.c"):
+            assert data in names, f"{data} must ship in the wheel (the assets are built from it)"
         entry_points = [n for n in names if n.endswith("entry_points.txt")]
         text = z.read(entry_points[0]).decode() if entry_points else ""
         assert "vmm-reference =" not in text, "the command is the native program, not a Python wrapper"

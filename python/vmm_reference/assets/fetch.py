@@ -1,0 +1,108 @@
+"""Fetching and building a guest's (and the lab's) assets, online or from the cache only."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+from typing import Optional, Union
+
+from ..initramfs import CpioEntry, build_initramfs
+from ..kernel_image import extract_vmlinux
+from .agent import _agent_path, _build_agent
+from .cache import MANIFEST, _cache_lock, record_manifests
+from .common import AssetError, GuestAssets, LabAssets, _offline, _safe, _say, cache_dir
+from .debian import _busybox, _kernel_files, _kernel_package
+from .modules import _GUEST_MODULES, _module_bytes, _module_name, module_load_order
+from .rootfs import _rootfs
+from .scripts import _INIT_SCRIPT, _POWER_BUTTON_SCRIPT
+
+
+def _cached_guest(base: Path) -> GuestAssets:
+    """Return the newest complete guest assets already in the cache, without asking apt."""
+    missing = AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no complete guest assets; "
+                         "run `python -m vmm_reference.assets` first")
+    roots = sorted(base.glob("linux-image-*-cloud-amd64-unsigned_*/.complete"))
+    if not roots or not (roots[-1].parent / "vmlinux").exists():
+        raise missing
+    root = roots[-1].parent
+    bzimage, modules = _kernel_files(root)
+    initrds = sorted(base.glob(f"busybox-static_*/initramfs-{_safe(modules.name)}-*.cpio.gz"),
+                     key=lambda p: p.stat().st_mtime)
+    if not initrds:
+        raise missing
+    rootfses = sorted(initrds[-1].parent.glob("rootfs-*.ext4"), key=lambda p: p.stat().st_mtime)
+    if not rootfses:
+        raise missing
+    agent = _agent_path(base)
+    if not agent.exists():
+        agents = sorted(base.glob("vmm-agent-*/vmm-agent"), key=lambda p: p.stat().st_mtime)
+        if not agents:
+            raise missing
+        agent = agents[-1]
+    package, _, version = root.name.partition("_")
+    return GuestAssets(
+        package, version, root / "vmlinux", bzimage, modules, initrds[-1], initrds[-1].parent / "busybox",
+        rootfses[-1], agent,
+    )
+
+
+def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
+    bzimage, modules = _kernel_files(root)
+    vmlinux = root / "vmlinux"
+    if not vmlinux.exists():
+        _say(f"extracting the ELF vmlinux from {bzimage.name}")
+        vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
+        vmlinux.with_suffix(".tmp").replace(vmlinux)
+    busybox = _busybox(base)
+    agent = _build_agent(base)
+    modules_used = module_load_order(modules, _GUEST_MODULES)
+    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + agent.parent.name.encode()
+                            + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
+    initrd = busybox.parent / f"initramfs-{_safe(modules.name)}-{recipe}.cpio.gz"
+    if not initrd.exists():
+        d = stat.S_IFDIR | 0o755
+        extra = [CpioEntry("lib", d), CpioEntry("lib/vmm", d), CpioEntry("etc/acpi", d),
+                 CpioEntry("etc/acpi/PWRF", d),
+                 CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode()),
+                 CpioEntry("sbin", d), CpioEntry("sbin/vmm-agent", stat.S_IFREG | 0o755, agent.read_bytes())]
+        # Numbered so that the init's glob (/lib/vmm/*.ko) loads them in this order.
+        extra += [CpioEntry(f"lib/vmm/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
+                  for i, m in enumerate(modules_used)]
+        _say(f"building {initrd.name}")
+        build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
+    rootfs = _rootfs(base, busybox, agent)
+    assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox, rootfs, agent)
+    recorded = (busybox.parent / MANIFEST).read_text() if (busybox.parent / MANIFEST).exists() else ""
+    if (not (root / MANIFEST).exists() or initrd.name not in recorded or rootfs.name not in recorded
+            or not (agent.parent / MANIFEST).exists()):
+        record_manifests(assets)
+    return assets
+
+
+def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    package, version, root = _kernel_package(base, "linux-image-amd64")
+    return LabAssets(package, version, *_kernel_files(root), _busybox(base))
+
+
+def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
+    """Fetch Debian's cloud kernel and busybox; build the vmlinux and initramfs (cached).
+
+    With ``VMM_REFERENCE_OFFLINE=1`` in the environment, apt is not consulted and the newest
+    complete assets in the cache are returned. Safe to call from several processes at once.
+    """
+    if _offline():
+        return _cached_guest(cache_dir(cache))
+    with _cache_lock(cache):
+        return _fetch_guest(cache)
+
+
+def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
+    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab."""
+    with _cache_lock(cache):
+        return _fetch_lab(cache)

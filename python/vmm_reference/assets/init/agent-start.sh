@@ -1,0 +1,1 @@
+[ -x /sbin/vmm-agent ] && /sbin/vmm-agent >/dev/null 2>&1 &

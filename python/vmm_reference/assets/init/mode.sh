@@ -1,0 +1,4 @@
+mode=
+case " $(cat /proc/cmdline) " in
+  *" vmm.init=shell "*) mode=shell ;;
+esac
