@@ -35,10 +35,26 @@ fn error_class(kind: ErrorKind) -> &'static str {
 }
 
 fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
+    raise_with(py, class, message, &[])
+}
+
+/// Raises `class` with `message` and attributes `fields` (name, value) set on the exception.
+fn raise_with(
+    py: Python<'_>,
+    class: &str,
+    message: String,
+    fields: &[(&str, Option<String>)],
+) -> PyErr {
     let made = py
         .import("vmm_reference.errors")
         .and_then(|m| m.getattr(class))
-        .and_then(|cls| cls.call1((message.clone(),)));
+        .and_then(|cls| cls.call1((message.clone(),)))
+        .and_then(|exc| {
+            for (name, value) in fields {
+                exc.setattr(*name, value)?;
+            }
+            Ok(exc)
+        });
     match made {
         Ok(exc) => PyErr::from_value(exc),
         Err(_) => PyRuntimeError::new_err(message),
@@ -46,8 +62,28 @@ fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
 }
 
 fn to_py(py: Python<'_>, e: impl Into<Error>) -> PyErr {
+    use crate::refusal::Refusal;
     let e: Error = e.into();
-    raise(py, error_class(e.kind()), e.to_string())
+    // A refusal's parts become the exception's attributes: which argument, the value given,
+    // what is accepted (or the file), as the message says them.
+    let fields: Vec<(&str, Option<String>)> = match &e {
+        Error::Refused(Refusal::InvalidArgument {
+            arg,
+            value,
+            expected,
+        }) => vec![
+            ("argument", Some(arg.to_string())),
+            ("value", Some(value.clone())),
+            ("accepted", Some(expected.clone())),
+        ],
+        Error::Refused(Refusal::FileNotFound { arg, path })
+        | Error::Refused(Refusal::PermissionDenied { arg, path, .. }) => vec![
+            ("argument", Some(arg.to_string())),
+            ("path", Some(path.display().to_string())),
+        ],
+        _ => Vec::new(),
+    };
+    raise_with(py, error_class(e.kind()), e.to_string(), &fields)
 }
 
 /// Runs `f`, turning a panic into a `VmError`.

@@ -25,6 +25,7 @@ def test_missing_kernel(tmp_path):
     with pytest.raises(VmFileNotFoundError, match=r"kernel=.*nope.*no such file") as e:
         Vm(kernel=tmp_path / "nope")
     assert isinstance(e.value, FileNotFoundError) and isinstance(e.value, VmError)
+    assert (e.value.argument, e.value.path) == ("kernel", str(tmp_path / "nope"))
 
 
 def test_missing_initrd(probe_elf, tmp_path):
@@ -74,6 +75,9 @@ def test_memory_out_of_range_states_this_hosts_limit(probe_elf, memory_mib):
         Vm(kernel=probe_elf, memory_mib=memory_mib)
     stated = int(re.search(r"expected 1 to (\d+)", str(e.value)).group(1))
     assert abs(stated - limit) <= limit // 100, (stated, limit)
+    # The message's parts, as attributes.
+    assert (e.value.argument, e.value.value) == ("memory_mib", str(memory_mib))
+    assert e.value.accepted.startswith("expected 1 to ") and str(stated) in e.value.accepted
 
 
 @pytest.mark.parametrize("memory_mib", [1.5, "256", True])

@@ -7,7 +7,7 @@ and what is accepted.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 __all__ = [
     "KvmUnavailableError",
@@ -27,15 +27,36 @@ class VmError(Exception):
 
 
 class VmConfigError(VmError, ValueError):
-    """A configuration value is out of range or malformed."""
+    """A configuration value is out of range or malformed.
+
+    When the VMM refused it, :attr:`argument`, :attr:`value` and :attr:`accepted` say which,
+    what was given and what would be accepted, as the message does.
+    """
+
+    argument: Optional[str] = None
+    """The argument, as the caller wrote it (``memory_mib``, ``disks[1]``, ``net[0].tap``)."""
+    value: Optional[str] = None
+    """The value given, as the message shows it."""
+    accepted: Optional[str] = None
+    """What is accepted instead (the real range on this host)."""
 
 
 class VmFileNotFoundError(VmError, FileNotFoundError):
-    """A kernel or initrd file does not exist."""
+    """A file the configuration names (kernel, initrd, disk, passt, a socket's directory) does not exist."""
+
+    argument: Optional[str] = None
+    """The argument that named it (``kernel``, ``disks[0]``, ``vsock.uds``)."""
+    path: Optional[str] = None
+    """The path that does not exist."""
 
 
 class VmPermissionError(VmError, PermissionError):
     """A file, or ``/dev/kvm``, exists but cannot be opened by this user."""
+
+    argument: Optional[str] = None
+    """The argument that named it (``kvm`` for ``/dev/kvm``)."""
+    path: Optional[str] = None
+    """The path that cannot be opened."""
 
 
 class KvmUnavailableError(VmError, OSError):
