@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{lock, CommonState, TransportState, VirtioCommon, VirtioTransport};
+use super::{lock, CommonState, Ring, TransportState, VirtioCommon, VirtioTransport};
 use crate::devices::virtio::{Interrupt, VirtioDevice};
 use crate::devices::BusDevice;
 
@@ -86,18 +86,12 @@ impl MmioTransport {
             0x64 => c.interrupt().ack(v),
             0x70 => c.write_status(v),
             0x80 | 0x84 | 0x90 | 0x94 | 0xa0 | 0xa4 => {
-                if let Some(q) = c.configurable_queue() {
-                    let field = match offset {
-                        0x80 | 0x84 => &mut q.desc_table,
-                        0x90 | 0x94 => &mut q.avail_ring,
-                        _ => &mut q.used_ring,
-                    };
-                    *field = if offset & 4 == 0 {
-                        (*field & !0xffff_ffff) | u64::from(v)
-                    } else {
-                        (*field & 0xffff_ffff) | (u64::from(v) << 32)
-                    };
-                }
+                let ring = match offset {
+                    0x80 | 0x84 => Ring::Descriptors,
+                    0x90 | 0x94 => Ring::Driver,
+                    _ => Ring::Device,
+                };
+                c.write_queue_address(ring, offset & 4 != 0, v);
             }
             _ => {}
         }

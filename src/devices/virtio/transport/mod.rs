@@ -40,6 +40,17 @@ pub fn lock(device: &Arc<Mutex<dyn VirtioDevice>>) -> MutexGuard<'_, dyn VirtioD
     device.locked()
 }
 
+/// A queue's three areas, whose addresses the driver writes 32 bits at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ring {
+    /// The descriptor table.
+    Descriptors,
+    /// The driver area (avail ring).
+    Driver,
+    /// The device area (used ring).
+    Device,
+}
+
 /// The transport-neutral half of a virtio transport: see the module documentation.
 pub struct VirtioCommon {
     device: Arc<Mutex<dyn VirtioDevice>>,
@@ -147,6 +158,24 @@ impl VirtioCommon {
         self.queues
             .get_mut(self.queue_sel as usize)
             .filter(|q| !q.ready)
+    }
+
+    /// The driver writes the low (`high` false) or high 32 bits of one of the selected queue's
+    /// ring addresses (while it may still change the queue).
+    pub fn write_queue_address(&mut self, ring: Ring, high: bool, v: u32) {
+        let Some(q) = self.configurable_queue() else {
+            return;
+        };
+        let field = match ring {
+            Ring::Descriptors => &mut q.desc_table,
+            Ring::Driver => &mut q.avail_ring,
+            Ring::Device => &mut q.used_ring,
+        };
+        *field = if high {
+            (*field & 0xffff_ffff) | (u64::from(v) << 32)
+        } else {
+            (*field & !0xffff_ffff) | u64::from(v)
+        };
     }
 
     /// The driver sets or clears the selected queue's ready flag (before DRIVER_OK).

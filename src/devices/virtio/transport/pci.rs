@@ -21,7 +21,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{lock, CommonState, TransportState, VirtioCommon, VirtioTransport};
+use super::{lock, CommonState, Ring, TransportState, VirtioCommon, VirtioTransport};
 use crate::devices::pci::config::{
     ConfigSpace, Identity, COMMAND_INTX_DISABLE, COMMAND_MEMORY, STATUS_INTERRUPT,
 };
@@ -397,18 +397,12 @@ impl VirtioPci {
             }
             (0x1c, 2) => c.set_queue_ready(v == 1),
             (0x20..=0x37, 4) if offset % 4 == 0 => {
-                if let Some(q) = c.configurable_queue() {
-                    let field = match offset {
-                        0x20 | 0x24 => &mut q.desc_table,
-                        0x28 | 0x2c => &mut q.avail_ring,
-                        _ => &mut q.used_ring,
-                    };
-                    *field = if offset & 4 == 0 {
-                        (*field & !0xffff_ffff) | u64::from(v)
-                    } else {
-                        (*field & 0xffff_ffff) | (u64::from(v) << 32)
-                    };
-                }
+                let ring = match offset {
+                    0x20 | 0x24 => Ring::Descriptors,
+                    0x28 | 0x2c => Ring::Driver,
+                    _ => Ring::Device,
+                };
+                c.write_queue_address(ring, offset & 4 != 0, v);
             }
             _ => {}
         }
