@@ -40,6 +40,21 @@ impl GuestBufs {
         )
     }
 
+    /// The driver-readable buffers of a descriptor chain (a transmit buffer), or None when
+    /// the chain has a device-writable one, which a transmit chain must not have.
+    pub fn readable(
+        chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
+    ) -> Option<GuestBufs> {
+        let mut readable = Vec::new();
+        for d in chain {
+            if d.is_write_only() {
+                return None;
+            }
+            readable.push((d.addr(), d.len()));
+        }
+        Some(GuestBufs::new(readable))
+    }
+
     /// Total length.
     pub fn len(&self) -> usize {
         self.len

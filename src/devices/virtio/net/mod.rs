@@ -191,20 +191,13 @@ impl Net {
                     return Served::Return; // the socket is full: the rest waits in the ring
                 }
             }
-            let mut readable = Vec::new();
-            let mut bad = false;
-            for d in chain {
-                if d.is_write_only() {
-                    bad = true;
-                } else {
-                    readable.push((d.addr(), d.len()));
-                }
-            }
-            let bufs = GuestBufs::new(readable);
-            if bad || bufs.len() <= HDR_LEN || bufs.len() > MAX_PACKET || !self.send(&mem, &bufs) {
-                self.counters.dropped += 1;
-            } else {
+            let sent = GuestBufs::readable(chain).is_some_and(|bufs| {
+                bufs.len() > HDR_LEN && bufs.len() <= MAX_PACKET && self.send(&mem, &bufs)
+            });
+            if sent {
                 self.counters.tx_frames += 1;
+            } else {
+                self.counters.dropped += 1;
             }
             Served::Used(0)
         });

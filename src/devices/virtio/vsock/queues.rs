@@ -58,17 +58,7 @@ impl Vsock {
                 self.tx_stalled = true;
                 return Served::Return;
             }
-            let mut readable = Vec::new();
-            let mut writable = false;
-            for d in chain {
-                if d.is_write_only() {
-                    writable = true;
-                } else {
-                    readable.push((d.addr(), d.len()));
-                }
-            }
-            let bufs = GuestBufs::new(readable);
-            if !writable {
+            if let Some(bufs) = GuestBufs::readable(chain) {
                 self.tx_packet(&mem, &bufs);
             }
             Served::Used(0)
