@@ -38,6 +38,9 @@ pub struct Rng {
     bytes: u64,
     /// Set when the rate limit held requests back: the handler arms its timer.
     wait: Option<Duration>,
+    /// Where random bytes are made before they go into the guest's buffers (kept: a
+    /// round must not allocate).
+    buf: Vec<u8>,
 }
 
 use super::SingleQueue as Active;
@@ -77,6 +80,7 @@ impl Rng {
             active: None,
             bytes: 0,
             wait: None,
+            buf: vec![0u8; MAX_REQUEST],
         }
     }
 
@@ -92,9 +96,13 @@ impl Rng {
         };
         let mem = active.mem.clone();
         let mem = mem.as_ref();
-        let mut buf = vec![0u8; MAX_REQUEST];
         self.wait = None;
-        let (bucket, wait, bytes) = (&mut self.bucket, &mut self.wait, &mut self.bytes);
+        let (bucket, wait, bytes, buf) = (
+            &mut self.bucket,
+            &mut self.wait,
+            &mut self.bytes,
+            &mut self.buf,
+        );
         let round = queue::serve(
             &mut active.queue,
             0,
