@@ -962,7 +962,12 @@ static void blk_test(struct blk *b) {
     struct seg idseg = {(uint64_t)(uintptr_t)id, 20, VRING_DESC_F_WRITE};
     int id_st = blk_do(b, BLK_T_GET_ID, 0, &idseg, 1);
     uint32_t id_len = b->last_len;
-    uint32_t isr = blk_r(b, VM_INTERRUPT_STATUS);
+    /* The used entry can be visible a moment before the device raises its
+     * interrupt (it signals once per round, after the ring update), so wait
+     * for the bit as an interrupt handler would, bounded by a deadline. */
+    uint32_t isr = 0;
+    for (uint64_t end = deadline_ms(BLK_TIMEOUT_MS); !(isr = blk_r(b, VM_INTERRUPT_STATUS)) && rdtsc() < end;) {
+    }
     blk_w(b, VM_INTERRUPT_ACK, isr);
     uint32_t isr_after = blk_r(b, VM_INTERRUPT_STATUS);
 
