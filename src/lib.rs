@@ -1,7 +1,7 @@
 //! vmm-reference: a KVM virtual machine monitor built on the rust-vmm crates.
 //!
 //! This crate is the Rust core. It has no Python in it: the `python` feature adds a thin
-//! PyO3 layer (`src/python.rs`) on top, and any other front end can bind to the same API.
+//! PyO3 layer (`src/python/`) on top, and any other front end can bind to the same API.
 //!
 //! The boot path, in the order a VM goes through it:
 //!

@@ -8,9 +8,6 @@ import sys
 from typing import Callable
 
 import pytest
-from vmm_reference.cli import CliError, parse_key_values
-
-KEYS = ("path", "himem_start", "cmdline", "initrd")
 
 Cli = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -75,6 +72,11 @@ def test_original_readme_himem_start_is_refused(cli, probe_bzimage):
         (["--v", "x", "--kernel", "path=/x"], "ambiguous option: --v could match --vcpus, --version"),
         (["--memory", "mem_size_mib=512"], "the following arguments are required: --kernel"),
         (["--kernel", "path=/x", "--"], "expected a command after --"),
+        (["--kernel", "path=/x", "--net", "tap0"], "--net: expected key=value, got 'tap0'"),
+        (["--kernel", "path=/x", "--net", "user,forward=80"], "--net: invalid forward='80'"),
+        (["--kernel", "path=/x", "--net", "user,forward=a:b"], "--net: invalid forward='a:b'"),
+        (["--kernel", "path=/x", "--net", "tap=t,ro=on"], "--net: unknown key 'ro'"),
+        (["--kernel", "path=/x", "--net", "tap=t,mac=01:00:00:00:00:01"], "expected a unicast MAC"),
     ],
 )
 def test_usage_errors(cli, args, message):
@@ -103,15 +105,6 @@ def test_empty_value_means_default(cli, probe_elf):
     r = cli("--memory", "mem_size_mib=", "--kernel", f"path={probe_elf},himem_start=,cmdline=")
     assert r.returncode == 0, r.stderr
     assert "PROBE: e820 0x0000000000100000 0x000000000ff00000 1" in r.stdout  # 256 MiB default
-
-
-def test_key_value_parser():
-    assert parse_key_values("kernel", 'path=/a,cmdline="x=1,y=2 z",initrd=/i', KEYS) == {
-        "path": "/a", "cmdline": "x=1,y=2 z", "initrd": "/i"}
-    assert parse_key_values("kernel", "path=/a,cmdline=console=ttyS0,115200", KEYS)["cmdline"] == \
-        "console=ttyS0,115200"
-    with pytest.raises(CliError):
-        parse_key_values("kernel", "path", KEYS)
 
 
 def test_guest_exit_code_is_the_exit_status(cli, probe_elf):

@@ -276,3 +276,31 @@ def test_a_bzimage_needing_more_than_low_memory_is_a_kernel_error(probe_bzimage,
     k.write_bytes(data)
     with pytest.raises(VmConfigError, match=r"invalid kernel=<bzImage needing guest RAM up to .*below the MMIO gap"):
         Vm(kernel=k, memory_mib=8192 if host_mib() > 16384 else 1024)
+
+
+def test_every_exception_is_a_vm_error_with_its_builtin_base_and_fields():
+    """The extension makes the classes: one hierarchy, shared by Rust and Python raisers."""
+    import pickle
+
+    from vmm_reference import _native, errors
+
+    bases = {"VmConfigError": ValueError, "VmFileNotFoundError": FileNotFoundError,
+             "VmPermissionError": PermissionError, "KvmUnavailableError": OSError,
+             "VmStateError": RuntimeError, "VmTimeoutError": TimeoutError, "CliError": ValueError}
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert cls is getattr(_native, name) and issubclass(cls, errors.VmError), name
+        assert cls.__module__ == "vmm_reference.errors" and cls.__doc__, name
+        if name in bases:
+            assert issubclass(cls, bases[name]), name
+    assert issubclass(errors.CliError, errors.VmConfigError)
+    e = errors.VmConfigError("invalid x=1: expected 2")
+    assert (e.argument, e.value, e.accepted) == (None, None, None)
+    back = pickle.loads(pickle.dumps(e))
+    assert type(back) is errors.VmConfigError and str(back) == str(e)
+
+
+def test_refusals_carry_their_fields(probe_elf):
+    with pytest.raises(VmConfigError) as e:
+        Vm(kernel=probe_elf, vcpus=0)
+    assert (e.value.argument, e.value.value) == ("vcpus", "0") and e.value.accepted.startswith("expected 1 to")

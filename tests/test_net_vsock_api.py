@@ -11,7 +11,6 @@ import subprocess
 
 import pytest
 from vmm_reference import Tap, UserNet, Vm, VmConfigError, Vsock
-from vmm_reference.cli import CliError, parse_net
 
 
 @pytest.mark.parametrize(
@@ -30,25 +29,6 @@ def test_bad_network_arguments_name_the_argument(probe_elf, net, message):
     with pytest.raises(VmConfigError) as e:
         Vm(kernel=probe_elf, net=net)
     assert message in str(e.value)
-
-
-@pytest.mark.parametrize(
-    "text, dev",
-    [
-        ("tap=tap0", Tap("tap0")),
-        ("tap=tap0,mac=06:00:ac:10:00:02", Tap("tap0", mac="06:00:ac:10:00:02")),
-        ("user", UserNet(forward={})),
-        ("user,forward=8080:80+2222:22", UserNet(forward={8080: 80, 2222: 22})),
-    ],
-)
-def test_net_option_syntax(text, dev):
-    assert parse_net(text) == dev
-
-
-@pytest.mark.parametrize("text", ["tap0", "user,forward=80", "user,forward=a:b", "tap=t,ro=on"])
-def test_bad_net_options(text):
-    with pytest.raises(CliError, match="--net"):
-        parse_net(text)
 
 
 def test_tap_in_a_private_network_namespace(probe_elf):

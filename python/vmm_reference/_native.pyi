@@ -13,6 +13,78 @@ HIMEM_START_DEFAULT: int
 def max_vcpus() -> Optional[int]:
     """KVM's vCPU limit on this host, or None when KVM is unavailable."""
 
+class VmError(Exception):
+    """Base class of every error raised by vmm_reference."""
+
+class VmConfigError(VmError, ValueError):
+    """A configuration value is out of range or malformed."""
+
+    argument: Optional[str]
+    """The argument, as the caller wrote it (``memory_mib``, ``disks[1]``, ``net[0].tap``)."""
+    value: Optional[str]
+    """The value given, as the message shows it."""
+    accepted: Optional[str]
+    """What is accepted instead (the real range on this host)."""
+
+class CliError(VmConfigError):
+    """A command-line option is malformed (the message names the option)."""
+
+class VmFileNotFoundError(VmError, FileNotFoundError):
+    """A file the configuration names does not exist."""
+
+    argument: Optional[str]
+    """The argument that named it (``kernel``, ``disks[0]``, ``vsock.uds``)."""
+    path: Optional[str]
+    """The path that does not exist."""
+
+class VmPermissionError(VmError, PermissionError):
+    """A file, or ``/dev/kvm``, exists but cannot be opened by this user."""
+
+    argument: Optional[str]
+    """The argument that named it (``kvm`` for ``/dev/kvm``)."""
+    path: Optional[str]
+    """The path that cannot be opened."""
+
+class KvmUnavailableError(VmError, OSError):
+    """KVM is missing or unusable on this host."""
+
+class VmStateError(VmError, RuntimeError):
+    """The call is not allowed in the VM's current state."""
+
+class VmTimeoutError(VmError, TimeoutError):
+    """A wait ran out of time; the message shows the last console lines."""
+
+    stdout: Union[bytes, str, None]
+    """What the command wrote to its stdout before the timeout (``Vm.run``)."""
+    stderr: Union[bytes, str, None]
+    """What the command wrote to its stderr before the timeout."""
+
+class VmSnapshotError(VmError):
+    """A snapshot cannot be written or used, or the VM cannot be forked."""
+
+class VmAgentError(VmError):
+    """The guest agent is not there, failed a request, or broke the connection."""
+
+    stdout: Union[bytes, str, None]
+    """What the command wrote to its stdout before the error (``Vm.run``)."""
+    stderr: Union[bytes, str, None]
+    """What the command wrote to its stderr before the error."""
+
+def cli(argv: list[str]) -> Union[int, CliCommand]:
+    """Run the command line ``argv``: the exit status, or the ``-- COMMAND`` to run."""
+
+def cli_disk(text: str) -> tuple[str, bool, Optional[str]]:
+    """Parse a ``--blk`` value into ``(path, read_only, serial)``; raise CliError when malformed."""
+
+class CliCommand:
+    """``-- COMMAND`` as the command line gave it, its VM checked and not built."""
+
+    command: list[str]
+    console: bool
+    ready_timeout: float
+    def build(self, cid: int, uds: str) -> NativeVm:
+        """Build the VM with a vsock device of context ``cid`` on the socket ``uds`` (once)."""
+
 class NativeVm:
     """The Rust VM object behind :class:`vmm_reference.Vm`."""
 

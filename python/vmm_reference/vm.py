@@ -175,7 +175,7 @@ class Vm:
         net_list = net_tuples(net)
         endpoint = resolve_vsock(vsock)
         try:
-            self._native = _native.NativeVm(
+            native = _native.NativeVm(
                 memory_mib=_check_int("memory_mib", memory_mib),
                 vcpus=_check_int("vcpus", vcpus),
                 kernel=kernel_path,
@@ -196,42 +196,38 @@ class Vm:
             if endpoint is not None:
                 endpoint.close()
             raise
-        self._vsock = endpoint
-        if endpoint is not None:
-            weakref.finalize(self, endpoint.close)
-        self.disks = disk_list
-        """The disks as ``(path, read_only, serial)``, in the order the guest sees them."""
-        self._serial = Serial(self._native)
-        self._expect_offset = 0
-        self.memory_mib = memory_mib
-        self.acpi = bool(acpi)
-        """Whether the guest has ACPI tables (and so a power button)."""
-        self.expect_timeout: Optional[float] = 30.0
-        """Seconds :meth:`expect` waits when given no ``timeout`` (``None``: forever)."""
-        self.vcpus = vcpus
-        self.kernel = kernel_path
-        """The kernel image's path."""
+        self._bind(native, endpoint)
 
-    @classmethod
-    def _adopt(cls, native: _native.NativeVm, endpoint: Optional[VsockEndpoint]) -> Vm:
-        """Wrap a native VM built from a snapshot or a fork; it owns ``endpoint``."""
+    def _bind(self, native: _native.NativeVm, endpoint: Optional[VsockEndpoint]) -> None:
+        """Become the VM ``native`` is (its configuration read back from it); it owns ``endpoint``."""
         memory_mib, vcpus, kernel, acpi, disks, vsock = native.config()
         if endpoint is not None and vsock is None:
             endpoint.close()  # the saved VM had no vsock device: the socket was not needed
             endpoint = None
-        vm = cls.__new__(cls)
-        vm._native = native
-        vm._vsock = endpoint
+        self._native = native
+        self._vsock = endpoint
         if endpoint is not None:
-            weakref.finalize(vm, endpoint.close)
-        vm.disks = [(os.fspath(p), ro, serial) for p, ro, serial in disks]
-        vm._serial = Serial(native)
-        vm._expect_offset = 0
-        vm.memory_mib = memory_mib
-        vm.acpi = acpi
-        vm.expect_timeout = 30.0
-        vm.vcpus = vcpus
-        vm.kernel = os.fspath(kernel)
+            weakref.finalize(self, endpoint.close)
+        self.disks = [(os.fspath(p), ro, serial) for p, ro, serial in disks]
+        """The disks as ``(path, read_only, serial)``, in the order the guest sees them."""
+        self._serial = Serial(native)
+        self._expect_offset = 0
+        self.memory_mib: int = memory_mib
+        """The guest's RAM in MiB."""
+        self.acpi: bool = acpi
+        """Whether the guest has ACPI tables (and so a power button)."""
+        self.expect_timeout: Optional[float] = 30.0
+        """Seconds :meth:`expect` waits when given no ``timeout`` (``None``: forever)."""
+        self.vcpus: int = vcpus
+        """The number of vCPUs."""
+        self.kernel: str = os.fspath(kernel)
+        """The kernel image's path."""
+
+    @classmethod
+    def _adopt(cls, native: _native.NativeVm, endpoint: Optional[VsockEndpoint]) -> Vm:
+        """Wrap a native VM built from a snapshot, a fork or the command line; it owns ``endpoint``."""
+        vm = cls.__new__(cls)
+        vm._bind(native, endpoint)
         return vm
 
     def snapshot(self, path: PathArg) -> int:

@@ -470,7 +470,8 @@ impl From<crate::refusal::Refusal> for Refused {
     }
 }
 
-fn parse_disk(text: &str) -> Result<DiskConfig, Usage> {
+/// Parses a `--blk` value, `path=PATH[,read_only=on|off|true|false][,serial=S]`.
+pub fn parse_disk(text: &str) -> Result<DiskConfig, Usage> {
     let blk = parse_key_values("blk", text, BLK_KEYS)?;
     let Some(path) = blk.get("path") else {
         return Err(Usage::Value("--blk: path=PATH is required".into()));
@@ -768,5 +769,23 @@ mod tests {
         assert_eq!(ok.memory_mib.0, Some(256));
         assert_eq!(ok.kernel.cmdline, "quiet");
         assert!(ok.disks[0].read_only);
+        assert_eq!(ok.disks[0].serial.as_deref(), Some("s"));
+        assert!(matches!(
+            &ok.net[0].backend,
+            crate::config::NetBackendConfig::User { forward } if forward.len() == 2
+        ));
+        let tap = vm_args(&opts(
+            "",
+            "path=/k",
+            &[],
+            &["tap=tap0,mac=06:00:ac:10:00:02"],
+        ))
+        .unwrap();
+        assert!(matches!(
+            &tap.net[0].backend,
+            crate::config::NetBackendConfig::Tap { name } if name == "tap0"
+        ));
+        assert_eq!(tap.net[0].mac, [6, 0, 0xac, 0x10, 0, 2]);
+        assert!(usage(opts("", "path=/x", &[], &["tap=t,ro=on"])).contains("unknown key 'ro'"));
     }
 }

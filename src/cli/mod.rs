@@ -1,12 +1,15 @@
-//! The `vmm-reference` command, natively: boot a kernel with its serial console on this
-//! terminal, in the original project's syntax. It behaves as `python -m vmm_reference` does
-//! (the same options, messages, exit statuses and terminal handling; the CLI tests run both)
-//! but starts in about a millisecond instead of the ~30 ms Python needs to start and import.
+//! The `vmm-reference` command: boot a kernel with its serial console on this terminal, in
+//! the original project's syntax. This module owns the whole command line — options, help,
+//! messages, exit statuses, the terminal — for both ways it is started: the native program
+//! (`src/bin`, which starts in about a millisecond) and `python -m vmm_reference`, whose
+//! `cli.py` calls [`run`] through the extension.
 //!
-//! `-- COMMAND` (run a command in the guest through its agent) is the Python package's: the
-//! guest agent's client is Python, and a boot to userspace dwarfs interpreter start-up, so
-//! the command hands the whole command line to `python3 -m vmm_reference` (the interpreter
-//! installed beside this program, or `$VMM_REFERENCE_PYTHON`, or `python3` on `PATH`).
+//! `-- COMMAND` (run a command in the guest through its agent) needs the agent's client,
+//! which is Python: [`run`] parses and checks everything, then hands back a
+//! [`CommandRequest`] instead of booting. The native program answers that by handing its
+//! command line to `python3 -m vmm_reference` (the interpreter installed beside it, or
+//! `$VMM_REFERENCE_PYTHON`, or `python3` on `PATH`); a boot to userspace dwarfs interpreter
+//! start-up.
 //!
 //! Exit status: 0 when the guest reset, shut down or powered off the machine; the guest's
 //! code when it wrote one to the exit device; 1 when the VM failed, panicked or was killed;
@@ -69,15 +72,39 @@ extern "C" fn on_stop_signal(signo: libc::c_int) {
     STOP_SIGNAL.store(signo, Ordering::Relaxed);
 }
 
-fn catch_stop_signals() {
-    for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: a zeroed sigaction with a handler that only stores to an atomic is valid
-        // and async-signal-safe; SA_RESTART is deliberately off so blocking waits return.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(signo, &sa, std::ptr::null_mut());
+/// SIGINT, SIGTERM and SIGHUP caught while the console runs, and the handlers they had put
+/// back when dropped (inside Python, its own SIGINT handler comes back).
+struct StopSignals {
+    saved: Vec<(libc::c_int, libc::sigaction)>,
+}
+
+impl StopSignals {
+    fn catch() -> StopSignals {
+        STOP_SIGNAL.store(0, Ordering::Relaxed);
+        let mut saved = Vec::new();
+        for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // SAFETY: a zeroed sigaction with a handler that only stores to an atomic is valid
+            // and async-signal-safe; SA_RESTART is deliberately off so blocking waits return.
+            // The previous action is written into a zeroed sigaction we own.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_stop_signal as extern "C" fn(libc::c_int) as usize;
+                libc::sigemptyset(&mut sa.sa_mask);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(signo, &sa, &mut old) == 0 {
+                    saved.push((signo, old));
+                }
+            }
+        }
+        StopSignals { saved }
+    }
+}
+
+impl Drop for StopSignals {
+    fn drop(&mut self) {
+        for (signo, old) in &self.saved {
+            // SAFETY: `old` is the action sigaction returned for this signal.
+            unsafe { libc::sigaction(*signo, old, std::ptr::null_mut()) };
         }
     }
 }
@@ -86,51 +113,87 @@ fn error(message: &str) {
     eprintln!("{PROG}: error: {message}");
 }
 
-/// Runs the command with `argv` (without the program name); returns the exit status.
+/// `-- COMMAND`: what to run in the guest, and the VM to run it in (checked, not built).
+#[derive(Debug)]
+pub struct CommandRequest {
+    /// The VM, without its vsock device (the agent's client adds one with its socket).
+    pub config: VmConfig,
+    /// The command and its arguments.
+    pub command: Vec<String>,
+    /// `--console`: copy the guest's console to stderr.
+    pub console: bool,
+    /// `--ready-timeout`, seconds.
+    pub ready_timeout: f64,
+}
+
+/// What [`run`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    /// It is over: exit with this status (help, a usage error, or the VM ran and ended).
+    Exit(i32),
+    /// The command line asks for a command in the guest: the agent's client runs it.
+    Command(Box<CommandRequest>),
+}
+
+/// The native program: [`run`], and `-- COMMAND` handed to the Python package.
 pub fn main(argv: Vec<String>) -> i32 {
-    let opts = match args::parse(&argv) {
+    match run(&argv) {
+        Outcome::Exit(code) => code,
+        Outcome::Command(_) => run_in_python(&argv),
+    }
+}
+
+/// Runs the command line `argv` (without the program name): prints the help, the version or
+/// a usage error, or boots the VM with its console on this terminal until it ends; a
+/// command after `--` comes back as [`Outcome::Command`] once its options are checked.
+pub fn run(argv: &[String]) -> Outcome {
+    let opts = match args::parse(argv) {
         Ok(Request::Help) => {
             print!("{USAGE}{HELP}");
-            return 0;
+            return Outcome::Exit(0);
         }
         Ok(Request::Version) => {
             println!("{PROG} {}", env!("CARGO_PKG_VERSION"));
-            return 0;
+            return Outcome::Exit(0);
         }
         Ok(Request::Run(opts)) => opts,
         Err(Usage::Syntax(m)) => {
             eprint!("{USAGE}");
             error(&m);
-            return EXIT_USAGE;
+            return Outcome::Exit(EXIT_USAGE);
         }
         Err(Usage::Value(m)) => {
             error(&m);
-            return EXIT_USAGE;
+            return Outcome::Exit(EXIT_USAGE);
         }
+    };
+    let config = match config(&opts) {
+        Ok(config) => config,
+        Err(e) => return Outcome::Exit(refused(e)),
     };
     if !opts.command.is_empty() {
-        return run_in_python(&argv);
+        let ready_timeout = opts
+            .ready_timeout
+            .as_deref()
+            .and_then(|t| t.trim().parse::<f64>().ok())
+            .unwrap_or(DEFAULT_READY_TIMEOUT);
+        return Outcome::Command(Box::new(CommandRequest {
+            config,
+            command: opts.command,
+            console: opts.console,
+            ready_timeout,
+        }));
     }
-    let vm = match build(&opts) {
+    let vm = match Vm::new(config) {
         Ok(vm) => Arc::new(vm),
-        Err(Refused::Usage(Usage::Syntax(m) | Usage::Value(m))) => {
-            error(&m);
-            return EXIT_USAGE;
-        }
-        Err(Refused::Vm(e)) => {
-            error(&e.to_string());
-            return if is_usage_error(&e) {
-                EXIT_USAGE
-            } else {
-                EXIT_FAILED
-            };
-        }
+        Err(e) => return Outcome::Exit(refused(Refused::Vm(e))),
     };
-    catch_stop_signals();
+    let signals = StopSignals::catch();
     let raw = terminal::RawMode::enter(libc::STDIN_FILENO);
-    let status = run(&vm);
+    let status = console(&vm);
     drop(raw);
-    match status {
+    drop(signals);
+    Outcome::Exit(match status {
         Ok(Some(status)) => {
             let (code, message) = exit_code(&status);
             if let Some(m) = message {
@@ -146,11 +209,32 @@ pub fn main(argv: Vec<String>) -> i32 {
             error(&e.to_string());
             EXIT_FAILED
         }
+    })
+}
+
+/// How long `-- COMMAND` waits for the guest agent when `--ready-timeout` is not given.
+pub const DEFAULT_READY_TIMEOUT: f64 = 120.0;
+
+/// Prints why the VM was refused; returns the exit status.
+fn refused(e: Refused) -> i32 {
+    match e {
+        Refused::Usage(Usage::Syntax(m) | Usage::Value(m)) => {
+            error(&m);
+            EXIT_USAGE
+        }
+        Refused::Vm(e) => {
+            error(&e.to_string());
+            if is_usage_error(&e) {
+                EXIT_USAGE
+            } else {
+                EXIT_FAILED
+            }
+        }
     }
 }
 
-/// The VM the options describe, built and not started.
-fn build(opts: &args::Options) -> Result<Vm, Refused> {
+/// The VM the options describe, checked (files are opened when it is built).
+pub fn config(opts: &args::Options) -> Result<VmConfig, Refused> {
     let a = args::vm_args(opts)?;
     let memory_mib = config::int_arg(
         "memory_mib",
@@ -165,7 +249,7 @@ fn build(opts: &args::Options) -> Result<Vm, Refused> {
         &a.himem_start.1,
         config::himem_start_range,
     )?;
-    let config = VmConfig {
+    Ok(VmConfig {
         memory_mib,
         vcpus,
         kernel: config::KernelConfig {
@@ -180,13 +264,12 @@ fn build(opts: &args::Options) -> Result<Vm, Refused> {
         rng: a.rng,
         transport: a.transport,
         seccomp: true,
-    };
-    Ok(Vm::new(config)?)
+    })
 }
 
 /// Starts the VM and copies its console to stdout until it ends; None when a signal
 /// stopped us first (the VM is killed).
-fn run(vm: &Arc<Vm>) -> Result<Option<ExitStatus>, Error> {
+fn console(vm: &Arc<Vm>) -> Result<Option<ExitStatus>, Error> {
     vm.start()?;
     let forwarder = terminal::StdinForwarder::start(vm.clone(), libc::STDIN_FILENO).ok();
     let console = vm.console();

@@ -4,87 +4,27 @@
 //! - blocking happens with the GIL released ([`Python::detach`]) in short slices, between
 //!   which pending signals are checked, so Ctrl-C and Jupyter's interrupt button work;
 //! - a Rust panic is caught and becomes a `VmError`, never a `PanicException` or an abort;
-//! - errors become the classes of `vmm_reference.errors`, chosen by [`ErrorKind`].
+//! - errors become the classes of `vmm_reference.errors` (made in [`errors`]), chosen by
+//!   [`ErrorKind`](crate::error::ErrorKind), with their fields as attributes.
+
+mod cli;
+mod errors;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::config::{DiskConfig, KernelConfig, VmConfig, VsockConfig};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 use crate::exit::ExitStatus;
 use crate::vm::{ForkSpec, RestoreOptions, Vm};
+use errors::{raise, to_py};
 
 /// How long one GIL-free wait lasts before signals are checked again.
 const SLICE: Duration = Duration::from_millis(50);
-
-fn error_class(kind: ErrorKind) -> &'static str {
-    match kind {
-        ErrorKind::InvalidArgument => "VmConfigError",
-        ErrorKind::FileNotFound => "VmFileNotFoundError",
-        ErrorKind::PermissionDenied => "VmPermissionError",
-        ErrorKind::KvmUnavailable => "KvmUnavailableError",
-        ErrorKind::InvalidState => "VmStateError",
-        ErrorKind::Snapshot => "VmSnapshotError",
-        ErrorKind::Internal => "VmError",
-    }
-}
-
-fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
-    raise_with(py, class, message, &[])
-}
-
-/// Raises `class` with `message` and attributes `fields` (name, value) set on the exception.
-fn raise_with(
-    py: Python<'_>,
-    class: &str,
-    message: String,
-    fields: &[(&str, Option<String>)],
-) -> PyErr {
-    let made = py
-        .import("vmm_reference.errors")
-        .and_then(|m| m.getattr(class))
-        .and_then(|cls| cls.call1((message.clone(),)))
-        .and_then(|exc| {
-            for (name, value) in fields {
-                exc.setattr(*name, value)?;
-            }
-            Ok(exc)
-        });
-    match made {
-        Ok(exc) => PyErr::from_value(exc),
-        Err(_) => PyRuntimeError::new_err(message),
-    }
-}
-
-fn to_py(py: Python<'_>, e: impl Into<Error>) -> PyErr {
-    use crate::refusal::Refusal;
-    let e: Error = e.into();
-    // A refusal's parts become the exception's attributes: which argument, the value given,
-    // what is accepted (or the file), as the message says them.
-    let fields: Vec<(&str, Option<String>)> = match &e {
-        Error::Refused(Refusal::InvalidArgument {
-            arg,
-            value,
-            expected,
-        }) => vec![
-            ("argument", Some(arg.to_string())),
-            ("value", Some(value.clone())),
-            ("accepted", Some(expected.clone())),
-        ],
-        Error::Refused(Refusal::FileNotFound { arg, path })
-        | Error::Refused(Refusal::PermissionDenied { arg, path, .. }) => vec![
-            ("argument", Some(arg.to_string())),
-            ("path", Some(path.display().to_string())),
-        ],
-        _ => Vec::new(),
-    };
-    raise_with(py, error_class(e.kind()), e.to_string(), &fields)
-}
 
 /// Runs `f`, turning a panic into a `VmError`.
 fn guarded<T>(py: Python<'_>, f: impl FnOnce() -> Result<T, Error>) -> PyResult<T> {
@@ -186,7 +126,7 @@ fn status_tuple(s: ExitStatus) -> StatusTuple {
 
 /// A VM owned by Python. See `vmm_reference.Vm` for the documented API.
 #[pyclass(frozen, module = "vmm_reference._native", name = "NativeVm")]
-struct NativeVm {
+pub(crate) struct NativeVm {
     vm: Vm,
 }
 
@@ -514,7 +454,9 @@ fn max_vcpus() -> Option<usize> {
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    errors::add(m)?;
     m.add_class::<NativeVm>()?;
+    cli::add(m)?;
     m.add_function(wrap_pyfunction!(max_vcpus, m)?)?;
     m.add("DEFAULT_CMDLINE", crate::config::DEFAULT_CMDLINE)?;
     m.add("VERSION", env!("CARGO_PKG_VERSION"))?;
