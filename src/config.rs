@@ -268,6 +268,27 @@ impl RngConfig {
     }
 }
 
+/// The most shared directories one VM has.
+pub const MAX_SHARES: usize = 16;
+/// The longest tag a share may have (virtio-fs keeps it in 36 bytes).
+pub const MAX_SHARE_TAG: usize = 36;
+
+/// A host directory the guest mounts (virtio-fs) by its tag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ShareConfig {
+    /// The host directory.
+    pub path: PathBuf,
+    /// What the guest mounts it by (`mount -t virtiofs TAG /mnt`).
+    pub tag: String,
+    /// Refuse every change, on the host.
+    pub read_only: bool,
+}
+
+/// The accepted `shares[i].tag`.
+pub fn share_tag_range() -> String {
+    format!("expected 1 to {MAX_SHARE_TAG} bytes, no NUL, unique among the VM's shares")
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
@@ -290,6 +311,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// An entropy device.
     pub rng: Option<RngConfig>,
+    /// Host directories shared with the guest, one virtio-fs device each.
+    pub shares: Vec<ShareConfig>,
     /// How the guest reaches the virtio devices.
     pub transport: Transport,
     /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off
@@ -309,6 +332,7 @@ impl Default for VmConfig {
             net: Vec::new(),
             vsock: None,
             rng: None,
+            shares: Vec::new(),
             transport: Transport::Mmio,
             seccomp: true,
         }
@@ -371,6 +395,24 @@ impl VmConfig {
         if let Some(rng) = &self.rng {
             rng.validate()?;
         }
+        if self.shares.len() > MAX_SHARES {
+            return Err(Error::invalid(
+                "shares",
+                format!("{} shares", self.shares.len()),
+                format!("expected at most {MAX_SHARES}"),
+            ));
+        }
+        for (i, share) in self.shares.iter().enumerate() {
+            let tag = &share.tag;
+            let taken = self.shares[..i].iter().any(|s| &s.tag == tag);
+            if tag.is_empty() || tag.len() > MAX_SHARE_TAG || tag.contains('\0') || taken {
+                return Err(Error::invalid(
+                    format!("shares[{i}].tag"),
+                    format!("{tag:?}"),
+                    share_tag_range(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -380,6 +422,7 @@ impl VmConfig {
             + self.net.len()
             + usize::from(self.vsock.is_some())
             + usize::from(self.rng.is_some())
+            + self.shares.len()
     }
 }
 

@@ -148,6 +148,8 @@ pub struct EventLoop {
     pub seccomp: bool,
     /// The devices' child processes (passt), which the loop stops when the VM does.
     pub children: Vec<u32>,
+    /// The VM has shared directories: the loop's filter lets the file server work.
+    pub shares: bool,
 }
 
 /// Lets every device give back its host resources (TAPs, passt, sockets).
@@ -169,6 +171,7 @@ impl EventLoop {
             let scope = crate::seccomp::Scope {
                 children: self.children.clone(),
                 kick_signal: crate::vcpu::kick_signal(),
+                shares: self.shares,
             };
             (crate::seccomp::ThreadKind::EventLoop, scope)
         });

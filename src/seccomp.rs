@@ -52,6 +52,9 @@ pub struct Scope {
     pub children: Vec<u32>,
     /// The signal the event loop kicks this process's vCPU threads with (0: none).
     pub kick_signal: i32,
+    /// The event loop serves shared directories: it may open, make, rename, link and
+    /// remove files ([`SHARES`]), relative to the descriptors the file server holds.
+    pub shares: bool,
 }
 
 /// System calls every VMM thread makes: memory, futexes, signals, clocks, exit (`mmap` and
@@ -118,6 +121,29 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_unlinkat,
     libc::SYS_eventfd2,
     libc::SYS_timerfd_settime,
+];
+
+/// What the event loop may also do when it serves shared directories (virtio-fs): the file
+/// server's calls. Paths cannot be checked here (seccomp sees pointers), so the server's own
+/// rules keep it inside each share (`devices/virtio/fs/passthrough.rs`).
+const SHARES: &[i64] = &[
+    libc::SYS_openat,
+    libc::SYS_open,
+    libc::SYS_mkdirat,
+    libc::SYS_mknodat,
+    libc::SYS_symlinkat,
+    libc::SYS_linkat,
+    libc::SYS_renameat,
+    libc::SYS_renameat2,
+    libc::SYS_readlinkat,
+    libc::SYS_chmod,
+    libc::SYS_fchmodat,
+    libc::SYS_fchownat,
+    libc::SYS_ftruncate,
+    libc::SYS_utimensat,
+    libc::SYS_getdents64,
+    libc::SYS_fstatfs,
+    libc::SYS_statfs,
 ];
 
 const REAPER: &[i64] = &[];
@@ -231,9 +257,15 @@ pub fn program(kind: ThreadKind, scope: &Scope) -> Result<BpfProgram, seccompile
         ThreadKind::EventLoop => EVENT_LOOP,
         ThreadKind::Reaper => REAPER,
     };
+    let shares: &[i64] = if kind == ThreadKind::EventLoop && scope.shares {
+        SHARES
+    } else {
+        &[]
+    };
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(own)
+        .chain(shares)
         .map(|&nr| (nr, Vec::new()))
         .collect();
     rules.extend(conditional(kind, scope)?);
@@ -457,6 +489,7 @@ mod tests {
         let scope = Scope {
             children: vec![pid],
             kick_signal: 0,
+            shares: false,
         };
         let (other, term, status) = std::thread::spawn(move || {
             install(ThreadKind::EventLoop, &scope).expect("install the filter");

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from . import _native
-from .devices import DeviceInfo, Disk, Rng, Tap, UserNet, Vsock
+from .devices import DeviceInfo, Disk, Rng, Share, Tap, UserNet, Vsock
 from .errors import (
     KvmUnavailableError,
     VmAgentError,
@@ -39,6 +39,7 @@ __all__ = [
     "KvmUnavailableError",
     "Rng",
     "Serial",
+    "Share",
     "Tap",
     "UserNet",
     "Vm",

@@ -105,6 +105,7 @@ class NativeVm:
         transport: str = ...,
         rng: bool = ...,
         rng_rate: Optional[int] = ...,
+        shares: list[tuple[str, str, bool]] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

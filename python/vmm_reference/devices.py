@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from .errors import VmConfigError
 
-__all__ = ["DeviceInfo", "Disk", "DiskArg", "NetArg", "Rng", "Tap", "UserNet", "Vsock"]
+__all__ = ["DeviceInfo", "Disk", "DiskArg", "NetArg", "Rng", "Share", "Tap", "UserNet", "Vsock"]
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,54 @@ def disk_tuples(disks: object) -> list[tuple[str, bool, Optional[str]]]:
 
 
 @dataclass(frozen=True)
+class Share:
+    """A host directory the guest mounts by its tag: ``mount -t virtiofs TAG /mnt``.
+
+    Served in the VMM's process (no daemon) as a virtio-fs device; the guest needs
+    ``CONFIG_VIRTIO_FS`` (the Debian kernel's ``virtiofs`` module). The guest reaches nothing
+    outside ``path`` (not through ``..``, symbolic links, hard links or renames) and acts as
+    the VMM's own user; ``read_only=True`` is enforced by the host, not only by the guest's
+    mount flags. See ``docs/security.md``.
+    """
+
+    path: Union[str, os.PathLike[str]]
+    """The host directory."""
+    tag: str
+    """What the guest mounts it by: 1 to 36 bytes, unique among the VM's shares."""
+    read_only: bool = False
+    """Refuse every change the guest asks for."""
+    protocol: str = "virtiofs"
+    """``"virtiofs"`` (the only one for now)."""
+
+
+def share_tuples(shares: object) -> list[tuple[str, str, bool]]:
+    """Turn ``shares`` into what the native layer takes; type errors name ``shares[i]``."""
+    if isinstance(shares, (str, bytes, os.PathLike, Share)) or not hasattr(shares, "__iter__"):
+        raise VmConfigError(f"invalid shares={shares!r}: expected a list of Share objects")
+    out = []
+    for i, share in enumerate(shares):
+        if not isinstance(share, Share):
+            raise VmConfigError(f"invalid shares[{i}]={share!r}: expected a Share")
+        path = os.fspath(share.path)
+        if not isinstance(path, str):
+            raise VmConfigError(f"invalid shares[{i}].path={share.path!r}: expected a str path")
+        if not isinstance(share.tag, str):
+            raise VmConfigError(f"invalid shares[{i}].tag={share.tag!r}: expected a str")
+        if not isinstance(share.read_only, bool):
+            raise VmConfigError(f"invalid shares[{i}].read_only={share.read_only!r}: expected True or False")
+        if share.protocol != "virtiofs":
+            raise VmConfigError(f'invalid shares[{i}].protocol={share.protocol!r}: expected "virtiofs" '
+                                "(9p is not available yet)")
+        out.append((path, share.tag, share.read_only))
+    return out
+
+
+@dataclass(frozen=True)
 class DeviceInfo:
     """A device of the VM, as :attr:`Vm.boot_info` lists it."""
 
     kind: str
-    """``"virtio-blk"``, ``"virtio-net"``, ``"virtio-vsock"`` or ``"virtio-rng"``."""
+    """``"virtio-blk"``, ``"virtio-net"``, ``"virtio-vsock"``, ``"virtio-rng"`` or ``"virtio-fs"``."""
     mmio_base: int
     """Guest-physical address of its registers: the virtio-mmio page, or on PCI its BAR 0
     where the VMM placed it (the guest may move it)."""

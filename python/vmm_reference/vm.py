@@ -14,7 +14,7 @@ from typing import Any, Optional, TypeVar, Union
 from . import _native
 from ._aio import to_thread
 from .agent import DEFAULT_MAX_OUTPUT, Client, Command, Input
-from .devices import DeviceInfo, DiskArg, NetArg, Rng, Vsock, disk_tuples, net_tuples
+from .devices import DeviceInfo, DiskArg, NetArg, Rng, Share, Vsock, disk_tuples, net_tuples, share_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
 from .expect import Pattern, expect
 from .serial import Serial
@@ -140,6 +140,9 @@ class Vm:
         rng: ``True`` or an :class:`~vmm_reference.Rng` (``rate``, bytes per second) for a
             virtio-rng device fed from the host's ``getrandom``; the guest needs
             ``virtio_rng`` (the asset initramfs loads it).
+        shares: host directories the guest mounts by tag (``mount -t virtiofs TAG /mnt``),
+            as :class:`~vmm_reference.Share` objects; one virtio-fs device each, served in
+            this process. A VM with shares cannot be snapshotted or forked.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -162,6 +165,7 @@ class Vm:
         seccomp: bool = True,
         transport: str = "mmio",
         rng: Union[bool, Rng, None] = None,
+        shares: Sequence[Share] = (),
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -173,6 +177,7 @@ class Vm:
         assert kernel_path is not None
         disk_list = disk_tuples(disks)
         net_list = net_tuples(net)
+        share_list = share_tuples(shares)
         endpoint = resolve_vsock(vsock)
         try:
             native = _native.NativeVm(
@@ -191,6 +196,7 @@ class Vm:
                 transport=transport,
                 rng=bool(rng),
                 rng_rate=rng.rate if isinstance(rng, Rng) else None,
+                shares=share_list,
             )
         except BaseException:
             if endpoint is not None:

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{
-    net_config, DiskConfig, KernelConfig, NetConfig, RngConfig, Transport, DEFAULT_CMDLINE,
-    DEFAULT_MEMORY_MIB,
+    net_config, DiskConfig, KernelConfig, NetConfig, RngConfig, ShareConfig, Transport,
+    DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
 };
 use crate::error::Error;
 
@@ -20,6 +20,7 @@ pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--
                      --kernel path=PATH[,KEY=VALUE...]
                      [--blk path=PATH[,read_only=on][,serial=S]]
                      [--net tap=NAME[,mac=MAC] | user[,forward=H:G]]
+                     [--fs path=DIR,tag=TAG[,read_only=on]]
                      [--transport mmio|pci] [--rng] [--console]
                      [--ready-timeout SECONDS] [--version]
 ";
@@ -56,6 +57,12 @@ options:
                         default, for kernels with CONFIG_VIRTIO_MMIO) or pci,
                         with MSI-X (for kernels with CONFIG_VIRTIO_PCI, as
                         defconfig + kvm_guest.config builds them)
+  --fs path=DIR,tag=TAG[,read_only=on]
+                        a host directory the guest mounts with `mount -t
+                        virtiofs TAG /mnt` (repeatable; a virtio-fs device
+                        each): tag: 1 to 36 bytes; read_only: on/off/true/false
+                        (default off), enforced on the host; protocol:
+                        virtiofs (the default and only one for now)
   --rng                 a virtio-rng device: entropy for the guest from the
                         host's getrandom
   --console             with -- COMMAND: copy the guest's console to stderr
@@ -72,6 +79,7 @@ vmm-reference OPTIONS -- COMMAND [ARG...] runs COMMAND in the guest through its 
 
 const KERNEL_KEYS: &[&str] = &["path", "himem_start", "cmdline", "initrd"];
 const BLK_KEYS: &[&str] = &["path", "read_only", "serial"];
+const FS_KEYS: &[&str] = &["path", "tag", "read_only", "protocol"];
 const TAP_KEYS: &[&str] = &["tap", "mac"];
 const USER_KEYS: &[&str] = &["forward", "mac"];
 
@@ -92,7 +100,7 @@ pub enum Request {
     /// Print the version.
     Version,
     /// Boot with the console on this terminal, or run `command` in the guest.
-    Run(Options),
+    Run(Box<Options>),
 }
 
 /// The options, as given (values still `key=value` text).
@@ -108,6 +116,8 @@ pub struct Options {
     pub blk: Vec<String>,
     /// `--net`, in order.
     pub net: Vec<String>,
+    /// `--fs`, in order.
+    pub fs: Vec<String>,
     /// `--transport`, as written.
     pub transport: Option<String>,
     /// `--rng`.
@@ -126,6 +136,7 @@ const VALUED: &[&str] = &[
     "--vcpus",
     "--kernel",
     "--blk",
+    "--fs",
     "--net",
     "--transport",
     "--ready-timeout",
@@ -267,6 +278,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             "--kernel" => opts.kernel = value,
             "--blk" => opts.blk.push(value),
             "--net" => opts.net.push(value),
+            "--fs" => opts.fs.push(value),
             "--transport" => opts.transport = Some(value),
             _ => opts.ready_timeout = Some(value),
         }
@@ -290,7 +302,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             )));
         }
     }
-    Ok(Request::Run(opts))
+    Ok(Request::Run(Box::new(opts)))
 }
 
 /// Parses `key=value,key=value` for `--option`; keys must be among `keys`. Pairs are split at a
@@ -437,6 +449,8 @@ pub struct VmArgs {
     pub disks: Vec<DiskConfig>,
     /// The network devices.
     pub net: Vec<NetConfig>,
+    /// The shared directories.
+    pub shares: Vec<ShareConfig>,
     /// The virtio transport.
     pub transport: Transport,
     /// The entropy device.
@@ -470,23 +484,57 @@ impl From<crate::refusal::Refusal> for Refused {
     }
 }
 
+/// `on`/`off`/`true`/`false` for `--option`'s `key`.
+fn on_off(option: &str, key: &str, value: &str) -> Result<bool, Usage> {
+    match value.to_ascii_lowercase().as_str() {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(Usage::Value(format!(
+            "--{option}: invalid {key}={}: expected on, off, true or false",
+            py_repr(value)
+        ))),
+    }
+}
+
+/// Parses a `--fs` value, `path=DIR,tag=TAG[,read_only=on][,protocol=virtiofs]`.
+pub fn parse_share(text: &str) -> Result<ShareConfig, Usage> {
+    let fs = parse_key_values("fs", text, FS_KEYS)?;
+    let (Some(path), Some(tag)) = (fs.get("path"), fs.get("tag")) else {
+        return Err(Usage::Value(
+            "--fs: path=DIR and tag=TAG are required".into(),
+        ));
+    };
+    match fs.get("protocol").map(String::as_str) {
+        None | Some("virtiofs") => {}
+        Some(other) => {
+            return Err(Usage::Value(format!(
+                "--fs: invalid protocol={}: expected virtiofs (9p is not available yet)",
+                py_repr(other)
+            )))
+        }
+    }
+    Ok(ShareConfig {
+        path: PathBuf::from(path),
+        tag: tag.clone(),
+        read_only: on_off(
+            "fs",
+            "read_only",
+            fs.get("read_only").map_or("off", String::as_str),
+        )?,
+    })
+}
+
 /// Parses a `--blk` value, `path=PATH[,read_only=on|off|true|false][,serial=S]`.
 pub fn parse_disk(text: &str) -> Result<DiskConfig, Usage> {
     let blk = parse_key_values("blk", text, BLK_KEYS)?;
     let Some(path) = blk.get("path") else {
         return Err(Usage::Value("--blk: path=PATH is required".into()));
     };
-    let read_only = blk.get("read_only").map_or("off", String::as_str);
-    let read_only = match read_only.to_ascii_lowercase().as_str() {
-        "on" | "true" => true,
-        "off" | "false" => false,
-        _ => {
-            return Err(Usage::Value(format!(
-                "--blk: invalid read_only={}: expected on, off, true or false",
-                py_repr(read_only)
-            )))
-        }
-    };
+    let read_only = on_off(
+        "blk",
+        "read_only",
+        blk.get("read_only").map_or("off", String::as_str),
+    )?;
     Ok(DiskConfig {
         path: PathBuf::from(path),
         read_only,
@@ -595,6 +643,11 @@ pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
         },
         disks,
         net,
+        shares: opts
+            .fs
+            .iter()
+            .map(|t| parse_share(t))
+            .collect::<Result<Vec<_>, _>>()?,
         transport: match &opts.transport {
             Some(t) => Transport::parse(t)?,
             None => Transport::Mmio,

@@ -8,7 +8,7 @@ fn args(a: &[&str]) -> Vec<String> {
 
 fn run(a: &[&str]) -> Options {
     match parse(&args(a)) {
-        Ok(Request::Run(o)) => o,
+        Ok(Request::Run(o)) => *o,
         other => panic!("{other:?}"),
     }
 }

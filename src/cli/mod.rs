@@ -262,6 +262,7 @@ pub fn config(opts: &args::Options) -> Result<VmConfig, Refused> {
         net: a.net,
         vsock: None,
         rng: a.rng,
+        shares: a.shares,
         transport: a.transport,
         seccomp: true,
     })

@@ -133,7 +133,7 @@ pub(crate) struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None, shares=Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -152,6 +152,7 @@ impl NativeVm {
         transport: &str,
         rng: bool,
         rng_rate: Option<&Bound<'_, PyAny>>,
+        shares: Vec<(PathBuf, String, bool)>,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range};
         let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
@@ -191,6 +192,14 @@ impl NativeVm {
             net,
             vsock,
             rng,
+            shares: shares
+                .into_iter()
+                .map(|(path, tag, read_only)| crate::config::ShareConfig {
+                    path,
+                    tag,
+                    read_only,
+                })
+                .collect(),
             transport,
             seccomp,
         };

@@ -54,6 +54,9 @@ impl Vm {
         if let Some(r) = &config.rng {
             dm.register_virtio(Rng::new(r))?;
         }
+        for (i, share) in config.shares.iter().enumerate() {
+            dm.register_virtio(Fs::new(i, share)?)?;
+        }
         let devices = dm.finish()?;
         let boot = match origin {
             Origin::Boot => boot::load(&memory, &config, &devices)?,
@@ -186,6 +189,14 @@ impl From<crate::devices::virtio::block::Error> for Error {
     fn from(e: crate::devices::virtio::block::Error) -> Self {
         match e {
             crate::devices::virtio::block::Error::Image(h) => h.into(),
+        }
+    }
+}
+
+impl From<crate::devices::virtio::fs::Error> for Error {
+    fn from(e: crate::devices::virtio::fs::Error) -> Self {
+        match e {
+            crate::devices::virtio::fs::Error::Share(h) => h.into(),
         }
     }
 }

@@ -28,6 +28,7 @@ use crate::devices::boot_marker::BootMarkers;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::block::Block;
+use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::net::{Net, NetCounters};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::transport::VirtioTransport;
@@ -214,6 +215,7 @@ impl Vm {
                 .iter()
                 .filter_map(|d| d.locked().child_pid())
                 .collect(),
+            shares: !self.config.shares.is_empty(),
         };
         let handle = match event_loop.spawn() {
             Ok(handle) => handle,

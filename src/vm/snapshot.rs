@@ -240,6 +240,13 @@ impl Vm {
         let Some(resources) = &self.resources else {
             return Err(snapshot_error("the VM is gone".into()));
         };
+        if !self.config.shares.is_empty() {
+            return Err(snapshot_error(
+                "cannot snapshot or fork a VM with shares: the guest's open files and inodes \
+                 in them are held by this process and cannot be saved"
+                    .into(),
+            ));
+        }
         let answers = self
             .vcpus
             .request(|_| crate::vcpu::VcpuEvent::SaveState)

@@ -12,11 +12,13 @@
  * talks to the host through the VMM's vsock device: `probe.vsock=info|test|bad` and
  * `probe.bench=vsockrx|vsocktx` (see vsock_probe and bench_vsock). The PCI platform and the
  * virtio-pci transport are pci.c's (`probe.pci=`); it runs blk_test on virtio-pci disks through
- * struct blk's `ops`, which answer the virtio-mmio register offsets for another transport. */
+ * struct blk's `ops`, which answer the virtio-mmio register offsets for another transport. The
+ * virtio-fs (FUSE) client is fs.c's (`probe.fs=list|test`). */
 #include <stdint.h>
 
 #include "net.h" /* the virtio-net driver in net.c: probe.net=, probe.bench=nettx */
 #include "pci.h" /* PCI and virtio-pci in pci.c: probe.pci= */
+#include "fs.h"  /* the virtio-fs driver in fs.c: probe.fs= */
 
 #define COM1 0x3f8
 #define LSR_DATA_READY 0x01
@@ -2769,7 +2771,7 @@ static void bench(const char *cmdline, uint64_t rsdp_hint) {
     putc_('\n');
 }
 
-/* ---- Exports for net.c (see net.h): the probe's own helpers, for the virtio-net driver -- */
+/* ---- Exports for net.c and fs.c (see net.h, fs.h): the probe's own helpers, for them ---- */
 
 void probe_puts(const char *s) { puts_(s); }
 void probe_putc(char c) { putc_(c); }
@@ -2780,17 +2782,21 @@ int probe_word_is(const char *v, const char *word) { return word_is(v, word); }
 uint64_t probe_parse_dec(const char *v) { return parse_dec(v); }
 uint64_t probe_deadline_ms(uint64_t ms) { return deadline_ms(ms); }
 uint64_t probe_tsc_khz(const char **source) { return tsc_khz(source); }
-int probe_virtio_find(const char *cmdline, uint64_t rsdp_hint, uint32_t device_id, uint64_t *base, uint32_t *gsi) {
+int probe_virtio_next(const char *cmdline, uint64_t rsdp_hint, uint32_t device_id, int after, uint64_t *base,
+                      uint32_t *gsi) {
     struct vloc v[VIRTIO_MAX_DEVS];
     const char *source;
     int n = virtio_devices(cmdline, rsdp_hint, v, &source);
-    for (int i = 0; i < n; i++) {
+    for (int i = after + 1; i < n; i++) {
         if (mmio_read32(v[i].base + VM_DEVICE_ID) != device_id) continue;
         *base = v[i].base;
         *gsi = v[i].gsi;
         return i;
     }
     return -1;
+}
+int probe_virtio_find(const char *cmdline, uint64_t rsdp_hint, uint32_t device_id, uint64_t *base, uint32_t *gsi) {
+    return probe_virtio_next(cmdline, rsdp_hint, device_id, -1, base, gsi);
 }
 
 /* ---- Exports for pci.c (see pci.h): ACPI tables, and the blk driver on another transport -- */
@@ -2848,6 +2854,8 @@ void pvh_main(const uint8_t *start_info) {
     if (blk) blk_probe(cmdline, rsdp, blk);
     const char *net = cmdline ? cmdline_arg(cmdline, "probe.net") : 0;
     if (net) net_probe(cmdline, rsdp, net); /* net.c */
+    const char *fsm = cmdline ? cmdline_arg(cmdline, "probe.fs") : 0;
+    if (fsm) fs_probe(cmdline, rsdp, fsm); /* fs.c */
     const char *vsk = cmdline ? cmdline_arg(cmdline, "probe.vsock") : 0;
     if (vsk) vsock_probe(cmdline, rsdp, vsk);
     const char *pci = cmdline ? cmdline_arg(cmdline, "probe.pci") : 0;
@@ -2996,6 +3004,8 @@ void probe_main(const uint8_t *zp) {
     if (cmd_ptr && word_is(cmdline_arg(cmdline, "probe.i8042"), "test")) i8042_probe();
     const char *net = cmd_ptr ? cmdline_arg(cmdline, "probe.net") : 0;
     if (net) net_probe(cmdline, *(const uint64_t *)(zp + 0x70), net); /* net.c */
+    const char *fsm = cmd_ptr ? cmdline_arg(cmdline, "probe.fs") : 0;
+    if (fsm) fs_probe(cmdline, *(const uint64_t *)(zp + 0x70), fsm); /* fs.c */
     const char *pci = cmd_ptr ? cmdline_arg(cmdline, "probe.pci") : 0;
     if (pci) pci_probe(cmdline, *(const uint64_t *)(zp + 0x70), pci); /* pci.c */
 

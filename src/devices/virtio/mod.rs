@@ -16,6 +16,7 @@
 
 pub mod block;
 pub mod bufs;
+pub mod fs;
 pub mod interrupt;
 pub mod net;
 pub mod queue;

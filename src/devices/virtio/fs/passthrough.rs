@@ -1,0 +1,661 @@
+//! A host directory served to the guest: the inodes it has looked up and the files it has
+//! open, and every operation on them, confined to the directory.
+//!
+//! How the guest is kept inside the share:
+//! - each inode the guest knows is held as an `O_PATH` descriptor, reached from the share's
+//!   root one name at a time (`openat(parent, name, O_PATH | O_NOFOLLOW)`, the name a single
+//!   component: no `/`, never empty); symbolic links are never followed on the host (the
+//!   guest resolves them itself, in its own namespace), so neither an absolute nor a
+//!   relative link leads anywhere the guest could not reach by names;
+//! - `..` is answered only with an inode the guest already holds (reached from the root by
+//!   names), and the root's `..` is the root;
+//! - files are opened again through `/proc/self/fd/N` of their `O_PATH` descriptor, only
+//!   regular files and directories, so a name swapped between lookup and open cannot redirect
+//!   the open;
+//! - every other operation is an `*at` call relative to a descriptor held here, or one on a
+//!   descriptor (`ftruncate`, `fchmodat` through `/proc/self/fd`), never a path from the root;
+//! - read-only is the host's: no descriptor is opened for writing and every operation that
+//!   would change the tree answers `EROFS`;
+//! - set-user-ID and set-group-ID bits are never set on the host, and device nodes are never
+//!   made; the guest acts with the VMM's own user and never more;
+//! - inodes and open files per device are capped ([`MAX_INODES`], [`MAX_HANDLES`]): past
+//!   them the guest gets `ENFILE`/`EMFILE`, the host process's descriptors are not exhausted.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+
+/// The most inodes one device holds at once.
+pub const MAX_INODES: usize = 65_536;
+/// The most files and directories one device has open at once.
+pub const MAX_HANDLES: usize = 16_384;
+/// The root's node id (FUSE's `FUSE_ROOT_ID`).
+pub const ROOT: u64 = 1;
+
+/// An operation's failure: a positive errno, which the reply carries negated.
+pub type Errno = i32;
+/// An operation's result.
+pub type Res<T> = Result<T, Errno>;
+
+fn last_errno() -> Errno {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `ret` as a result: -1 is the thread's errno.
+fn check(ret: libc::c_int) -> Res<libc::c_int> {
+    if ret < 0 {
+        Err(last_errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+struct Inode {
+    fd: OwnedFd,
+    /// `(st_dev, st_ino)`: one node id per host inode, as the guest's kernel expects.
+    key: (u64, u64),
+    /// Lookups not yet forgotten.
+    refs: u64,
+    /// `st_mode & S_IFMT`.
+    kind: u32,
+}
+
+/// An open file or directory.
+pub struct Handle {
+    /// The descriptor.
+    pub file: File,
+    /// Whether it is a directory (READDIR) rather than a file (READ/WRITE).
+    pub dir: bool,
+}
+
+/// One share: its root, what the guest holds, and whether it may write.
+pub struct Passthrough {
+    inodes: HashMap<u64, Inode>,
+    by_key: HashMap<(u64, u64), u64>,
+    handles: HashMap<u64, Handle>,
+    next_node: u64,
+    next_handle: u64,
+    read_only: bool,
+}
+
+fn stat_fd(fd: libc::c_int) -> Res<libc::stat64> {
+    // SAFETY: a zeroed stat64 is valid for fstatat64 to fill.
+    let mut st: libc::stat64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the empty path with AT_EMPTY_PATH makes fstatat64 describe `fd` itself; `st`
+    // is a valid stat64.
+    check(unsafe {
+        libc::fstatat64(
+            fd,
+            c"".as_ptr(),
+            &mut st,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// `/proc/self/fd/N` for `fd`: the descriptor's own inode, whatever its name is now.
+fn proc_path(fd: libc::c_int) -> CString {
+    CString::new(format!("/proc/self/fd/{fd}")).unwrap_or_default()
+}
+
+/// A name from the guest as one path component: not empty, no `/`, at most 255 bytes.
+/// `.` and `..` are refused here (only LOOKUP answers them, itself).
+pub fn component(name: &[u8]) -> Res<CString> {
+    if name.is_empty() || name.contains(&b'/') || name == b"." || name == b".." {
+        return Err(libc::EINVAL);
+    }
+    if name.len() > 255 {
+        return Err(libc::ENAMETOOLONG);
+    }
+    CString::new(name).map_err(|_| libc::EINVAL)
+}
+
+/// What a guest's mode may set on the host: permissions and the sticky bit, never
+/// set-user-ID or set-group-ID.
+fn safe_mode(mode: u32) -> libc::mode_t {
+    mode & 0o1777
+}
+
+/// `O_*` flags from the guest that we pass on when opening; the rest (`O_CREAT`, `O_EXCL`,
+/// `O_PATH`, `O_TMPFILE`, `O_NOCTTY`, `O_DIRECTORY`, ...) are ours to choose.
+fn open_flags(flags: u32) -> libc::c_int {
+    let keep = libc::O_ACCMODE
+        | libc::O_APPEND
+        | libc::O_TRUNC
+        | libc::O_NONBLOCK
+        | libc::O_DSYNC
+        | libc::O_SYNC
+        | libc::O_NOATIME
+        | libc::O_DIRECT;
+    (flags as libc::c_int) & keep
+}
+
+fn writes(flags: libc::c_int) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+impl Passthrough {
+    /// The directory `root`, opened; `read_only` refuses every change.
+    pub fn new(root: &Path, read_only: bool) -> std::io::Result<Passthrough> {
+        let path = CString::new(root.as_os_str().as_encoded_bytes())
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        // SAFETY: `path` is NUL-terminated; the flags open a path descriptor of a directory.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let st = stat_fd(fd.as_raw_fd()).map_err(std::io::Error::from_raw_os_error)?;
+        let mut fs = Passthrough {
+            inodes: HashMap::new(),
+            by_key: HashMap::new(),
+            handles: HashMap::new(),
+            next_node: ROOT + 1,
+            next_handle: 1,
+            read_only,
+        };
+        let key = (st.st_dev, st.st_ino);
+        fs.inodes.insert(
+            ROOT,
+            Inode {
+                fd,
+                key,
+                refs: 1,
+                kind: st.st_mode & libc::S_IFMT,
+            },
+        );
+        fs.by_key.insert(key, ROOT);
+        Ok(fs)
+    }
+
+    /// Whether the share refuses changes.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Inodes held (the root included).
+    pub fn inodes(&self) -> usize {
+        self.inodes.len()
+    }
+
+    /// Files and directories open.
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Forgets everything but the root (the driver reset or unmounted).
+    pub fn reset(&mut self) {
+        self.handles.clear();
+        self.inodes.retain(|&n, _| n == ROOT);
+        self.by_key.retain(|_, n| *n == ROOT);
+        if let Some(root) = self.inodes.get_mut(&ROOT) {
+            root.refs = 1;
+        }
+    }
+
+    fn inode(&self, node: u64) -> Res<&Inode> {
+        self.inodes.get(&node).ok_or(libc::ENOENT)
+    }
+
+    fn fd(&self, node: u64) -> Res<libc::c_int> {
+        Ok(self.inode(node)?.fd.as_raw_fd())
+    }
+
+    fn writable(&self) -> Res<()> {
+        if self.read_only {
+            Err(libc::EROFS)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Attributes of `node`.
+    pub fn getattr(&self, node: u64) -> Res<libc::stat64> {
+        stat_fd(self.fd(node)?)
+    }
+
+    /// Takes `fd` (an `O_PATH` descriptor of something inside the share) as an inode the guest
+    /// looked up once more: its node id and attributes.
+    fn adopt(&mut self, fd: OwnedFd) -> Res<(u64, libc::stat64)> {
+        let st = stat_fd(fd.as_raw_fd())?;
+        let key = (st.st_dev, st.st_ino);
+        if let Some(&node) = self.by_key.get(&key) {
+            if let Some(inode) = self.inodes.get_mut(&node) {
+                inode.refs += 1;
+                return Ok((node, st));
+            }
+        }
+        if self.inodes.len() >= MAX_INODES {
+            return Err(libc::ENFILE);
+        }
+        let node = self.next_node;
+        self.next_node += 1;
+        self.inodes.insert(
+            node,
+            Inode {
+                fd,
+                key,
+                refs: 1,
+                kind: st.st_mode & libc::S_IFMT,
+            },
+        );
+        self.by_key.insert(key, node);
+        Ok((node, st))
+    }
+
+    /// The inode `name` in directory `parent` (one more lookup of it).
+    pub fn lookup(&mut self, parent: u64, name: &[u8]) -> Res<(u64, libc::stat64)> {
+        let dir = self.inode(parent)?;
+        if dir.kind != libc::S_IFDIR {
+            return Err(libc::ENOTDIR);
+        }
+        match name {
+            b"." => return self.again(parent),
+            b".." if parent == ROOT => return self.again(ROOT),
+            b".." => {
+                // Only an inode the guest already holds: its parent was reached from the
+                // root by names, so it is inside the share.
+                let fd = self.open_path(dir.fd.as_raw_fd(), c"..")?;
+                let st = stat_fd(fd.as_raw_fd())?;
+                let node = *self
+                    .by_key
+                    .get(&(st.st_dev, st.st_ino))
+                    .ok_or(libc::ENOENT)?;
+                return self.again(node);
+            }
+            _ => {}
+        }
+        let name = component(name)?;
+        let fd = self.open_path(dir.fd.as_raw_fd(), &name)?;
+        self.adopt(fd)
+    }
+
+    fn again(&mut self, node: u64) -> Res<(u64, libc::stat64)> {
+        let st = self.getattr(node)?;
+        if let Some(inode) = self.inodes.get_mut(&node) {
+            inode.refs += 1;
+        }
+        Ok((node, st))
+    }
+
+    fn open_path(&self, dir: libc::c_int, name: &std::ffi::CStr) -> Res<OwnedFd> {
+        // SAFETY: `name` is NUL-terminated; O_PATH | O_NOFOLLOW opens the entry itself,
+        // following no link.
+        let fd = check(unsafe {
+            libc::openat(
+                dir,
+                name.as_ptr(),
+                libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        })?;
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// The guest forgets `count` lookups of `node`; the inode goes when none is left.
+    pub fn forget(&mut self, node: u64, count: u64) {
+        if node == ROOT {
+            return;
+        }
+        let Some(inode) = self.inodes.get_mut(&node) else {
+            return;
+        };
+        inode.refs = inode.refs.saturating_sub(count);
+        if inode.refs == 0 {
+            if let Some(gone) = self.inodes.remove(&node) {
+                self.by_key.remove(&gone.key);
+            }
+        }
+    }
+
+    fn add_handle(&mut self, file: File, dir: bool) -> Res<u64> {
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(libc::EMFILE);
+        }
+        let fh = self.next_handle;
+        self.next_handle += 1;
+        self.handles.insert(fh, Handle { file, dir });
+        Ok(fh)
+    }
+
+    /// Opens `node` (a regular file, or a directory when `dir`) with the guest's `flags`.
+    pub fn open(&mut self, node: u64, flags: u32, dir: bool) -> Res<u64> {
+        let inode = self.inode(node)?;
+        let flags = if dir {
+            libc::O_RDONLY | libc::O_DIRECTORY
+        } else {
+            open_flags(flags)
+        };
+        match (inode.kind, dir) {
+            (libc::S_IFDIR, true) | (libc::S_IFREG, false) => {}
+            (libc::S_IFDIR, false) => return Err(libc::EISDIR),
+            (_, true) => return Err(libc::ENOTDIR),
+            (libc::S_IFLNK, false) => return Err(libc::ELOOP),
+            _ => return Err(libc::EACCES), // devices, FIFOs and sockets stay the host's
+        }
+        if writes(flags) {
+            self.writable()?;
+        }
+        let path = proc_path(inode.fd.as_raw_fd());
+        // SAFETY: `path` is NUL-terminated; the flags come from `open_flags`, O_CLOEXEC added.
+        let fd = check(unsafe { libc::open(path.as_ptr(), flags | libc::O_CLOEXEC) })?;
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        self.add_handle(file, dir)
+    }
+
+    /// The open file or directory `fh`.
+    pub fn handle(&self, fh: u64) -> Res<&Handle> {
+        self.handles.get(&fh).ok_or(libc::EBADF)
+    }
+
+    /// Closes `fh`.
+    pub fn release(&mut self, fh: u64) -> Res<()> {
+        self.handles.remove(&fh).map(|_| ()).ok_or(libc::EBADF)
+    }
+
+    /// Creates and opens the regular file `name` in `parent`: its entry and handle.
+    pub fn create(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: u32,
+    ) -> Res<(u64, libc::stat64, u64)> {
+        self.writable()?;
+        let name = component(name)?;
+        let dir = self.fd(parent)?;
+        if self.handles.len() >= MAX_HANDLES {
+            return Err(libc::EMFILE);
+        }
+        let flags = open_flags(flags) | libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        // SAFETY: `name` is NUL-terminated; O_NOFOLLOW refuses a link in its place.
+        let fd = check(unsafe { libc::openat(dir, name.as_ptr(), flags, safe_mode(mode)) })?;
+        // SAFETY: `fd` was just opened and is owned by nothing else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        // The inode is the file just opened, not whatever the name means by now.
+        let path = proc_path(file.as_raw_fd());
+        // SAFETY: `path` is NUL-terminated.
+        let pfd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+        // SAFETY: `pfd` was just opened and is owned by nothing else.
+        let (node, st) = self.adopt(unsafe { OwnedFd::from_raw_fd(pfd) })?;
+        let fh = self.add_handle(file, false)?;
+        Ok((node, st, fh))
+    }
+
+    /// Makes `name` in `parent` with `make` (mkdirat, mknodat, symlinkat) and looks it up.
+    fn make(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        make: impl FnOnce(libc::c_int, &std::ffi::CStr) -> libc::c_int,
+    ) -> Res<(u64, libc::stat64)> {
+        self.writable()?;
+        let name = component(name)?;
+        let dir = self.fd(parent)?;
+        check(make(dir, &name))?;
+        let fd = self.open_path(dir, &name)?;
+        self.adopt(fd)
+    }
+
+    /// Makes the directory `name` in `parent`.
+    pub fn mkdir(&mut self, parent: u64, name: &[u8], mode: u32) -> Res<(u64, libc::stat64)> {
+        // SAFETY: `n` is NUL-terminated and `d` a directory descriptor held here.
+        self.make(parent, name, |d, n| unsafe {
+            libc::mkdirat(d, n.as_ptr(), safe_mode(mode))
+        })
+    }
+
+    /// Makes a regular file, FIFO or socket `name` in `parent`; never a device node.
+    pub fn mknod(&mut self, parent: u64, name: &[u8], mode: u32) -> Res<(u64, libc::stat64)> {
+        let kind = mode & libc::S_IFMT;
+        if ![libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK].contains(&kind) {
+            return Err(libc::EPERM);
+        }
+        // SAFETY: as in `mkdir`; no device number is passed.
+        self.make(parent, name, |d, n| unsafe {
+            libc::mknodat(d, n.as_ptr(), kind | safe_mode(mode), 0)
+        })
+    }
+
+    /// Makes the symbolic link `name` in `parent` pointing at `target` (text; never followed
+    /// on the host).
+    pub fn symlink(&mut self, parent: u64, name: &[u8], target: &[u8]) -> Res<(u64, libc::stat64)> {
+        let target = CString::new(target).map_err(|_| libc::EINVAL)?;
+        if target.as_bytes().is_empty() || target.as_bytes().len() > 4095 {
+            return Err(libc::EINVAL);
+        }
+        // SAFETY: both strings are NUL-terminated; `d` is a directory descriptor held here.
+        self.make(parent, name, |d, n| unsafe {
+            libc::symlinkat(target.as_ptr(), d, n.as_ptr())
+        })
+    }
+
+    /// A new name `name` in `parent` for the inode `node` (a hard link inside the share).
+    pub fn link(&mut self, node: u64, parent: u64, name: &[u8]) -> Res<(u64, libc::stat64)> {
+        let inode = self.inode(node)?;
+        if inode.kind == libc::S_IFDIR {
+            return Err(libc::EPERM);
+        }
+        let from = proc_path(inode.fd.as_raw_fd());
+        // SAFETY: both paths are NUL-terminated; AT_SYMLINK_FOLLOW follows only the
+        // /proc/self/fd magic link to the inode held here.
+        self.make(parent, name, |d, n| unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                d,
+                n.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
+    }
+
+    /// Removes `name` from `parent` (`rmdir` for a directory).
+    pub fn unlink(&mut self, parent: u64, name: &[u8], rmdir: bool) -> Res<()> {
+        self.writable()?;
+        let name = component(name)?;
+        let dir = self.fd(parent)?;
+        let flags = if rmdir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: `name` is NUL-terminated; `dir` is a directory descriptor held here.
+        check(unsafe { libc::unlinkat(dir, name.as_ptr(), flags) }).map(|_| ())
+    }
+
+    /// Renames `name` in `parent` to `new_name` in `new_parent` (both inside the share).
+    pub fn rename(
+        &mut self,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Res<()> {
+        self.writable()?;
+        let allowed = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE;
+        if flags & !allowed != 0 {
+            return Err(libc::EINVAL);
+        }
+        let (name, new_name) = (component(name)?, component(new_name)?);
+        let (from, to) = (self.fd(parent)?, self.fd(new_parent)?);
+        // SAFETY: both names are NUL-terminated; both descriptors are directories held here.
+        check(unsafe { libc::renameat2(from, name.as_ptr(), to, new_name.as_ptr(), flags) })
+            .map(|_| ())
+    }
+
+    /// The target of the symbolic link `node`.
+    pub fn readlink(&self, node: u64) -> Res<Vec<u8>> {
+        let inode = self.inode(node)?;
+        if inode.kind != libc::S_IFLNK {
+            return Err(libc::EINVAL);
+        }
+        let mut buf = vec![0u8; 4096];
+        // SAFETY: the empty path with a symlink's O_PATH descriptor reads that link; `buf`
+        // has room for `buf.len()` bytes.
+        let n = unsafe {
+            libc::readlinkat(
+                inode.fd.as_raw_fd(),
+                c"".as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            return Err(last_errno());
+        }
+        buf.truncate(n as usize);
+        Ok(buf)
+    }
+
+    /// Changes what `valid` (FATTR_* bits) says of `node` (through `fh` when given);
+    /// returns the attributes after.
+    pub fn setattr(&mut self, node: u64, set: &SetAttr) -> Res<libc::stat64> {
+        use super::fuse::fattr;
+        self.writable()?;
+        let inode = self.inode(node)?;
+        let path = proc_path(inode.fd.as_raw_fd());
+        if set.valid & fattr::MODE != 0 {
+            if inode.kind == libc::S_IFLNK {
+                return Err(libc::EOPNOTSUPP);
+            }
+            // SAFETY: `path` is NUL-terminated; the mode never has set-ID bits.
+            check(unsafe { libc::chmod(path.as_ptr(), safe_mode(set.mode)) })?;
+        }
+        if set.valid & (fattr::UID | fattr::GID) != 0 {
+            let uid = if set.valid & fattr::UID != 0 {
+                set.uid
+            } else {
+                u32::MAX
+            };
+            let gid = if set.valid & fattr::GID != 0 {
+                set.gid
+            } else {
+                u32::MAX
+            };
+            // SAFETY: the empty path with AT_EMPTY_PATH changes the descriptor's own inode.
+            check(unsafe {
+                libc::fchownat(
+                    inode.fd.as_raw_fd(),
+                    c"".as_ptr(),
+                    uid,
+                    gid,
+                    libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+                )
+            })?;
+        }
+        if set.valid & fattr::SIZE != 0 {
+            if inode.kind != libc::S_IFREG {
+                return Err(libc::EINVAL);
+            }
+            let size = libc::off64_t::try_from(set.size).map_err(|_| libc::EFBIG)?;
+            let by_handle = (set.valid & fattr::FH != 0)
+                .then(|| self.handles.get(&set.fh))
+                .flatten()
+                .filter(|h| !h.dir);
+            let ret = match by_handle {
+                // SAFETY: ftruncate on a descriptor we own.
+                Some(h) => unsafe { libc::ftruncate64(h.file.as_raw_fd(), size) },
+                None => {
+                    // SAFETY: `path` is NUL-terminated.
+                    let fd = check(unsafe {
+                        libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC)
+                    })?;
+                    // SAFETY: `fd` was just opened and is owned by nothing else.
+                    let f = unsafe { OwnedFd::from_raw_fd(fd) };
+                    // SAFETY: ftruncate on a descriptor we own.
+                    unsafe { libc::ftruncate64(f.as_raw_fd(), size) }
+                }
+            };
+            check(ret)?;
+        }
+        if set.valid & (fattr::ATIME | fattr::MTIME) != 0 {
+            let time = |set_it: bool, now: bool, secs: u64, nsecs: u32| libc::timespec {
+                tv_sec: if set_it && !now {
+                    secs as libc::time_t
+                } else {
+                    0
+                },
+                tv_nsec: match (set_it, now) {
+                    (false, _) => libc::UTIME_OMIT,
+                    (true, true) => libc::UTIME_NOW,
+                    (true, false) => libc::c_long::from(nsecs.min(999_999_999) as i32),
+                },
+            };
+            let times = [
+                time(
+                    set.valid & fattr::ATIME != 0,
+                    set.valid & fattr::ATIME_NOW != 0,
+                    set.atime,
+                    set.atimensec,
+                ),
+                time(
+                    set.valid & fattr::MTIME != 0,
+                    set.valid & fattr::MTIME_NOW != 0,
+                    set.mtime,
+                    set.mtimensec,
+                ),
+            ];
+            if inode.kind == libc::S_IFLNK {
+                return Err(libc::EOPNOTSUPP);
+            }
+            // SAFETY: `path` is NUL-terminated and `times` holds two timespecs.
+            check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })?;
+        }
+        self.getattr(node)
+    }
+
+    /// `statfs` of the file system `node` is on.
+    pub fn statfs(&self, node: u64) -> Res<libc::statvfs64> {
+        // SAFETY: a zeroed statvfs64 is valid for fstatvfs64 to fill.
+        let mut st: libc::statvfs64 = unsafe { std::mem::zeroed() };
+        let fd = self.fd(node)?;
+        // SAFETY: `st` is a valid statvfs64; fstatvfs works on O_PATH descriptors.
+        check(unsafe { libc::fstatvfs64(fd, &mut st) })?;
+        Ok(st)
+    }
+
+    /// Writing to `fh` is allowed (the share is writable; a read-only share has no handle
+    /// open for writing anyway).
+    pub fn check_write(&self) -> Res<()> {
+        self.writable()
+    }
+}
+
+/// `struct fuse_setattr_in`, the fields used.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    /// FATTR_* bits saying which fields count.
+    pub valid: u32,
+    /// The open file to use (FATTR_FH).
+    pub fh: u64,
+    /// New size.
+    pub size: u64,
+    /// New access time, seconds.
+    pub atime: u64,
+    /// New modification time, seconds.
+    pub mtime: u64,
+    /// Nanoseconds of `atime`.
+    pub atimensec: u32,
+    /// Nanoseconds of `mtime`.
+    pub mtimensec: u32,
+    /// New mode.
+    pub mode: u32,
+    /// New owner.
+    pub uid: u32,
+    /// New group.
+    pub gid: u32,
+}
+
+#[cfg(test)]
+#[path = "passthrough_tests.rs"]
+mod tests;
