@@ -60,6 +60,10 @@ impl MmioTransport {
             0x44 => queue.map_or(0, |q| u32::from(q.ready)),
             0x60 => c.interrupt().status(),
             0x70 => c.status(),
+            // SHMLenLow/High, SHMBaseLow/High: no device here has shared memory regions, and
+            // a region that does not exist reads as length (and base) -1 (virtio 1.2, 4.2.2);
+            // 0 would be a region of length 0 at 0, which virtiofs tries to reserve.
+            0xb0 | 0xb4 | 0xb8 | 0xbc => u32::MAX,
             0xfc => c.config_generation(),
             _ => 0,
         }
@@ -257,6 +261,11 @@ mod tests {
         let mut c = [0u8; 3];
         t.read(0x102, &mut c);
         assert_eq!(&c, b"cde");
+        // No shared memory region: length and base read as -1.
+        w(&mut t, 0xac, 0);
+        for off in [0xb0, 0xb4, 0xb8, 0xbc] {
+            assert_eq!(r(&mut t, off), u32::MAX);
+        }
     }
 
     #[test]
