@@ -76,6 +76,9 @@ def cli(argv: list[str]) -> Union[int, CliCommand]:
 def cli_disk(text: str) -> tuple[str, bool, Optional[str]]:
     """Parse a ``--blk`` value into ``(path, read_only, serial)``; raise CliError when malformed."""
 
+def cli_share(text: str) -> tuple[str, str, bool]:
+    """Parse a ``--fs`` value into ``(path, tag, read_only)``; raise CliError when malformed."""
+
 class CliCommand:
     """``-- COMMAND`` as the command line gave it, its VM checked and not built."""
 

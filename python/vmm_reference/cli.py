@@ -29,12 +29,12 @@ import threading
 from typing import BinaryIO, Callable, Optional, TextIO
 
 from . import _native
-from .devices import Disk
+from .devices import Disk, Share
 from .errors import CliError, VmConfigError, VmError, VmFileNotFoundError
 from .vm import Vm
 from .vsock import resolve as resolve_vsock
 
-__all__ = ["EXIT_USAGE", "CliError", "main", "parse_disk"]
+__all__ = ["EXIT_USAGE", "CliError", "main", "parse_disk", "parse_share"]
 
 #: The exit status of a usage error: a malformed option, or a value the VMM refuses.
 EXIT_USAGE = 2
@@ -47,6 +47,15 @@ def parse_disk(text: str) -> Disk:
     """
     path, read_only, serial = _native.cli_disk(text)
     return Disk(os.fspath(path), read_only=read_only, serial=serial)
+
+
+def parse_share(text: str) -> Share:
+    """Parse a ``--fs`` value, ``path=DIR,tag=TAG[,read_only=on|off|true|false]``.
+
+    Raises :class:`~vmm_reference.errors.CliError` naming ``--fs`` when it is malformed.
+    """
+    path, tag, read_only = _native.cli_share(text)
+    return Share(os.fspath(path), tag=tag, read_only=read_only)
 
 
 def _writer(stream: Optional[BinaryIO], text: TextIO) -> Callable[[bytes], None]:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from .assets import AssetError, GuestAssets, fetch_guest
-from .devices import Disk
+from .devices import Disk, Share
 from .host import detect_kvm_kind
 from .vm import Vm
 
@@ -82,6 +82,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--vmm-disk", action="append", dest="vmm_disk", default=[], metavar="DISK",
                     help="disk image for the vm fixture, repeatable: PATH or path=PATH[,read_only=on][,serial=S]")
     parser.addini("vmm_disk", "disk images for the vm fixture, one per line", type="linelist")
+    group.addoption("--vmm-share", action="append", dest="vmm_share", default=[], metavar="SHARE",
+                    help="a host directory for the vm fixture to mount by its tag, repeatable: "
+                         "path=DIR,tag=TAG[,read_only=on] (mount -t virtiofs TAG /mnt)")
+    parser.addini("vmm_share", "shared directories for the vm fixture, one per line", type="linelist")
     group.addoption("--vmm-keep-console", action="store_true", default=False,
                     help="save every VM's console under the test's tmp_path, not only failed tests'")
     group.addoption("--vmm-strict", action="store_true", default=False,
@@ -212,6 +216,10 @@ def _default_vm_arguments(request: pytest.FixtureRequest, kwargs: dict[str, Any]
         specs = request.config.getoption("vmm_disk") or request.config.getini("vmm_disk")
         if specs:
             kwargs["disks"] = [_disk_option(spec) for spec in specs]
+    if "shares" not in kwargs:
+        specs = request.config.getoption("vmm_share") or request.config.getini("vmm_share")
+        if specs:
+            kwargs["shares"] = [_share_option(spec) for spec in specs]
     kwargs.setdefault("vsock", True)  # for vm.run(), vm.copy_to() and friends (the guest agent)
 
 
@@ -281,6 +289,16 @@ def _disk_option(spec: str) -> Disk:
         return parse_disk(spec)
     except CliError as e:
         raise pytest.UsageError(f"--vmm-disk: {e}") from None
+
+
+def _share_option(spec: str) -> Share:
+    """Parse a ``--vmm-share`` value: the CLI's ``path=...,tag=...[,read_only=on]`` form."""
+    from .cli import CliError, parse_share
+
+    try:
+        return parse_share(spec)
+    except CliError as e:
+        raise pytest.UsageError(f"--vmm-share: {e}") from None
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

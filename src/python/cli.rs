@@ -77,10 +77,22 @@ fn cli_disk(py: Python<'_>, text: &str) -> PyResult<(PathBuf, bool, Option<Strin
     }
 }
 
+/// A `--fs` value as `(path, tag, read_only)`; a malformed one raises `CliError`.
+#[pyfunction]
+fn cli_share(py: Python<'_>, text: &str) -> PyResult<(PathBuf, String, bool)> {
+    match crate::cli::args::parse_share(text) {
+        Ok(s) => Ok((s.path, s.tag, s.read_only)),
+        Err(crate::cli::args::Usage::Syntax(m) | crate::cli::args::Usage::Value(m)) => {
+            Err(raise(py, "CliError", m))
+        }
+    }
+}
+
 /// Adds the functions and class.
 pub fn add(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<CliCommand>()?;
     m.add_function(wrap_pyfunction!(cli, m)?)?;
     m.add_function(wrap_pyfunction!(cli_disk, m)?)?;
+    m.add_function(wrap_pyfunction!(cli_share, m)?)?;
     Ok(())
 }
