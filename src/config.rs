@@ -313,6 +313,9 @@ pub struct VmConfig {
     pub rng: Option<RngConfig>,
     /// Host directories shared with the guest, one virtio-fs device each.
     pub shares: Vec<ShareConfig>,
+    /// The host's root as the guest's ([`crate::host_root`]); its shares are added when the
+    /// VM is built.
+    pub host_root: Option<crate::host_root::HostRootConfig>,
     /// How the guest reaches the virtio devices.
     pub transport: Transport,
     /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off
@@ -333,6 +336,7 @@ impl Default for VmConfig {
             vsock: None,
             rng: None,
             shares: Vec::new(),
+            host_root: None,
             transport: Transport::Mmio,
             seccomp: true,
         }

@@ -46,6 +46,7 @@ pub mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod host_file;
+pub mod host_root;
 pub mod kvm;
 pub mod memory;
 pub mod reaper;

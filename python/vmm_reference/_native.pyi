@@ -85,8 +85,11 @@ class CliCommand:
     command: list[str]
     console: bool
     ready_timeout: float
-    def build(self, cid: int, uds: str) -> NativeVm:
-        """Build the VM with a vsock device of context ``cid`` on the socket ``uds`` (once)."""
+    host_root: bool
+    def build(self, cid: int, uds: str, initrd: Optional[str] = None) -> NativeVm:
+        """Build the VM with a vsock device of context ``cid`` on ``uds`` (and ``initrd`` if none was named)."""
+    def console(self, initrd: Optional[str]) -> int:
+        """Boot the VM on the host's root with its console on this terminal; the exit status."""
 
 class NativeVm:
     """The Rust VM object behind :class:`vmm_reference.Vm`."""
@@ -109,6 +112,7 @@ class NativeVm:
         rng: bool = ...,
         rng_rate: Optional[int] = ...,
         shares: list[tuple[str, str, bool]] = ...,
+        host_root: Optional[tuple[Optional[str], Optional[str]]] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

@@ -69,19 +69,29 @@ def _writer(stream: Optional[BinaryIO], text: TextIO) -> Callable[[bytes], None]
     return write
 
 
+def _initrd(request: _native.CliCommand) -> Optional[str]:
+    """Return the package's initramfs for a VM on the host's root (its /init mounts it), else None."""
+    if not request.host_root:
+        return None
+    from .assets import fetch_guest
+
+    return str(fetch_guest().initrd)
+
+
 def _build(request: _native.CliCommand) -> Vm:
     """Build the VM ``request`` describes, with the vsock device the agent's client talks to."""
     endpoint = resolve_vsock(True)
     assert endpoint is not None
     try:
-        native = request.build(endpoint.cid, endpoint.uds)
+        native = request.build(endpoint.cid, endpoint.uds, _initrd(request))
     except BaseException:
         endpoint.close()
         raise
     return Vm._adopt(native, endpoint)
 
 
-def _run_command(vm: Vm, command: list[str], console: bool, ready_timeout: float) -> int:
+def _run_command(vm: Vm, command: list[str], console: bool, ready_timeout: float,
+                 cwd: Optional[str] = None) -> int:
     """Boot, run ``command`` through the guest agent with its output on ours, power off; return its code."""
     from .agent import argv_of
 
@@ -116,7 +126,7 @@ def _run_command(vm: Vm, command: list[str], console: bool, ready_timeout: float
             print(f"vmm-reference: the guest agent did not answer: {e}", file=sys.stderr)
             return 1
         with vm._agent_client("the command") as client:
-            code: int = client.exec(argv_of(command), input=stdin, stdout=_writer(out, sys.stdout),
+            code: int = client.exec(argv_of(command), input=stdin, cwd=cwd, stdout=_writer(out, sys.stdout),
                                     stderr=_writer(err, sys.stderr))
     finally:
         try:
@@ -144,13 +154,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     outcome = _native.cli(argv)
     if isinstance(outcome, int):
         return outcome
+    if not outcome.command:  # the host's root, with a shell on the console
+        try:
+            return outcome.console(_initrd(outcome))
+        except VmError as e:
+            print(f"vmm-reference: error: {e}", file=sys.stderr)
+            return 1
     try:
         vm = _build(outcome)
     except VmError as e:
         print(f"vmm-reference: error: {e}", file=sys.stderr)
         return EXIT_USAGE if isinstance(e, (VmConfigError, VmFileNotFoundError)) else 1
     try:
-        return _run_command(vm, list(outcome.command), outcome.console, outcome.ready_timeout)
+        cwd = os.getcwd() if outcome.host_root else None  # the host's userspace: its working directory
+        return _run_command(vm, list(outcome.command), outcome.console, outcome.ready_timeout, cwd)
     except KeyboardInterrupt:
         vm.close()
         print("\nvmm-reference: interrupted", file=sys.stderr)

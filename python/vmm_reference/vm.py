@@ -64,6 +64,20 @@ def _check_int(name: str, value: object) -> int:
     return value
 
 
+def _host_root(root: object, cwd: object, modules: object) -> Optional[tuple[Optional[str], Optional[str]]]:
+    """``root``/``cwd``/``modules`` as the native layer takes them (None: the guest's own root)."""
+    if root is None:
+        if cwd not in (None, False) or modules is not None:
+            raise VmConfigError(f"invalid cwd={cwd!r}, modules={modules!r}: expected them only with root=\"host\"")
+        return None
+    if root != "host":
+        raise VmConfigError(f'invalid root={root!r}: expected "host" or None')
+    if cwd is True:
+        cwd = os.getcwd()
+    cwd_path = None if cwd in (None, False) else _check_path("cwd", cwd)
+    return cwd_path, _check_path("modules", modules, optional=True)
+
+
 def _check_path(name: str, value: object, optional: bool = False) -> Optional[str]:
     if value is None and optional:
         return None
@@ -140,6 +154,15 @@ class Vm:
         rng: ``True`` or an :class:`~vmm_reference.Rng` (``rate``, bytes per second) for a
             virtio-rng device fed from the host's ``getrandom``; the guest needs
             ``virtio_rng`` (the asset initramfs loads it).
+        root: ``"host"``: the host's ``/`` is the guest's, read-only, with writable tmpfs
+            overlays on ``/etc``, ``/var``, ``/root`` and ``/home`` and tmpfs on ``/tmp`` and
+            ``/run``; the guest's init (the asset initramfs, the default ``initrd`` then)
+            mounts it, and :meth:`run` runs commands in the host's userspace. The kernel needs
+            virtio-fs and overlayfs (built in, or the Debian modules the initramfs loads).
+        cwd: with ``root="host"``: ``True`` (the working directory) or a directory, shared
+            read-write at the same path.
+        modules: with ``root="host"``: a directory of kernel modules
+            (``/lib/modules/RELEASE``) mounted at ``/lib/modules/$(uname -r)``.
         shares: host directories the guest mounts by tag (``mount -t virtiofs TAG /mnt``),
             as :class:`~vmm_reference.Share` objects; one virtio-fs device each, served in
             this process. A VM with shares cannot be snapshotted or forked.
@@ -166,6 +189,9 @@ class Vm:
         transport: str = "mmio",
         rng: Union[bool, Rng, None] = None,
         shares: Sequence[Share] = (),
+        root: Optional[str] = None,
+        cwd: Union[bool, PathArg, None] = None,
+        modules: Optional[PathArg] = None,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -175,6 +201,13 @@ class Vm:
             raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
         kernel_path = _check_path("kernel", kernel)
         assert kernel_path is not None
+        host_root = _host_root(root, cwd, modules)
+        if host_root is not None and initrd is None:
+            from .assets import fetch_guest
+
+            initrd = fetch_guest().initrd  # its /init mounts the host's root
+        if host_root is not None and vsock is None:
+            vsock = True  # the agent runs the commands
         disk_list = disk_tuples(disks)
         net_list = net_tuples(net)
         share_list = share_tuples(shares)
@@ -197,6 +230,7 @@ class Vm:
                 rng=bool(rng),
                 rng_rate=rng.rate if isinstance(rng, Rng) else None,
                 shares=share_list,
+                host_root=host_root,
             )
         except BaseException:
             if endpoint is not None:

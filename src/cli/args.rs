@@ -21,6 +21,7 @@ pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--
                      [--blk path=PATH[,read_only=on][,serial=S]]
                      [--net tap=NAME[,mac=MAC] | user[,forward=H:G]]
                      [--fs path=DIR,tag=TAG[,read_only=on]]
+                     [--root host] [--rw-cwd] [--modules DIR]
                      [--transport mmio|pci] [--rng] [--console]
                      [--ready-timeout SECONDS] [--version]
 ";
@@ -63,6 +64,16 @@ options:
                         each): tag: 1 to 36 bytes; read_only: on/off/true/false
                         (default off), enforced on the host; protocol:
                         virtiofs (the default and only one for now)
+  --root host           the host's / as the guest's, read-only, with writable
+                        overlays on /etc, /var, /root, /home and tmpfs on /tmp
+                        and /run; -- COMMAND runs in the host's userspace and
+                        working directory, without it a shell on the console
+                        (the kernel needs virtio-fs and overlayfs, built in or
+                        as modules the package's initramfs loads)
+  --rw-cwd              with --root host: share the working directory
+                        read-write (the rest of / stays read-only)
+  --modules DIR         with --root host: kernel modules (/lib/modules/RELEASE)
+                        to mount at /lib/modules/$(uname -r)
   --rng                 a virtio-rng device: entropy for the guest from the
                         host's getrandom
   --console             with -- COMMAND: copy the guest's console to stderr
@@ -122,6 +133,12 @@ pub struct Options {
     pub transport: Option<String>,
     /// `--rng`.
     pub rng: bool,
+    /// `--root`, as written.
+    pub root: Option<String>,
+    /// `--rw-cwd`.
+    pub rw_cwd: bool,
+    /// `--modules`.
+    pub modules: Option<String>,
     /// `--console`.
     pub console: bool,
     /// `--ready-timeout`, as written.
@@ -137,11 +154,13 @@ const VALUED: &[&str] = &[
     "--kernel",
     "--blk",
     "--fs",
+    "--root",
+    "--modules",
     "--net",
     "--transport",
     "--ready-timeout",
 ];
-const FLAGS: &[&str] = &["--help", "--rng", "--console", "--version"];
+const FLAGS: &[&str] = &["--help", "--rng", "--rw-cwd", "--console", "--version"];
 
 /// Python's `repr()` of a string, as the Python CLI's messages show values.
 pub fn py_repr(s: &str) -> String {
@@ -231,17 +250,17 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
         match name {
             "--help" => return Ok(Request::Help),
             "--version" => return Ok(Request::Version),
-            "--console" | "--rng" => {
+            "--console" | "--rng" | "--rw-cwd" => {
                 if let Some(v) = &inline {
                     return Err(Usage::Syntax(format!(
                         "argument {name}: ignored explicit argument {}",
                         py_repr(v)
                     )));
                 }
-                if name == "--rng" {
-                    opts.rng = true;
-                } else {
-                    opts.console = true;
+                match name {
+                    "--rng" => opts.rng = true,
+                    "--rw-cwd" => opts.rw_cwd = true,
+                    _ => opts.console = true,
                 }
                 continue;
             }
@@ -264,7 +283,13 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
         };
         let once = matches!(
             name,
-            "--memory" | "--vcpus" | "--kernel" | "--transport" | "--ready-timeout"
+            "--memory"
+                | "--vcpus"
+                | "--kernel"
+                | "--transport"
+                | "--ready-timeout"
+                | "--root"
+                | "--modules"
         );
         if once && seen.contains(&name) {
             return Err(Usage::Syntax(format!(
@@ -280,6 +305,8 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             "--net" => opts.net.push(value),
             "--fs" => opts.fs.push(value),
             "--transport" => opts.transport = Some(value),
+            "--root" => opts.root = Some(value),
+            "--modules" => opts.modules = Some(value),
             _ => opts.ready_timeout = Some(value),
         }
     }
@@ -451,6 +478,8 @@ pub struct VmArgs {
     pub net: Vec<NetConfig>,
     /// The shared directories.
     pub shares: Vec<ShareConfig>,
+    /// The host's root as the guest's.
+    pub host_root: Option<crate::host_root::HostRootConfig>,
     /// The virtio transport.
     pub transport: Transport,
     /// The entropy device.
@@ -481,6 +510,32 @@ impl From<Error> for Refused {
 impl From<crate::refusal::Refusal> for Refused {
     fn from(r: crate::refusal::Refusal) -> Self {
         Refused::Vm(r.into())
+    }
+}
+
+/// `--root`, `--rw-cwd` and `--modules`.
+fn host_root(opts: &Options) -> Result<Option<crate::host_root::HostRootConfig>, Usage> {
+    match opts.root.as_deref() {
+        None if opts.rw_cwd || opts.modules.is_some() => Err(Usage::Value(
+            "--rw-cwd and --modules need --root host".into(),
+        )),
+        None => Ok(None),
+        Some("host") => {
+            Ok(Some(crate::host_root::HostRootConfig {
+                cwd: if opts.rw_cwd {
+                    Some(std::env::current_dir().map_err(|e| {
+                        Usage::Value(format!("--rw-cwd: the working directory: {e}"))
+                    })?)
+                } else {
+                    None
+                },
+                modules: opts.modules.as_ref().map(PathBuf::from),
+            }))
+        }
+        Some(other) => Err(Usage::Value(format!(
+            "--root: invalid value {}: expected host",
+            py_repr(other)
+        ))),
     }
 }
 
@@ -653,6 +708,7 @@ pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
             None => Transport::Mmio,
         },
         rng: opts.rng.then(RngConfig::default),
+        host_root: host_root(opts)?,
     })
 }
 

@@ -113,12 +113,14 @@ fn error(message: &str) {
     eprintln!("{PROG}: error: {message}");
 }
 
-/// `-- COMMAND`: what to run in the guest, and the VM to run it in (checked, not built).
+/// What the Python package runs: `-- COMMAND` (through the guest agent's client), or a VM on
+/// the host's root without an initramfs of its own (the package's is the default); the VM is
+/// checked, not built.
 #[derive(Debug)]
 pub struct CommandRequest {
     /// The VM, without its vsock device (the agent's client adds one with its socket).
     pub config: VmConfig,
-    /// The command and its arguments.
+    /// The command and its arguments (none: the console, with a shell on the host's root).
     pub command: Vec<String>,
     /// `--console`: copy the guest's console to stderr.
     pub console: bool,
@@ -171,7 +173,9 @@ pub fn run(argv: &[String]) -> Outcome {
         Ok(config) => config,
         Err(e) => return Outcome::Exit(refused(e)),
     };
-    if !opts.command.is_empty() {
+    // The host's root needs the package's initramfs (its /init mounts it) unless one is given.
+    let needs_python = config.host_root.is_some() && config.kernel.initrd.is_none();
+    if !opts.command.is_empty() || needs_python {
         let ready_timeout = opts
             .ready_timeout
             .as_deref()
@@ -184,16 +188,21 @@ pub fn run(argv: &[String]) -> Outcome {
             ready_timeout,
         }));
     }
+    Outcome::Exit(boot_console(config))
+}
+
+/// Boots `config` with its console on this terminal until it ends; the exit status.
+pub fn boot_console(config: VmConfig) -> i32 {
     let vm = match Vm::new(config) {
         Ok(vm) => Arc::new(vm),
-        Err(e) => return Outcome::Exit(refused(Refused::Vm(e))),
+        Err(e) => return refused(Refused::Vm(e)),
     };
     let signals = StopSignals::catch();
     let raw = terminal::RawMode::enter(libc::STDIN_FILENO);
     let status = console(&vm);
     drop(raw);
     drop(signals);
-    Outcome::Exit(match status {
+    match status {
         Ok(Some(status)) => {
             let (code, message) = exit_code(&status);
             if let Some(m) = message {
@@ -209,7 +218,17 @@ pub fn run(argv: &[String]) -> Outcome {
             error(&e.to_string());
             EXIT_FAILED
         }
-    })
+    }
+}
+
+/// The console of a VM on the host's root whose initramfs the package gave (`initrd`): a
+/// shell on the console (`vmm.init=shell`); the exit status.
+pub fn host_root_console(mut config: VmConfig, initrd: Option<std::path::PathBuf>) -> i32 {
+    if config.kernel.initrd.is_none() {
+        config.kernel.initrd = initrd;
+    }
+    config.kernel.cmdline.push_str(" vmm.init=shell");
+    boot_console(config)
 }
 
 /// How long `-- COMMAND` waits for the guest agent when `--ready-timeout` is not given.
@@ -263,6 +282,7 @@ pub fn config(opts: &args::Options) -> Result<VmConfig, Refused> {
         vsock: None,
         rng: a.rng,
         shares: a.shares,
+        host_root: a.host_root,
         transport: a.transport,
         seccomp: true,
     })

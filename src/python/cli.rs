@@ -28,6 +28,7 @@ fn cli(py: Python<'_>, argv: Vec<String>) -> PyResult<Py<PyAny>> {
         Outcome::Command(request) => Ok(Py::new(
             py,
             CliCommand {
+                host_root: request.config.host_root.is_some(),
                 command: request.command.clone(),
                 console: request.console,
                 ready_timeout: request.ready_timeout,
@@ -47,22 +48,52 @@ struct CliCommand {
     console: bool,
     #[pyo3(get)]
     ready_timeout: f64,
+    #[pyo3(get)]
+    host_root: bool,
     request: Mutex<Option<CommandRequest>>,
 }
 
 #[pymethods]
 impl CliCommand {
-    /// Builds the VM, with a vsock device of context `cid` on the socket `uds` (once).
-    fn build(&self, py: Python<'_>, cid: i128, uds: PathBuf) -> PyResult<NativeVm> {
-        let Some(request) = self.request.locked().take() else {
-            return Err(raise(py, "VmStateError", "the VM was built already".into()));
-        };
-        let mut config = request.config;
+    /// Builds the VM, with a vsock device of context `cid` on the socket `uds` and `initrd`
+    /// when the command line named none (once).
+    #[pyo3(signature = (cid, uds, initrd=None))]
+    fn build(
+        &self,
+        py: Python<'_>,
+        cid: i128,
+        uds: PathBuf,
+        initrd: Option<PathBuf>,
+    ) -> PyResult<NativeVm> {
+        let mut config = self.take(py)?.config;
+        if config.kernel.initrd.is_none() {
+            config.kernel.initrd = initrd;
+        }
         config.vsock = Some(VsockConfig {
             cid: crate::config::guest_cid(cid).map_err(|e| to_py(py, e))?,
             uds,
         });
         detached(py, "building the VM", || crate::vm::Vm::new(config)).map(|vm| NativeVm { vm })
+    }
+
+    /// Boots the VM on the host's root with its console on this terminal, `initrd` when the
+    /// command line named none (once); the exit status.
+    fn console(&self, py: Python<'_>, initrd: Option<PathBuf>) -> PyResult<i32> {
+        let config = self.take(py)?.config;
+        released(py, "running the console", move || {
+            let code = crate::cli::host_root_console(config, initrd);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            code
+        })
+    }
+}
+
+impl CliCommand {
+    fn take(&self, py: Python<'_>) -> PyResult<CommandRequest> {
+        self.request
+            .locked()
+            .take()
+            .ok_or_else(|| raise(py, "VmStateError", "the VM was built already".into()))
     }
 }
 

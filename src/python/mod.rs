@@ -133,7 +133,7 @@ pub(crate) struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None, shares=Vec::new()))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None, shares=Vec::new(), host_root=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -153,6 +153,7 @@ impl NativeVm {
         rng: bool,
         rng_rate: Option<&Bound<'_, PyAny>>,
         shares: Vec<(PathBuf, String, bool)>,
+        host_root: Option<(Option<PathBuf>, Option<PathBuf>)>,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range};
         let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
@@ -200,6 +201,8 @@ impl NativeVm {
                     read_only,
                 })
                 .collect(),
+            host_root: host_root
+                .map(|(cwd, modules)| crate::host_root::HostRootConfig { cwd, modules }),
             transport,
             seccomp,
         };

@@ -159,7 +159,10 @@ enum Origin<'a> {
 impl Vm {
     /// Builds a VM: validates `config`, creates the KVM VM with its in-kernel irqchip and
     /// PIT, maps and registers guest memory, loads the boot images and creates the vCPUs.
-    pub fn new(config: VmConfig) -> Result<Vm> {
+    pub fn new(mut config: VmConfig) -> Result<Vm> {
+        if let Some(root) = config.host_root.take() {
+            config = root.apply(config)?;
+        }
         let kvm = crate::kvm::open_kvm()?;
         config.validate(crate::kvm::host_memory_mib(), kvm.get_max_vcpus() as u32)?;
         let ram = create_guest_memory(config.memory_bytes())?;

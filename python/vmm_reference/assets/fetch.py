@@ -15,7 +15,7 @@ from .common import AssetError, GuestAssets, LabAssets, _offline, _safe, _say, c
 from .debian import _busybox, _kernel_files, _kernel_package
 from .modules import _GUEST_MODULES, _module_bytes, _module_name, module_load_order
 from .rootfs import _rootfs
-from .scripts import _INIT_SCRIPT, _POWER_BUTTON_SCRIPT
+from .scripts import _HOST_INIT_SCRIPT, _INIT_SCRIPT, _POWER_BUTTON_SCRIPT
 
 
 def _cached_guest(base: Path) -> GuestAssets:
@@ -60,7 +60,8 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
     busybox = _busybox(base)
     agent = _build_agent(base)
     modules_used = module_load_order(modules, _GUEST_MODULES)
-    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + agent.parent.name.encode()
+    recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + _HOST_INIT_SCRIPT.encode()
+                            + agent.parent.name.encode()
                             + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
     initrd = busybox.parent / f"initramfs-{_safe(modules.name)}-{recipe}.cpio.gz"
     if not initrd.exists():
@@ -68,7 +69,8 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
         extra = [CpioEntry("lib", d), CpioEntry("lib/vmm", d), CpioEntry("etc/acpi", d),
                  CpioEntry("etc/acpi/PWRF", d),
                  CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode()),
-                 CpioEntry("sbin", d), CpioEntry("sbin/vmm-agent", stat.S_IFREG | 0o755, agent.read_bytes())]
+                 CpioEntry("sbin", d), CpioEntry("sbin/vmm-agent", stat.S_IFREG | 0o755, agent.read_bytes()),
+                 CpioEntry("lib/vmm/host-init.sh", stat.S_IFREG | 0o755, _HOST_INIT_SCRIPT.encode())]
         # Numbered so that the init's glob (/lib/vmm/*.ko) loads them in this order.
         extra += [CpioEntry(f"lib/vmm/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
                   for i, m in enumerate(modules_used)]

@@ -52,6 +52,8 @@ _VALUES = {
     "AGENT_WAIT": _part("agent-wait.sh"),
     "MODE": _part("mode.sh"),
 }
+# A part with values of its own is filled in before it goes into a script.
+_VALUES["HOST_ROOT"] = _part("host-root.sh").format(**_VALUES)
 
 
 def script(name: str) -> str:
@@ -66,6 +68,10 @@ _INIT_SCRIPT = script("init.sh")
 #: /dev arrive mounted from the initramfs (mounted here otherwise); / is left read-only
 #: before the reboot so that the image is clean when the VM ends.
 _ROOTFS_INIT = script("rootfs-init.sh")
+
+#: PID 1 of a guest on the host's root (``vmm.root=host``): the initramfs's /init mounts the
+#: host's root, copies busybox, the agent and this script into its /run/vmm and switches to it.
+_HOST_INIT_SCRIPT = script("host-init.sh")
 
 #: busybox acpid runs /etc/acpi/PWRF/00000080 when the power button (KEY_POWER) is pressed.
 _POWER_BUTTON_SCRIPT = script("power-button.sh")

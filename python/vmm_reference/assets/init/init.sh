@@ -4,6 +4,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 for m in /lib/vmm/*.ko; do insmod "$m" 2>/dev/null; done
+{HOST_ROOT}
 root= fstype= flags=rw init=/sbin/init
 set -f
 for arg in $(cat /proc/cmdline); do

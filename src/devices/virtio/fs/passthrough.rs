@@ -18,6 +18,10 @@
 //!   would change the tree answers `EROFS`;
 //! - set-user-ID and set-group-ID bits are never set on the host, and device nodes are never
 //!   made; the guest acts with the VMM's own user and never more;
+//! - the host's kernel file systems (procfs, sysfs, debugfs, tracefs, cgroup, ...) are
+//!   mount points and nothing more: a guest sharing the host's `/` can mount its own over
+//!   them, but never looks inside the host's or opens them (the VMM's own `/proc/self`
+//!   would otherwise be one lookup away);
 //! - inodes and open files per device are capped ([`MAX_INODES`], [`MAX_HANDLES`]): past
 //!   them the guest gets `ENFILE`/`EMFILE`, the host process's descriptors are not exhausted.
 
@@ -62,6 +66,40 @@ struct Inode {
     refs: u64,
     /// `st_mode & S_IFMT`.
     kind: u32,
+    /// On one of the host kernel's own file systems ([`is_kernel_fs`]): never looked into
+    /// or opened.
+    kernel_fs: bool,
+}
+
+/// Whether the file system of `fd` is one of the host kernel's views of itself (statfs
+/// magic numbers from `linux/magic.h`).
+fn is_kernel_fs(fd: libc::c_int) -> bool {
+    const MAGICS: &[i64] = &[
+        0x9fa0,      // proc
+        0x6265_6572, // sysfs
+        0x6462_6720, // debugfs
+        0x7472_6163, // tracefs
+        0x0027_e0eb, // cgroup
+        0x6367_7270, // cgroup2
+        0x7363_6673, // securityfs
+        0xcafe_4a11, // bpf
+        0x1cd1,      // devpts
+        0xde5e_81e4, // efivarfs
+        0x6265_6570, // configfs
+        0x6165_676c, // pstore
+        0x6573_5543, // fusectl
+        0xf97c_ff8c, // selinuxfs
+        0x4249_4e4d, // binfmt_misc
+        0x6e73_6673, // nsfs
+        0x1980_0202, // mqueue
+    ];
+    // SAFETY: a zeroed statfs is valid for fstatfs to fill.
+    let mut st: libc::statfs64 = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid statfs64 and `fd` a descriptor we hold.
+    if unsafe { libc::fstatfs64(fd, &mut st) } != 0 {
+        return true; // cannot tell: keep out
+    }
+    MAGICS.contains(&(st.f_type as i64))
 }
 
 /// An open file or directory.
@@ -166,6 +204,7 @@ impl Passthrough {
             read_only,
         };
         let key = (st.st_dev, st.st_ino);
+        let kernel_fs = is_kernel_fs(fd.as_raw_fd());
         fs.inodes.insert(
             ROOT,
             Inode {
@@ -173,6 +212,7 @@ impl Passthrough {
                 key,
                 refs: 1,
                 kind: st.st_mode & libc::S_IFMT,
+                kernel_fs,
             },
         );
         fs.by_key.insert(key, ROOT);
@@ -227,7 +267,7 @@ impl Passthrough {
 
     /// Takes `fd` (an `O_PATH` descriptor of something inside the share) as an inode the guest
     /// looked up once more: its node id and attributes.
-    fn adopt(&mut self, fd: OwnedFd) -> Res<(u64, libc::stat64)> {
+    fn adopt(&mut self, fd: OwnedFd, parent_dev: u64) -> Res<(u64, libc::stat64)> {
         let st = stat_fd(fd.as_raw_fd())?;
         let key = (st.st_dev, st.st_ino);
         if let Some(&node) = self.by_key.get(&key) {
@@ -241,6 +281,8 @@ impl Passthrough {
         }
         let node = self.next_node;
         self.next_node += 1;
+        // Only a mount point can be on another file system than its parent.
+        let kernel_fs = st.st_dev != parent_dev && is_kernel_fs(fd.as_raw_fd());
         self.inodes.insert(
             node,
             Inode {
@@ -248,6 +290,7 @@ impl Passthrough {
                 key,
                 refs: 1,
                 kind: st.st_mode & libc::S_IFMT,
+                kernel_fs,
             },
         );
         self.by_key.insert(key, node);
@@ -260,6 +303,10 @@ impl Passthrough {
         if dir.kind != libc::S_IFDIR {
             return Err(libc::ENOTDIR);
         }
+        if dir.kernel_fs {
+            return Err(libc::EACCES);
+        }
+        let parent_dev = dir.key.0;
         match name {
             b"." => return self.again(parent),
             b".." if parent == ROOT => return self.again(ROOT),
@@ -278,7 +325,7 @@ impl Passthrough {
         }
         let name = component(name)?;
         let fd = self.open_path(dir.fd.as_raw_fd(), &name)?;
-        self.adopt(fd)
+        self.adopt(fd, parent_dev)
     }
 
     fn again(&mut self, node: u64) -> Res<(u64, libc::stat64)> {
@@ -332,6 +379,9 @@ impl Passthrough {
     /// Opens `node` (a regular file, or a directory when `dir`) with the guest's `flags`.
     pub fn open(&mut self, node: u64, flags: u32, dir: bool) -> Res<u64> {
         let inode = self.inode(node)?;
+        if inode.kernel_fs {
+            return Err(libc::EACCES);
+        }
         let flags = if dir {
             libc::O_RDONLY | libc::O_DIRECTORY
         } else {
@@ -375,6 +425,9 @@ impl Passthrough {
     ) -> Res<(u64, libc::stat64, u64)> {
         self.writable()?;
         let name = component(name)?;
+        if self.inode(parent)?.kernel_fs {
+            return Err(libc::EACCES);
+        }
         let dir = self.fd(parent)?;
         if self.handles.len() >= MAX_HANDLES {
             return Err(libc::EMFILE);
@@ -388,8 +441,9 @@ impl Passthrough {
         let path = proc_path(file.as_raw_fd());
         // SAFETY: `path` is NUL-terminated.
         let pfd = check(unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) })?;
+        let parent_dev = self.inode(parent)?.key.0;
         // SAFETY: `pfd` was just opened and is owned by nothing else.
-        let (node, st) = self.adopt(unsafe { OwnedFd::from_raw_fd(pfd) })?;
+        let (node, st) = self.adopt(unsafe { OwnedFd::from_raw_fd(pfd) }, parent_dev)?;
         let fh = self.add_handle(file, false)?;
         Ok((node, st, fh))
     }
@@ -403,10 +457,14 @@ impl Passthrough {
     ) -> Res<(u64, libc::stat64)> {
         self.writable()?;
         let name = component(name)?;
-        let dir = self.fd(parent)?;
+        let parent_inode = self.inode(parent)?;
+        if parent_inode.kernel_fs {
+            return Err(libc::EACCES);
+        }
+        let (dir, parent_dev) = (parent_inode.fd.as_raw_fd(), parent_inode.key.0);
         check(make(dir, &name))?;
         let fd = self.open_path(dir, &name)?;
-        self.adopt(fd)
+        self.adopt(fd, parent_dev)
     }
 
     /// Makes the directory `name` in `parent`.

@@ -242,3 +242,21 @@ fn inodes_and_handles_are_capped_and_forgotten() {
     fs.reset();
     assert_eq!(fs.inodes(), 1);
 }
+
+#[test]
+fn the_hosts_kernel_file_systems_are_mount_points_only() {
+    let mut fs = Passthrough::new(Path::new("/"), true).unwrap();
+    let (proc_, st) = fs.lookup(ROOT, b"proc").unwrap();
+    assert_eq!(
+        st.st_mode & libc::S_IFMT,
+        libc::S_IFDIR,
+        "the guest can mount over it"
+    );
+    assert_eq!(fs.lookup(proc_, b"self").unwrap_err(), libc::EACCES);
+    assert_eq!(fs.open(proc_, 0, true).unwrap_err(), libc::EACCES);
+    let (sys, _) = fs.lookup(ROOT, b"sys").unwrap();
+    assert_eq!(fs.lookup(sys, b"kernel").unwrap_err(), libc::EACCES);
+    // Ordinary directories of the host's root are served.
+    let (etc, _) = fs.lookup(ROOT, b"etc").unwrap();
+    assert!(fs.lookup(etc, b"hostname").is_ok() || fs.lookup(etc, b"passwd").is_ok());
+}

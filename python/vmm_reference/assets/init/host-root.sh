@@ -1,0 +1,42 @@
+case " $(cat /proc/cmdline) " in
+  *" vmm.root=host "*)
+    cwd= modules=
+    set -f
+    for arg in $(cat /proc/cmdline); do
+      case "$arg" in
+        vmm.cwd=*) cwd="${{arg#vmm.cwd=}}" ;;
+        vmm.modules=1) modules=1 ;;
+      esac
+    done
+    set +f
+    mkdir -p /newroot
+    if mount -t virtiofs -o ro vmm-root /newroot; then
+      mount -t tmpfs -o mode=755 run /newroot/run
+      v=/newroot/run/vmm
+      mkdir -p "$v/acpi/PWRF" "$v/ov"
+      cp /bin/busybox /sbin/vmm-agent "$v/"
+      cp /lib/vmm/host-init.sh "$v/init"
+      printf '#!/run/vmm/busybox sh\necho "{GUEST_POWER_BUTTON_MARKER}" >/dev/console\n/run/vmm/busybox poweroff -f\n' \
+        >"$v/acpi/PWRF/00000080"
+      chmod 755 "$v/acpi/PWRF/00000080"
+      for d in etc var root home; do
+        [ -d "/newroot/$d" ] || continue
+        mkdir -p "$v/ov/$d/u" "$v/ov/$d/w"
+        mount -t overlay overlay -o "lowerdir=/newroot/$d,upperdir=$v/ov/$d/u,workdir=$v/ov/$d/w" "/newroot/$d" \
+          || mount -t tmpfs "$d" "/newroot/$d"
+      done
+      mount -t tmpfs tmp /newroot/tmp
+      if [ -n "$cwd" ]; then
+        mkdir -p "/newroot$cwd" && mount -t virtiofs vmm-cwd "/newroot$cwd"
+      fi
+      if [ -n "$modules" ]; then
+        release=$(uname -r)
+        mount -t tmpfs modules /newroot/lib/modules && mkdir -p "/newroot/lib/modules/$release" \
+          && mount -t virtiofs -o ro vmm-modules "/newroot/lib/modules/$release"
+      fi
+      for d in dev proc sys; do mount --move "/$d" "/newroot/$d"; done
+      exec switch_root /newroot /run/vmm/busybox sh /run/vmm/init
+    fi
+    echo "{GUEST_ROOT_FAILED_MARKER} root=host: cannot mount the host's root (virtio-fs tag vmm-root)"
+    ;;
+esac
