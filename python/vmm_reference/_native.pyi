@@ -88,7 +88,7 @@ class CliCommand:
     host_root: bool
     def build(self, cid: int, uds: str, initrd: Optional[str] = None) -> NativeVm:
         """Build the VM with a vsock device of context ``cid`` on ``uds`` (and ``initrd`` if none was named)."""
-    def console(self, initrd: Optional[str]) -> int:
+    def run_console(self, initrd: Optional[str]) -> int:
         """Boot the VM on the host's root with its console on this terminal; the exit status."""
 
 class NativeVm:

@@ -156,7 +156,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return outcome
     if not outcome.command:  # the host's root, with a shell on the console
         try:
-            return outcome.console(_initrd(outcome))
+            return outcome.run_console(_initrd(outcome))
         except VmError as e:
             print(f"vmm-reference: error: {e}", file=sys.stderr)
             return 1

@@ -78,7 +78,7 @@ impl CliCommand {
 
     /// Boots the VM on the host's root with its console on this terminal, `initrd` when the
     /// command line named none (once); the exit status.
-    fn console(&self, py: Python<'_>, initrd: Option<PathBuf>) -> PyResult<i32> {
+    fn run_console(&self, py: Python<'_>, initrd: Option<PathBuf>) -> PyResult<i32> {
         let config = self.take(py)?.config;
         released(py, "running the console", move || {
             let code = crate::cli::host_root_console(config, initrd);
