@@ -40,3 +40,17 @@ def test_cli_root_host_runs_a_command_in_the_working_directory(guest_assets, tmp
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
     assert r.returncode == 7, r.stderr
     assert (tmp_path / "made.txt").read_text() == str(tmp_path)
+
+
+def test_cli_root_host_without_a_command_is_a_shell_on_the_console(guest_assets, tmp_path):
+    kernel = f"path={guest_assets.vmlinux},cmdline=reboot=k panic=-1 quiet"
+    r = subprocess.run([sys.executable, "-m", "vmm_reference", "--kernel", kernel, "--root", "host"],
+                       cwd=tmp_path, input="echo shell-in-$(cat /proc/sys/kernel/hostname | wc -c); exit\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "shell-in-" in r.stdout, r.stdout[-2000:]
+
+
+def test_host_vm_fixture(host_vm, tmp_path):
+    r = host_vm.run(["sh", "-c", "pwd; echo made > here.txt"], cwd=tmp_path, text=True, timeout=60)
+    assert r.stdout == f"{tmp_path}\n" and (tmp_path / "here.txt").read_text() == "made\n"

@@ -50,7 +50,7 @@ from .devices import Disk, Share
 from .host import detect_kvm_kind
 from .vm import Vm
 
-__all__ = ["guest_assets", "kvm_kind", "skip_or_fail", "vm", "vm_factory"]
+__all__ = ["guest_assets", "host_vm", "kvm_kind", "skip_or_fail", "vm", "vm_factory"]
 
 _OPTIONS = [
     ("--vmm-kernel", "vmm_kernel", "kernel (ELF vmlinux or bzImage) for the vm fixture [default: Debian's cloud "
@@ -193,6 +193,33 @@ def vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm]) -> Vm:
     _default_vm_arguments(request, kwargs)
     machine = vm_factory(**kwargs)
     machine.start()
+    return machine
+
+
+@pytest.fixture
+def host_vm(request: pytest.FixtureRequest, vm_factory: Callable[..., Vm], tmp_path: Path) -> Vm:
+    """Start a VM on the host's root (``root="host"``) and wait for its agent.
+
+    :meth:`Vm.run` runs the host's programs; the test's ``tmp_path`` is shared read-write at
+    the same path. The kernel is ``--vmm-kernel`` (it needs virtio-fs, vsock and overlayfs: see
+    ``python -m vmm_reference.kconfig``) or Debian's cloud kernel; ``@pytest.mark.vm``
+    arguments apply.
+    """
+    kwargs: dict[str, Any] = {}
+    marker = request.node.get_closest_marker("vm")
+    if marker is not None:
+        kwargs.update(marker.kwargs)
+    if "kernel" not in kwargs:
+        kernel = _setting(request.config, "vmm_kernel")
+        kwargs["kernel"] = kernel if kernel is not None else request.getfixturevalue("guest_assets").vmlinux
+    cmdline = _setting(request.config, "vmm_cmdline")
+    if cmdline is not None:
+        kwargs.setdefault("cmdline", cmdline)
+    kwargs.setdefault("root", "host")
+    kwargs.setdefault("cwd", tmp_path)
+    machine = vm_factory(**kwargs)
+    machine.start()
+    machine.wait_ready(timeout=machine.expect_timeout or 120.0)
     return machine
 
 
