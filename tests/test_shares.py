@@ -90,3 +90,33 @@ def test_shares(vm):
     bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--vmm-kernel={probe_elf}",
                                         "--vmm-share=path=x")
     assert "--vmm-share: --fs: path=DIR and tag=TAG are required" in bad.stderr.str() + bad.stdout.str()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--root", "guest"], "--root: invalid value 'guest': expected host"),
+        (["--rw-cwd"], "--rw-cwd and --modules need --root host"),
+        (["--modules", "/lib/modules"], "--rw-cwd and --modules need --root host"),
+        (["--root", "host", "--modules", "/nonexistent-modules"], 'modules="/nonexistent-modules": no such file'),
+    ],
+)
+def test_cli_root_errors(native_cli, probe_elf, args, message):
+    for prefix in ([str(native_cli)], [sys.executable, "-m", "vmm_reference"]):
+        r = subprocess.run([*prefix, "--kernel", f"path={probe_elf},initrd={probe_elf}", *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and message in r.stderr, (prefix, r.stderr)
+
+
+def test_root_host_arguments(probe_elf, tmp_path):
+    with pytest.raises(VmConfigError, match='invalid root=\'guest\': expected "host" or None'):
+        Vm(kernel=probe_elf, root="guest")
+    with pytest.raises(VmConfigError, match="expected them only with root"):
+        Vm(kernel=probe_elf, cwd=tmp_path)
+    with pytest.raises(VmConfigError, match="without spaces"):
+        (tmp_path / "a b").mkdir()
+        Vm(kernel=probe_elf, initrd=probe_elf, root="host", cwd=tmp_path / "a b")
+    vm = Vm(kernel=probe_elf, initrd=probe_elf, root="host", cwd=tmp_path)
+    assert [d.kind for d in vm.boot_info.devices] == ["virtio-vsock", "virtio-fs", "virtio-fs"]
+    assert f"vmm.root=host vmm.cwd={tmp_path}" in vm.boot_info.cmdline
+    vm.close()
