@@ -78,7 +78,31 @@ pub struct SingleQueue {
     pub interrupt: Arc<Interrupt>,
 }
 
+/// What a device with several queues keeps once active: the queues, guest memory and the
+/// interrupt (see [`Activation::queues_ready`]).
+pub struct ActiveQueues {
+    /// The queues, in the device's order.
+    pub queues: Vec<Queue>,
+    /// Guest memory.
+    pub mem: Arc<GuestMemoryMmap>,
+    /// How the device signals the driver.
+    pub interrupt: Arc<Interrupt>,
+}
+
 impl Activation {
+    /// All the queues, once the first `required` of them are ready (the rest the driver may
+    /// leave unused).
+    pub fn queues_ready(self, required: usize) -> Result<ActiveQueues, ActivateError> {
+        if let Some(i) = self.queues.iter().take(required).position(|q| !q.ready()) {
+            return Err(ActivateError::QueueNotReady(i));
+        }
+        Ok(ActiveQueues {
+            queues: self.queues,
+            mem: self.mem,
+            interrupt: self.interrupt,
+        })
+    }
+
     /// The first queue, which a one-queue device needs ready, with memory and interrupt.
     pub fn single_queue(self) -> Result<SingleQueue, ActivateError> {
         let Some(queue) = self.queues.into_iter().next().filter(|q| q.ready()) else {

@@ -20,10 +20,6 @@ pub mod passthrough;
 mod readdir;
 pub mod server;
 
-use std::sync::Arc;
-
-use virtio_queue::QueueT;
-
 use super::bufs::GuestBufs;
 use super::{queue, ActivateError, Activation, Served, VirtioDevice};
 use crate::config::ShareConfig;
@@ -60,11 +56,7 @@ pub struct Fs {
     bytes_written: u64,
 }
 
-struct Active {
-    queues: Vec<virtio_queue::Queue>,
-    mem: Arc<vm_memory::GuestMemoryMmap>,
-    interrupt: Arc<super::Interrupt>,
-}
+use super::ActiveQueues as Active;
 
 impl Fs {
     /// Share number `index` as `config` describes it; errors name `shares[index]`.
@@ -193,16 +185,7 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        for (i, q) in activation.queues.iter().enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
-        self.active = Some(Active {
-            queues: activation.queues,
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.queues_ready(QUEUE_SIZES.len())?);
         Ok(())
     }
 

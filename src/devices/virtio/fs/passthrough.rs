@@ -203,19 +203,8 @@ impl Passthrough {
             next_handle: 1,
             read_only,
         };
-        let key = (st.st_dev, st.st_ino);
         let kernel_fs = is_kernel_fs(fd.as_raw_fd());
-        fs.inodes.insert(
-            ROOT,
-            Inode {
-                fd,
-                key,
-                refs: 1,
-                kind: st.st_mode & libc::S_IFMT,
-                kernel_fs,
-            },
-        );
-        fs.by_key.insert(key, ROOT);
+        fs.insert(ROOT, fd, &st, kernel_fs);
         Ok(fs)
     }
 
@@ -265,6 +254,22 @@ impl Passthrough {
         stat_fd(self.fd(node)?)
     }
 
+    /// Holds `fd` (of the inode `st` describes) as node `node`, looked up once.
+    fn insert(&mut self, node: u64, fd: OwnedFd, st: &libc::stat64, kernel_fs: bool) {
+        let key = (st.st_dev, st.st_ino);
+        self.inodes.insert(
+            node,
+            Inode {
+                fd,
+                key,
+                refs: 1,
+                kind: st.st_mode & libc::S_IFMT,
+                kernel_fs,
+            },
+        );
+        self.by_key.insert(key, node);
+    }
+
     /// Takes `fd` (an `O_PATH` descriptor of something inside the share) as an inode the guest
     /// looked up once more: its node id and attributes.
     fn adopt(&mut self, fd: OwnedFd, parent_dev: u64) -> Res<(u64, libc::stat64)> {
@@ -283,17 +288,7 @@ impl Passthrough {
         self.next_node += 1;
         // Only a mount point can be on another file system than its parent.
         let kernel_fs = st.st_dev != parent_dev && is_kernel_fs(fd.as_raw_fd());
-        self.inodes.insert(
-            node,
-            Inode {
-                fd,
-                key,
-                refs: 1,
-                kind: st.st_mode & libc::S_IFMT,
-                kernel_fs,
-            },
-        );
-        self.by_key.insert(key, node);
+        self.insert(node, fd, &st, kernel_fs);
         Ok((node, st))
     }
 

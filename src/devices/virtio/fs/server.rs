@@ -430,7 +430,7 @@ impl Server {
         let iov = writable
             .iovecs(mem, fuse::OUT_HEADER_LEN, size)
             .map_err(|_| libc::EFAULT)?;
-        let n = preadv(fd, &iov, to_off(offset)?)?;
+        let n = vectored(fd, &iov, to_off(offset)?, false)?;
         done.read += n as u64;
         Ok(Answer::Data(n))
     }
@@ -456,7 +456,7 @@ impl Server {
         }
         let fd = file_fd(&self.fs, fh)?;
         let iov = readable.iovecs(mem, at, size).map_err(|_| libc::EFAULT)?;
-        let n = pwritev(fd, &iov, to_off(offset)?)?;
+        let n = vectored(fd, &iov, to_off(offset)?, true)?;
         done.written += n as u64;
         let mut out = Out::default();
         ok(out.u32(n as u32).u32(0))
@@ -490,29 +490,26 @@ fn errno_of(ret: libc::c_int) -> Res<()> {
     }
 }
 
-fn preadv(fd: libc::c_int, iov: &[libc::iovec], offset: libc::off64_t) -> Res<usize> {
+/// `preadv` (guest buffers `iov` filled from `fd` at `offset`) or, `write`, `pwritev`.
+fn vectored(
+    fd: libc::c_int,
+    iov: &[libc::iovec],
+    offset: libc::off64_t,
+    write: bool,
+) -> Res<usize> {
     if iov.is_empty() {
         return Ok(0);
     }
     let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
-    // SAFETY: every iovec covers guest memory that GuestBufs::iovecs checked is mapped and
-    // device-writable in this chain; the kernel writes at most their lengths.
-    let n = unsafe { libc::preadv64(fd, iov.as_ptr(), count, offset) };
-    if n < 0 {
-        Err(last_errno())
-    } else {
-        Ok(n as usize)
-    }
-}
-
-fn pwritev(fd: libc::c_int, iov: &[libc::iovec], offset: libc::off64_t) -> Res<usize> {
-    if iov.is_empty() {
-        return Ok(0);
-    }
-    let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
-    // SAFETY: every iovec covers mapped guest memory (GuestBufs::iovecs checked it); the
-    // kernel only reads it.
-    let n = unsafe { libc::pwritev64(fd, iov.as_ptr(), count, offset) };
+    // SAFETY: every iovec covers guest memory that GuestBufs::iovecs checked is mapped (and,
+    // for a read, device-writable in this chain); the kernel touches at most their lengths.
+    let n = unsafe {
+        if write {
+            libc::pwritev64(fd, iov.as_ptr(), count, offset)
+        } else {
+            libc::preadv64(fd, iov.as_ptr(), count, offset)
+        }
+    };
     if n < 0 {
         Err(last_errno())
     } else {

@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use virtio_bindings::virtio_net::*;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::bufs::GuestBufs;
-use super::{queue, ActivateError, Activation, Interrupt, Round, Served, VirtioDevice};
+use super::{queue, ActivateError, Activation, Round, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::{NetBackendConfig, NetConfig};
 use crate::sync::Locked;
@@ -60,11 +60,7 @@ impl AsRawFd for Backend {
     }
 }
 
-struct Active {
-    queues: Vec<Queue>,
-    mem: Arc<GuestMemoryMmap>,
-    interrupt: Arc<Interrupt>,
-}
+use super::ActiveQueues as Active;
 
 /// Frames moved, for statistics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -413,11 +409,6 @@ impl VirtioDevice for Net {
     }
 
     fn activate(&mut self, activation: Activation) -> std::result::Result<(), ActivateError> {
-        for (i, q) in activation.queues.iter().enumerate() {
-            if !q.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
         self.acked = activation.features;
         if let Some(Backend::Tap(tap)) = &self.backend {
             // Offloads only as far as the guest takes them: otherwise the TAP would hand it
@@ -430,11 +421,7 @@ impl VirtioDevice for Net {
                 has(VIRTIO_NET_F_GUEST_TSO6),
             );
         }
-        self.active = Some(Active {
-            queues: activation.queues,
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.queues_ready(2)?);
         self.rx_pending = true;
         Ok(())
     }

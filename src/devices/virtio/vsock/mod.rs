@@ -40,7 +40,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, Events, MutEventSubscriber};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
@@ -48,7 +48,7 @@ use vmm_sys_util::timerfd::TimerFd;
 
 use self::packet::*;
 use self::unix::Listener;
-use super::{queue, ActivateError, Activation, Interrupt, Served, VirtioDevice};
+use super::{queue, ActivateError, Activation, Served, VirtioDevice};
 use super::{VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX};
 use crate::config::VsockConfig;
 
@@ -102,11 +102,7 @@ enum Watch {
     Forget(RawFd),
 }
 
-struct Active {
-    queues: Vec<Queue>,
-    mem: Arc<GuestMemoryMmap>,
-    interrupt: Arc<Interrupt>,
-}
+use super::ActiveQueues as Active;
 
 /// A virtio-vsock device with its host side on UNIX sockets.
 pub struct Vsock {
@@ -224,16 +220,7 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, activation: Activation) -> std::result::Result<(), ActivateError> {
-        for (i, q) in activation.queues.iter().enumerate().take(EVQ) {
-            if !q.ready() {
-                return Err(ActivateError::QueueNotReady(i));
-            }
-        }
-        self.active = Some(Active {
-            queues: activation.queues,
-            mem: activation.mem,
-            interrupt: activation.interrupt,
-        });
+        self.active = Some(activation.queues_ready(EVQ)?);
         Ok(())
     }
 
