@@ -104,6 +104,36 @@ def vsock_memory() -> bytes:
     return bytes(mem)
 
 
+def fuse(opcode: int, unique: int, nodeid: int, body: bytes) -> bytes:
+    """A FUSE request: fuse_in_header, then ``body``."""
+    return struct.pack("<IIQQIIIHH", 40 + len(body), opcode, unique, nodeid, 0, 0, 1, 0, 0) + body
+
+
+def fs_memory(size_knob: int = 4) -> bytes:
+    """Guest memory with FUSE requests on virtio-fs's request queue (INIT, LOOKUP, OPEN, READ,
+    READDIR, a lookup of ``..`` and an unknown opcode) and a FORGET on its high-priority queue."""
+    mem = bytearray(0x40000)
+    mem[0] = size_knob
+    read_in = struct.pack("<QQIIQII", 1, 0, 4096, 0, 0, 0, 0)
+    requests = [fuse(26, 1, 0, struct.pack("<IIII", 7, 31, 0x20000, 0xFFFFFFFF)),
+                fuse(1, 2, 1, b"hello.txt\0"), fuse(14, 3, 2, struct.pack("<II", 0, 0)),
+                fuse(15, 4, 2, read_in), fuse(27, 5, 1, struct.pack("<II", 0, 0)),
+                fuse(44, 6, 1, read_in), fuse(1, 7, 1, b"..\0"), fuse(9999, 8, 1, b"")]
+    q = 0x9000  # the request queue: descriptors, avail ring at +0x2000
+    for i, req in enumerate(requests):
+        rd, wr = 0x14000 + 0x2000 * i, 0x15000 + 0x2000 * i
+        mem[rd:rd + len(req)] = req
+        struct.pack_into("<QIHH", mem, q + 32 * i, rd, len(req), 1, 2 * i + 1)
+        struct.pack_into("<QIHH", mem, q + 32 * i + 16, wr, 0x1000, 2, 0)
+        struct.pack_into("<H", mem, q + 0x2000 + 4 + 2 * i, 2 * i)
+    struct.pack_into("<HH", mem, q + 0x2000, 0, len(requests))
+    forget = fuse(2, 9, 2, struct.pack("<Q", 1))
+    mem[0x13000:0x13000 + len(forget)] = forget
+    struct.pack_into("<QIHH", mem, 0x1000, 0x13000, len(forget), 0, 0)
+    struct.pack_into("<HHH", mem, 0x3000, 0, 1, 0)
+    return bytes(mem)
+
+
 def main() -> None:
     seeds = {
         "kernel_image": [elf(), elf(entry=0x7000), bzimage(), bzimage(init_size=0xFFFF0000),
@@ -115,6 +145,7 @@ def main() -> None:
                            bytes([2, 3, 2, 0x01, 2, 5, 4, 0x34, 2, 0, 0, 0, 3, 5, 0, 7, 4, 1, 0, 9])],
         "virtio_block": [bytes(virtio_memory()), bytes(virtio_memory(8, 1)), bytes(virtio_memory(0))],
         "virtio_vsock": [vsock_memory()],
+        "virtio_fs": [fs_memory(), fs_memory(8)],
         "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
         "virtio_pci": [bytes(virtio_memory()[:0x800]) + pci_ops() + bytes(virtio_memory()[0x800 + len(pci_ops()):])],
     }

@@ -343,6 +343,75 @@ pub fn virtio_vsock(data: &[u8]) {
     let _ = std::fs::remove_file(&uds);
 }
 
+/// virtio-fs request parsing and the FUSE server: `data` is guest memory holding the two
+/// queues (high priority at 0x1000/0x3000/0x4000, requests 0x8000 further up; byte 0: the
+/// queue size, byte 1: EVENT_IDX) whose chains are FUSE requests of any opcode, length and
+/// node id, served against a small read-only share (a file, a directory, links out of it).
+pub fn virtio_fs(data: &[u8]) {
+    use crate::devices::virtio::fs::Fs;
+    use std::sync::OnceLock;
+    static SHARE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    let share = SHARE.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vmm-fuzz-fs-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("share/dir")).ok()?;
+        std::fs::write(dir.join("share/hello.txt"), b"hello from the host\n").ok()?;
+        std::fs::write(dir.join("share/dir/inner.txt"), b"inner\n").ok()?;
+        std::fs::write(dir.join("outside"), b"secret\n").ok()?;
+        let _ = std::os::unix::fs::symlink("/etc", dir.join("share/escape"));
+        let _ = std::os::unix::fs::symlink("../outside", dir.join("share/up"));
+        Some(dir.join("share"))
+    });
+    let (Some(share), Some(mem)) = (share, fuzzed_memory(data)) else {
+        return;
+    };
+    let Ok(mut fs) = Fs::new(
+        0,
+        &crate::config::ShareConfig {
+            path: share.clone(),
+            tag: "fuzz".into(),
+            read_only: true,
+        },
+    ) else {
+        return;
+    };
+    let size = 1u16 << (data.first().copied().unwrap_or(0) % 8);
+    let event_idx = data.get(1).is_some_and(|b| b & 1 == 1);
+    let queues: Option<Vec<Queue>> = (0..2u64)
+        .map(|i| {
+            let base = 0x1000 + i * 0x8000;
+            Queue::try_from(QueueState {
+                max_size: 256,
+                size,
+                ready: true,
+                desc_table: base,
+                avail_ring: base + 0x2000,
+                used_ring: base + 0x3000,
+                event_idx_enabled: event_idx,
+                ..QueueState::default()
+            })
+            .ok()
+        })
+        .collect();
+    let (Some(queues), Ok(irq)) = (queues, EventFd::new(libc::EFD_NONBLOCK)) else {
+        return;
+    };
+    if fs
+        .activate(Activation {
+            queues,
+            mem,
+            interrupt: Arc::new(Interrupt::new(irq)),
+            features: VIRTIO_F_VERSION_1,
+        })
+        .is_ok()
+    {
+        for _ in 0..3 {
+            fs.process_queue(1);
+            fs.process_queue(0);
+        }
+        fs.reset();
+    }
+}
+
 /// A snapshot's state file: `data` as the file itself, and `data` as the body of a file
 /// with a correct header (length and CRC-32 made to match, so the decoder of every saved
 /// structure is reached, not only the checksum). What decodes is checked as `Vm::restore`
@@ -368,5 +437,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("virtio_mmio", virtio_mmio),
     ("virtio_pci", virtio_pci),
     ("virtio_vsock", virtio_vsock),
+    ("virtio_fs", virtio_fs),
     ("snapshot_state", snapshot_state),
 ];

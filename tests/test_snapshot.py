@@ -199,7 +199,7 @@ def test_damaged_snapshots_are_refused_clearly(vm_factory, probe_elf, tmp_path):
         (variant("header-only", state[:10]), "damaged: 10 bytes, shorter than"),
         (variant("foreign", b"\x7fELF" + state[4:]), "is not a vmm-reference snapshot"),
         (variant("empty", b""), "is not a vmm-reference snapshot"),
-        (variant("version", other_version), "snapshot format version 999; this vmm-reference reads version 3"),
+        (variant("version", other_version), "snapshot format version 999; this vmm-reference reads version 4"),
         (variant("short-memory", memory_len=1 << 20), "memory.*damaged: not the 67108864 bytes"),
         (tmp_path / "missing", "cannot open"),
         (fifo_variant(good, tmp_path / "fifo"), "memory.*damaged: not a regular file"),

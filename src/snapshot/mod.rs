@@ -30,7 +30,7 @@ use crate::device_manager::DevicesState;
 /// The first bytes of a state file.
 pub const MAGIC: &[u8; 8] = b"VMMRSNAP";
 /// The version of the format written; only this one is read.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// The state file's name in a snapshot directory.
 pub const STATE_FILE: &str = "state";
 /// The memory file's name in a snapshot directory.
