@@ -289,6 +289,16 @@ pub fn share_tag_range() -> String {
     format!("expected 1 to {MAX_SHARE_TAG} bytes, no NUL, unique among the VM's shares")
 }
 
+/// The host's root as the guest's (`crate::host_root` adds what it needs when the VM is built).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostRootConfig {
+    /// A host directory (the working directory, usually) shared read-write at the same path.
+    pub cwd: Option<PathBuf>,
+    /// A directory of kernel modules (`/lib/modules/RELEASE` or a build tree's
+    /// `INSTALL_MOD_PATH` result) mounted at `/lib/modules/$(uname -r)` in the guest.
+    pub modules: Option<PathBuf>,
+}
+
 /// Everything needed to build a VM.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VmConfig {
@@ -315,7 +325,7 @@ pub struct VmConfig {
     pub shares: Vec<ShareConfig>,
     /// The host's root as the guest's ([`crate::host_root`]); its shares are added when the
     /// VM is built.
-    pub host_root: Option<crate::host_root::HostRootConfig>,
+    pub host_root: Option<HostRootConfig>,
     /// How the guest reaches the virtio devices.
     pub transport: Transport,
     /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off

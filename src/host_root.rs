@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{ShareConfig, VmConfig};
+use crate::config::{HostRootConfig, ShareConfig, VmConfig};
 use crate::refusal::Refusal;
 
 /// The tag of the host's `/`.
@@ -18,16 +18,6 @@ pub const ROOT_TAG: &str = "vmm-root";
 pub const CWD_TAG: &str = "vmm-cwd";
 /// The tag of the kernel modules' directory.
 pub const MODULES_TAG: &str = "vmm-modules";
-
-/// The host's root as the guest's.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct HostRootConfig {
-    /// A host directory (the working directory, usually) shared read-write at the same path.
-    pub cwd: Option<PathBuf>,
-    /// A directory of kernel modules (`/lib/modules/RELEASE` or a build tree's
-    /// `INSTALL_MOD_PATH` result) mounted at `/lib/modules/$(uname -r)` in the guest.
-    pub modules: Option<PathBuf>,
-}
 
 /// A path the guest's init is told on its command line: absolute, a directory, and nothing
 /// a command line would split or mangle.

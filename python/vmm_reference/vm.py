@@ -13,6 +13,7 @@ from typing import Any, Optional, TypeVar, Union
 
 from . import _native
 from ._aio import to_thread
+from ._checks import PathArg, check_int, check_path, host_root_args, snapshot_dir
 from .agent import DEFAULT_MAX_OUTPUT, Client, Command, Input
 from .devices import DeviceInfo, DiskArg, NetArg, Rng, Share, Vsock, disk_tuples, net_tuples, share_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
@@ -40,8 +41,6 @@ _T = TypeVar("_T")
 
 __all__ = ["DEFAULT_CMDLINE", "BootInfo", "ExitStatus", "Serial", "Vm", "max_vcpus"]
 
-PathArg = Union[str, "os.PathLike[str]"]
-
 #: The command line used when none is given: reboot through the i8042 (so a guest ``reboot``
 #: ends the VM) and reboot at once on panic. ``console=ttyS0`` is added to any command line
 #: that names no console, and ``pci=off`` to any with no ``pci=`` when the VM has no PCI device.
@@ -51,51 +50,6 @@ DEFAULT_CMDLINE: str = _native.DEFAULT_CMDLINE
 def max_vcpus() -> Optional[int]:
     """Return KVM's vCPU limit on this host, or None when KVM is unavailable."""
     return _native.max_vcpus()
-
-
-def _check_int(name: str, value: object) -> int:
-    """Check that ``value`` is an int (not a bool).
-
-    Its range is checked by the VMM itself, which knows the real limits (this host's RAM,
-    KVM's vCPU limit, the kernel's layout).
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise VmConfigError(f"invalid {name}={value!r}: expected an integer")
-    return value
-
-
-def _host_root(root: object, cwd: object, modules: object) -> Optional[tuple[Optional[str], Optional[str]]]:
-    """``root``/``cwd``/``modules`` as the native layer takes them (None: the guest's own root)."""
-    if root is None:
-        if cwd not in (None, False) or modules is not None:
-            raise VmConfigError(f"invalid cwd={cwd!r}, modules={modules!r}: expected them only with root=\"host\"")
-        return None
-    if root != "host":
-        raise VmConfigError(f'invalid root={root!r}: expected "host" or None')
-    if cwd is True:
-        cwd = os.getcwd()
-    cwd_path = None if cwd in (None, False) else _check_path("cwd", cwd)
-    return cwd_path, _check_path("modules", modules, optional=True)
-
-
-def _check_path(name: str, value: object, optional: bool = False) -> Optional[str]:
-    if value is None and optional:
-        return None
-    if isinstance(value, (str, os.PathLike)):
-        path = os.fspath(value)
-        if isinstance(path, str) and path:
-            return path
-    raise VmConfigError(f"invalid {name}={value!r}: expected a path to a file")
-
-
-def _snapshot_dir(name: str, value: object) -> str:
-    """Check a snapshot directory argument (types only; the VMM checks the files)."""
-    if not isinstance(value, (str, os.PathLike)):
-        raise VmConfigError(f"invalid {name}={value!r}: expected a directory path")
-    path = os.fspath(value)
-    if not isinstance(path, str):
-        raise VmConfigError(f"invalid {name}={value!r}: expected a str path")
-    return path
 
 
 class Vm:
@@ -199,9 +153,9 @@ class Vm:
             raise VmConfigError(f'invalid transport={transport!r}: expected "mmio" or "pci"')
         if not (rng is None or isinstance(rng, (bool, Rng))):
             raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
-        kernel_path = _check_path("kernel", kernel)
+        kernel_path = check_path("kernel", kernel)
         assert kernel_path is not None
-        host_root = _host_root(root, cwd, modules)
+        host_root = host_root_args(root, cwd, modules)
         if host_root is not None and initrd is None:
             from .assets import fetch_guest
 
@@ -214,13 +168,13 @@ class Vm:
         endpoint = resolve_vsock(vsock)
         try:
             native = _native.NativeVm(
-                memory_mib=_check_int("memory_mib", memory_mib),
-                vcpus=_check_int("vcpus", vcpus),
+                memory_mib=check_int("memory_mib", memory_mib),
+                vcpus=check_int("vcpus", vcpus),
                 kernel=kernel_path,
                 cmdline=cmdline,
-                himem_start=_check_int("himem_start", himem_start),
-                initrd=_check_path("initrd", initrd, optional=True),
-                console_limit=_check_int("console_limit", console_limit),
+                himem_start=check_int("himem_start", himem_start),
+                initrd=check_path("initrd", initrd, optional=True),
+                console_limit=check_int("console_limit", console_limit),
                 acpi=bool(acpi),
                 disks=disk_list,
                 net=net_list,
@@ -278,7 +232,7 @@ class Vm:
         versioned and checksummed) and ``memory`` (guest RAM, sparse: pages the guest never
         wrote take no space). :meth:`restore` brings it back.
         """
-        return int(self._native.snapshot(_snapshot_dir("path", path)))
+        return int(self._native.snapshot(snapshot_dir("path", path)))
 
     @classmethod
     def restore(
@@ -311,8 +265,8 @@ class Vm:
         lacks; :class:`VmConfigError` naming ``disks`` or ``net`` when their count differs
         from the snapshot's devices.
         """
-        directory = _snapshot_dir("path", path)
-        limit = None if console_limit is None else _check_int("console_limit", console_limit)
+        directory = snapshot_dir("path", path)
+        limit = None if console_limit is None else check_int("console_limit", console_limit)
         disk_list = None if disks is None else disk_tuples(disks)
         net_list = None if net is None else net_tuples(net)
         endpoint = resolve_vsock(vsock if vsock is not None else True)
@@ -347,7 +301,7 @@ class Vm:
         forwarded ports gets its own passt. A writable disk, a TAP or forwarded ports cannot
         be shared and raise :class:`VmSnapshotError` (attach disks read-only to fork).
         """
-        count = _check_int("n", n)
+        count = check_int("n", n)
         if not 1 <= count <= _native.MAX_FORK:
             raise VmConfigError(f"invalid n={count}: expected 1 to {_native.MAX_FORK} clones per call")
         endpoints: list[Optional[VsockEndpoint]] = []

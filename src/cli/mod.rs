@@ -17,6 +17,7 @@
 //! missing file); 130 when interrupted.
 
 pub mod args;
+mod help;
 pub mod terminal;
 
 use std::io::Write;

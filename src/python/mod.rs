@@ -202,7 +202,7 @@ impl NativeVm {
                 })
                 .collect(),
             host_root: host_root
-                .map(|(cwd, modules)| crate::host_root::HostRootConfig { cwd, modules }),
+                .map(|(cwd, modules)| crate::config::HostRootConfig { cwd, modules }),
             transport,
             seccomp,
         };
