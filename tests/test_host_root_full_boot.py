@@ -25,7 +25,7 @@ def test_host_root_runs_the_hosts_userspace(vm_factory, guest_assets, tmp_path):
     assert (r.returncode, r.stdout) == (0, f"{work} {sys.executable}\n"), r.stderr
     assert (work / "from-guest.txt").read_text() == "hi"
     mounts = vm.run("cat /proc/mounts", text=True, timeout=60).stdout
-    assert "vmm-root / virtiofs ro" in mounts and " /etc overlay rw" in mounts and " /tmp tmpfs rw" in mounts
+    assert "vmm-root / virtiofs ro" in mounts and " /etc overlay rw" in mounts and " /tmp overlay rw" in mounts
     assert " /sys/kernel/tracing tracefs" in mounts and " /sys/fs/cgroup cgroup2" in mounts
     # The host's / is read-only; the guest's /etc is its own overlay.
     r = vm.run(f"touch {tmp_path}/outside.txt; echo x > /etc/guest-only && cat /etc/guest-only", text=True, timeout=60)

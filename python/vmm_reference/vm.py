@@ -109,7 +109,7 @@ class Vm:
             virtio-rng device fed from the host's ``getrandom``; the guest needs
             ``virtio_rng`` (the asset initramfs loads it).
         root: ``"host"``: the host's ``/`` is the guest's, read-only, with writable tmpfs
-            overlays on ``/etc``, ``/var``, ``/root`` and ``/home`` and tmpfs on ``/tmp`` and
+            overlays on ``/etc``, ``/var``, ``/root``, ``/home`` and ``/tmp`` and tmpfs on
             ``/run``; the guest's init (the asset initramfs, the default ``initrd`` then)
             mounts it, and :meth:`run` runs commands in the host's userspace. The kernel needs
             virtio-fs and overlayfs (built in, or the Debian modules the initramfs loads).

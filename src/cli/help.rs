@@ -51,8 +51,8 @@ options:
                         (default off), enforced on the host; protocol:
                         virtiofs (the default and only one for now)
   --root host           the host's / as the guest's, read-only, with writable
-                        overlays on /etc, /var, /root, /home and tmpfs on /tmp
-                        and /run; -- COMMAND runs in the host's userspace and
+                        overlays on /etc, /var, /root, /home, /tmp and tmpfs
+                        on /run; -- COMMAND runs in the host's userspace and
                         working directory, without it a shell on the console
                         (the kernel needs virtio-fs and overlayfs, built in or
                         as modules the package's initramfs loads)

@@ -19,13 +19,13 @@ case " $(cat /proc/cmdline) " in
       printf '#!/run/vmm/busybox sh\necho "{GUEST_POWER_BUTTON_MARKER}" >/dev/console\n/run/vmm/busybox poweroff -f\n' \
         >"$v/acpi/PWRF/00000080"
       chmod 755 "$v/acpi/PWRF/00000080"
-      for d in etc var root home; do
+      # /tmp too: programs the host keeps there (a CI checkout, a venv) stay visible.
+      for d in etc var root home tmp; do
         [ -d "/newroot/$d" ] || continue
         mkdir -p "$v/ov/$d/u" "$v/ov/$d/w"
         mount -t overlay overlay -o "lowerdir=/newroot/$d,upperdir=$v/ov/$d/u,workdir=$v/ov/$d/w" "/newroot/$d" \
           || mount -t tmpfs "$d" "/newroot/$d"
       done
-      mount -t tmpfs tmp /newroot/tmp
       if [ -n "$cwd" ]; then
         mkdir -p "/newroot$cwd" && mount -t virtiofs vmm-cwd "/newroot$cwd"
       fi
