@@ -134,6 +134,46 @@ def fs_memory(size_knob: int = 4) -> bytes:
     return bytes(mem)
 
 
+def p9(kind: int, tag: int, body: bytes) -> bytes:
+    """A 9P message: size[4] type[1] tag[2], then ``body``."""
+    return struct.pack("<IBH", 7 + len(body), kind, tag) + body
+
+
+def p9s(text: bytes) -> bytes:
+    """A 9P string."""
+    return struct.pack("<H", len(text)) + text
+
+
+def p9_memory(size_knob: int = 5) -> bytes:
+    """Guest memory with 9P2000.L messages on virtio-9p's queue: Tversion, Tattach, Twalk to
+    hello.txt, Tlopen, Tread, Tgetattr, Twalk of ``..`` and through a link, Treaddir of the
+    root, an unknown message and Tclunk."""
+    mem = bytearray(0x40000)
+    mem[0] = size_knob
+    none = 0xFFFFFFFF
+    requests = [p9(100, 0xFFFF, struct.pack("<I", 65536) + p9s(b"9P2000.L")),
+                p9(104, 1, struct.pack("<II", 0, none) + p9s(b"") + p9s(b"") + struct.pack("<I", 0)),
+                p9(110, 2, struct.pack("<IIH", 0, 1, 1) + p9s(b"hello.txt")),
+                p9(12, 3, struct.pack("<II", 1, 0)),
+                p9(116, 4, struct.pack("<IQI", 1, 0, 4096)),
+                p9(24, 5, struct.pack("<IQ", 1, 0x7FF)),
+                p9(110, 6, struct.pack("<IIH", 0, 2, 2) + p9s(b"..") + p9s(b"escape")),
+                p9(110, 7, struct.pack("<IIH", 0, 3, 0)),
+                p9(12, 8, struct.pack("<II", 3, 0o200000)),
+                p9(40, 9, struct.pack("<IQI", 3, 0, 512)),
+                p9(250, 10, b""),
+                p9(120, 11, struct.pack("<I", 1))]
+    q = 0x1000  # the queue: descriptors, avail ring at +0x2000
+    for i, req in enumerate(requests):
+        rd, wr = 0x14000 + 0x2000 * i, 0x15000 + 0x2000 * i
+        mem[rd:rd + len(req)] = req
+        struct.pack_into("<QIHH", mem, q + 32 * i, rd, len(req), 1, 2 * i + 1)
+        struct.pack_into("<QIHH", mem, q + 32 * i + 16, wr, 0x1000, 2, 0)
+        struct.pack_into("<H", mem, q + 0x2000 + 4 + 2 * i, 2 * i)
+    struct.pack_into("<HH", mem, q + 0x2000, 0, len(requests))
+    return bytes(mem)
+
+
 def main() -> None:
     seeds = {
         "kernel_image": [elf(), elf(entry=0x7000), bzimage(), bzimage(init_size=0xFFFF0000),
@@ -146,6 +186,7 @@ def main() -> None:
         "virtio_block": [bytes(virtio_memory()), bytes(virtio_memory(8, 1)), bytes(virtio_memory(0))],
         "virtio_vsock": [vsock_memory()],
         "virtio_fs": [fs_memory(), fs_memory(8)],
+        "virtio_9p": [p9_memory(), p9_memory(8)],
         "virtio_mmio": [bytes(virtio_memory()[:0x800]) + mmio_ops() + bytes(virtio_memory()[0x800 + len(mmio_ops()):])],
         "virtio_pci": [bytes(virtio_memory()[:0x800]) + pci_ops() + bytes(virtio_memory()[0x800 + len(pci_ops()):])],
     }

@@ -273,7 +273,7 @@ pub const MAX_SHARES: usize = 16;
 /// The longest tag a share may have (virtio-fs keeps it in 36 bytes).
 pub const MAX_SHARE_TAG: usize = 36;
 
-/// A host directory the guest mounts (virtio-fs) by its tag.
+/// A host directory the guest mounts by its tag.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShareConfig {
     /// The host directory.
@@ -282,6 +282,42 @@ pub struct ShareConfig {
     pub tag: String,
     /// Refuse every change, on the host.
     pub read_only: bool,
+    /// The device and protocol the guest reaches it with.
+    pub protocol: ShareProtocol,
+}
+
+/// How the guest reaches a share.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ShareProtocol {
+    /// virtio-fs (FUSE): `mount -t virtiofs TAG DIR`, for kernels with `CONFIG_VIRTIO_FS`.
+    #[default]
+    VirtioFs,
+    /// virtio-9p (9P2000.L): `mount -t 9p -o trans=virtio,version=9p2000.L TAG DIR`, for
+    /// kernels with `CONFIG_NET_9P_VIRTIO` and `CONFIG_9P_FS`, as `make defconfig
+    /// kvm_guest.config` builds.
+    P9,
+}
+
+impl ShareProtocol {
+    /// The accepted names.
+    pub const NAMES: &'static str = "expected \"virtiofs\" or \"9p\"";
+
+    /// Its name, as front ends spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShareProtocol::VirtioFs => "virtiofs",
+            ShareProtocol::P9 => "9p",
+        }
+    }
+
+    /// Parses a front end's protocol argument, which `arg` names.
+    pub fn parse(arg: impl Into<std::borrow::Cow<'static, str>>, text: &str) -> Result<Self> {
+        match text {
+            "virtiofs" => Ok(ShareProtocol::VirtioFs),
+            "9p" => Ok(ShareProtocol::P9),
+            other => Err(Error::invalid(arg, format!("{other:?}"), Self::NAMES)),
+        }
+    }
 }
 
 /// The accepted `shares[i].tag`.
@@ -297,6 +333,8 @@ pub struct HostRootConfig {
     /// A directory of kernel modules (`/lib/modules/RELEASE` or a build tree's
     /// `INSTALL_MOD_PATH` result) mounted at `/lib/modules/$(uname -r)` in the guest.
     pub modules: Option<PathBuf>,
+    /// How the guest reaches these shares: virtio-fs, or 9p for kernels without it.
+    pub protocol: ShareProtocol,
 }
 
 /// Everything needed to build a VM.

@@ -343,12 +343,9 @@ pub fn virtio_vsock(data: &[u8]) {
     let _ = std::fs::remove_file(&uds);
 }
 
-/// virtio-fs request parsing and the FUSE server: `data` is guest memory holding the two
-/// queues (high priority at 0x1000/0x3000/0x4000, requests 0x8000 further up; byte 0: the
-/// queue size, byte 1: EVENT_IDX) whose chains are FUSE requests of any opcode, length and
-/// node id, served against a small read-only share (a file, a directory, links out of it).
-pub fn virtio_fs(data: &[u8]) {
-    use crate::devices::virtio::fs::Fs;
+/// The small read-only tree the sharing devices' harnesses serve: a file, a directory, and
+/// links out of it (to `/etc`, and to a file beside the share).
+fn fuzz_share(protocol: crate::config::ShareProtocol) -> Option<crate::config::ShareConfig> {
     use std::sync::OnceLock;
     static SHARE: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
     let share = SHARE.get_or_init(|| {
@@ -361,22 +358,24 @@ pub fn virtio_fs(data: &[u8]) {
         let _ = std::os::unix::fs::symlink("../outside", dir.join("share/up"));
         Some(dir.join("share"))
     });
-    let (Some(share), Some(mem)) = (share, fuzzed_memory(data)) else {
-        return;
-    };
-    let Ok(mut fs) = Fs::new(
-        0,
-        &crate::config::ShareConfig {
-            path: share.clone(),
-            tag: "fuzz".into(),
-            read_only: true,
-        },
-    ) else {
+    Some(crate::config::ShareConfig {
+        protocol,
+        path: share.clone()?,
+        tag: "fuzz".into(),
+        read_only: true,
+    })
+}
+
+/// Activates `dev` with `queues` queues in the fuzzed memory (queue i's descriptors at
+/// 0x1000 + i * 0x8000, its avail ring 0x2000 and used ring 0x3000 further; byte 0 of `data`:
+/// the queue size, byte 1: EVENT_IDX), serves them three rounds, last queue first, and resets.
+fn serve_fuzzed(dev: &mut dyn VirtioDevice, data: &[u8], queues: u64) {
+    let Some(mem) = fuzzed_memory(data) else {
         return;
     };
     let size = 1u16 << (data.first().copied().unwrap_or(0) % 8);
     let event_idx = data.get(1).is_some_and(|b| b & 1 == 1);
-    let queues: Option<Vec<Queue>> = (0..2u64)
+    let made: Option<Vec<Queue>> = (0..queues)
         .map(|i| {
             let base = 0x1000 + i * 0x8000;
             Queue::try_from(QueueState {
@@ -392,12 +391,12 @@ pub fn virtio_fs(data: &[u8]) {
             .ok()
         })
         .collect();
-    let (Some(queues), Ok(irq)) = (queues, EventFd::new(libc::EFD_NONBLOCK)) else {
+    let (Some(made), Ok(irq)) = (made, EventFd::new(libc::EFD_NONBLOCK)) else {
         return;
     };
-    if fs
+    if dev
         .activate(Activation {
-            queues,
+            queues: made,
             mem,
             interrupt: Arc::new(Interrupt::new(irq)),
             features: VIRTIO_F_VERSION_1,
@@ -405,10 +404,37 @@ pub fn virtio_fs(data: &[u8]) {
         .is_ok()
     {
         for _ in 0..3 {
-            fs.process_queue(1);
-            fs.process_queue(0);
+            for q in (0..queues as usize).rev() {
+                dev.process_queue(q);
+            }
         }
-        fs.reset();
+        dev.reset();
+    }
+}
+
+/// virtio-fs request parsing and the FUSE server: `data` is guest memory holding the two
+/// queues (high priority at 0x1000/0x3000/0x4000, requests 0x8000 further up; byte 0: the
+/// queue size, byte 1: EVENT_IDX) whose chains are FUSE requests of any opcode, length and
+/// node id, served against a small read-only share (a file, a directory, links out of it).
+pub fn virtio_fs(data: &[u8]) {
+    let Some(share) = fuzz_share(crate::config::ShareProtocol::VirtioFs) else {
+        return;
+    };
+    if let Ok(mut fs) = crate::devices::virtio::fs::Fs::new(0, &share) {
+        serve_fuzzed(&mut fs, data, 2);
+    }
+}
+
+/// virtio-9p request parsing and the 9P2000.L server: `data` is guest memory holding its one
+/// queue (at 0x1000/0x3000/0x4000; byte 0: the queue size, byte 1: EVENT_IDX) whose chains
+/// are 9P messages of any type, size, fid and name, served against the same small read-only
+/// share as `virtio_fs`.
+pub fn virtio_9p(data: &[u8]) {
+    let Some(share) = fuzz_share(crate::config::ShareProtocol::P9) else {
+        return;
+    };
+    if let Ok(mut p9) = crate::devices::virtio::p9::P9::new(0, &share) {
+        serve_fuzzed(&mut p9, data, 1);
     }
 }
 
@@ -438,5 +464,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("virtio_pci", virtio_pci),
     ("virtio_vsock", virtio_vsock),
     ("virtio_fs", virtio_fs),
+    ("virtio_9p", virtio_9p),
     ("snapshot_state", snapshot_state),
 ];

@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{HostRootConfig, ShareConfig, VmConfig};
+use crate::config::{HostRootConfig, ShareConfig, ShareProtocol, VmConfig};
 use crate::refusal::Refusal;
 
 /// The tag of the host's `/`.
@@ -48,10 +48,14 @@ impl HostRootConfig {
     /// init told what to mount.
     pub fn apply(&self, mut config: VmConfig) -> Result<VmConfig, Refusal> {
         let mut words = vec!["vmm.root=host".to_string()];
+        if self.protocol == ShareProtocol::P9 {
+            words.push("vmm.share=9p".into());
+        }
         config.shares.push(ShareConfig {
             path: PathBuf::from("/"),
             tag: ROOT_TAG.into(),
             read_only: true,
+            protocol: self.protocol,
         });
         if let Some(cwd) = &self.cwd {
             checked_dir("cwd", cwd)?;
@@ -59,6 +63,7 @@ impl HostRootConfig {
                 path: cwd.clone(),
                 tag: CWD_TAG.into(),
                 read_only: false,
+                protocol: self.protocol,
             });
             words.push(format!("vmm.cwd={}", cwd.display()));
         }
@@ -68,6 +73,7 @@ impl HostRootConfig {
                 path: modules.clone(),
                 tag: MODULES_TAG.into(),
                 read_only: true,
+                protocol: self.protocol,
             });
             words.push("vmm.modules=1".into());
         }
@@ -92,6 +98,7 @@ mod tests {
         let config = HostRootConfig {
             cwd: Some(dir.clone()),
             modules: None,
+            ..Default::default()
         }
         .apply(VmConfig::default())
         .unwrap();
@@ -106,6 +113,7 @@ mod tests {
             HostRootConfig {
                 cwd: Some(cwd.into()),
                 modules: None,
+                ..Default::default()
             }
             .apply(VmConfig::default())
             .unwrap_err()

@@ -123,9 +123,9 @@ const EVENT_LOOP: &[i64] = &[
     libc::SYS_timerfd_settime,
 ];
 
-/// What the event loop may also do when it serves shared directories (virtio-fs): the file
-/// server's calls. Paths cannot be checked here (seccomp sees pointers), so the server's own
-/// rules keep it inside each share (`devices/virtio/fs/passthrough.rs`).
+/// What the event loop may also do when it serves shared directories (virtio-fs, virtio-9p):
+/// the file servers' calls. Paths cannot be checked here (seccomp sees pointers), so the
+/// passthrough's own rules keep it inside each share (`devices/virtio/share/passthrough.rs`).
 const SHARES: &[i64] = &[
     libc::SYS_openat,
     libc::SYS_open,

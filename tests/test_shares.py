@@ -20,7 +20,8 @@ from vmm_reference import Share, Vm, VmConfigError, VmFileNotFoundError, VmSnaps
         ([Share("/tmp", tag="a"), Share("/", tag="a")], 'invalid shares[1].tag="a": expected 1 to 36 bytes, no NUL, '
                                                         "unique among the VM's shares"),
         ([Share("/tmp", tag="a", read_only="yes")], "invalid shares[0].read_only='yes': expected True or False"),
-        ([Share("/tmp", tag="a", protocol="9p")], "invalid shares[0].protocol='9p'"),
+        ([Share("/tmp", tag="a", protocol="p9")], 'invalid shares[0].protocol="p9": expected "virtiofs" or "9p"'),
+        ([Share("/tmp", tag="a", protocol=9)], "invalid shares[0].protocol=9: expected"),
     ],
 )
 def test_bad_shares_name_the_argument(probe_elf, shares, message):
@@ -56,7 +57,7 @@ def test_a_vm_with_shares_is_not_snapshotted_or_forked(vm_factory, probe_elf, tm
         ("tag=a", "--fs: path=DIR and tag=TAG are required"),
         ("path=/tmp", "--fs: path=DIR and tag=TAG are required"),
         ("path=/tmp,tag=a,read_only=maybe", "--fs: invalid read_only='maybe': expected on, off, true or false"),
-        ("path=/tmp,tag=a,protocol=9p", "--fs: invalid protocol='9p': expected virtiofs"),
+        ("path=/tmp,tag=a,protocol=nfs", "--fs: invalid protocol='nfs': expected virtiofs or 9p"),
         ("path=/tmp,tag=a,ro=on", "--fs: unknown key 'ro'"),
         (f"path=/tmp,tag={'x' * 40}", "invalid shares[0].tag="),
         ("path=/nonexistent-share,tag=a", 'shares[0]="/nonexistent-share": no such file'),
@@ -71,21 +72,24 @@ def test_cli_fs_errors(native_cli, probe_elf, value, message):
 
 def test_cli_fs_gives_the_guest_a_share(native_cli, probe_elf, tmp_path):
     (tmp_path / "a").mkdir()
-    r = subprocess.run([str(native_cli), "--kernel", f"path={probe_elf},cmdline=probe.fs=list",
-                        "--fs", f"path={tmp_path / 'a'},tag=from-cli,read_only=on"],
+    r = subprocess.run([str(native_cli), "--kernel", f"path={probe_elf},cmdline=probe.fs=list probe.p9=list",
+                        "--fs", f"path={tmp_path / 'a'},tag=from-cli,read_only=on",
+                        "--fs", f"path={tmp_path / 'a'},tag=nine-from-cli,protocol=9p"],
                        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
-    assert "tag=from-cli" in r.stdout, r.stdout
+    assert "PROBE: fs dev=0" in r.stdout and "tag=from-cli" in r.stdout, r.stdout
+    assert "PROBE: p9 dev=1" in r.stdout and "tag=nine-from-cli" in r.stdout, r.stdout
 
 
 def test_plugin_vmm_share_option(pytester, probe_elf, tmp_path):
     (tmp_path / "s").mkdir()
     pytester.makepyfile("""
 def test_shares(vm):
-    assert [d.kind for d in vm.boot_info.devices if d.kind == "virtio-fs"] == ["virtio-fs"]
+    assert [d.kind for d in vm.boot_info.devices if d.kind in ("virtio-fs", "virtio-9p")] == ["virtio-fs", "virtio-9p"]
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--vmm-kernel={probe_elf}",
-                                           f"--vmm-share=path={tmp_path / 's'},tag=src,read_only=on")
+                                           f"--vmm-share=path={tmp_path / 's'},tag=src,read_only=on",
+                                           f"--vmm-share=path={tmp_path / 's'},tag=nine,protocol=9p")
     result.assert_outcomes(passed=1)
     bad = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--vmm-kernel={probe_elf}",
                                         "--vmm-share=path=x")
@@ -96,8 +100,10 @@ def test_shares(vm):
     "args, message",
     [
         (["--root", "guest"], "--root: invalid value 'guest': expected host"),
-        (["--rw-cwd"], "--rw-cwd and --modules need --root host"),
-        (["--modules", "/lib/modules"], "--rw-cwd and --modules need --root host"),
+        (["--rw-cwd"], "--rw-cwd, --modules and --root-protocol need --root host"),
+        (["--modules", "/lib/modules"], "--rw-cwd, --modules and --root-protocol need --root host"),
+        (["--root-protocol", "9p"], "--rw-cwd, --modules and --root-protocol need --root host"),
+        (["--root", "host", "--root-protocol", "nfs"], "--root-protocol: invalid value 'nfs': expected virtiofs or 9p"),
         (["--root", "host", "--modules", "/nonexistent-modules"], 'modules="/nonexistent-modules": no such file'),
     ],
 )
@@ -120,3 +126,12 @@ def test_root_host_arguments(probe_elf, tmp_path):
     assert [d.kind for d in vm.boot_info.devices] == ["virtio-vsock", "virtio-fs", "virtio-fs"]
     assert f"vmm.root=host vmm.cwd={tmp_path}" in vm.boot_info.cmdline
     vm.close()
+    # Over 9p, for kernels without virtio-fs: the same shares as 9p devices, and the init told.
+    vm = Vm(kernel=probe_elf, initrd=probe_elf, root="host", cwd=tmp_path, root_protocol="9p")
+    assert [d.kind for d in vm.boot_info.devices] == ["virtio-vsock", "virtio-9p", "virtio-9p"]
+    assert f"vmm.root=host vmm.share=9p vmm.cwd={tmp_path}" in vm.boot_info.cmdline
+    vm.close()
+    with pytest.raises(VmConfigError, match='invalid root_protocol="nfs": expected "virtiofs" or "9p"'):
+        Vm(kernel=probe_elf, initrd=probe_elf, root="host", root_protocol="nfs")
+    with pytest.raises(VmConfigError, match="expected them only with root"):
+        Vm(kernel=probe_elf, root_protocol="9p")

@@ -7,26 +7,13 @@ appear on the host; a read-only share refuses them on the host's side; links out
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
+from share_probe import lab_tree, sh
 from vmm_reference import Share, Vm, VmSnapshotError
 
 pytestmark = pytest.mark.full_boot
-
-
-def _tree(root) -> dict[str, str]:
-    """A small tree with a big file, nested directories and links out of it; its sha256s by path."""
-    (root / "dir" / "deeper").mkdir(parents=True)
-    files = {"hello.txt": b"hello from the host\n", "dir/inner.txt": b"inner\n",
-             "dir/deeper/big.bin": bytes((i * 7 + 3) & 0xFF for i in range(3 << 20))}
-    for name, data in files.items():
-        (root / name).write_bytes(data)
-    (root.parent / "outside-secret").write_bytes(b"do not read me\n")
-    os.symlink("/etc", root / "escape")
-    os.symlink("../outside-secret", root / "up")
-    return {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
 
 
 def _boot(vm_factory, guest_assets, shares, transport: str = "mmio") -> Vm:
@@ -37,18 +24,11 @@ def _boot(vm_factory, guest_assets, shares, transport: str = "mmio") -> Vm:
     return vm
 
 
-def sh(vm: Vm, cmd: str, ok: bool = True) -> str:
-    r = vm.run(["sh", "-c", cmd], text=True, timeout=120)
-    if ok:
-        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
-    return r.stdout + r.stderr
-
-
 @pytest.mark.parametrize("transport", ["mmio", "pci"])
 def test_a_share_reads_back_and_takes_writes(vm_factory, guest_assets, tmp_path, transport):
     share = tmp_path / "share"
     share.mkdir()
-    sums = _tree(share)
+    sums = lab_tree(share)
     ro = tmp_path / "ro"
     ro.mkdir()
     (ro / "keep.txt").write_bytes(b"keep\n")

@@ -14,29 +14,37 @@ test instead of hanging it. ``probe.fs=list`` reports every virtio-fs device's t
 from __future__ import annotations
 
 import os
-import re
-import secrets
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import fnv1a64
+from share_probe import (
+    BIG,
+    EMFILE,
+    ENFILE,
+    ENOSYS,
+    EROFS,
+    F_VERSION_1,
+    HELLO,
+    IN_NAMES,
+    INNER,
+    LIVE,
+    NEEDS_RESET,
+    WRITTEN,
+    Report,
+    make_tree,
+    parse_report,
+    snapshot,
+)
 from vmm_reference import Share, Vm
 from vmm_reference.host import detect_kvm_kind
 from vmm_reference.pytest_plugin import skip_or_fail
 
 TAG = "probe-share"
-HELLO = b"hello from the host\n"
-INNER = b"inner\n"
-WRITTEN = b"written by the guest\n"
-BIG = bytes((i * 7 + 3) & 0xFF for i in range((1 << 20) + 123))
 ROOT_NODE = 1
-F_VERSION_1 = 1 << 32
-LIVE, NEEDS_RESET = 0xF, 0x40
-EROFS, EMFILE, ENFILE, ENOSYS = 30, 24, 23, 38
 EXHAUST_MAX = 70000
-IN_NAMES = {"hello.txt", "dir", "escape", "up", "big.bin"}
 ESCAPES = ("dotdot", "slash_name", "abs_symlink_open", "readlink", "rel_symlink_open", "dotdot_chain",
            "bad_nodeid", "zero_nodeid", "bad_fh", "rename_bad_dir")
 # Hostile chains the device must answer (used, with an error or nothing written) and stay live.
@@ -45,122 +53,9 @@ BAD_ANSWERED = ("len_too_big", "len_too_small", "no_reply_buf", "unknown_opcode"
 BAD_OUTSIDE = ("outside_ram", "outside_ram_reply")
 
 
-def _number(v: str):
-    if re.fullmatch(r"-?\d+", v):
-        return int(v)
-    if re.fullmatch(r"0x[0-9a-f]+", v):
-        return int(v, 16)
-    return v
-
-
-def unescape(text: str) -> bytes:
-    """data= as the probe prints it: printable ASCII, ``\\n``, ``\\\\`` and ``\\xHH``."""
-    def one(m: re.Match) -> bytes:
-        e = m.group(1)
-        return b"\n" if e == b"n" else b"\\" if e == b"\\" else bytes([int(e[1:], 16)])
-    return re.sub(rb"\\(n|\\|x[0-9a-f]{2})", one, text.encode("latin-1"))
-
-
-def values(body: str) -> dict:
-    """The ``key=value`` pairs of a report line (numbers as ints); ``data=`` is the rest of the
-    line, as bytes."""
-    data = None
-    if " data=" in body:
-        body, data = body.split(" data=", 1)
-    kv = {k: _number(v) for k, v in re.findall(r"(\w+)=(\S*)", body)}
-    if data is not None:
-        kv["data"] = unescape(data)
-    return kv
-
-
-@dataclass
-class FsReport:
-    """What the probe printed in ``probe.fs=test|list`` mode.
-
-    ``devs``: one dict per ``PROBE: fs dev=`` line; ``lines``: the other one-of-a-kind lines by
-    their first word (init, lookup, getattr, bigread, readdir, create, write, mkdir, rename,
-    ro, destroy, list); ``reads``/``releases``: by ``name=``; ``escape``/``bad``: by ``case=``;
-    ``reinits``: ``PROBE: fs bad reinit`` lines; ``malformed``: replies that broke the protocol;
-    ``timeouts``: where the probe gave up waiting; ``failed``: why it could not start."""
-
-    devs: list[dict] = field(default_factory=list)
-    lines: dict[str, dict] = field(default_factory=dict)
-    reads: dict[str, dict] = field(default_factory=dict)
-    releases: dict[str, dict] = field(default_factory=dict)
-    escape: dict[str, dict] = field(default_factory=dict)
-    bad: dict[str, dict] = field(default_factory=dict)
-    reinits: list[dict] = field(default_factory=list)
-    malformed: list[dict] = field(default_factory=list)
-    timeouts: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    done: bool = False
-
-
-def parse_fs(log: str) -> FsReport:
-    r = FsReport()
-    for line in log.splitlines():
-        line = line.rstrip("\r")
-        if not line.startswith("PROBE: fs "):
-            continue
-        body = line[len("PROBE: "):]
-        words = body.split()
-        kind = words[1]
-        kv = values(body)
-        if kind.startswith("dev="):
-            r.devs.append(kv)
-        elif kind == "read":
-            r.reads[kv["name"]] = kv
-        elif kind == "release":
-            r.releases[kv["name"]] = kv
-        elif kind == "escape":
-            r.escape[kv["case"]] = kv
-        elif kind == "bad" and words[2] == "reinit":
-            r.reinits.append(kv)
-        elif kind == "bad":
-            r.bad[kv["case"]] = kv
-        elif kind == "malformed":
-            r.malformed.append(kv)
-        elif kind == "timeout":
-            r.timeouts.append(words[2])
-        elif kind == "failed":
-            r.failed.append(" ".join(words[2:]))
-        elif kind == "done":
-            r.done = True
-        else:
-            r.lines[kind] = kv
-    return r
-
-
-def make_tree(root: Path) -> tuple[Path, bytes]:
-    """The share and the secret beside it, under `root`; returns the share and the secret."""
-    secret = b"outside-secret-" + secrets.token_hex(16).encode() + b"\n"
-    (root / "outside-secret").write_bytes(secret)
-    share = root / "share"
-    share.mkdir()
-    (share / "hello.txt").write_bytes(HELLO)
-    (share / "dir").mkdir()
-    (share / "dir" / "inner.txt").write_bytes(INNER)
-    (share / "escape").symlink_to("/etc")
-    (share / "up").symlink_to("../outside-secret")
-    (share / "big.bin").write_bytes(BIG)
-    return share, secret
-
-
-def snapshot(top: Path) -> dict[str, tuple]:
-    """Every entry under `top` (links not followed): kind, mode, link count, content or target."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            p = Path(dirpath) / name
-            st = p.lstat()
-            if stat.S_ISLNK(st.st_mode):
-                v: tuple = ("link", os.readlink(p))
-            elif stat.S_ISDIR(st.st_mode):
-                v = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                v = ("file", stat.S_IMODE(st.st_mode), st.st_nlink, p.read_bytes())
-            out[str(p.relative_to(top))] = v
-    return out
+def parse_fs(log: str) -> Report:
+    """The ``PROBE: fs ...`` lines (formats in fs.c's header comment)."""
+    return parse_report(log, "fs")
 
 
 @dataclass
@@ -178,7 +73,7 @@ class Run:
     devices: list
     reason: str
     log: str
-    report: FsReport
+    report: Report
 
     def __repr__(self) -> str:  # pytest prints fixtures' values
         return f"<fs run rw={self.rw} reason={self.reason} lines={len(self.log.splitlines())}>"

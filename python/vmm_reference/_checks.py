@@ -26,18 +26,27 @@ def check_int(name: str, value: object) -> int:
     return value
 
 
-def host_root_args(root: object, cwd: object, modules: object) -> Optional[tuple[Optional[str], Optional[str]]]:
-    """``root``/``cwd``/``modules`` as the native layer takes them (None: the guest's own root)."""
+def host_root_args(root: object, cwd: object, modules: object,
+                   protocol: object = None) -> Optional[tuple[Optional[str], Optional[str], str]]:
+    """Return ``root``/``cwd``/``modules``/``root_protocol`` as the native layer takes them.
+
+    None stands for the guest's own root; the VMM checks the protocol's name.
+    """
     if root is None:
-        if cwd not in (None, False) or modules is not None:
-            raise VmConfigError(f"invalid cwd={cwd!r}, modules={modules!r}: expected them only with root=\"host\"")
+        if cwd not in (None, False) or modules is not None or protocol is not None:
+            raise VmConfigError(f"invalid cwd={cwd!r}, modules={modules!r}, root_protocol={protocol!r}: "
+                                "expected them only with root=\"host\"")
         return None
+    if protocol is None:
+        protocol = "virtiofs"
+    if not isinstance(protocol, str):
+        raise VmConfigError(f'invalid root_protocol={protocol!r}: expected "virtiofs" or "9p"')
     if root != "host":
         raise VmConfigError(f'invalid root={root!r}: expected "host" or None')
     if cwd is True:
         cwd = os.getcwd()
     cwd_path = None if cwd in (None, False) else check_path("cwd", cwd)
-    return cwd_path, check_path("modules", modules, optional=True)
+    return cwd_path, check_path("modules", modules, optional=True), protocol
 
 
 def check_path(name: str, value: object, optional: bool = False) -> Optional[str]:

@@ -76,8 +76,8 @@ def cli(argv: list[str]) -> Union[int, CliCommand]:
 def cli_disk(text: str) -> tuple[str, bool, Optional[str]]:
     """Parse a ``--blk`` value into ``(path, read_only, serial)``; raise CliError when malformed."""
 
-def cli_share(text: str) -> tuple[str, str, bool]:
-    """Parse a ``--fs`` value into ``(path, tag, read_only)``; raise CliError when malformed."""
+def cli_share(text: str) -> tuple[str, str, bool, str]:
+    """Parse a ``--fs`` value into ``(path, tag, read_only, protocol)``; raise CliError when malformed."""
 
 class CliCommand:
     """``-- COMMAND`` as the command line gave it, its VM checked and not built."""
@@ -111,8 +111,8 @@ class NativeVm:
         transport: str = ...,
         rng: bool = ...,
         rng_rate: Optional[int] = ...,
-        shares: list[tuple[str, str, bool]] = ...,
-        host_root: Optional[tuple[Optional[str], Optional[str]]] = ...,
+        shares: list[tuple[str, str, bool, str]] = ...,
+        host_root: Optional[tuple[Optional[str], Optional[str], str]] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

@@ -50,12 +50,12 @@ def parse_disk(text: str) -> Disk:
 
 
 def parse_share(text: str) -> Share:
-    """Parse a ``--fs`` value, ``path=DIR,tag=TAG[,read_only=on|off|true|false]``.
+    """Parse a ``--fs`` value, ``path=DIR,tag=TAG[,read_only=on|off|true|false][,protocol=virtiofs|9p]``.
 
     Raises :class:`~vmm_reference.errors.CliError` naming ``--fs`` when it is malformed.
     """
-    path, tag, read_only = _native.cli_share(text)
-    return Share(os.fspath(path), tag=tag, read_only=read_only)
+    path, tag, read_only, protocol = _native.cli_share(text)
+    return Share(os.fspath(path), tag=tag, read_only=read_only, protocol=protocol)
 
 
 def _writer(stream: Optional[BinaryIO], text: TextIO) -> Callable[[bytes], None]:

@@ -319,7 +319,7 @@ def _disk_option(spec: str) -> Disk:
 
 
 def _share_option(spec: str) -> Share:
-    """Parse a ``--vmm-share`` value: the CLI's ``path=...,tag=...[,read_only=on]`` form."""
+    """Parse a ``--vmm-share`` value: the CLI's ``path=...,tag=...[,read_only=on][,protocol=9p]`` form."""
     from .cli import CliError, parse_share
 
     try:

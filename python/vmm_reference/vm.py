@@ -112,14 +112,18 @@ class Vm:
             overlays on ``/etc``, ``/var``, ``/root``, ``/home`` and ``/tmp`` and tmpfs on
             ``/run``; the guest's init (the asset initramfs, the default ``initrd`` then)
             mounts it, and :meth:`run` runs commands in the host's userspace. The kernel needs
-            virtio-fs and overlayfs (built in, or the Debian modules the initramfs loads).
+            virtio-fs (or 9p, with ``root_protocol="9p"``) and overlayfs (built in, or the
+            Debian modules the initramfs loads).
         cwd: with ``root="host"``: ``True`` (the working directory) or a directory, shared
             read-write at the same path.
         modules: with ``root="host"``: a directory of kernel modules
             (``/lib/modules/RELEASE``) mounted at ``/lib/modules/$(uname -r)``.
+        root_protocol: with ``root="host"``: how the guest mounts the host's files,
+            ``"virtiofs"`` (the default) or ``"9p"`` (for kernels without virtio-fs, as
+            ``make defconfig kvm_guest.config`` builds them).
         shares: host directories the guest mounts by tag (``mount -t virtiofs TAG /mnt``),
-            as :class:`~vmm_reference.Share` objects; one virtio-fs device each, served in
-            this process. A VM with shares cannot be snapshotted or forked.
+            as :class:`~vmm_reference.Share` objects; one virtio-fs (or virtio-9p) device
+            each, served in this process. A VM with shares cannot be snapshotted or forked.
 
     Every blocking call releases the GIL and wakes for signals, so Ctrl-C (or Jupyter's
     interrupt) raises ``KeyboardInterrupt`` promptly.
@@ -146,6 +150,7 @@ class Vm:
         root: Optional[str] = None,
         cwd: Union[bool, PathArg, None] = None,
         modules: Optional[PathArg] = None,
+        root_protocol: Optional[str] = None,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
@@ -155,7 +160,7 @@ class Vm:
             raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
         kernel_path = check_path("kernel", kernel)
         assert kernel_path is not None
-        host_root = host_root_args(root, cwd, modules)
+        host_root = host_root_args(root, cwd, modules, root_protocol)
         if host_root is not None and initrd is None:
             from .assets import fetch_guest
 

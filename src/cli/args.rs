@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::config::{
-    net_config, DiskConfig, KernelConfig, NetConfig, RngConfig, ShareConfig, Transport,
-    DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
+    net_config, DiskConfig, KernelConfig, NetConfig, RngConfig, ShareConfig, ShareProtocol,
+    Transport, DEFAULT_CMDLINE, DEFAULT_MEMORY_MIB,
 };
 use crate::error::Error;
 
@@ -68,6 +68,8 @@ pub struct Options {
     pub rw_cwd: bool,
     /// `--modules`.
     pub modules: Option<String>,
+    /// `--root-protocol`, as written.
+    pub root_protocol: Option<String>,
     /// `--console`.
     pub console: bool,
     /// `--ready-timeout`, as written.
@@ -85,6 +87,7 @@ const VALUED: &[&str] = &[
     "--fs",
     "--root",
     "--modules",
+    "--root-protocol",
     "--net",
     "--transport",
     "--ready-timeout",
@@ -219,6 +222,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
                 | "--ready-timeout"
                 | "--root"
                 | "--modules"
+                | "--root-protocol"
         );
         if once && seen.contains(&name) {
             return Err(Usage::Syntax(format!(
@@ -236,6 +240,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             "--transport" => opts.transport = Some(value),
             "--root" => opts.root = Some(value),
             "--modules" => opts.modules = Some(value),
+            "--root-protocol" => opts.root_protocol = Some(value),
             _ => opts.ready_timeout = Some(value),
         }
     }
@@ -442,12 +447,12 @@ impl From<crate::refusal::Refusal> for Refused {
     }
 }
 
-/// `--root`, `--rw-cwd` and `--modules`.
+/// `--root`, `--rw-cwd`, `--modules` and `--root-protocol`.
 fn host_root(opts: &Options) -> Result<Option<crate::config::HostRootConfig>, Usage> {
     match opts.root.as_deref() {
-        None if opts.rw_cwd || opts.modules.is_some() => Err(Usage::Value(
-            "--rw-cwd and --modules need --root host".into(),
-        )),
+        None if opts.rw_cwd || opts.modules.is_some() || opts.root_protocol.is_some() => Err(
+            Usage::Value("--rw-cwd, --modules and --root-protocol need --root host".into()),
+        ),
         None => Ok(None),
         Some("host") => {
             Ok(Some(crate::config::HostRootConfig {
@@ -459,6 +464,10 @@ fn host_root(opts: &Options) -> Result<Option<crate::config::HostRootConfig>, Us
                     None
                 },
                 modules: opts.modules.as_ref().map(PathBuf::from),
+                protocol: match &opts.root_protocol {
+                    None => ShareProtocol::default(),
+                    Some(p) => share_protocol("root-protocol", p)?,
+                },
             }))
         }
         Some(other) => Err(Usage::Value(format!(
@@ -480,6 +489,21 @@ fn on_off(option: &str, key: &str, value: &str) -> Result<bool, Usage> {
     }
 }
 
+/// `virtiofs` or `9p` for `--option`'s protocol.
+fn share_protocol(option: &str, value: &str) -> Result<ShareProtocol, Usage> {
+    ShareProtocol::parse("protocol", value).map_err(|_| {
+        Usage::Value(format!(
+            "--{option}: invalid {}{}: expected virtiofs or 9p",
+            if option == "fs" {
+                "protocol="
+            } else {
+                "value "
+            },
+            py_repr(value)
+        ))
+    })
+}
+
 /// Parses a `--fs` value, `path=DIR,tag=TAG[,read_only=on][,protocol=virtiofs]`.
 pub fn parse_share(text: &str) -> Result<ShareConfig, Usage> {
     let fs = parse_key_values("fs", text, FS_KEYS)?;
@@ -488,16 +512,12 @@ pub fn parse_share(text: &str) -> Result<ShareConfig, Usage> {
             "--fs: path=DIR and tag=TAG are required".into(),
         ));
     };
-    match fs.get("protocol").map(String::as_str) {
-        None | Some("virtiofs") => {}
-        Some(other) => {
-            return Err(Usage::Value(format!(
-                "--fs: invalid protocol={}: expected virtiofs (9p is not available yet)",
-                py_repr(other)
-            )))
-        }
-    }
+    let protocol = match fs.get("protocol") {
+        None => ShareProtocol::default(),
+        Some(p) => share_protocol("fs", p)?,
+    };
     Ok(ShareConfig {
+        protocol,
         path: PathBuf::from(path),
         tag: tag.clone(),
         read_only: on_off(

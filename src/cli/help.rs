@@ -6,8 +6,9 @@ pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--
                      --kernel path=PATH[,KEY=VALUE...]
                      [--blk path=PATH[,read_only=on][,serial=S]]
                      [--net tap=NAME[,mac=MAC] | user[,forward=H:G]]
-                     [--fs path=DIR,tag=TAG[,read_only=on]]
+                     [--fs path=DIR,tag=TAG[,read_only=on][,protocol=9p]]
                      [--root host] [--rw-cwd] [--modules DIR]
+                     [--root-protocol virtiofs|9p]
                      [--transport mmio|pci] [--rng] [--console]
                      [--ready-timeout SECONDS] [--version]
 ";
@@ -44,22 +45,30 @@ options:
                         default, for kernels with CONFIG_VIRTIO_MMIO) or pci,
                         with MSI-X (for kernels with CONFIG_VIRTIO_PCI, as
                         defconfig + kvm_guest.config builds them)
-  --fs path=DIR,tag=TAG[,read_only=on]
+  --fs path=DIR,tag=TAG[,read_only=on][,protocol=9p]
                         a host directory the guest mounts with `mount -t
-                        virtiofs TAG /mnt` (repeatable; a virtio-fs device
-                        each): tag: 1 to 36 bytes; read_only: on/off/true/false
-                        (default off), enforced on the host; protocol:
-                        virtiofs (the default and only one for now)
+                        virtiofs TAG /mnt` (repeatable; a device each): tag: 1
+                        to 36 bytes; read_only: on/off/true/false (default
+                        off), enforced on the host; protocol: virtiofs (the
+                        default) or 9p (`mount -t 9p -o
+                        trans=virtio,version=9p2000.L TAG /mnt`, for kernels
+                        without virtio-fs)
   --root host           the host's / as the guest's, read-only, with writable
                         overlays on /etc, /var, /root, /home, /tmp and tmpfs
                         on /run; -- COMMAND runs in the host's userspace and
                         working directory, without it a shell on the console
-                        (the kernel needs virtio-fs and overlayfs, built in or
-                        as modules the package's initramfs loads)
+                        (the kernel needs virtio-fs, or 9p with --root-protocol
+                        9p, and overlayfs, built in or as modules the
+                        package's initramfs loads)
   --rw-cwd              with --root host: share the working directory
                         read-write (the rest of / stays read-only)
   --modules DIR         with --root host: kernel modules (/lib/modules/RELEASE)
                         to mount at /lib/modules/$(uname -r)
+  --root-protocol virtiofs|9p
+                        with --root host: how the guest mounts the host's
+                        files: virtiofs (the default) or 9p (for kernels
+                        without virtio-fs, as defconfig + kvm_guest.config
+                        builds them)
   --rng                 a virtio-rng device: entropy for the guest from the
                         host's getrandom
   --console             with -- COMMAND: copy the guest's console to stderr

@@ -108,11 +108,11 @@ fn cli_disk(py: Python<'_>, text: &str) -> PyResult<(PathBuf, bool, Option<Strin
     }
 }
 
-/// A `--fs` value as `(path, tag, read_only)`; a malformed one raises `CliError`.
+/// A `--fs` value as `(path, tag, read_only, protocol)`; a malformed one raises `CliError`.
 #[pyfunction]
-fn cli_share(py: Python<'_>, text: &str) -> PyResult<(PathBuf, String, bool)> {
+fn cli_share(py: Python<'_>, text: &str) -> PyResult<(PathBuf, String, bool, &'static str)> {
     match crate::cli::args::parse_share(text) {
-        Ok(s) => Ok((s.path, s.tag, s.read_only)),
+        Ok(s) => Ok((s.path, s.tag, s.read_only, s.protocol.as_str())),
         Err(crate::cli::args::Usage::Syntax(m) | crate::cli::args::Usage::Value(m)) => {
             Err(raise(py, "CliError", m))
         }

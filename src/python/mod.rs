@@ -152,8 +152,8 @@ impl NativeVm {
         transport: &str,
         rng: bool,
         rng_rate: Option<&Bound<'_, PyAny>>,
-        shares: Vec<(PathBuf, String, bool)>,
-        host_root: Option<(Option<PathBuf>, Option<PathBuf>)>,
+        shares: Vec<(PathBuf, String, bool, String)>,
+        host_root: Option<(Option<PathBuf>, Option<PathBuf>, String)>,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range};
         let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
@@ -178,6 +178,29 @@ impl NativeVm {
         } else {
             None
         };
+        use crate::config::{HostRootConfig, ShareConfig, ShareProtocol};
+        let shares = shares
+            .into_iter()
+            .enumerate()
+            .map(|(i, (path, tag, read_only, protocol))| {
+                Ok(ShareConfig {
+                    path,
+                    tag,
+                    read_only,
+                    protocol: ShareProtocol::parse(format!("shares[{i}].protocol"), &protocol)
+                        .map_err(|e| to_py(py, e))?,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let host_root = match host_root {
+            Some((cwd, modules, protocol)) => Some(HostRootConfig {
+                cwd,
+                modules,
+                protocol: ShareProtocol::parse("root_protocol", &protocol)
+                    .map_err(|e| to_py(py, e))?,
+            }),
+            None => None,
+        };
         let config = VmConfig {
             memory_mib,
             vcpus,
@@ -193,16 +216,8 @@ impl NativeVm {
             net,
             vsock,
             rng,
-            shares: shares
-                .into_iter()
-                .map(|(path, tag, read_only)| crate::config::ShareConfig {
-                    path,
-                    tag,
-                    read_only,
-                })
-                .collect(),
-            host_root: host_root
-                .map(|(cwd, modules)| crate::config::HostRootConfig { cwd, modules }),
+            shares,
+            host_root,
             transport,
             seccomp,
         };

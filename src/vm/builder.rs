@@ -2,6 +2,8 @@
 //! boot images or the saved device and KVM state, vCPUs.
 
 use super::*;
+use crate::config::ShareProtocol;
+use crate::devices::virtio::p9::P9;
 use crate::sync::Locked;
 
 impl Vm {
@@ -55,7 +57,14 @@ impl Vm {
             dm.register_virtio(Rng::new(r))?;
         }
         for (i, share) in config.shares.iter().enumerate() {
-            dm.register_virtio(Fs::new(i, share)?)?;
+            match share.protocol {
+                ShareProtocol::VirtioFs => {
+                    dm.register_virtio(Fs::new(i, share)?)?;
+                }
+                ShareProtocol::P9 => {
+                    dm.register_virtio(P9::new(i, share)?)?;
+                }
+            }
         }
         let devices = dm.finish()?;
         let boot = match origin {
@@ -193,10 +202,10 @@ impl From<crate::devices::virtio::block::Error> for Error {
     }
 }
 
-impl From<crate::devices::virtio::fs::Error> for Error {
-    fn from(e: crate::devices::virtio::fs::Error) -> Self {
+impl From<crate::devices::virtio::share::Error> for Error {
+    fn from(e: crate::devices::virtio::share::Error) -> Self {
         match e {
-            crate::devices::virtio::fs::Error::Share(h) => h.into(),
+            crate::devices::virtio::share::Error::Share(h) => h.into(),
         }
     }
 }

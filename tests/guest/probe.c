@@ -13,12 +13,13 @@
  * `probe.bench=vsockrx|vsocktx` (see vsock_probe and bench_vsock). The PCI platform and the
  * virtio-pci transport are pci.c's (`probe.pci=`); it runs blk_test on virtio-pci disks through
  * struct blk's `ops`, which answer the virtio-mmio register offsets for another transport. The
- * virtio-fs (FUSE) client is fs.c's (`probe.fs=list|test`). */
+ * virtio-fs (FUSE) client is fs.c's (`probe.fs=list|test`), the 9P one p9.c's (`probe.p9=...`). */
 #include <stdint.h>
 
 #include "net.h" /* the virtio-net driver in net.c: probe.net=, probe.bench=nettx */
 #include "pci.h" /* PCI and virtio-pci in pci.c: probe.pci= */
 #include "fs.h"  /* the virtio-fs driver in fs.c: probe.fs= */
+#include "p9.h"  /* the virtio-9p driver in p9.c: probe.p9= */
 
 #define COM1 0x3f8
 #define LSR_DATA_READY 0x01
@@ -2856,6 +2857,8 @@ void pvh_main(const uint8_t *start_info) {
     if (net) net_probe(cmdline, rsdp, net); /* net.c */
     const char *fsm = cmdline ? cmdline_arg(cmdline, "probe.fs") : 0;
     if (fsm) fs_probe(cmdline, rsdp, fsm); /* fs.c */
+    const char *p9m = cmdline ? cmdline_arg(cmdline, "probe.p9") : 0;
+    if (p9m) p9_probe(cmdline, rsdp, p9m); /* p9.c */
     const char *vsk = cmdline ? cmdline_arg(cmdline, "probe.vsock") : 0;
     if (vsk) vsock_probe(cmdline, rsdp, vsk);
     const char *pci = cmdline ? cmdline_arg(cmdline, "probe.pci") : 0;
@@ -3006,6 +3009,8 @@ void probe_main(const uint8_t *zp) {
     if (net) net_probe(cmdline, *(const uint64_t *)(zp + 0x70), net); /* net.c */
     const char *fsm = cmd_ptr ? cmdline_arg(cmdline, "probe.fs") : 0;
     if (fsm) fs_probe(cmdline, *(const uint64_t *)(zp + 0x70), fsm); /* fs.c */
+    const char *p9m = cmd_ptr ? cmdline_arg(cmdline, "probe.p9") : 0;
+    if (p9m) p9_probe(cmdline, *(const uint64_t *)(zp + 0x70), p9m); /* p9.c */
     const char *pci = cmd_ptr ? cmdline_arg(cmdline, "probe.pci") : 0;
     if (pci) pci_probe(cmdline, *(const uint64_t *)(zp + 0x70), pci); /* pci.c */
 

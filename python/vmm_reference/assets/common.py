@@ -50,6 +50,9 @@ class LabAssets:
     bzimage: Path
     modules: Path
     busybox: Path
+    initrd: Path
+    """The guests' initramfs (as :attr:`GuestAssets.initrd`) with this kernel's modules, 9p
+    among them (Debian's cloud kernel has none): the generic kernel boots as a guest with it."""
 
 
 def cache_dir(override: Optional[Union[str, Path]] = None) -> Path:

@@ -47,18 +47,12 @@ def _cached_guest(base: Path) -> GuestAssets:
     )
 
 
-def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
-    base = cache_dir(cache)
-    base.mkdir(parents=True, exist_ok=True)
-    package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
-    bzimage, modules = _kernel_files(root)
-    vmlinux = root / "vmlinux"
-    if not vmlinux.exists():
-        _say(f"extracting the ELF vmlinux from {bzimage.name}")
-        vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
-        vmlinux.with_suffix(".tmp").replace(vmlinux)
-    busybox = _busybox(base)
-    agent = _build_agent(base)
+def _initramfs(busybox: Path, agent: Path, modules: Path) -> Path:
+    """Build (once per recipe) the guests' initramfs for the kernel whose modules are ``modules``.
+
+    It holds busybox, the init scripts, the agent and that kernel's ``lib/modules/<release>``
+    modules the guests need.
+    """
     modules_used = module_load_order(modules, _GUEST_MODULES)
     recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + _HOST_INIT_SCRIPT.encode()
                             + agent.parent.name.encode()
@@ -76,6 +70,22 @@ def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
                   for i, m in enumerate(modules_used)]
         _say(f"building {initrd.name}")
         build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
+    return initrd
+
+
+def _fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
+    base = cache_dir(cache)
+    base.mkdir(parents=True, exist_ok=True)
+    package, version, root = _kernel_package(base, "linux-image-cloud-amd64")
+    bzimage, modules = _kernel_files(root)
+    vmlinux = root / "vmlinux"
+    if not vmlinux.exists():
+        _say(f"extracting the ELF vmlinux from {bzimage.name}")
+        vmlinux.with_suffix(".tmp").write_bytes(extract_vmlinux(bzimage))
+        vmlinux.with_suffix(".tmp").replace(vmlinux)
+    busybox = _busybox(base)
+    agent = _build_agent(base)
+    initrd = _initramfs(busybox, agent, modules)
     rootfs = _rootfs(base, busybox, agent)
     assets = GuestAssets(package, version, vmlinux, bzimage, modules, initrd, busybox, rootfs, agent)
     recorded = (busybox.parent / MANIFEST).read_text() if (busybox.parent / MANIFEST).exists() else ""
@@ -89,7 +99,27 @@ def _fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
     base = cache_dir(cache)
     base.mkdir(parents=True, exist_ok=True)
     package, version, root = _kernel_package(base, "linux-image-amd64")
-    return LabAssets(package, version, *_kernel_files(root), _busybox(base))
+    bzimage, modules = _kernel_files(root)
+    busybox = _busybox(base)
+    return LabAssets(package, version, bzimage, modules, busybox, _initramfs(busybox, _build_agent(base), modules))
+
+
+def _cached_lab(base: Path) -> LabAssets:
+    """Return the newest complete lab assets already in the cache, without asking apt."""
+    roots = [p.parent for p in sorted(base.glob("linux-image-*-amd64-unsigned_*/.complete"))
+             if "-cloud-" not in p.parent.name]
+    if not roots:
+        raise AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no generic kernel; "
+                         "run `python -m vmm_reference.assets --lab` first")
+    root = roots[-1]
+    bzimage, modules = _kernel_files(root)
+    initrds = sorted(base.glob(f"busybox-static_*/initramfs-{_safe(modules.name)}-*.cpio.gz"),
+                     key=lambda p: p.stat().st_mtime)
+    if not initrds:
+        raise AssetError(f"VMM_REFERENCE_OFFLINE is set but {base} holds no initramfs for {modules.name}; "
+                         "run `python -m vmm_reference.assets --lab` first")
+    package, _, version = root.name.partition("_")
+    return LabAssets(package, version, bzimage, modules, initrds[-1].parent / "busybox", initrds[-1])
 
 
 def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
@@ -105,6 +135,13 @@ def fetch_guest(cache: Optional[Union[str, Path]] = None) -> GuestAssets:
 
 
 def fetch_lab(cache: Optional[Union[str, Path]] = None) -> LabAssets:
-    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab."""
+    """Fetch Debian's generic kernel (with kvm/kvm-amd modules) and busybox for the nested-KVM lab.
+
+    The guests' initramfs is built for it too, so that it boots as a guest (with 9p).
+
+    With ``VMM_REFERENCE_OFFLINE=1`` (inside the lab), the newest complete ones in the cache.
+    """
+    if _offline():
+        return _cached_lab(cache_dir(cache))
     with _cache_lock(cache):
         return _fetch_lab(cache)

@@ -17,13 +17,14 @@ from .common import AssetError
 # modules themselves: the package has no modules.dep): the ACPI power button and the input
 # device acpid reads; both virtio transports (virtio-mmio finds the VMM's devices through the
 # DSDT, virtio-pci on the PCI bus of a ``transport="pci"`` VM; each finds nothing on the other
-# kind of VM), virtio-blk, virtio-net, virtio-rng and virtio-fs (``virtiofs``, over ``fuse``),
+# kind of VM), virtio-blk, virtio-net, virtio-rng, virtio-fs (``virtiofs``, over ``fuse``) and
+# virtio-9p (``9pnet_virtio`` and ``9p``, which Debian's cloud kernel does not have),
 # ``overlay`` (for the host's root); ext4 and its dependencies where they are not built in
 # (Debian's cloud kernel has ext4 built in, virtio as modules); vsock and its virtio transport,
 # for the guest agent. Names missing from a kernel are left out.
 _GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_rng",
-                  "fuse", "virtiofs", "overlay", "ext4", "vsock", "vmw_vsock_virtio_transport_common",
-                  "vmw_vsock_virtio_transport"]
+                  "fuse", "virtiofs", "9pnet_virtio", "9p", "overlay", "ext4", "vsock",
+                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
 
 
 def _module_name(path: Path) -> str:

@@ -55,6 +55,24 @@ impl GuestBufs {
         Some(GuestBufs::new(readable))
     }
 
+    /// A request chain's driver-readable buffers and the device-writable ones after them
+    /// (the reply's room); None when a readable buffer follows a writable one.
+    pub fn request(
+        chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
+    ) -> Option<(GuestBufs, GuestBufs)> {
+        let (mut readable, mut writable) = (Vec::new(), Vec::new());
+        for d in chain {
+            if d.is_write_only() {
+                writable.push((d.addr(), d.len()));
+            } else if writable.is_empty() {
+                readable.push((d.addr(), d.len()));
+            } else {
+                return None;
+            }
+        }
+        Some((GuestBufs::new(readable), GuestBufs::new(writable)))
+    }
+
     /// Total length.
     pub fn len(&self) -> usize {
         self.len

@@ -19,10 +19,13 @@ pub mod bufs;
 pub mod fs;
 pub mod interrupt;
 pub mod net;
+pub mod p9;
 pub mod queue;
 pub mod rng;
+pub mod share;
 pub mod transport;
 pub mod vsock;
+pub mod wire;
 
 use crate::sync::Locked;
 use std::sync::{Arc, Mutex};

@@ -1,16 +1,26 @@
 case " $(cat /proc/cmdline) " in
   *" vmm.root=host "*)
-    cwd= modules=
+    cwd= modules= p9=
     set -f
     for arg in $(cat /proc/cmdline); do
       case "$arg" in
         vmm.cwd=*) cwd="${{arg#vmm.cwd=}}" ;;
         vmm.modules=1) modules=1 ;;
+        vmm.share=9p) p9=1 ;;
       esac
     done
     set +f
+    # share TAG DIR [ro]: mounts a share of the VMM's, over virtio-fs or (vmm.share=9p) 9p;
+    # the read-only ones may be cached, the read-write one sees the host's changes at once.
+    share() {{
+      if [ -n "$p9" ]; then
+        mount -t 9p -o "trans=virtio,version=9p2000.L,msize=512000${{3:+,ro,cache=loose}}" "$1" "$2"
+      else
+        mount -t virtiofs ${{3:+-o ro}} "$1" "$2"
+      fi
+    }}
     mkdir -p /newroot
-    if mount -t virtiofs -o ro vmm-root /newroot; then
+    if share vmm-root /newroot ro; then
       mount -t tmpfs -o mode=755 run /newroot/run
       v=/newroot/run/vmm
       mkdir -p "$v/acpi/PWRF" "$v/ov"
@@ -27,16 +37,16 @@ case " $(cat /proc/cmdline) " in
           || mount -t tmpfs "$d" "/newroot/$d"
       done
       if [ -n "$cwd" ]; then
-        mkdir -p "/newroot$cwd" && mount -t virtiofs vmm-cwd "/newroot$cwd"
+        mkdir -p "/newroot$cwd" && share vmm-cwd "/newroot$cwd"
       fi
       if [ -n "$modules" ]; then
         release=$(uname -r)
         mount -t tmpfs modules /newroot/lib/modules && mkdir -p "/newroot/lib/modules/$release" \
-          && mount -t virtiofs -o ro vmm-modules "/newroot/lib/modules/$release"
+          && share vmm-modules "/newroot/lib/modules/$release" ro
       fi
       for d in dev proc sys; do mount --move "/$d" "/newroot/$d"; done
       exec switch_root /newroot /run/vmm/busybox sh /run/vmm/init
     fi
-    echo "{GUEST_ROOT_FAILED_MARKER} root=host: cannot mount the host's root (virtio-fs tag vmm-root)"
+    echo "{GUEST_ROOT_FAILED_MARKER} root=host: cannot mount the host's root (share vmm-root${{p9:+ over 9p}})"
     ;;
 esac

@@ -2,6 +2,8 @@
 //! speaks it: opcodes, flags, and the request and reply structures, read and written field by
 //! field in little-endian order (no `unsafe` casts of guest bytes into structs).
 
+pub use crate::devices::virtio::wire::{Fields, Out};
+
 /// The protocol version we speak: 7.31 (Linux 5.4 and later send at least this).
 pub const KERNEL_VERSION: u32 = 7;
 /// The minor version we answer with (the guest's, if older).
@@ -67,66 +69,8 @@ pub mod init {
     pub const CACHE_SYMLINKS: u32 = 1 << 23;
 }
 
-/// `FUSE_SETATTR`'s `valid` bits.
-#[allow(missing_docs)]
-pub mod fattr {
-    pub const MODE: u32 = 1 << 0;
-    pub const UID: u32 = 1 << 1;
-    pub const GID: u32 = 1 << 2;
-    pub const SIZE: u32 = 1 << 3;
-    pub const ATIME: u32 = 1 << 4;
-    pub const MTIME: u32 = 1 << 5;
-    pub const FH: u32 = 1 << 6;
-    pub const ATIME_NOW: u32 = 1 << 7;
-    pub const MTIME_NOW: u32 = 1 << 8;
-}
-
-/// Reads little-endian fields from a request body; a read past the end gives `None`.
-#[derive(Debug, Clone, Copy)]
-pub struct Fields<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Fields<'a> {
-    /// Fields of `bytes`, from the start.
-    pub fn new(bytes: &'a [u8]) -> Self {
-        Fields { bytes, at: 0 }
-    }
-
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let end = self.at.checked_add(N)?;
-        let b: [u8; N] = self.bytes.get(self.at..end)?.try_into().ok()?;
-        self.at = end;
-        Some(b)
-    }
-
-    /// The next `u16`.
-    pub fn u16(&mut self) -> Option<u16> {
-        self.take().map(u16::from_le_bytes)
-    }
-
-    /// The next `u32`.
-    pub fn u32(&mut self) -> Option<u32> {
-        self.take().map(u32::from_le_bytes)
-    }
-
-    /// The next `u64`.
-    pub fn u64(&mut self) -> Option<u64> {
-        self.take().map(u64::from_le_bytes)
-    }
-
-    /// Skips `n` bytes.
-    pub fn skip(&mut self, n: usize) -> Option<()> {
-        let end = self.at.checked_add(n)?;
-        (end <= self.bytes.len()).then(|| self.at = end)
-    }
-
-    /// What follows the fields read so far.
-    pub fn rest(&self) -> &'a [u8] {
-        self.bytes.get(self.at..).unwrap_or_default()
-    }
-}
+/// `FUSE_SETATTR`'s `valid` bits, which [`SetAttr`](crate::devices::virtio::share::passthrough::setattr::SetAttr) takes.
+pub use crate::devices::virtio::share::passthrough::setattr::fattr;
 
 /// `struct fuse_in_header`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,37 +114,21 @@ pub fn out_header(len: usize, error: i32, unique: u64) -> [u8; OUT_HEADER_LEN] {
     h
 }
 
-/// A reply body being built.
-#[derive(Debug, Default)]
-pub struct Out(pub Vec<u8>);
-
-impl Out {
-    /// Appends a `u16`.
-    pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-
-    /// Appends a `u32`.
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-
-    /// Appends a `u64`.
-    pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-
-    /// Appends `n` zero bytes.
-    pub fn zeros(&mut self, n: usize) -> &mut Self {
-        self.0.resize(self.0.len() + n, 0);
-        self
-    }
-
+/// The FUSE structures a reply body is made of.
+pub trait Reply {
     /// Appends `struct fuse_attr` for `st`.
-    pub fn attr(&mut self, st: &libc::stat64) -> &mut Self {
+    fn attr(&mut self, st: &libc::stat64) -> &mut Self;
+    /// Appends `struct fuse_entry_out` for inode `nodeid` with attributes `st`, both valid
+    /// for `valid_secs`.
+    fn entry(&mut self, nodeid: u64, st: &libc::stat64, valid_secs: u64) -> &mut Self;
+    /// Appends `struct fuse_attr_out`.
+    fn attr_out(&mut self, st: &libc::stat64, valid_secs: u64) -> &mut Self;
+    /// Appends a `struct fuse_dirent` (padded to 8 bytes).
+    fn dirent(&mut self, ino: u64, off: u64, kind: u32, name: &[u8]) -> &mut Self;
+}
+
+impl Reply for Out {
+    fn attr(&mut self, st: &libc::stat64) -> &mut Self {
         self.u64(st.st_ino)
             .u64(st.st_size as u64)
             .u64(st.st_blocks as u64)
@@ -219,9 +147,7 @@ impl Out {
             .u32(0)
     }
 
-    /// Appends `struct fuse_entry_out` for inode `nodeid` with attributes `st`, both valid
-    /// for `valid_secs`.
-    pub fn entry(&mut self, nodeid: u64, st: &libc::stat64, valid_secs: u64) -> &mut Self {
+    fn entry(&mut self, nodeid: u64, st: &libc::stat64, valid_secs: u64) -> &mut Self {
         self.u64(nodeid)
             .u64(0)
             .u64(valid_secs)
@@ -231,13 +157,11 @@ impl Out {
             .attr(st)
     }
 
-    /// Appends `struct fuse_attr_out`.
-    pub fn attr_out(&mut self, st: &libc::stat64, valid_secs: u64) -> &mut Self {
+    fn attr_out(&mut self, st: &libc::stat64, valid_secs: u64) -> &mut Self {
         self.u64(valid_secs).u32(0).u32(0).attr(st)
     }
 
-    /// Appends a `struct fuse_dirent` (padded to 8 bytes); its size.
-    pub fn dirent(&mut self, ino: u64, off: u64, kind: u32, name: &[u8]) -> &mut Self {
+    fn dirent(&mut self, ino: u64, off: u64, kind: u32, name: &[u8]) -> &mut Self {
         self.u64(ino).u64(off).u32(name.len() as u32).u32(kind);
         self.0.extend_from_slice(name);
         self.zeros(dirent_padding(name.len()))
@@ -276,10 +200,6 @@ mod tests {
         let h = InHeader::parse(&req).unwrap();
         assert_eq!((h.len, h.opcode, h.unique, h.nodeid), (48, 1, 7, 1));
         assert!(InHeader::parse(&req[..39]).is_none());
-        let mut f = Fields::new(&[1, 0, 0, 0, 2]);
-        assert_eq!(f.u32(), Some(1));
-        assert_eq!(f.u32(), None, "past the end");
-        assert_eq!(f.rest(), &[2]);
         assert_eq!(out_header(16, -2, 9)[4..8], (-2i32).to_le_bytes());
         assert_eq!(c_name(b"abc\0rest"), Some((&b"abc"[..], &b"rest"[..])));
         assert_eq!(c_name(b"abc"), None);

@@ -16,16 +16,13 @@
 //! that must be right — confinement — is easier to check in code that is ours.
 
 pub mod fuse;
-pub mod passthrough;
-mod readdir;
+pub mod readdir;
 pub mod server;
 
-use super::bufs::GuestBufs;
-use super::{queue, ActivateError, Activation, Served, VirtioDevice};
+use super::share::{passthrough, Protocol, Serving};
+use super::{ActivateError, Activation, VirtioDevice};
 use crate::config::ShareConfig;
-use crate::refusal::{HostError, Refusal};
 
-use passthrough::Passthrough;
 use server::Server;
 
 /// The virtio device type of a file system device.
@@ -37,133 +34,35 @@ pub const BATCH: usize = 64;
 /// The tag's size in the configuration space.
 pub const TAG_LEN: usize = 36;
 
-/// Why a share's device cannot be made.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Its directory (named `shares[i]`) is refused or cannot be opened.
-    #[error(transparent)]
-    Share(#[from] HostError),
-}
+pub use super::share::Error;
 
 /// The device.
 pub struct Fs {
     server: Server,
+    serving: Serving,
     config: [u8; TAG_LEN + 4],
     tag: String,
-    active: Option<Active>,
-    requests: u64,
-    bytes_read: u64,
-    bytes_written: u64,
 }
-
-use super::ActiveQueues as Active;
 
 impl Fs {
     /// Share number `index` as `config` describes it; errors name `shares[index]`.
     pub fn new(index: usize, config: &ShareConfig) -> Result<Fs, Error> {
-        let arg = format!("shares[{index}]");
-        let path = &config.path;
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(HostError::Refused(Refusal::invalid(
-                    arg,
-                    format!("{path:?}"),
-                    "expected a directory to share",
-                ))
-                .into())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(HostError::Refused(Refusal::FileNotFound {
-                    arg: arg.into(),
-                    path: path.clone(),
-                })
-                .into())
-            }
-            Err(e) => return Err(HostError::io(format!("{arg}: cannot open {path:?}"))(e).into()),
-        }
-        let fs = Passthrough::new(path, config.read_only)
-            .map_err(HostError::io(format!("{arg}: cannot open {path:?}")))?;
-        raise_open_file_limit();
+        let fs = passthrough::open_share(index, config)?;
         let mut cfg = [0u8; TAG_LEN + 4];
         let tag = config.tag.as_bytes();
         cfg[..tag.len().min(TAG_LEN)].copy_from_slice(&tag[..tag.len().min(TAG_LEN)]);
         cfg[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes()); // num_request_queues
         Ok(Fs {
             server: Server::new(fs),
+            serving: Serving::default(),
             config: cfg,
             tag: config.tag.clone(),
-            active: None,
-            requests: 0,
-            bytes_read: 0,
-            bytes_written: 0,
         })
     }
 
     /// The tag the guest mounts it by.
     pub fn tag(&self) -> &str {
         &self.tag
-    }
-
-    /// Serves queue `index`; returns whether chains are left for another round.
-    fn serve(&mut self, index: usize) -> bool {
-        let Some(active) = self.active.as_mut() else {
-            return false;
-        };
-        let Some(q) = active.queues.get_mut(index) else {
-            return false;
-        };
-        let mem = active.mem.clone();
-        let mem = mem.as_ref();
-        let (server, requests, read, written) = (
-            &mut self.server,
-            &mut self.requests,
-            &mut self.bytes_read,
-            &mut self.bytes_written,
-        );
-        let round = queue::serve(q, index, mem, &active.interrupt, BATCH, |chain| {
-            let Some((readable, writable)) = split(chain) else {
-                return Served::Used(0); // a readable buffer after a writable one
-            };
-            *requests += 1;
-            let done = server.handle(mem, &readable, &writable);
-            *read += done.read;
-            *written += done.written;
-            Served::Used(done.used)
-        });
-        round.more()
-    }
-}
-
-/// A request chain's driver-readable buffers and the device-writable ones after them; None
-/// when they are not in that order.
-fn split(
-    chain: impl IntoIterator<Item = virtio_queue::desc::split::Descriptor>,
-) -> Option<(GuestBufs, GuestBufs)> {
-    let (mut readable, mut writable) = (Vec::new(), Vec::new());
-    for d in chain {
-        if d.is_write_only() {
-            writable.push((d.addr(), d.len()));
-        } else if writable.is_empty() {
-            readable.push((d.addr(), d.len()));
-        } else {
-            return None;
-        }
-    }
-    Some((GuestBufs::new(readable), GuestBufs::new(writable)))
-}
-
-/// Raises this process's soft limit on open files to its hard limit: each inode the guest
-/// holds is a descriptor, and the default soft limit (1,024) is smaller than a tree.
-fn raise_open_file_limit() {
-    // SAFETY: a zeroed rlimit is valid for getrlimit to fill.
-    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: `lim` is a valid rlimit; setrlimit only raises the soft limit to the hard one.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 
@@ -185,17 +84,16 @@ impl VirtioDevice for Fs {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.active = Some(activation.queues_ready(QUEUE_SIZES.len())?);
-        Ok(())
+        self.serving.activate(activation, QUEUE_SIZES.len())
     }
 
     fn reset(&mut self) {
-        self.active = None;
+        self.serving.reset();
         self.server.reset();
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
-        self.serve(index)
+        self.serving.serve(index, BATCH, &mut self.server)
     }
 
     fn kind(&self) -> &'static str {
@@ -203,13 +101,7 @@ impl VirtioDevice for Fs {
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {
-        vec![
-            ("requests", self.requests),
-            ("bytes_read", self.bytes_read),
-            ("bytes_written", self.bytes_written),
-            ("inodes", self.server.fs().inodes() as u64),
-            ("open_files", self.server.fs().open_handles() as u64),
-        ]
+        self.serving.counters(self.server.fs())
     }
 
     fn release(&mut self) {
@@ -217,9 +109,7 @@ impl VirtioDevice for Fs {
     }
 
     fn queue_states(&self) -> Option<Vec<virtio_queue::QueueState>> {
-        self.active
-            .as_ref()
-            .map(|a| a.queues.iter().map(|q| q.state()).collect())
+        self.serving.queue_states()
     }
 }
 

@@ -1,52 +1,12 @@
-//! READDIR and READDIRPLUS: a directory's entries from `getdents64`, as `fuse_dirent`s (and,
+//! FUSE's READDIR and READDIRPLUS: a directory's entries ([`scan`]) as `fuse_dirent`s (and,
 //! for READDIRPLUS, each with its `fuse_entry_out`, which counts as a lookup).
-//!
-//! The offset the guest passes back is the host's `d_off` of the last entry it got, so a
-//! reply that stops early (the guest's buffer is full) loses nothing: the next call seeks
-//! to where it stopped.
 
-use std::os::fd::AsRawFd;
+use super::fuse::{self, Out, Reply};
+use crate::devices::virtio::share::passthrough::{Passthrough, Res};
+use crate::devices::virtio::share::readdir::{scan, Step};
 
-use super::fuse::{self, Out};
-use super::passthrough::{Passthrough, Res};
-
-/// How many bytes of host entries are read per `getdents64` call.
-const CHUNK: usize = 32 << 10;
-
-/// One host directory entry.
-struct Entry<'a> {
-    ino: u64,
-    off: u64,
-    kind: u8,
-    name: &'a [u8],
-}
-
-/// Parses the `linux_dirent64` records in `buf`; stops at a malformed one.
-fn entries(buf: &[u8]) -> Vec<Entry<'_>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 19 <= buf.len() {
-        let field = |o: usize, n: usize| &buf[at + o..at + o + n];
-        let ino = u64::from_ne_bytes(field(0, 8).try_into().unwrap_or_default());
-        let off = u64::from_ne_bytes(field(8, 8).try_into().unwrap_or_default());
-        let reclen = u16::from_ne_bytes(field(16, 2).try_into().unwrap_or_default()) as usize;
-        if reclen < 20 || at + reclen > buf.len() {
-            break;
-        }
-        let raw = &buf[at + 19..at + reclen];
-        let name = &raw[..raw.iter().position(|&b| b == 0).unwrap_or(raw.len())];
-        out.push(Entry {
-            ino,
-            off,
-            kind: buf[at + 18],
-            name,
-        });
-        at += reclen;
-    }
-    out
-}
-
-/// Entries of the open directory `fh` (of inode `node`) from `offset`, at most `size` bytes.
+/// READDIR(PLUS): entries of the open directory `fh` (of inode `node`) from `offset`, at
+/// most `size` bytes.
 pub fn read(
     fs: &mut Passthrough,
     node: u64,
@@ -55,94 +15,30 @@ pub fn read(
     size: usize,
     plus: bool,
 ) -> Res<Vec<u8>> {
-    let handle = fs.handle(fh)?;
-    if !handle.dir {
-        return Err(libc::ENOTDIR);
-    }
-    let fd = handle.file.as_raw_fd();
-    let offset = libc::off64_t::try_from(offset).map_err(|_| libc::EINVAL)?;
-    // SAFETY: lseek on a directory descriptor we own, to an offset getdents gave.
-    if unsafe { libc::lseek64(fd, offset, libc::SEEK_SET) } < 0 {
-        return Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO));
-    }
     let mut out = Out::default();
-    let mut buf = vec![0u8; CHUNK.min(size.max(512))];
-    'fill: loop {
-        // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_getdents64,
-                fd,
-                buf.as_mut_ptr(),
-                buf.len() as libc::c_uint,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO);
-            return if out.0.is_empty() { Err(e) } else { Ok(out.0) };
+    scan(fs, fh, offset, size, |fs, e| {
+        let need = fuse::dirent_len(e.name.len()) + if plus { fuse::ENTRY_OUT_LEN } else { 0 };
+        if out.0.len() + need > size {
+            return Step::Full;
         }
-        if n == 0 {
-            break;
-        }
-        for e in entries(&buf[..n as usize]) {
-            let kind = u32::from(e.kind);
-            let need = fuse::dirent_len(e.name.len()) + if plus { fuse::ENTRY_OUT_LEN } else { 0 };
-            if out.0.len() + need > size {
-                break 'fill;
-            }
-            if plus {
-                if e.name == b"." || e.name == b".." {
-                    // No entry for these: node id 0 tells the guest to look them up itself.
-                    // SAFETY: stat64 is plain data; all zeroes is a valid value.
-                    let zero: libc::stat64 = unsafe { std::mem::zeroed() };
-                    out.entry(0, &zero, 0);
-                } else {
-                    match fs.lookup(node, e.name) {
-                        Ok((n, st)) => {
-                            out.entry(n, &st, 1);
-                        }
-                        // Gone since, or past the inode cap: leave it out of this reply.
-                        Err(_) => continue,
+        if plus {
+            if e.name == b"." || e.name == b".." {
+                // No entry for these: node id 0 tells the guest to look them up itself.
+                // SAFETY: stat64 is plain data; all zeroes is a valid value.
+                let zero: libc::stat64 = unsafe { std::mem::zeroed() };
+                out.entry(0, &zero, 0);
+            } else {
+                match fs.lookup(node, e.name) {
+                    Ok((n, st)) => {
+                        out.entry(n, &st, 1);
                     }
+                    // Gone since, or past the inode cap: leave it out of this reply.
+                    Err(_) => return Step::Skipped,
                 }
             }
-            out.dirent(e.ino, e.off, kind, e.name);
         }
-    }
+        out.dirent(e.ino, e.off, u32::from(e.kind), e.name);
+        Step::Took
+    })?;
     Ok(out.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_records_parse_and_stop_at_a_malformed_one() {
-        let mut buf = Vec::new();
-        for (ino, name) in [(5u64, &b"a"[..]), (6, b"longer-name")] {
-            let reclen = (19 + name.len() + 1).div_ceil(8) * 8;
-            let start = buf.len();
-            buf.extend_from_slice(&ino.to_ne_bytes());
-            buf.extend_from_slice(&(ino * 10).to_ne_bytes());
-            buf.extend_from_slice(&(reclen as u16).to_ne_bytes());
-            buf.push(8);
-            buf.extend_from_slice(name);
-            buf.resize(start + reclen, 0);
-        }
-        let e = entries(&buf);
-        assert_eq!(e.len(), 2);
-        assert_eq!(
-            (e[1].ino, e[1].off, e[1].kind, e[1].name),
-            (6, 60, 8, &b"longer-name"[..])
-        );
-        buf.extend_from_slice(&[0u8; 18]);
-        assert_eq!(entries(&buf).len(), 2, "a truncated record is not read");
-        let mut bad = buf.clone();
-        bad[16] = 200; // reclen past the end
-        assert_eq!(entries(&bad).len(), 0);
-    }
 }

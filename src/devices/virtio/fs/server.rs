@@ -12,9 +12,12 @@ use std::os::fd::AsRawFd;
 
 use vm_memory::GuestMemoryMmap;
 
-use super::fuse::{self, op, Fields, InHeader, Out};
-use super::passthrough::{Errno, Passthrough, Res, SetAttr, ROOT};
+use super::fuse::{self, op, Fields, InHeader, Out, Reply};
 use crate::devices::virtio::bufs::GuestBufs;
+use crate::devices::virtio::share::passthrough::{
+    to_off, vectored, Errno, Passthrough, Res, SetAttr, ROOT,
+};
+use crate::devices::virtio::share::{Done, Protocol};
 
 /// The most bytes one READ or WRITE moves (the `max_write` and `max_pages` we offer).
 pub const MAX_IO: usize = 1 << 20;
@@ -31,17 +34,6 @@ const INIT_FLAGS: u32 = fuse::init::ASYNC_READ
     | fuse::init::PARALLEL_DIROPS
     | fuse::init::MAX_PAGES
     | fuse::init::CACHE_SYMLINKS;
-
-/// A request's outcome, for the counters.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Done {
-    /// Bytes written to the chain (the used length).
-    pub used: u32,
-    /// File bytes the guest read.
-    pub read: u64,
-    /// File bytes the guest wrote.
-    pub written: u64,
-}
 
 /// The server of one share: its file system and whether the driver said INIT.
 pub struct Server {
@@ -82,57 +74,6 @@ impl Server {
             fs,
             initialized: false,
         }
-    }
-
-    /// The file system (for counters and tests).
-    pub fn fs(&self) -> &Passthrough {
-        &self.fs
-    }
-
-    /// Forgets every inode and handle (device reset).
-    pub fn reset(&mut self) {
-        self.fs.reset();
-        self.initialized = false;
-    }
-
-    /// Serves the request in `readable`, replying into `writable`.
-    pub fn handle(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        readable: &GuestBufs,
-        writable: &GuestBufs,
-    ) -> Done {
-        let mut raw = [0u8; fuse::IN_HEADER_LEN];
-        if readable.read(mem, 0, &mut raw).is_err() {
-            return Done::default();
-        }
-        let Some(h) = InHeader::parse(&raw) else {
-            return Done::default();
-        };
-        let mut done = Done::default();
-        let answer = self.dispatch(mem, &h, readable, writable, &mut done);
-        let (error, body): (i32, &[u8]) = match &answer {
-            Ok(Answer::Nothing) => return done,
-            Ok(Answer::Body(b)) => (0, b),
-            Ok(Answer::Data(_)) => (0, &[]),
-            Err(e) => (-e, &[]),
-        };
-        let data = match answer {
-            Ok(Answer::Data(n)) => n,
-            _ => 0,
-        };
-        let len = fuse::OUT_HEADER_LEN + body.len() + data;
-        if writable.len() < len {
-            return done; // no room for the reply: the chain goes back unused
-        }
-        let header = fuse::out_header(len, error, h.unique);
-        if writable.write(mem, 0, &header).is_err()
-            || writable.write(mem, fuse::OUT_HEADER_LEN, body).is_err()
-        {
-            return done;
-        }
-        done.used = len as u32;
-        done
     }
 
     fn dispatch(
@@ -463,6 +404,56 @@ impl Server {
     }
 }
 
+impl Protocol for Server {
+    fn fs(&self) -> &Passthrough {
+        &self.fs
+    }
+
+    fn reset(&mut self) {
+        self.fs.reset();
+        self.initialized = false;
+    }
+
+    fn handle(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        readable: &GuestBufs,
+        writable: &GuestBufs,
+    ) -> Done {
+        let mut raw = [0u8; fuse::IN_HEADER_LEN];
+        if readable.read(mem, 0, &mut raw).is_err() {
+            return Done::default();
+        }
+        let Some(h) = InHeader::parse(&raw) else {
+            return Done::default();
+        };
+        let mut done = Done::default();
+        let answer = self.dispatch(mem, &h, readable, writable, &mut done);
+        let (error, body): (i32, &[u8]) = match &answer {
+            Ok(Answer::Nothing) => return done,
+            Ok(Answer::Body(b)) => (0, b.as_slice()),
+            Ok(Answer::Data(_)) => (0, &[]),
+            Err(e) => (-e, &[]),
+        };
+        let data = match answer {
+            Ok(Answer::Data(n)) => n,
+            _ => 0,
+        };
+        let len = fuse::OUT_HEADER_LEN + body.len() + data;
+        if writable.len() < len {
+            return done; // no room for the reply: the chain goes back unused
+        }
+        let header = fuse::out_header(len, error, h.unique);
+        if writable.write(mem, 0, &header).is_err()
+            || writable.write(mem, fuse::OUT_HEADER_LEN, body).is_err()
+        {
+            return done;
+        }
+        done.used = len as u32;
+        done
+    }
+}
+
 /// The descriptor of open file `fh` (not a directory).
 fn file_fd(fs: &Passthrough, fh: u64) -> Res<libc::c_int> {
     let h = fs.handle(fh)?;
@@ -470,10 +461,6 @@ fn file_fd(fs: &Passthrough, fh: u64) -> Res<libc::c_int> {
         return Err(libc::EISDIR);
     }
     Ok(h.file.as_raw_fd())
-}
-
-fn to_off(v: u64) -> Res<libc::off64_t> {
-    libc::off64_t::try_from(v).map_err(|_| libc::EINVAL)
 }
 
 fn last_errno() -> Errno {
@@ -487,32 +474,5 @@ fn errno_of(ret: libc::c_int) -> Res<()> {
         Err(last_errno())
     } else {
         Ok(())
-    }
-}
-
-/// `preadv` (guest buffers `iov` filled from `fd` at `offset`) or, `write`, `pwritev`.
-fn vectored(
-    fd: libc::c_int,
-    iov: &[libc::iovec],
-    offset: libc::off64_t,
-    write: bool,
-) -> Res<usize> {
-    if iov.is_empty() {
-        return Ok(0);
-    }
-    let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
-    // SAFETY: every iovec covers guest memory that GuestBufs::iovecs checked is mapped (and,
-    // for a read, device-writable in this chain); the kernel touches at most their lengths.
-    let n = unsafe {
-        if write {
-            libc::pwritev64(fd, iov.as_ptr(), count, offset)
-        } else {
-            libc::preadv64(fd, iov.as_ptr(), count, offset)
-        }
-    };
-    if n < 0 {
-        Err(last_errno())
-    } else {
-        Ok(n as usize)
     }
 }

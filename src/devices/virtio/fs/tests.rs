@@ -92,6 +92,7 @@ fn share() -> (std::path::PathBuf, Fs) {
             path: dir.clone(),
             tag: "src".into(),
             read_only: true,
+            protocol: Default::default(),
         },
     )
     .unwrap();

@@ -31,6 +31,9 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
+use crate::config::ShareConfig;
+use crate::refusal::{HostError, Refusal};
+
 /// The most inodes one device holds at once.
 pub const MAX_INODES: usize = 65_536;
 /// The most files and directories one device has open at once.
@@ -55,6 +58,80 @@ fn check(ret: libc::c_int) -> Res<libc::c_int> {
         Err(last_errno())
     } else {
         Ok(ret)
+    }
+}
+
+/// The host directory of share number `index` (errors name `shares[index]`), opened to
+/// serve; the process's open-file limit raised for the descriptors its inodes will be.
+pub fn open_share(index: usize, config: &ShareConfig) -> Result<Passthrough, HostError> {
+    let arg = format!("shares[{index}]");
+    let path = &config.path;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(HostError::Refused(Refusal::invalid(
+                arg,
+                format!("{path:?}"),
+                "expected a directory to share",
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(HostError::Refused(Refusal::FileNotFound {
+                arg: arg.into(),
+                path: path.clone(),
+            }))
+        }
+        Err(e) => return Err(HostError::io(format!("{arg}: cannot open {path:?}"))(e)),
+    }
+    let fs = Passthrough::new(path, config.read_only)
+        .map_err(HostError::io(format!("{arg}: cannot open {path:?}")))?;
+    raise_open_file_limit();
+    Ok(fs)
+}
+
+/// Raises this process's soft limit on open files to its hard limit: each inode the guest
+/// holds is a descriptor, and the default soft limit (1,024) is smaller than a tree.
+fn raise_open_file_limit() {
+    // SAFETY: a zeroed rlimit is valid for getrlimit to fill.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: `lim` is a valid rlimit; setrlimit only raises the soft limit to the hard one.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// `v` as a file offset, or EINVAL past `i64::MAX`.
+pub fn to_off(v: u64) -> Res<libc::off64_t> {
+    libc::off64_t::try_from(v).map_err(|_| libc::EINVAL)
+}
+
+/// `preadv` (guest buffers `iov` filled from `fd` at `offset`) or, `write`, `pwritev`.
+pub fn vectored(
+    fd: libc::c_int,
+    iov: &[libc::iovec],
+    offset: libc::off64_t,
+    write: bool,
+) -> Res<usize> {
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    let count = libc::c_int::try_from(iov.len()).map_err(|_| libc::EINVAL)?;
+    // SAFETY: every iovec covers guest memory that GuestBufs::iovecs checked is mapped (and,
+    // for a read, device-writable in this chain); the kernel touches at most their lengths.
+    let n = unsafe {
+        if write {
+            libc::pwritev64(fd, iov.as_ptr(), count, offset)
+        } else {
+            libc::preadv64(fd, iov.as_ptr(), count, offset)
+        }
+    };
+    if n < 0 {
+        Err(last_errno())
+    } else {
+        Ok(n as usize)
     }
 }
 
@@ -323,7 +400,8 @@ impl Passthrough {
         self.adopt(fd, parent_dev)
     }
 
-    fn again(&mut self, node: u64) -> Res<(u64, libc::stat64)> {
+    /// One more lookup of `node`, an inode the guest holds: its attributes.
+    pub fn again(&mut self, node: u64) -> Res<(u64, libc::stat64)> {
         let st = self.getattr(node)?;
         if let Some(inode) = self.inodes.get_mut(&node) {
             inode.refs += 1;
@@ -588,7 +666,7 @@ impl Passthrough {
 }
 
 #[path = "setattr.rs"]
-mod setattr;
+pub mod setattr;
 pub use setattr::SetAttr;
 
 #[cfg(test)]

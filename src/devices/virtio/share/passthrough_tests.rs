@@ -182,7 +182,7 @@ fn changes_land_in_the_share_without_set_id_bits_or_devices() {
         "a hard link is the same inode"
     );
     let set = SetAttr {
-        valid: super::super::fuse::fattr::MODE,
+        valid: setattr::fattr::MODE,
         mode: 0o6777,
         ..SetAttr::default()
     };

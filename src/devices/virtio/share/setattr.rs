@@ -5,7 +5,22 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::{check, proc_path, safe_mode, Passthrough, Res};
 
-/// `struct fuse_setattr_in`, the fields used.
+/// What [`SetAttr::valid`] says counts: FUSE's `FATTR_*` bits (its `FUSE_SETATTR` passes
+/// them through; 9P's `Tsetattr` bits are mapped onto them).
+#[allow(missing_docs)]
+pub mod fattr {
+    pub const MODE: u32 = 1 << 0;
+    pub const UID: u32 = 1 << 1;
+    pub const GID: u32 = 1 << 2;
+    pub const SIZE: u32 = 1 << 3;
+    pub const ATIME: u32 = 1 << 4;
+    pub const MTIME: u32 = 1 << 5;
+    pub const FH: u32 = 1 << 6;
+    pub const ATIME_NOW: u32 = 1 << 7;
+    pub const MTIME_NOW: u32 = 1 << 8;
+}
+
+/// What to change of an inode (FUSE's `struct fuse_setattr_in`, the fields used).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SetAttr {
     /// FATTR_* bits saying which fields count.
@@ -34,7 +49,6 @@ impl Passthrough {
     /// Changes what `valid` (FATTR_* bits) says of `node` (through `fh` when given);
     /// returns the attributes after.
     pub fn setattr(&mut self, node: u64, set: &SetAttr) -> Res<libc::stat64> {
-        use crate::devices::virtio::fs::fuse::fattr;
         self.writable()?;
         let inode = self.inode(node)?;
         let path = proc_path(inode.fd.as_raw_fd());
