@@ -33,8 +33,10 @@ from case_exits import case_exits
 from case_kernel import case_kernel
 from case_lab_agent import case_lab_agent, inner_agent
 from case_lab_disks import case_lab_disks, inner_disks
+from case_lab_shares import case_lab_shares, inner_shares
 from case_lab_snapshot import case_lab_snapshot, inner_snapshot
 from case_lab_tap import case_lab_tap, inner_tap_ns
+from case_lab_vng import case_lab_vng, inner_vng
 from case_memory import case_memory
 from case_scale import case_scale
 from case_snapshots import case_fork
@@ -103,6 +105,27 @@ def chart(rows: list[Row], path: Path) -> None:
     ax.set_title("vmm-reference benchmarks")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+def merge_rows(table: str, rows: list[Row]) -> str:
+    """``table`` (the README's, from a whole run) with the rows and notes of ``rows``' cases put
+    in place of those cases' old ones (an ``--only`` run), each new note saying when it ran."""
+    cases = {r.case for r in rows}
+    fresh = markdown(rows, "").splitlines()
+    new_rows = [line for line in fresh[4:] if line.startswith("| ")]
+    new_notes = [line for line in fresh if line.startswith("- ")]
+    new_notes.append(f"- {', '.join(sorted(cases))}: taken {time.strftime('%Y-%m-%d')} on this machine with "
+                     "`--only`, after the run above.")
+    lines = [line for line in table.splitlines()
+             if not (line.startswith("| ") and line.split(" | ")[0][2:] in cases)
+             and not any(line.startswith(f"- {c}:") for c in cases)]
+    last_row = max(i for i, line in enumerate(lines) if line.startswith("| ") and not line.startswith("|---"))
+    lines[last_row + 1:last_row + 1] = new_rows
+    notes_at = max((i for i, line in enumerate(lines) if line.startswith("- ")), default=last_row + len(new_rows))
+    if notes_at == last_row + len(new_rows):
+        new_notes = [""] + new_notes
+    lines[notes_at + 1:notes_at + 1] = new_notes
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions, no lab case")
@@ -111,7 +134,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--firecracker", metavar="PATH", default=os.environ.get("VMM_REFERENCE_FIRECRACKER"),
                         help="a Firecracker binary (default: $VMM_REFERENCE_FIRECRACKER): adds it as a peer in "
                         "the boot and lab cases; those rows are skipped, with the reason, without it")
+    parser.add_argument("--virtiofsd", metavar="PATH", default=os.environ.get("VMM_REFERENCE_VIRTIOFSD"),
+                        help="a virtiofsd binary (default: $VMM_REFERENCE_VIRTIOFSD; `cargo install virtiofsd`): "
+                        "adds QEMU + virtiofsd as the shares case's peer; those rows are skipped without it")
     parser.add_argument("--inner-userspace", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--vng", metavar="PATH", default=os.environ.get("VMM_REFERENCE_VNG"),
+                        help="virtme-ng's vng (default: $VMM_REFERENCE_VNG; `pip install virtme-ng` in a virtualenv "
+                        "outside the repository): the host-root case's peer; its rows are skipped without it")
+    parser.add_argument("--inner-shares", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--inner-vng", type=int, metavar="REPS", help=argparse.SUPPRESS)
+    parser.add_argument("--vng-tools", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--inner-disks", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-agent", type=int, metavar="REPS", help=argparse.SUPPRESS)
     parser.add_argument("--inner-tap", type=int, metavar="REPS", help=argparse.SUPPRESS)
@@ -121,6 +153,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     if args.inner_userspace:
         print("USERSPACE " + json.dumps(userspace_samples(args.inner_userspace, args.firecracker)), flush=True)
+        return 0
+    if args.inner_vng:
+        print("VNG " + json.dumps(inner_vng(args.inner_vng, args.vng, args.vng_tools, args.virtiofsd)), flush=True)
+        return 0
+    if args.inner_shares:
+        print("SHARES " + json.dumps(inner_shares(args.inner_shares, args.virtiofsd)), flush=True)
         return 0
     if args.inner_disks:
         print("DISKS " + json.dumps(inner_disks(args.inner_disks, args.firecracker)), flush=True)
@@ -181,6 +219,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run("vsock in the lab", lambda: case_lab_agent(3, args.firecracker))
         run("network in the lab", lambda: case_lab_tap(3, args.firecracker))
         run("snapshots in the lab", lambda: case_lab_snapshot(3, args.firecracker))
+        run("shares in the lab", lambda: case_lab_shares(3, args.virtiofsd))
+        run("host root in the lab", lambda: case_lab_vng(3, args.vng, args.virtiofsd))
     took = time.perf_counter() - started
     header = (f"Taken {time.strftime('%Y-%m-%d')} on: {machine()}. Whole run: {took:.0f} s. "
               f"Medians compared; ratio = ours / peer.")
@@ -189,13 +229,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.only:
         (out / "results.md").write_text(markdown(rows, header))
         chart(rows, out / "results.png")
-    if args.readme and not args.only:
+    if args.readme:
         readme = REPO / "README.md"
         text = readme.read_text()
         begin, end = "<!-- bench:begin -->\n", "<!-- bench:end -->"
         if begin in text and end in text:
             head, rest = text.split(begin, 1)
-            readme.write_text(head + begin + markdown(rows, header) + end + rest.split(end, 1)[1])
+            table = markdown(rows, header) if not args.only else merge_rows(rest.split(end, 1)[0], rows)
+            readme.write_text(head + begin + table + end + rest.split(end, 1)[1])
     print(markdown(rows, header))
     return 0
 

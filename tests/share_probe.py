@@ -119,6 +119,46 @@ def parse_report(log: str, client: str) -> Report:
     return r
 
 
+@dataclass
+class Run:
+    """One ``probe.<client>=test`` run on a fresh share: the tree before and after, beside it
+    too, the VM's devices, how it stopped, its console and the parsed report."""
+
+    rw: bool
+    root: Path
+    share: Path
+    secret: bytes
+    before: dict
+    after: dict
+    outside_before: list[str]
+    outside_after: list[str]
+    devices: list
+    reason: str
+    log: str
+    report: Report
+
+    def __repr__(self) -> str:  # pytest prints fixtures' values
+        return f"<probe run rw={self.rw} reason={self.reason} lines={len(self.log.splitlines())}>"
+
+
+def probe_run(root: Path, probe_elf: Path, client: str, tag: str, rw: bool, protocol: str, timeout: float) -> Run:
+    """Boots the probe with ``probe.<client>=test`` (and ``probe.<client>_rw=1`` when ``rw``) on
+    a fresh tree under ``root`` shared as ``tag`` over ``protocol``; waits for it to end."""
+    from vmm_reference import Share, Vm
+
+    share, secret = make_tree(root)
+    before, outside_before = snapshot(share), sorted(os.listdir(root))
+    cmdline = f"probe.{client}=test" + (f" probe.{client}_rw=1" if rw else "")
+    with Vm(kernel=probe_elf, cmdline=cmdline, transport="mmio",
+            shares=[Share(share, tag=tag, read_only=not rw, protocol=protocol)]) as vm:
+        devices = list(vm.boot_info.devices)
+        vm.start()
+        status = vm.wait(timeout=timeout)
+        log = vm.console_log
+    return Run(rw, root, share, secret, before, snapshot(share), outside_before, sorted(os.listdir(root)),
+               devices, status.reason, log, parse_report(log, client))
+
+
 def make_tree(root: Path) -> tuple[Path, bytes]:
     """The share and the secret beside it, under `root`; returns the share and the secret."""
     secret = b"outside-secret-" + secrets.token_hex(16).encode() + b"\n"

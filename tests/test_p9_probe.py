@@ -12,9 +12,7 @@ tree is compared before and after. Every wait in the probe is bounded.
 
 from __future__ import annotations
 
-import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -37,9 +35,9 @@ from share_probe import (
     NEEDS_RESET,
     WRITTEN,
     Report,
-    make_tree,
+    Run,
     parse_report,
-    snapshot,
+    probe_run,
 )
 from vmm_reference import Share, Vm, VmConfigError
 from vmm_reference.host import detect_kvm_kind
@@ -57,45 +55,13 @@ def parse_p9(log: str) -> Report:
     return parse_report(log, "p9")
 
 
-@dataclass
-class Run:
-    """One ``probe.p9=test`` run on a fresh share."""
-
-    rw: bool
-    root: Path
-    share: Path
-    secret: bytes
-    before: dict
-    after: dict
-    outside_before: list[str]
-    outside_after: list[str]
-    devices: list
-    reason: str
-    log: str
-    report: Report
-
-    def __repr__(self) -> str:  # pytest prints fixtures' values
-        return f"<p9 run rw={self.rw} reason={self.reason} lines={len(self.log.splitlines())}>"
-
-
 @pytest.fixture(scope="module", params=["rw", "ro"])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, probe_elf: Path) -> Run:
     """``probe.p9=test`` on a read-write share (``probe.p9_rw=1``) or a read-only one."""
     if detect_kvm_kind() == "none":
         skip_or_fail(request.config, "/dev/kvm is not available (missing, or no read/write access)")
-    rw = request.param == "rw"
     root = tmp_path_factory.mktemp(f"p9-{request.param}")
-    share, secret = make_tree(root)
-    before, outside_before = snapshot(share), sorted(os.listdir(root))
-    cmdline = "probe.p9=test" + (" probe.p9_rw=1" if rw else "")
-    with Vm(kernel=probe_elf, cmdline=cmdline, transport="mmio",
-            shares=[Share(share, tag=TAG, read_only=not rw, protocol="9p")]) as vm:
-        devices = list(vm.boot_info.devices)
-        vm.start()
-        status = vm.wait(timeout=600)
-        log = vm.console_log
-    return Run(rw, root, share, secret, before, snapshot(share), outside_before, sorted(os.listdir(root)),
-               devices, status.reason, log, parse_p9(log))
+    return probe_run(root, probe_elf, "p9", TAG, request.param == "rw", "9p", 600)
 
 
 def test_device_version_attach_and_clean_end(run):

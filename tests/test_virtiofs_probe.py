@@ -13,9 +13,7 @@ test instead of hanging it. ``probe.fs=list`` reports every virtio-fs device's t
 
 from __future__ import annotations
 
-import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,11 +32,11 @@ from share_probe import (
     NEEDS_RESET,
     WRITTEN,
     Report,
-    make_tree,
+    Run,
     parse_report,
-    snapshot,
+    probe_run,
 )
-from vmm_reference import Share, Vm
+from vmm_reference import Share
 from vmm_reference.host import detect_kvm_kind
 from vmm_reference.pytest_plugin import skip_or_fail
 
@@ -58,45 +56,13 @@ def parse_fs(log: str) -> Report:
     return parse_report(log, "fs")
 
 
-@dataclass
-class Run:
-    """One ``probe.fs=test`` run on a fresh share."""
-
-    rw: bool
-    root: Path
-    share: Path
-    secret: bytes
-    before: dict
-    after: dict
-    outside_before: list[str]
-    outside_after: list[str]
-    devices: list
-    reason: str
-    log: str
-    report: Report
-
-    def __repr__(self) -> str:  # pytest prints fixtures' values
-        return f"<fs run rw={self.rw} reason={self.reason} lines={len(self.log.splitlines())}>"
-
-
 @pytest.fixture(scope="module", params=["rw", "ro"])
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, probe_elf: Path) -> Run:
     """``probe.fs=test`` on a read-write share (``probe.fs_rw=1``) or a read-only one."""
     if detect_kvm_kind() == "none":
         skip_or_fail(request.config, "/dev/kvm is not available (missing, or no read/write access)")
-    rw = request.param == "rw"
     root = tmp_path_factory.mktemp(f"fs-{request.param}")
-    share, secret = make_tree(root)
-    before, outside_before = snapshot(share), sorted(os.listdir(root))
-    cmdline = "probe.fs=test" + (" probe.fs_rw=1" if rw else "")
-    with Vm(kernel=probe_elf, cmdline=cmdline, transport="mmio",
-            shares=[Share(share, tag=TAG, read_only=not rw)]) as vm:
-        devices = list(vm.boot_info.devices)
-        vm.start()
-        status = vm.wait(timeout=300)
-        log = vm.console_log
-    return Run(rw, root, share, secret, before, snapshot(share), outside_before, sorted(os.listdir(root)),
-               devices, status.reason, log, parse_fs(log))
+    return probe_run(root, probe_elf, "fs", TAG, request.param == "rw", "virtiofs", 300)
 
 
 def test_device_init_and_clean_end(run):

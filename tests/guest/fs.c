@@ -51,11 +51,8 @@
  * when it cannot be set up, `PROBE: fs failed reinit-<why> dev_status=0x..` when it cannot be
  * set up again after a hostile request. */
 #include "fs.h"
+#include "report.h"
 
-#define puts_ probe_puts
-#define putc_ probe_putc
-#define put_hex probe_put_hex
-#define put_dec probe_put_dec
 
 /* virtio-mmio registers (virtio 1.2, 4.2.2) */
 #define R_MAGIC 0x000
@@ -100,7 +97,6 @@
 #define BAD_MS 2000                 /* ... a hostile one, before we reset the device */
 #define FS_TIMEOUT 1                /* not an errno: the device did not answer, the test stops */
 #define EPROTO_ 71
-#define DATA_MAX 256                /* bytes of data= shown */
 #define SMALL_READ 4096
 #define BIG_READ 131072
 #define BIG_SPLIT 5000              /* where the data of every other big READ is cut in two */
@@ -225,48 +221,7 @@ static void zero(void *d, uint32_t n) {
     volatile uint8_t *p = d;
     while (n--) *p++ = 0;
 }
-static uint32_t slen(const char *s) {
-    uint32_t n = 0;
-    while (s[n]) n++;
-    return n;
-}
 static uint64_t addr_of(const void *p) { return (uint64_t)(uintptr_t)p; }
-
-/* FNV-1a 64, as probe.c's fnv1a */
-#define FNV_INIT 0xcbf29ce484222325ull
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, uint32_t n) {
-    while (n--) h = (h ^ *p++) * 0x100000001b3ull;
-    return h;
-}
-
-static void put_err(int e) {
-    if (e < 0) {
-        putc_('-');
-        put_dec((uint64_t)-(int64_t)e);
-    } else put_dec((uint64_t)e);
-}
-static void put_kv_err(const char *key, int e) { puts_(key); put_err(e); }
-static void put_kv_dec(const char *key, uint64_t v) { puts_(key); put_dec(v); }
-static void put_kv_hex(const char *key, uint64_t v) { puts_(key); put_hex(v); }
-
-/* Ends a report line, with " data=<text>" first when there are bytes to show. */
-static void end_line(const uint8_t *p, uint32_t n) {
-    if (n) {
-        puts_(" data=");
-        for (uint32_t i = 0; i < n && i < DATA_MAX; i++) {
-            uint8_t c = p[i];
-            if (c == '\n') puts_("\\n");
-            else if (c == '\\') puts_("\\\\");
-            else if (c >= 0x20 && c < 0x7f) putc_((char)c);
-            else {
-                puts_("\\x");
-                putc_("0123456789abcdef"[c >> 4]);
-                putc_("0123456789abcdef"[c & 15]);
-            }
-        }
-    }
-    putc_('\n');
-}
 
 /* ---- The device and its queues ----------------------------------------------------------- */
 

@@ -49,12 +49,9 @@
  * Without a device: `PROBE: p9 failed no-device`; `PROBE: p9 failed <why> dev=N dev_status=0x..`
  * when it cannot be set up. */
 #include "p9.h"
+#include "report.h"
 #include "virtio_mmio.h"
 
-#define puts_ probe_puts
-#define putc_ probe_putc
-#define put_hex probe_put_hex
-#define put_dec probe_put_dec
 
 #define VIRTIO_ID_9P 9
 #define F_MOUNT_TAG 1ull
@@ -66,7 +63,6 @@
 #define BAD_MS 2000                 /* ... a hostile one, before we reset the device */
 #define P9_TIMEOUT 1                /* not an errno: the device did not answer, the test stops */
 #define EPROTO_ 71
-#define DATA_MAX 256
 #define MSIZE 131072
 #define SMALL_READ 4096
 #define BIG_READ 65536
@@ -115,47 +111,6 @@ static struct p9 {
     const uint8_t *rbody;           /* where they are */
     uint32_t next_fid;
 } p9;
-
-static uint32_t slen(const char *s) {
-    uint32_t n = 0;
-    while (s[n]) n++;
-    return n;
-}
-
-#define FNV_INIT 0xcbf29ce484222325ull
-static uint64_t fnv1a(uint64_t h, const uint8_t *p, uint32_t n) {
-    while (n--) h = (h ^ *p++) * 0x100000001b3ull;
-    return h;
-}
-
-static void put_err(int e) {
-    if (e < 0) {
-        putc_('-');
-        put_dec((uint64_t)-(int64_t)e);
-    } else put_dec((uint64_t)e);
-}
-static void put_kv_err(const char *key, int e) { puts_(key); put_err(e); }
-static void put_kv_dec(const char *key, uint64_t v) { puts_(key); put_dec(v); }
-static void put_kv_hex(const char *key, uint64_t v) { puts_(key); put_hex(v); }
-
-/* Ends a report line, with " data=<text>" first when there are bytes to show. */
-static void end_line(const uint8_t *p, uint32_t n) {
-    if (n) {
-        puts_(" data=");
-        for (uint32_t i = 0; i < n && i < DATA_MAX; i++) {
-            uint8_t c = p[i];
-            if (c == '\n') puts_("\\n");
-            else if (c == '\\') puts_("\\\\");
-            else if (c >= 0x20 && c < 0x7f) putc_((char)c);
-            else {
-                puts_("\\x");
-                putc_("0123456789abcdef"[c >> 4]);
-                putc_("0123456789abcdef"[c & 15]);
-            }
-        }
-    }
-    putc_('\n');
-}
 
 static uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
 static uint32_t get32(const uint8_t *p) { return (uint32_t)get16(p) | (uint32_t)get16(p + 2) << 16; }

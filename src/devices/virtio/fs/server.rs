@@ -15,9 +15,9 @@ use vm_memory::GuestMemoryMmap;
 use super::fuse::{self, op, Fields, InHeader, Out, Reply};
 use crate::devices::virtio::bufs::GuestBufs;
 use crate::devices::virtio::share::passthrough::{
-    to_off, vectored, Errno, Passthrough, Res, SetAttr, ROOT,
+    check, last_errno, to_off, vectored, Passthrough, Res, SetAttr, ROOT,
 };
-use crate::devices::virtio::share::{Done, Protocol};
+use crate::devices::virtio::share::{empty, need, ok, Answer, Done, Protocol};
 
 /// The most bytes one READ or WRITE moves (the `max_write` and `max_pages` we offer).
 pub const MAX_IO: usize = 1 << 20;
@@ -39,28 +39,6 @@ const INIT_FLAGS: u32 = fuse::init::ASYNC_READ
 pub struct Server {
     fs: Passthrough,
     initialized: bool,
-}
-
-/// What an operation answers: a body, or file data already in the reply buffers.
-enum Answer {
-    Body(Vec<u8>),
-    /// READ: `n` bytes of data are at offset 16 of the writable buffers.
-    Data(usize),
-    /// FORGET and friends: nothing at all.
-    Nothing,
-}
-
-fn ok(out: &mut Out) -> Res<Answer> {
-    Ok(Answer::Body(std::mem::take(&mut out.0)))
-}
-
-fn empty() -> Res<Answer> {
-    Ok(Answer::Body(Vec::new()))
-}
-
-/// A body's fields, or EINVAL when it is shorter than they need.
-fn need<T>(v: Option<T>) -> Res<T> {
-    v.ok_or(libc::EINVAL)
 }
 
 fn name_of(bytes: &[u8]) -> Res<(&[u8], &[u8])> {
@@ -244,7 +222,7 @@ impl Server {
                         libc::fsync(fd)
                     }
                 };
-                errno_of(ret)?;
+                check(ret)?;
                 empty()
             }
             op::STATFS => {
@@ -278,7 +256,7 @@ impl Server {
                 let fd = file_fd(fs, fh)?;
                 let (offset, length) = (to_off(offset)?, to_off(length)?);
                 // SAFETY: fallocate on a descriptor we own.
-                errno_of(unsafe { libc::fallocate64(fd, mode as libc::c_int, offset, length) })?;
+                check(unsafe { libc::fallocate64(fd, mode as libc::c_int, offset, length) })?;
                 empty()
             }
             op::LSEEK => {
@@ -461,18 +439,4 @@ fn file_fd(fs: &Passthrough, fh: u64) -> Res<libc::c_int> {
         return Err(libc::EISDIR);
     }
     Ok(h.file.as_raw_fd())
-}
-
-fn last_errno() -> Errno {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
-}
-
-fn errno_of(ret: libc::c_int) -> Res<()> {
-    if ret < 0 {
-        Err(last_errno())
-    } else {
-        Ok(())
-    }
 }

@@ -26,10 +26,10 @@ use super::protocol::{
 };
 use crate::devices::virtio::bufs::GuestBufs;
 use crate::devices::virtio::share::passthrough::{
-    setattr::fattr, to_off, vectored, Passthrough, Res, SetAttr, ROOT,
+    check, setattr::fattr, to_off, vectored, Passthrough, Res, SetAttr, ROOT,
 };
 use crate::devices::virtio::share::readdir::{scan, Step};
-use crate::devices::virtio::share::{Done, Protocol};
+use crate::devices::virtio::share::{empty, need, ok, Answer, Done, Protocol};
 use crate::devices::virtio::wire::{Fields, Out};
 
 /// The most fids one device holds.
@@ -63,26 +63,6 @@ pub struct Server {
     msize: u32,
     /// The share root's device, for QID paths.
     root_dev: u64,
-}
-
-/// What an operation answers: a body, or file data already in the reply buffers.
-enum Answer {
-    Body(Vec<u8>),
-    /// Tread: `n` bytes of data are at offset 11 of the writable buffers.
-    Data(usize),
-}
-
-fn ok(out: &mut Out) -> Res<Answer> {
-    Ok(Answer::Body(std::mem::take(&mut out.0)))
-}
-
-fn empty() -> Res<Answer> {
-    Ok(Answer::Body(Vec::new()))
-}
-
-/// A body's fields, or EINVAL when it is shorter than they need.
-fn need<T>(v: Option<T>) -> Res<T> {
-    v.ok_or(libc::EINVAL)
 }
 
 impl Server {
@@ -586,7 +566,7 @@ impl Server {
         // SAFETY: F_OFD_SETLK with a valid flock64 on a descriptor we own.
         let ret = unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &mut fl) };
         let status = match check(ret) {
-            Ok(()) => lock::SUCCESS,
+            Ok(_) => lock::SUCCESS,
             Err(libc::EAGAIN) | Err(libc::EACCES) => lock::BLOCKED,
             Err(e) => return Err(e),
         };
@@ -617,16 +597,6 @@ impl Server {
     }
 }
 
-fn check(ret: libc::c_int) -> Res<()> {
-    if ret < 0 {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO))
-    } else {
-        Ok(())
-    }
-}
-
 impl Protocol for Server {
     fn handle(
         &mut self,
@@ -649,6 +619,7 @@ impl Protocol for Server {
         // What follows the header: the body; Tread's count (its data is in place); the errno.
         let mut prefix = Out::default();
         let (kind, len) = match answer {
+            Ok(Answer::Nothing) => return done,
             Ok(Answer::Body(b)) => {
                 prefix.0 = b;
                 (h.kind.wrapping_add(1), HEADER_LEN + prefix.0.len())

@@ -13,9 +13,10 @@ use std::sync::Arc;
 use vm_memory::GuestMemoryMmap;
 
 use super::bufs::GuestBufs;
+use super::wire::Out;
 use super::{queue, ActivateError, Activation, ActiveQueues, Served};
 use crate::refusal::HostError;
-use passthrough::Passthrough;
+use passthrough::{Passthrough, Res};
 
 /// Why a share's device cannot be made.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,32 @@ pub struct Done {
     pub read: u64,
     /// File bytes the guest wrote.
     pub written: u64,
+}
+
+/// What a protocol's operation answers: a body, or file data already in place in the reply
+/// buffers (after the protocol's header and count), or no reply at all.
+pub enum Answer {
+    /// The reply's body, after its header.
+    Body(Vec<u8>),
+    /// `n` bytes of file data are in the writable buffers (READ, Tread).
+    Data(usize),
+    /// Nothing is answered (FUSE's FORGET and friends).
+    Nothing,
+}
+
+/// The body built in `out`, as the answer.
+pub fn ok(out: &mut Out) -> Res<Answer> {
+    Ok(Answer::Body(std::mem::take(&mut out.0)))
+}
+
+/// An empty body, as the answer.
+pub fn empty() -> Res<Answer> {
+    Ok(Answer::Body(Vec::new()))
+}
+
+/// A request body's field, or EINVAL when the body is shorter than its fields.
+pub fn need<T>(v: Option<T>) -> Res<T> {
+    v.ok_or(libc::EINVAL)
 }
 
 /// A file-sharing protocol's server: one request in, one reply out.

@@ -46,14 +46,15 @@ pub type Errno = i32;
 /// An operation's result.
 pub type Res<T> = Result<T, Errno>;
 
-fn last_errno() -> Errno {
+/// The calling thread's errno (EIO if it has none).
+pub fn last_errno() -> Errno {
     std::io::Error::last_os_error()
         .raw_os_error()
         .unwrap_or(libc::EIO)
 }
 
 /// `ret` as a result: -1 is the thread's errno.
-fn check(ret: libc::c_int) -> Res<libc::c_int> {
+pub fn check(ret: libc::c_int) -> Res<libc::c_int> {
     if ret < 0 {
         Err(last_errno())
     } else {

@@ -7,7 +7,7 @@
 
 use std::os::fd::AsRawFd;
 
-use super::passthrough::{Passthrough, Res};
+use super::passthrough::{last_errno, Passthrough, Res};
 
 /// How many bytes of host entries are read per `getdents64` call.
 const CHUNK: usize = 32 << 10;
@@ -58,12 +58,6 @@ fn entries(buf: &[u8]) -> Vec<Entry<'_>> {
         at += reclen;
     }
     out
-}
-
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
 }
 
 /// Hands the entries of the open directory `fh` from `offset` (a `d_off` it gave) to `take`,
