@@ -417,7 +417,7 @@ impl VmConfig {
                 console_limit_range(),
             ));
         }
-        let max_devices = crate::device_manager::allocator::MAX_IRQ_DEVICES;
+        let max_devices = crate::arch::x86_64::irq_routing::MAX_IRQ_DEVICES;
         let devices = self.virtio_devices();
         if devices > max_devices {
             return Err(Error::invalid(

@@ -58,15 +58,9 @@ pub enum Error {
     /// Two devices claim the same range.
     #[error(transparent)]
     Overlap(#[from] Overlap),
-    /// The virtio MMIO window is full.
-    #[error("no MMIO space left in the virtio window")]
-    MmioExhausted,
-    /// Every slot of PCI bus 0 is taken.
-    #[error("no PCI slot left on bus 0")]
-    PciSlotsExhausted,
-    /// Every GSI a device may have is taken.
-    #[error("no interrupt line (GSI) left for another device")]
-    GsiExhausted,
+    /// The machine has no address, slot or interrupt left for another device.
+    #[error(transparent)]
+    Exhausted(#[from] allocator::Exhausted),
     /// Creating an eventfd failed.
     #[error("cannot create an eventfd for {what}: {source}")]
     EventFd {

@@ -16,6 +16,14 @@ use kvm_bindings::{
 };
 use kvm_ioctls::VmFd;
 
+/// The GSIs devices may have, in the order the device manager hands them out: the IOAPIC's
+/// pins 5–23 except those a PC's legacy devices own (8: RTC, 9: the ACPI SCI, 12: the PS/2
+/// mouse). COM1 (4), the i8042 (1) and the PIT (0) are below the range.
+pub const DEVICE_GSIS: [u32; 16] = [5, 6, 7, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23];
+
+/// How many devices can get a GSI (what a configuration may ask for).
+pub const MAX_IRQ_DEVICES: usize = DEVICE_GSIS.len();
+
 /// The first GSI of MSI routes: above the IOAPIC's 24 pins.
 pub const MSI_GSI_BASE: u32 = 24;
 /// The IOAPIC's pins (GSIs 0–23).
