@@ -1,4 +1,4 @@
-"""Benchmark case 13: host directories in the guest (virtio-fs and 9p), in the lab.
+"""Benchmark case 14: host directories in the guest (virtio-fs and 9p), in the lab.
 
 Debian's generic kernel (it has the virtiofs and 9p modules; the cloud kernel has no 9p) boots
 with a shell on its console, mounts the share, and busybox's ``time`` measures, from cold
@@ -24,7 +24,7 @@ from vmm_reference import Share, Vm
 from vmm_reference.assets import GUEST_READY_MARKER, fetch_lab
 from vmm_reference.lab import host_python_command, lab_available
 
-CASE = "13 shares"
+CASE = "14 shares"
 TREE_DIRS, TREE_FILES = 200, 100  # 20,000 files
 BIG_MIB = 256
 TAG = "bench"

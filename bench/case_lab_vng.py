@@ -1,4 +1,4 @@
-"""Benchmark case 14: a command in the host's userspace, ``--root host -- true``, against
+"""Benchmark case 15: a command in the host's userspace, ``--root host -- true``, against
 virtme-ng's ``vng -- true``, in the lab.
 
 Both boot Debian's generic kernel (its virtio-fs and 9p are modules) on the host's own root
@@ -25,7 +25,7 @@ from common import RUN, Row, lab_json
 from vmm_reference.assets import cache_dir, fetch_lab
 from vmm_reference.lab import host_python_command, lab_available
 
-CASE = "14 host root"
+CASE = "15 host root"
 CMDLINE = "reboot=k panic=-1 quiet"
 
 

@@ -117,12 +117,16 @@ def merge_rows(table: str, rows: list[Row]) -> str:
     lines = [line for line in table.splitlines()
              if not (line.startswith("| ") and line.split(" | ")[0][2:] in cases)
              and not any(line.startswith(f"- {c}:") for c in cases)]
-    last_row = max(i for i, line in enumerate(lines) if line.startswith("| ") and not line.startswith("|---"))
-    lines[last_row + 1:last_row + 1] = new_rows
-    notes_at = max((i for i, line in enumerate(lines) if line.startswith("- ")), default=last_row + len(new_rows))
-    if notes_at == last_row + len(new_rows):
-        new_notes = [""] + new_notes
-    lines[notes_at + 1:notes_at + 1] = new_notes
+    # The main table: from its header to the first line that is no table row.
+    top = next(i for i, line in enumerate(lines) if line.startswith("| case |"))
+    end = next((i for i in range(top, len(lines)) if not lines[i].startswith("|")), len(lines))
+    lines[end:end] = new_rows
+    end += len(new_rows)
+    # The notes: after one blank line below the table; a block of their own if there are none.
+    at = end + 1 if end < len(lines) and not lines[end] else end
+    while at < len(lines) and lines[at].startswith("- "):
+        at += 1
+    lines[at:at] = new_notes if at > end else ["", *new_notes]
     return "\n".join(lines) + "\n"
 
 

@@ -92,6 +92,9 @@ pub enum Error {
     /// converts its errors, so this one needs nothing of it).
     #[error("{0}")]
     Snapshot(String),
+    /// A dump of the guest cannot be taken or written.
+    #[error("cannot dump the guest: {0}")]
+    Dump(String),
     /// Writing a boot structure or image into guest memory failed.
     #[error("cannot {what}: {detail}")]
     GuestMemory {

@@ -44,6 +44,37 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// Creates (or truncates) the file `path` for writing an output into, reporting a missing
+/// directory or one this user may not write in against `arg`.
+pub fn create_file(
+    arg: impl Into<std::borrow::Cow<'static, str>>,
+    path: &Path,
+) -> Result<File, HostError> {
+    let arg = arg.into();
+    std::fs::File::create(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::IsADirectory => HostError::Refused(Refusal::invalid(
+            arg,
+            path.display(),
+            "expected a file to write, this is a directory",
+        )),
+        std::io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
+            arg,
+            path: path.into(),
+        }),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            HostError::Refused(Refusal::PermissionDenied {
+                arg,
+                path: path.into(),
+                hint: "write it where this user may create files".into(),
+            })
+        }
+        _ => HostError::Io {
+            what: format!("cannot create {arg}={}", path.display()),
+            source: e,
+        },
+    })
+}
+
 /// Opens the regular file `path` for reading (and writing with `writable`), reporting a
 /// missing, inaccessible or non-regular file against `arg` (e.g. `disks[1]`).
 pub fn open_file(

@@ -38,6 +38,7 @@ pub mod boot;
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod coredump;
 pub mod device_manager;
 pub mod devices;
 pub mod error;

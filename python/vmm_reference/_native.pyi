@@ -118,6 +118,8 @@ class NativeVm:
         """Start the vCPUs."""
     def snapshot(self, path: str) -> int:
         """Write a snapshot into the directory ``path``; the bytes of memory written."""
+    def dump_core(self, path: str) -> int:
+        """Write an ELF core of the guest to ``path``; the bytes of RAM written."""
     @staticmethod
     def restore(
         path: str,

@@ -233,6 +233,11 @@ impl NativeVm {
         detached(py, "snapshotting", || self.vm.snapshot(&path))
     }
 
+    /// Writes an ELF core of the guest to `path`; returns the bytes of RAM written.
+    fn dump_core(&self, py: Python<'_>, path: PathBuf) -> PyResult<u64> {
+        detached(py, "dumping the guest", || self.vm.dump_core(&path))
+    }
+
     /// The configuration: `(memory_mib, vcpus, kernel, acpi, disks, vsock)`, disks as
     /// `(path, read_only, serial)` and vsock as `(cid, uds)`.
     #[allow(clippy::type_complexity)]

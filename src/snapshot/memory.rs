@@ -111,18 +111,23 @@ fn mark_file_data(base: &File, offset: u64, pages: &mut [bool]) -> io::Result<()
     Ok(())
 }
 
-/// Writes the guest RAM in `mappings` into `out` at their offsets, skipping pages that never
-/// held data or hold only zeros (left as holes: they read as zeros). `base` is the file the
-/// mappings privately map, if they do. Returns the bytes written.
+/// Writes the guest RAM in `mappings` into `out` at their offsets plus `at`, skipping pages
+/// that never held data or hold only zeros (left as holes: they read as zeros). `base` is the
+/// file the mappings privately map (at their offsets), if they do. Returns the bytes written.
 ///
 /// The caller keeps the guest from writing meanwhile (vCPUs paused, devices locked).
-pub fn write_sparse(mappings: &[Mapping], base: Option<&File>, out: &File) -> io::Result<u64> {
+pub fn write_sparse(
+    mappings: &[Mapping],
+    base: Option<&File>,
+    out: &File,
+    at: u64,
+) -> io::Result<u64> {
     let pagemap = File::open("/proc/self/pagemap")?;
     let total: u64 = mappings
         .iter()
-        .map(|m| m.offset + m.len as u64)
+        .map(|m| at + m.offset + m.len as u64)
         .max()
-        .unwrap_or(0);
+        .unwrap_or(at);
     out.set_len(total)?;
     let mut written = 0u64;
     for m in mappings {
@@ -151,7 +156,7 @@ pub fn write_sparse(mappings: &[Mapping], base: Option<&File>, out: &File) -> io
                 p += 1;
             }
             let bytes = &ram[start * PAGE..p * PAGE];
-            out.write_all_at(bytes, m.offset + (start * PAGE) as u64)?;
+            out.write_all_at(bytes, at + m.offset + (start * PAGE) as u64)?;
             written += bytes.len() as u64;
         }
     }
@@ -218,7 +223,7 @@ pub fn freeze(mappings: &[Mapping], base: Option<&File>) -> io::Result<File> {
     }
     // SAFETY: `fd` was just created and is owned by nothing else.
     let file = unsafe { File::from_raw_fd(fd) };
-    write_sparse(mappings, base, &file)?;
+    write_sparse(mappings, base, &file, 0)?;
     let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
     // SAFETY: fcntl on our descriptor; nobody maps it writable-shared, so the seals take.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
@@ -308,7 +313,7 @@ mod tests {
         a.bytes()[5 * PAGE..6 * PAGE].fill(0); // page 5: touched, zeros only
         a.bytes()[15 * PAGE + 100] = 9; // page 15: data
         let mut out = temp();
-        let written = write_sparse(&[a.mapping(PAGE as u64)], None, &out).unwrap();
+        let written = write_sparse(&[a.mapping(PAGE as u64)], None, &out, 0).unwrap();
         assert_eq!(written, 2 * PAGE as u64);
         assert_eq!(out.metadata().unwrap().len(), 17 * PAGE as u64);
         assert_eq!(read_at(&mut out, 4 * PAGE as u64, 1).unwrap(), [7]);

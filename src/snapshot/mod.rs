@@ -197,7 +197,7 @@ pub fn write_memory(
     file: &File,
     path: &Path,
 ) -> Result<u64> {
-    let written = memory::write_sparse(mappings, base, file)
+    let written = memory::write_sparse(mappings, base, file, 0)
         .and_then(|n| file.sync_all().map(|()| n))
         .map_err(io("cannot write guest memory to", path))?;
     Ok(written)

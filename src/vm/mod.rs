@@ -46,6 +46,7 @@ use crate::sync::Locked;
 use crate::vcpu::{register_kick_handler, Vcpu, VcpuEvent, VcpuHandles, VcpuResponse};
 
 mod builder;
+mod dump;
 mod snapshot;
 
 use self::snapshot::snapshot_error;
