@@ -11,7 +11,6 @@ from __future__ import annotations
 import shutil
 import struct
 import subprocess
-from pathlib import Path
 
 import pytest
 from vmm_reference import Vm, VmConfigError, VmFileNotFoundError
