@@ -1,4 +1,4 @@
-"""Benchmark case 12: snapshot, restore and fork (probe guest, this host's KVM)."""
+"""Benchmark case 12: snapshot, restore, fork and dump_core (probe guest, this host's KVM)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,22 @@ def snapshot_restore_probe(scratch: Path) -> tuple[float, float, float]:
     return took * 1e3, written / MIB, running * 1e3
 
 
+def dump_probe(scratch: Path) -> tuple[float, float]:
+    """(ms to ``dump_core`` a running 256 MiB guest, MiB the core takes on disk)."""
+    with Vm(memory_mib=256, kernel=PROBE, cmdline="probe.end=flood") as vm:
+        vm.start()
+        vm.expect("PROBE: flood 1000\n", timeout=30)
+        t = time.perf_counter()
+        vm.dump_core(scratch / "guest.core")
+        took = time.perf_counter() - t
+    size = (scratch / "guest.core").stat().st_blocks * 512
+    (scratch / "guest.core").unlink()
+    return took * 1e3, size / MIB
+
+
 def case_fork(reps: int, scratch: Path) -> list[Row]:
     first, per_clone, memory, snap_ms, snap_mib, restore_ms = [], [], [], [], [], []
+    dump_ms, dump_mib = [], []
     for _ in range(reps):
         out = subprocess.run([sys.executable, "-c", _FORK_CHILD, str(PROBE), "8"], capture_output=True, text=True,
                              timeout=300, check=True).stdout
@@ -78,6 +92,9 @@ def case_fork(reps: int, scratch: Path) -> list[Row]:
         snap_ms.append(a)
         snap_mib.append(b)
         restore_ms.append(c)
+        d, e = dump_probe(scratch)
+        dump_ms.append(d)
+        dump_mib.append(e)
     pvm = "probe guest, this host's KVM"
     return [
         Row("12 fork", f"fork latency per clone, 8 clones of a paused 64 MiB guest ({pvm})", "ms", per_clone,
@@ -88,4 +105,7 @@ def case_fork(reps: int, scratch: Path) -> list[Row]:
         Row("12 fork", f"snapshot of a running 256 MiB guest ({pvm})", "ms", snap_ms),
         Row("12 fork", f"snapshot size on disk, 256 MiB guest ({pvm})", "MiB", snap_mib),
         Row("12 fork", f"restore to running (restore, resume, next console line) ({pvm})", "ms", restore_ms),
+        Row("12 fork", f"`dump_core` of a running 256 MiB guest (ELF core, sparse) ({pvm})", "ms", dump_ms,
+            snap_ms, "a snapshot of the same guest, same run"),
+        Row("12 fork", f"`dump_core` size on disk, 256 MiB guest ({pvm})", "MiB", dump_mib),
     ]

@@ -30,8 +30,8 @@ const PRSTATUS_REGS: usize = 112;
 const QEMU_CPU_STATE_LEN: usize = 440;
 /// `MSR_KERNEL_GS_BASE`.
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-/// The longest `VMCOREINFO` taken from the guest (the kernel's is one page at most).
-const VMCOREINFO_MAX: usize = 4096;
+/// The longest `VMCOREINFO` taken from the guest: what fits in its page after the header.
+const VMCOREINFO_MAX: usize = PAGE - 24;
 
 /// One vCPU's registers, as a dump holds them.
 #[derive(Debug, Clone, Copy)]
@@ -165,44 +165,32 @@ fn qemu_cpu_state(cpu: &CpuRegs) -> Vec<u8> {
     d
 }
 
-/// The guest kernel's own `VMCOREINFO` note (its desc), found in guest RAM: the kernel keeps
-/// the whole note, header and `VMCOREINFO` name included, in a buffer of its own, so a note
-/// header naming it and followed by `OSRELEASE=` is it. None for a guest that has none.
+/// The guest kernel's own `VMCOREINFO` note (its desc), found in guest RAM: Linux keeps the
+/// whole note, header and `VMCOREINFO` name included, at the start of pages of its own
+/// (`alloc_pages_exact` in `crash_save_vmcoreinfo_init`), so a page that starts with a note
+/// header naming it, followed by `OSRELEASE=`, is it. Only page starts are looked at: a scan
+/// of every byte of a large guest would take longer than writing it. None for a guest
+/// without one.
 pub fn find_vmcoreinfo(ram: &[&[u8]]) -> Option<Vec<u8>> {
     const NAME: &[u8; 12] = b"VMCOREINFO\0\0";
     for bytes in ram {
-        let mut at = 0;
-        while let Some(found) = find(&bytes[at..], NAME) {
-            let name = at + found;
-            at = name + 1;
-            if name < 12 {
+        for page in bytes.chunks_exact(PAGE) {
+            let word =
+                |o: usize| u32::from_le_bytes([page[o], page[o + 1], page[o + 2], page[o + 3]]);
+            if word(0) != 11 || word(8) != 0 || &page[12..24] != NAME {
                 continue;
             }
-            let field = |o: usize| {
-                u32::from_le_bytes(
-                    bytes[name - 12 + o..name - 8 + o]
-                        .try_into()
-                        .unwrap_or_default(),
-                )
-            };
-            let (namesz, descsz, kind) = (field(0), field(4) as usize, field(8));
-            let desc = name + NAME.len();
-            if namesz != 11 || kind != 0 || descsz == 0 || descsz > VMCOREINFO_MAX {
+            let len = word(4) as usize;
+            if len == 0 || len > VMCOREINFO_MAX {
                 continue;
             }
-            let Some(text) = bytes.get(desc..desc + descsz) else {
-                continue;
-            };
+            let text = page.get(24..24 + len)?;
             if text.starts_with(b"OSRELEASE=") {
                 return Some(text.to_vec());
             }
         }
     }
     None
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Writes the core: the header, program headers and notes for `cpus` (and `vmcoreinfo`),
@@ -305,15 +293,19 @@ mod tests {
 
     #[test]
     fn the_kernels_vmcoreinfo_note_is_found_and_lookalikes_are_not() {
-        let mut ram = vec![0u8; 8192];
+        let mut ram = vec![0u8; 3 * PAGE];
         let text = b"OSRELEASE=6.1.0\nPAGESIZE=4096\n";
         let mut n = Vec::new();
         note(&mut n, b"VMCOREINFO\0", 0, text);
-        ram[4000..4000 + n.len()].copy_from_slice(&n);
+        ram[100..100 + n.len()].copy_from_slice(&n); // not at a page's start: not it
+        assert_eq!(find_vmcoreinfo(&[&ram]), None);
+        ram[2 * PAGE..2 * PAGE + n.len()].copy_from_slice(&n);
         assert_eq!(find_vmcoreinfo(&[&ram]).as_deref(), Some(&text[..]));
-        let mut fake = [0u8; 64];
-        fake[20..32].copy_from_slice(b"VMCOREINFO\0\0"); // no header before it
+        let mut fake = vec![0u8; PAGE];
+        fake[12..24].copy_from_slice(b"VMCOREINFO\0\0"); // no header before it
         assert_eq!(find_vmcoreinfo(&[&fake[..]]), None);
-        assert_eq!(find_vmcoreinfo(&[&b"VMCOREINFO\0\0"[..]]), None);
+        fake[..4].copy_from_slice(&11u32.to_le_bytes());
+        fake[4..8].copy_from_slice(&(PAGE as u32).to_le_bytes()); // longer than its page
+        assert_eq!(find_vmcoreinfo(&[&fake[..]]), None);
     }
 }

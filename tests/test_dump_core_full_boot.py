@@ -23,7 +23,7 @@ def test_drgn_opens_a_dump_of_the_debian_kernel(request, vm_factory, guest_asset
     vm.start()
     vm.wait_ready(timeout=180)
     marker = "vmm-dump-marker-0123456789abcdef"
-    out = vm.run(["sh", "-c", f"printf '{marker}%.0s' $(seq 128) > /dev/shm/page && uname -r"],
+    out = vm.run(["sh", "-c", f"printf '{marker}%.0s' $(seq 128) > /vmm-dump-page && uname -r"],
                  text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     release = out.stdout.strip()
@@ -32,8 +32,10 @@ def test_drgn_opens_a_dump_of_the_debian_kernel(request, vm_factory, guest_asset
     assert 0 < written <= 256 << 20 and core.stat().st_blocks * 512 < (256 << 20)
     assert vm.state == "running"
     head = core.read_bytes()[:1 << 16]
-    assert re.search(rb"VMCOREINFO\0\0\0OSRELEASE=" + re.escape(release.encode()) + rb"\n", head), \
-        "the kernel's VMCOREINFO note is not in the dump"
+    # The note's name is "VMCOREINFO\0" padded to 12 bytes, then the kernel's text.
+    assert re.search(rb"VMCOREINFO\0\0OSRELEASE=" + re.escape(release.encode()) + rb"\n", head), \
+        f"the kernel's VMCOREINFO note is not in the dump's notes: {head.count(b'VMCOREINFO')} names, " \
+        f"{head.count(b'OSRELEASE=')} OSRELEASE="
     prog = drgn.Program()
     prog.set_core_dump(str(core))
     assert prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL, prog.flags
