@@ -369,6 +369,39 @@ pub struct VmConfig {
     /// Filter the system calls of the VM's own threads (vCPUs, event loop) with seccomp; off
     /// only for debugging ([`crate::seccomp`]).
     pub seccomp: bool,
+    /// Where a gdb client attaches ([`crate::gdb`]); the host's business, never saved.
+    #[serde(skip)]
+    pub gdb: Option<GdbConfig>,
+}
+
+/// Where the VM's gdb stub listens for a client (`target remote`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GdbConfig {
+    /// A UNIX socket made at this path (which must not exist yet).
+    Unix(PathBuf),
+    /// A TCP port on 127.0.0.1.
+    Tcp(u16),
+}
+
+impl GdbConfig {
+    /// The accepted `gdb` values.
+    pub const ACCEPTED: &'static str =
+        "expected \"unix:PATH\" (a socket to create) or a TCP port 1 to 65535 (on 127.0.0.1)";
+
+    /// Parses a front end's `gdb` argument: `unix:PATH`, or a port number.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || Error::invalid("gdb", format!("{text:?}"), Self::ACCEPTED);
+        if let Some(path) = text.strip_prefix("unix:") {
+            if path.is_empty() || path.contains('\0') {
+                return Err(bad());
+            }
+            return Ok(GdbConfig::Unix(PathBuf::from(path)));
+        }
+        match text.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(GdbConfig::Tcp(port)),
+            _ => Err(bad()),
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -387,6 +420,7 @@ impl Default for VmConfig {
             host_root: None,
             transport: Transport::Mmio,
             seccomp: true,
+            gdb: None,
         }
     }
 }

@@ -46,6 +46,7 @@ pub mod event_loop;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod gdb;
 pub mod host_file;
 pub mod host_root;
 pub mod kvm;

@@ -113,6 +113,7 @@ class NativeVm:
         rng_rate: Optional[int] = ...,
         shares: list[tuple[str, str, bool, str]] = ...,
         host_root: Optional[tuple[Optional[str], Optional[str], str]] = ...,
+        gdb: Optional[str] = ...,
     ) -> None: ...
     def start(self) -> None:
         """Start the vCPUs."""

@@ -120,6 +120,12 @@ class Vm(GuestAgentCalls):
         root_protocol: with ``root="host"``: how the guest mounts the host's files,
             ``"virtiofs"`` (the default) or ``"9p"`` (for kernels without virtio-fs, as
             ``make defconfig kvm_guest.config`` builds them).
+        gdb: a gdb stub: ``"unix:PATH"`` (a socket it makes) or a TCP port on 127.0.0.1. The
+            guest then waits before its first instruction until gdb attaches (``gdb vmlinux
+            -ex 'target remote PATH'``) and continues; boot Linux with ``nokaslr`` so that
+            its symbols match. Every vCPU is a gdb thread; ``break``/``hbreak`` (debug
+            registers, four at most before ``int3`` is written), ``watch``, ``stepi``,
+            Ctrl-C, ``detach`` (the guest runs on) and ``kill`` work.
         shares: host directories the guest mounts by tag (``mount -t virtiofs TAG /mnt``),
             as :class:`~vmm_reference.Share` objects; one virtio-fs (or virtio-9p) device
             each, served in this process. A VM with shares cannot be snapshotted or forked.
@@ -150,11 +156,14 @@ class Vm(GuestAgentCalls):
         cwd: Union[bool, PathArg, None] = None,
         modules: Optional[PathArg] = None,
         root_protocol: Optional[str] = None,
+        gdb: Union[str, int, None] = None,
     ) -> None:
         if not isinstance(cmdline, str):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
         if not isinstance(transport, str):
             raise VmConfigError(f'invalid transport={transport!r}: expected "mmio" or "pci"')
+        if gdb is not None and (isinstance(gdb, bool) or not isinstance(gdb, (str, int))):
+            raise VmConfigError(f'invalid gdb={gdb!r}: expected "unix:PATH" or a TCP port')
         if not (rng is None or isinstance(rng, (bool, Rng))):
             raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
         kernel_path = check_path("kernel", kernel)
@@ -189,6 +198,7 @@ class Vm(GuestAgentCalls):
                 rng_rate=rng.rate if isinstance(rng, Rng) else None,
                 shares=share_list,
                 host_root=host_root,
+                gdb=None if gdb is None else str(gdb),
             )
         except BaseException:
             if endpoint is not None:

@@ -70,6 +70,8 @@ pub struct Options {
     pub modules: Option<String>,
     /// `--root-protocol`, as written.
     pub root_protocol: Option<String>,
+    /// `--gdb`, as written.
+    pub gdb: Option<String>,
     /// `--console`.
     pub console: bool,
     /// `--ready-timeout`, as written.
@@ -88,6 +90,7 @@ const VALUED: &[&str] = &[
     "--root",
     "--modules",
     "--root-protocol",
+    "--gdb",
     "--net",
     "--transport",
     "--ready-timeout",
@@ -223,6 +226,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
                 | "--root"
                 | "--modules"
                 | "--root-protocol"
+                | "--gdb"
         );
         if once && seen.contains(&name) {
             return Err(Usage::Syntax(format!(
@@ -241,6 +245,7 @@ pub fn parse(argv: &[String]) -> Result<Request, Usage> {
             "--root" => opts.root = Some(value),
             "--modules" => opts.modules = Some(value),
             "--root-protocol" => opts.root_protocol = Some(value),
+            "--gdb" => opts.gdb = Some(value),
             _ => opts.ready_timeout = Some(value),
         }
     }
@@ -418,6 +423,8 @@ pub struct VmArgs {
     pub transport: Transport,
     /// The entropy device.
     pub rng: Option<RngConfig>,
+    /// Where gdb attaches.
+    pub gdb: Option<crate::config::GdbConfig>,
 }
 
 /// Either kind of refusal: a malformed option or a value the core does not accept.
@@ -658,6 +665,10 @@ pub fn vm_args(opts: &Options) -> Result<VmArgs, Refused> {
         },
         rng: opts.rng.then(RngConfig::default),
         host_root: host_root(opts)?,
+        gdb: match &opts.gdb {
+            Some(g) => Some(crate::config::GdbConfig::parse(g)?),
+            None => None,
+        },
     })
 }
 

@@ -9,7 +9,8 @@ pub const USAGE: &str = "usage: vmm-reference [-h] [--memory mem_size_mib=N] [--
                      [--fs path=DIR,tag=TAG[,read_only=on][,protocol=9p]]
                      [--root host] [--rw-cwd] [--modules DIR]
                      [--root-protocol virtiofs|9p]
-                     [--transport mmio|pci] [--rng] [--console]
+                     [--transport mmio|pci] [--rng] [--gdb unix:PATH|PORT]
+                     [--console]
                      [--ready-timeout SECONDS] [--version]
 ";
 
@@ -71,6 +72,10 @@ options:
                         builds them)
   --rng                 a virtio-rng device: entropy for the guest from the
                         host's getrandom
+  --gdb unix:PATH|PORT  a gdb stub on a new UNIX socket or on 127.0.0.1:PORT: the
+                        guest waits at its first instruction until gdb attaches
+                        (`target remote PATH|:PORT`); boot with nokaslr so that
+                        vmlinux's symbols match
   --console             with -- COMMAND: copy the guest's console to stderr
                         (it is hidden by default)
   --ready-timeout SECONDS

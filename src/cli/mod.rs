@@ -286,6 +286,7 @@ pub fn config(opts: &args::Options) -> Result<VmConfig, Refused> {
         host_root: a.host_root,
         transport: a.transport,
         seccomp: true,
+        gdb: a.gdb,
     })
 }
 

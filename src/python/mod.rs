@@ -133,7 +133,7 @@ pub(crate) struct NativeVm {
 #[pymethods]
 impl NativeVm {
     #[new]
-    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None, shares=Vec::new(), host_root=None))]
+    #[pyo3(signature = (memory_mib, vcpus, kernel, cmdline, himem_start, initrd, console_limit, acpi, disks=Vec::new(), net=Vec::new(), vsock=None, seccomp=true, transport="mmio", rng=false, rng_rate=None, shares=Vec::new(), host_root=None, gdb=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -154,6 +154,7 @@ impl NativeVm {
         rng_rate: Option<&Bound<'_, PyAny>>,
         shares: Vec<(PathBuf, String, bool, String)>,
         host_root: Option<(Option<PathBuf>, Option<PathBuf>, String)>,
+        gdb: Option<String>,
     ) -> PyResult<Self> {
         use crate::config::{console_limit_range, himem_start_range};
         let memory_mib = int(py, "memory_mib", memory_mib, crate::kvm::memory_range)?;
@@ -201,6 +202,10 @@ impl NativeVm {
             }),
             None => None,
         };
+        let gdb = match gdb {
+            Some(g) => Some(crate::config::GdbConfig::parse(&g).map_err(|e| to_py(py, e))?),
+            None => None,
+        };
         let config = VmConfig {
             memory_mib,
             vcpus,
@@ -220,6 +225,7 @@ impl NativeVm {
             host_root,
             transport,
             seccomp,
+            gdb,
         };
         detached(py, "building the VM", || Vm::new(config)).map(|vm| NativeVm { vm })
     }

@@ -87,6 +87,11 @@ impl Vm {
             ),
             Origin::Saved(_) => None,
         };
+        // A gdb stub's socket is bound now, so that its errors are the VM's construction's.
+        let gdb = match &config.gdb {
+            Some(g) => Some(crate::gdb::listen(g)?),
+            None => None,
+        };
         let vcpus = (0..count)
             .map(|id| {
                 let mut vcpu = Vcpu::create(
@@ -107,6 +112,9 @@ impl Vm {
                             "the snapshot has no state for vCPU {id}"
                         )))
                     }
+                }
+                if let Some(g) = &gdb {
+                    vcpu.set_debug_stops(g.vcpu_stops.clone());
                 }
                 Ok(vcpu)
             })
@@ -137,6 +145,9 @@ impl Vm {
             event_loop: Mutex::new(None),
             started_at: Mutex::new(None),
             pm1: legacy.pm1,
+            gdb: Mutex::new(gdb),
+            gdb_thread: Mutex::new(None),
+            gdb_client: Arc::new(Mutex::new(None)),
             devices: devices.info,
             resources: Some(Resources {
                 vm_fd,

@@ -120,6 +120,12 @@ pub struct Vm {
     event_loop: Mutex<Option<JoinHandle<()>>>,
     started_at: Mutex<Option<Instant>>,
     pm1: Option<Arc<Mutex<AcpiPm1>>>,
+    /// The gdb stub, bound and waiting for [`Vm::start`] ([`crate::gdb`]).
+    gdb: Mutex<Option<crate::gdb::Pending>>,
+    /// Its thread once started (joined before guest memory goes).
+    gdb_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The gdb client's socket while one is attached ([`crate::gdb::hang_up`]).
+    gdb_client: Arc<Mutex<Option<i32>>>,
     /// The virtio devices, in the order they were registered.
     devices: Vec<DeviceInfo>,
     /// Every virtio device and its transport, in registration order (snapshots).
@@ -190,8 +196,12 @@ impl Vm {
         let mut handles = Vec::with_capacity(parts.vcpus.len());
         self.paused.store(paused, Ordering::SeqCst);
         let mut vcpu_error = None;
+        let gdb = self.gdb.locked().take();
+        let ids: Vec<u8> = parts.vcpus.iter().map(|v| v.id()).collect();
+        // With a gdb stub, the vCPUs wait for gdb's `continue` (the VM itself is running).
+        let held = paused || gdb.is_some();
         for vcpu in parts.vcpus {
-            match vcpu.start(paused, self.config.seccomp) {
+            match vcpu.start(held, self.config.seccomp) {
                 Ok(handle) => handles.push(handle),
                 Err(e) => {
                     self.exit.request(ExitStatus::with_detail(
@@ -204,6 +214,19 @@ impl Vm {
             }
         }
         self.vcpus.set(handles);
+        if let (Some(pending), Some(resources)) = (gdb, &self.resources) {
+            let machine = crate::gdb::Machine {
+                vcpus: self.vcpus.clone(),
+                ids,
+                mem: resources.ram.memory().clone(),
+                exit: self.exit.clone(),
+                client: self.gdb_client.clone(),
+            };
+            match crate::gdb::spawn(pending, machine) {
+                Ok(handle) => *self.gdb_thread.locked() = Some(handle),
+                Err(e) => vcpu_error = vcpu_error.or(Some(e)),
+            }
+        }
         let event_loop = EventLoop {
             exit: self.exit.clone(),
             input: self.input.clone(),
@@ -427,6 +450,13 @@ impl Drop for Vm {
         self.kill();
         let handle = self.event_loop.locked().take();
         if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+        // The gdb stub holds guest memory too; it ends within 100 ms of the VM's end (its
+        // client cut off, if it waits for one's packet).
+        crate::gdb::hang_up(&self.gdb_client);
+        let gdb = self.gdb_thread.locked().take();
+        if let Some(handle) = gdb {
             let _ = handle.join();
         }
         // Everything that holds guest memory (devices, their transports, vCPUs never

@@ -12,6 +12,10 @@
 //! signal came during the run or just before it (a plain signal that lands between the
 //! check for events and the ioctl would be lost until the next exit).
 
+pub mod debug;
+
+pub use debug::{DebugAnswer, DebugOp, DebugStops};
+
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
@@ -80,6 +84,10 @@ pub struct Vcpu {
     msr_indices: Arc<Vec<u32>>,
     /// The CPUID the vCPU was given, saved with its state.
     cpuid: Vec<kvm_cpuid_entry2>,
+    /// Where its debug exits go, when a debugger is attached to the VM.
+    debug: Option<DebugStops>,
+    /// The debug exit the last `KVM_RUN` ended with, for the thread to report.
+    debug_exit: Option<kvm_bindings::kvm_debug_exit_arch>,
 }
 
 pub use crate::devices::bus::Buses;
@@ -88,6 +96,8 @@ pub use crate::devices::bus::Buses;
 pub enum VcpuEvent {
     /// Leave guest code, finish the access being emulated, and wait for the next event.
     Pause,
+    /// A debugger's request (paused only).
+    Debug(DebugOp),
     /// Run the guest again.
     Resume,
     /// Answer with the vCPU's state (paused only).
@@ -109,6 +119,8 @@ pub enum VcpuResponse {
     Saved(Box<VcpuState>),
     /// The state was taken.
     Restored,
+    /// The answer to a debugger's request.
+    Debug(DebugAnswer),
     /// The event could not be carried out.
     Failed(String),
 }
@@ -136,7 +148,14 @@ impl Vcpu {
             stats,
             msr_indices,
             cpuid: Vec::new(),
+            debug: None,
+            debug_exit: None,
         })
+    }
+
+    /// Sends this vCPU's debug exits to `stops` (a debugger's) instead of ending the VM.
+    pub fn set_debug_stops(&mut self, stops: DebugStops) {
+        self.debug = Some(stops);
     }
 
     /// Gives vCPU `id` of `count` its boot state: CPUID, MSRs and LAPIC. The boot vCPU
@@ -262,6 +281,10 @@ impl Vcpu {
                 None
             }
             Ok(VcpuExit::IrqWindowOpen) | Ok(VcpuExit::Intr) => None,
+            Ok(VcpuExit::Debug(exit)) if self.debug.is_some() => {
+                self.debug_exit = Some(exit);
+                None
+            }
             Ok(VcpuExit::Shutdown) => Some(ExitStatus::with_detail(
                 ExitReason::Shutdown,
                 format!("vCPU {id} triple-faulted"),
@@ -364,7 +387,18 @@ impl VcpuThread {
             if self.pending.load(Ordering::Acquire) && !self.handle_events() {
                 return;
             }
-            if let Some(mut status) = self.vcpu.run_once() {
+            let status = self.vcpu.run_once();
+            if let Some(exit) = self.vcpu.debug_exit.take() {
+                // Stopped for the debugger: it resumes this vCPU when it is done with it.
+                if let Some(stops) = &self.vcpu.debug {
+                    stops.report(self.vcpu.id, exit);
+                }
+                if !self.wait_paused(false) {
+                    return;
+                }
+                continue;
+            }
+            if let Some(mut status) = status {
                 if matches!(status.reason, ExitReason::Shutdown | ExitReason::Error) {
                     let rip = self.vcpu.rip_suffix();
                     if let Some(detail) = status.detail.as_mut().filter(|d| !d.contains(" at rip "))
@@ -391,9 +425,10 @@ impl VcpuThread {
                 }
                 VcpuEvent::Stop => return false,
                 VcpuEvent::Resume => self.respond(VcpuResponse::Resumed),
-                VcpuEvent::SaveState | VcpuEvent::RestoreState(_) => self.respond(
-                    VcpuResponse::Failed("the vCPU is running: pause it first".into()),
-                ),
+                VcpuEvent::SaveState | VcpuEvent::RestoreState(_) | VcpuEvent::Debug(_) => self
+                    .respond(VcpuResponse::Failed(
+                        "the vCPU is running: pause it first".into(),
+                    )),
             }
         }
         true
@@ -432,6 +467,10 @@ impl VcpuThread {
                         Err(e) => VcpuResponse::Failed(e.to_string()),
                     };
                     self.respond(answer);
+                }
+                VcpuEvent::Debug(op) => {
+                    let answer = debug::carry_out(&self.vcpu.fd, op);
+                    self.respond(VcpuResponse::Debug(answer));
                 }
                 VcpuEvent::Stop => return false,
             }
@@ -528,6 +567,17 @@ impl VcpuHandles {
             .iter()
             .map(|h| h.response(deadline.saturating_duration_since(Instant::now())))
             .collect()
+    }
+
+    /// Sends vCPU `id` the event and waits for its answer; None if it has no thread or did
+    /// not answer within [`VCPU_ANSWER_TIMEOUT`].
+    pub fn request_one(&self, id: u8, event: VcpuEvent) -> Option<VcpuResponse> {
+        let handles = self.0.locked();
+        let h = handles.iter().find(|h| h.id() == id)?;
+        if !h.send(event) {
+            return None;
+        }
+        h.response(VCPU_ANSWER_TIMEOUT)
     }
 
     /// Stops every vCPU thread and joins it; false if one panicked.
