@@ -44,6 +44,34 @@ fn file_kind(meta: &std::fs::Metadata) -> &'static str {
     }
 }
 
+/// `e` (from opening `path`) as the refusal of `arg` it is: a missing file, or one this user
+/// may not use (`hint` says what to do); other errors stay the host's.
+fn refusal(
+    e: std::io::Error,
+    arg: std::borrow::Cow<'static, str>,
+    path: &Path,
+    hint: &str,
+    doing: &str,
+) -> HostError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
+            arg,
+            path: path.into(),
+        }),
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
+            HostError::Refused(Refusal::PermissionDenied {
+                arg,
+                path: path.into(),
+                hint: hint.into(),
+            })
+        }
+        _ => HostError::Io {
+            what: format!("cannot {doing} {arg}={}", path.display()),
+            source: e,
+        },
+    }
+}
+
 /// Creates (or truncates) the file `path` for writing an output into, reporting a missing
 /// directory or one this user may not write in against `arg`.
 pub fn create_file(
@@ -57,21 +85,13 @@ pub fn create_file(
             path.display(),
             "expected a file to write, this is a directory",
         )),
-        std::io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
+        _ => refusal(
+            e,
             arg,
-            path: path.into(),
-        }),
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-            HostError::Refused(Refusal::PermissionDenied {
-                arg,
-                path: path.into(),
-                hint: "write it where this user may create files".into(),
-            })
-        }
-        _ => HostError::Io {
-            what: format!("cannot create {arg}={}", path.display()),
-            source: e,
-        },
+            path,
+            "write it where this user may create files",
+            "create",
+        ),
     })
 }
 
@@ -117,26 +137,14 @@ pub fn open_file(
         },
         Err(e) => Err(match e.kind() {
             std::io::ErrorKind::IsADirectory => not_regular(arg, "a directory"),
-            std::io::ErrorKind::NotFound => HostError::Refused(Refusal::FileNotFound {
-                arg,
-                path: path.into(),
-            }),
-            std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => {
-                HostError::Refused(Refusal::PermissionDenied {
-                    arg,
-                    path: path.into(),
-                    hint: if writable {
-                        "make the file readable and writable by this user, or attach it read-only"
-                            .into()
-                    } else {
-                        "make the file readable by this user".into()
-                    },
-                })
+            _ => {
+                let hint = if writable {
+                    "make the file readable and writable by this user, or attach it read-only"
+                } else {
+                    "make the file readable by this user"
+                };
+                refusal(e, arg, path, hint, "open")
             }
-            _ => HostError::Io {
-                what: format!("cannot open {arg}={}", path.display()),
-                source: e,
-            },
         }),
     }
 }

@@ -123,8 +123,8 @@ class Vm(GuestAgentCalls):
         gdb: a gdb stub: ``"unix:PATH"`` (a socket it makes) or a TCP port on 127.0.0.1. The
             guest then waits before its first instruction until gdb attaches (``gdb vmlinux
             -ex 'target remote PATH'``) and continues; boot Linux with ``nokaslr`` so that
-            its symbols match. Every vCPU is a gdb thread; ``break``/``hbreak`` (debug
-            registers, four at most before ``int3`` is written), ``watch``, ``stepi``,
+            its symbols match. Every vCPU is a gdb thread; ``break``/``hbreak`` and
+            ``watch`` (the four debug registers; guest memory is never patched), ``stepi``,
             Ctrl-C, ``detach`` (the guest runs on) and ``kill`` work.
         shares: host directories the guest mounts by tag (``mount -t virtiofs TAG /mnt``),
             as :class:`~vmm_reference.Share` objects; one virtio-fs (or virtio-9p) device

@@ -6,8 +6,9 @@
 //! watchpoint, a step, Ctrl-C) all stop. The stub runs on a thread of its own and asks the
 //! stopped vCPUs' threads, which own their descriptors, for registers, address translation
 //! and guest-debug settings ([`crate::vcpu::DebugOp`]); guest memory it reads and writes
-//! itself. Breakpoints live in the debug registers (four, shared with watchpoints); past
-//! four, `int3` is written into guest memory and taken out again when removed or on detach.
+//! itself. Breakpoints (`break` and `hbreak`) and watchpoints live in the debug registers,
+//! four in all: the stub never writes `int3` into guest memory, so nothing of it is ever in
+//! a snapshot, fork or dump, and breakpoints work where KVM does not intercept `int3` (PVM).
 //! Detaching (or gdb going away) removes every breakpoint and lets the VM run; gdb's `kill`
 //! kills the VM. The thread ends when the VM does.
 

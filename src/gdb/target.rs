@@ -1,9 +1,8 @@
 //! The VM as gdb's target: every vCPU a thread (thread id = vCPU id + 1), all stopped
-//! whenever one is ("all-stop"), registers and memory read and written through the stopped
-//! vCPUs' own threads, breakpoints in the debug registers (and, past four, `int3` written
-//! into guest memory), watchpoints, single-step.
+//! whenever one is ("all-stop"), registers read and written through the stopped vCPUs' own
+//! threads, memory by guest-virtual address, breakpoints and watchpoints in the debug
+//! registers (four in all), single-step.
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -25,7 +24,6 @@ use gdbstub_arch::x86::X86_64_SSE;
 use kvm_bindings::{
     kvm_debug_exit_arch, kvm_guest_debug, kvm_regs, kvm_sregs, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_INJECT_BP, KVM_GUESTDBG_SINGLESTEP, KVM_GUESTDBG_USE_HW_BP,
-    KVM_GUESTDBG_USE_SW_BP,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -34,8 +32,6 @@ use super::regs::{self, Slot, SLOTS};
 use crate::exit::ExitSignal;
 use crate::vcpu::{DebugAnswer, DebugOp, VcpuEvent, VcpuHandles, VcpuResponse};
 
-/// `int3`.
-const INT3: u8 = 0xcc;
 /// The guest's page size, which a memory access is split at (each page translated alone).
 const PAGE: u64 = 4096;
 
@@ -52,9 +48,6 @@ pub struct VmTarget {
     pub(super) doorbell: Arc<EventFd>,
     /// DR0–DR3's breakpoints and watchpoints, the same on every vCPU.
     slots: [Option<Slot>; SLOTS],
-    /// `int3`s written into guest memory: guest-physical address -> the byte they replaced,
-    /// by guest-virtual address.
-    patched: HashMap<u64, (u64, u8)>,
     /// The threads the next resume single-steps.
     stepping: Vec<u8>,
     /// The threads the next resume continues.
@@ -93,7 +86,6 @@ impl VmTarget {
             stops,
             doorbell,
             slots: [None; SLOTS],
-            patched: HashMap::new(),
             stepping: Vec::new(),
             continuing: Vec::new(),
             locked: false,
@@ -137,7 +129,7 @@ impl VmTarget {
     pub fn resume_all(&mut self) -> Result<(), Error> {
         let dr = regs::debugregs(&self.slots);
         for &id in &self.ids {
-            let mut control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP | KVM_GUESTDBG_USE_SW_BP;
+            let mut control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
             if self.stepping.contains(&id) {
                 control |= KVM_GUESTDBG_SINGLESTEP;
             }
@@ -167,13 +159,9 @@ impl VmTarget {
             .ok_or_else(|| "a vCPU did not resume".to_string())
     }
 
-    /// Lets the guest go: breakpoints and watchpoints removed (every `int3` taken out of
-    /// guest memory), debugging off on every vCPU, every vCPU resumed.
+    /// Lets the guest go: breakpoints and watchpoints removed, debugging off on every vCPU,
+    /// every vCPU resumed.
     pub fn detach(&mut self) -> Result<(), Error> {
-        let patched: Vec<(u64, u8)> = self.patched.drain().map(|(_, v)| v).collect();
-        for (gpa, byte) in patched {
-            let _ = self.mem.write_obj(byte, GuestAddress(gpa));
-        }
         self.slots = [None; SLOTS];
         self.stepping.clear();
         for &id in &self.ids {
@@ -185,8 +173,9 @@ impl VmTarget {
             .ok_or_else(|| "a vCPU did not resume".to_string())
     }
 
-    /// Why vCPU `id` stopped, as gdb is told; None when the guest should go on (its own
-    /// `int3`, handed back to it on the next resume).
+    /// Why vCPU `id` stopped, as gdb is told; None when the guest should go on (an `int3`,
+    /// which is the guest's own: the stub writes none and does not ask for them, so this is
+    /// only a KVM that reports them anyway; handed back on the next resume).
     pub fn stop_reason(
         &mut self,
         id: u8,
@@ -194,13 +183,6 @@ impl VmTarget {
     ) -> Option<MultiThreadStopReason<u64>> {
         let t = tid(id);
         if exit.exception == 3 {
-            let ours = self
-                .regs(id)
-                .map(|(r, _)| self.patched.contains_key(&r.rip))
-                .unwrap_or(false);
-            if ours {
-                return Some(MultiThreadStopReason::SwBreak(t));
-            }
             self.inject_bp.push(id);
             return None;
         }
@@ -420,35 +402,16 @@ impl Breakpoints for VmTarget {
 }
 
 impl SwBreakpoint for VmTarget {
-    /// The first four go into debug registers, so guest memory stays as it is (a snapshot
-    /// or fork never captures a breakpoint, and hosts whose KVM does not intercept `int3`,
-    /// such as PVM, still stop there); past that, `int3` is written at the address.
+    /// Breakpoints go into the debug registers, like `hbreak`s: guest memory is never
+    /// changed (so no snapshot, fork or dump captures a breakpoint), and hosts whose KVM does
+    /// not intercept `int3`, such as PVM, stop there too. Four in all, with the hardware
+    /// breakpoints and watchpoints; gdb says "Cannot insert breakpoint" past that.
     fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.set_slot(Slot::Break(addr)) {
-            return Ok(true);
-        }
-        let id = self.ids.first().copied().unwrap_or(0);
-        let Some(gpa) = self.translate(id, addr).map_err(TargetError::Fatal)? else {
-            return Ok(false);
-        };
-        let Ok(byte) = self.mem.read_obj::<u8>(GuestAddress(gpa)) else {
-            return Ok(false);
-        };
-        if self.mem.write_obj(INT3, GuestAddress(gpa)).is_err() {
-            return Ok(false);
-        }
-        self.patched.insert(addr, (gpa, byte));
-        Ok(true)
+        Ok(self.set_slot(Slot::Break(addr)))
     }
 
     fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
-        if self.clear_slot(Slot::Break(addr)) {
-            return Ok(true);
-        }
-        match self.patched.remove(&addr) {
-            Some((gpa, byte)) => Ok(self.mem.write_obj(byte, GuestAddress(gpa)).is_ok()),
-            None => Ok(false),
-        }
+        Ok(self.clear_slot(Slot::Break(addr)))
     }
 }
 

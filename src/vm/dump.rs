@@ -17,20 +17,7 @@ impl Vm {
                 });
             };
             let cannot = |what: String| Error::Dump(what);
-            let answers = self
-                .vcpus
-                .request(|_| crate::vcpu::VcpuEvent::SaveState)
-                .ok_or_else(|| cannot("a vCPU did not answer".into()))?;
-            let mut cpus = Vec::with_capacity(answers.len());
-            for answer in answers {
-                match answer {
-                    VcpuResponse::Saved(state) => cpus.push(CpuRegs::of(&state)),
-                    VcpuResponse::Failed(why) => {
-                        return Err(cannot(format!("cannot read a vCPU's registers: {why}")))
-                    }
-                    other => return Err(cannot(format!("unexpected vCPU answer {other:?}"))),
-                }
-            }
+            let cpus: Vec<CpuRegs> = self.saved_vcpus(cannot)?.iter().map(CpuRegs::of).collect();
             let ranges = crate::arch::x86_64::layout::ram_ranges(self.config.memory_bytes());
             let ram: Vec<RamRange> = ranges
                 .iter()

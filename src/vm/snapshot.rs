@@ -230,6 +230,28 @@ impl Vm {
         result
     }
 
+    /// Every vCPU's state (the VM paused); failures made into errors by `error`.
+    pub(super) fn saved_vcpus(
+        &self,
+        error: impl Fn(String) -> Error,
+    ) -> Result<Vec<crate::arch::x86_64::state::VcpuState>> {
+        let answers = self
+            .vcpus
+            .request(|_| crate::vcpu::VcpuEvent::SaveState)
+            .ok_or_else(|| error("a vCPU did not answer".into()))?;
+        let mut vcpus = Vec::with_capacity(answers.len());
+        for answer in answers {
+            match answer {
+                VcpuResponse::Saved(state) => vcpus.push(*state),
+                VcpuResponse::Failed(why) => {
+                    return Err(error(format!("cannot save a vCPU: {why}")))
+                }
+                other => return Err(error(format!("unexpected vCPU answer {other:?}"))),
+            }
+        }
+        Ok(vcpus)
+    }
+
     /// Saves everything but memory while the VM is paused, then lets `memory` deal with
     /// guest RAM while every device is still held (no queue is served, so no device writes
     /// guest memory, until it returns).
@@ -247,20 +269,7 @@ impl Vm {
                     .into(),
             ));
         }
-        let answers = self
-            .vcpus
-            .request(|_| crate::vcpu::VcpuEvent::SaveState)
-            .ok_or_else(|| snapshot_error("a vCPU did not answer".into()))?;
-        let mut vcpus = Vec::with_capacity(answers.len());
-        for answer in answers {
-            match answer {
-                VcpuResponse::Saved(state) => vcpus.push(*state),
-                VcpuResponse::Failed(why) => {
-                    return Err(snapshot_error(format!("cannot save a vCPU: {why}")))
-                }
-                other => return Err(snapshot_error(format!("unexpected vCPU answer {other:?}"))),
-            }
-        }
+        let vcpus = self.saved_vcpus(snapshot_error)?;
         // Transports before devices: the order a vCPU's MMIO access takes them in.
         let transports: Vec<_> = self.transports.iter().map(|t| t.locked()).collect();
         let devices: Vec<_> = self.virtio.iter().map(|d| d.locked()).collect();
