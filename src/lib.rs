@@ -15,6 +15,9 @@
 //! 7. [`event_loop`] — the device/lifecycle thread on `event-manager`.
 //! 8. [`vm`] — ties it together: [`Vm::new`], [`Vm::start`], [`Vm::wait`], [`Vm::kill`].
 //!
+//! Beside it: [`snapshot`] (the snapshot format), [`coredump`] (guest dumps for crash and
+//! drgn), [`gdb`] (a gdb stub), [`host_root`] (the host's `/` as the guest's).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use vmm_reference::{KernelConfig, Vm, VmConfig};
