@@ -383,7 +383,11 @@ class LabItem(pytest.Item):
         result = None
         for _attempt in range(2):  # once more only if the lab itself reported nothing
             # A safety net, generous for the slowest host: the lab emulates everything.
-            result = run_in_lab(command, timeout=600 + 150 * len(self.nodeids), cwd=str(self.config.rootpath))
+            # 8 GiB: the session's pytest process boots one guest after another (up to 384 MiB
+            # each); with 4 GiB the lab's OOM killer ended a whole session, though repeated
+            # boots alone show the process's memory flat.
+            result = run_in_lab(command, timeout=600 + 150 * len(self.nodeids), memory_mib=8192,
+                                cwd=str(self.config.rootpath))
             if result.status is not None:
                 break
         assert result is not None

@@ -212,17 +212,7 @@ impl Server {
             }
             op::FSYNC | op::FSYNCDIR => {
                 let fh = need(f.u64())?;
-                let datasync = need(f.u32())? & 1 != 0;
-                let fd = fs.handle(fh)?.file.as_raw_fd();
-                // SAFETY: fsync/fdatasync on a descriptor we own.
-                let ret = unsafe {
-                    if datasync {
-                        libc::fdatasync(fd)
-                    } else {
-                        libc::fsync(fd)
-                    }
-                };
-                check(ret)?;
+                fs.fsync(fh, need(f.u32())? & 1 != 0)?;
                 empty()
             }
             op::STATFS => {

@@ -258,16 +258,7 @@ impl Server {
             msg::TREADDIR => self.readdir(&mut f, writable),
             msg::TFSYNC => {
                 let (fid, datasync) = (need(f.u32())?, need(f.u32())? != 0);
-                let fd = self.fs.handle(self.open_of(fid)?)?.file.as_raw_fd();
-                // SAFETY: fsync/fdatasync on a descriptor we own.
-                let ret = unsafe {
-                    if datasync {
-                        libc::fdatasync(fd)
-                    } else {
-                        libc::fsync(fd)
-                    }
-                };
-                check(ret)?;
+                self.fs.fsync(self.open_of(fid)?, datasync)?;
                 empty()
             }
             msg::TMKDIR => {

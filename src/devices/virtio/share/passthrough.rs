@@ -479,6 +479,21 @@ impl Passthrough {
         self.add_handle(file, dir)
     }
 
+    /// Flushes the open file or directory `fh` to the host's disk (its data only, with
+    /// `datasync`).
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Res<()> {
+        let fd = self.handle(fh)?.file.as_raw_fd();
+        // SAFETY: fsync/fdatasync on a descriptor we own.
+        let ret = unsafe {
+            if datasync {
+                libc::fdatasync(fd)
+            } else {
+                libc::fsync(fd)
+            }
+        };
+        check(ret).map(|_| ())
+    }
+
     /// The open file or directory `fh`.
     pub fn handle(&self, fh: u64) -> Res<&Handle> {
         self.handles.get(&fh).ok_or(libc::EBADF)
