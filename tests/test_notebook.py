@@ -78,3 +78,94 @@ def test_the_interrupt_button_stops_a_blocking_wait(kernel_env, probe_elf):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def _rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def test_the_live_view_follows_a_flood_at_a_bounded_rate(kernel_env, probe_elf):
+    """A guest printing as fast as it can: the kernel sends the page a bounded console, a bounded
+    number of times a second, and its memory stays flat."""
+    import html
+    import re
+
+    from jupyter_client.manager import start_new_kernel
+    from vmm_reference.jupyter import LIVE_BYTES, REFRESH_SECONDS
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    outputs: list[dict] = []
+    try:
+        setup = kc.execute_interactive(
+            "from vmm_reference import Vm\n"
+            f"vm = Vm(memory_mib=64, kernel={str(probe_elf)!r}, cmdline='probe.end=flood')\n"
+            "vm.start()\nvm.expect('PROBE: flood 100\\n')\n"
+            "view = vm.show()\ndisplay(view)\nprint('model', view.text.model_id, view.status.model_id)\n",
+            timeout=60, output_hook=lambda msg: outputs.append(msg))
+        assert setup["content"]["status"] == "ok", setup["content"]
+        printed = "".join(m["content"].get("text", "") for m in outputs if m["msg_type"] == "stream")
+        text_id, status_id = re.search(r"model (\w+) (\w+)", printed).groups()
+
+        def shown(state: dict) -> str:
+            pre = re.search(r"<div>(.*)</div></pre>", state["value"], re.S)
+            assert pre, state["value"][:200]
+            return html.unescape(pre.group(1))
+
+        # Follow what the kernel sends the page: warm up until the view is full, then measure.
+        pid = km.provisioner.pid
+        updates: list[tuple[float, int, int]] = []  # (kernel's send time, shown chars, last line number)
+        warm_rss = None
+        measure_from = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=10)
+            data = msg["content"].get("data", {})
+            if msg["msg_type"] != "comm_msg" or msg["content"].get("comm_id") != text_id:
+                continue
+            if data.get("method") != "update" or "value" not in data.get("state", {}):
+                continue
+            text = shown(data["state"])
+            numbers = re.findall(r"PROBE: flood (\d+)\n", text)
+            sent = msg["header"]["date"].timestamp()
+            if measure_from is None:
+                if len(text) >= LIVE_BYTES - 64:  # full: the buffer has reached its bound
+                    warm_rss, measure_from = _rss_bytes(pid), time.monotonic()
+                continue
+            updates.append((sent, len(text), int(numbers[-1]) if numbers else -1))
+            if time.monotonic() - measure_from >= 6:
+                break
+        assert measure_from is not None, "the live view never filled up with the flood"
+        end_rss = _rss_bytes(pid)
+        span = updates[-1][0] - updates[0][0]
+        assert span > 4, updates
+        rate = (len(updates) - 1) / span
+        worst = max(sum(1 for t, _, _ in updates if s <= t < s + 1) for s, _, _ in updates)
+        print(f"\nflood: {len(updates)} updates in {span:.1f} s ({rate:.1f}/s, at most {worst} in a second), "
+              f"shown {max(n for _, n, _ in updates)} chars, the last line {updates[-1][2]}, "
+              f"kernel RSS {warm_rss / 2**20:.1f} -> {end_rss / 2**20:.1f} MiB")
+        # Bounded by the view's constant, not by the guest (which prints hundreds of chunks a second).
+        assert worst <= 1 / REFRESH_SECONDS + 2, f"{worst} console updates within one second"
+        assert rate >= 2, f"the view fell behind: {rate:.1f} updates a second"  # and it does keep up
+        assert all(n <= LIVE_BYTES for _, n, _ in updates)
+        lines = [n for _, _, n in updates]
+        assert lines == sorted(lines) and lines[-1] > lines[0], "the shown console moves on"
+        assert end_rss - warm_rss < 16 * 2**20, f"the kernel grew from {warm_rss} to {end_rss} bytes"
+
+        # Killed: the state line says so, and the follower ends.
+        msg_id = kc.execute("vm.kill(); view.wait(timeout=10); print('follower alive', view.thread.is_alive())")
+        label, printed = "", ""
+        deadline = time.monotonic() + 20
+        while ("exited (killed)" not in label or "follower alive" not in printed) and time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=10)
+            if msg["msg_type"] == "comm_msg" and msg["content"].get("comm_id") == status_id:
+                label = msg["content"]["data"].get("state", {}).get("value", label)
+            elif msg["msg_type"] == "stream" and msg["parent_header"].get("msg_id") == msg_id:
+                printed += msg["content"]["text"]
+        assert label == "state: exited (killed)"
+        assert "follower alive False" in printed
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -384,6 +384,18 @@ def test_stop_kills_a_guest_that_does_not_listen_for_the_power_button(vm_factory
     assert vm.stop().reason == "killed"  # exited: keeps its status
 
 
+def test_stop_powers_off_a_guest_that_listens_for_the_power_button(vm_factory, probe_elf):
+    vm = vm_factory(kernel=probe_elf, cmdline="probe.end=power", memory_mib=64)
+    vm.start()
+    vm.expect("PROBE: power waiting 2\n")  # PWRBTN_EN is set before the first line
+    started = time.monotonic()
+    status = vm.stop(timeout=30)
+    assert (status.reason, status.code) == ("poweroff", None), vm.console_log[-500:]
+    assert time.monotonic() - started < 10  # the guest answered: stop did not wait out its timeout
+    assert "PROBE: power button\n" in vm.console_log
+    assert vm.state == "exited"
+
+
 def test_stop_on_a_paused_or_unstarted_vm(vm_factory, probe_elf):
     unstarted = vm_factory(kernel=probe_elf)
     assert unstarted.stop().reason == "killed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 if TYPE_CHECKING:
@@ -60,6 +61,11 @@ TAIL_LINES = 40
 """Console lines shown by the static repr."""
 LIVE_BYTES = 64 * 1024
 """Console bytes the live view keeps on screen."""
+REFRESH_SECONDS = 0.1
+"""The live view's shortest interval between two console updates: at most ten a second,
+however fast the guest prints (each update sends the whole shown console to the page)."""
+_DRAIN_READS = 64
+"""Reads (of up to 64 KiB each) the live view takes at most between two updates."""
 
 
 def vm_html(vm: Viewable, tail_lines: int = TAIL_LINES) -> str:
@@ -98,7 +104,9 @@ class ConsoleView:
     """A live view of a VM's console (an ipywidgets box): console text, state line, Stop and Kill.
 
     A daemon thread reads the console as the guest prints and refreshes the widget; it ends
-    when the console does. Displaying it (or ``display(view)``) shows the widget.
+    when the console does. The widget shows the last ``LIVE_BYTES`` of the console and is
+    updated at most once every ``REFRESH_SECONDS``, however fast the guest prints.
+    Displaying it (or ``display(view)``) shows the widget.
     """
 
     def __init__(self, vm: Viewable, widgets: Any) -> None:
@@ -124,13 +132,23 @@ class ConsoleView:
         status = self.vm.exit_status
         self.status.value = f"state: {self.vm.state}" + (f" ({status.reason})" if status else "")
 
+    def _append(self, data: bytes) -> None:
+        self._buffer += data
+        del self._buffer[:-LIVE_BYTES]
+
     def _follow(self) -> None:
         reader = self._reader  # its own offset: does not take bytes from vm.serial
         while True:
             data = reader.read(timeout=0.5)
             if data:
-                self._buffer += data
-                del self._buffer[:-LIVE_BYTES]
+                self._append(data)
+                # Coalesce: let what the guest prints next gather, then show it in one update.
+                time.sleep(REFRESH_SECONDS)
+                for _ in range(_DRAIN_READS):
+                    more = reader.read(timeout=0)
+                    if not more:
+                        break
+                    self._append(more)
             self._refresh()
             if not data and reader.at_eof:
                 return

@@ -408,6 +408,33 @@ static uint64_t deadline_ms(uint64_t ms) {
     return rdtsc() + ms * khz;
 }
 
+/* probe.end=power: a guest that honours the ACPI power button, as Linux's button driver does.
+ * It sets PWRBTN_EN in PM1a_EN, then prints "PROBE: power waiting N" about ten times a second
+ * (a steady trickle, not a flood) while it polls PWRBTN_STS in PM1a_STS. Once the button is
+ * pressed it clears the status, prints "PROBE: power button" and writes SLP_TYP=S5 with
+ * SLP_EN to PM1a_CNT: the VM ends with reason poweroff. */
+#define PM1A_STS 0x600
+#define PM1A_EN 0x602
+#define PM1A_CNT 0x604
+#define PM1_PWRBTN (1 << 8)
+static void power_button_wait(void) {
+    outw(PM1A_EN, PM1_PWRBTN);
+    for (uint64_t i = 0;; i++) {
+        puts_("PROBE: power waiting ");
+        put_dec(i);
+        putc_('\n');
+        for (uint64_t end = deadline_ms(100); rdtsc() < end;) {
+            if (inw(PM1A_STS) & PM1_PWRBTN) {
+                outw(PM1A_STS, PM1_PWRBTN); /* write 1 to clear */
+                puts_("PROBE: power button\n");
+                outw(PM1A_CNT, (uint16_t)((5 << 10) | (1 << 13))); /* SLP_TYP=S5, SLP_EN */
+                for (;;) __asm__ volatile("pause");
+            }
+            for (int spin = 0; spin < 2000; spin++) __asm__ volatile("pause");
+        }
+    }
+}
+
 /* ---- ACPI: the RSDP, a table by signature ---------------------------------------------- */
 
 static uint32_t le32(const uint8_t *p) { return p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24; }
@@ -3032,6 +3059,7 @@ void probe_main(const uint8_t *zp) {
         __asm__ volatile("outw %0, %1" ::"a"((uint16_t)((5 << 10) | (1 << 13))), "Nd"((uint16_t)0x604)); /* PM1a_CNT: SLP_TYP=S5, SLP_EN */
         for (;;) __asm__ volatile("pause");
     }
+    if (word_is(end, "power")) power_button_wait();
     if (word_is(end, "panic")) {
         puts_("[    0.100000] Kernel panic - not syncing: probe asked for it\n");
         for (;;) __asm__ volatile("pause");
