@@ -313,3 +313,12 @@ def parse_vsock(log: str) -> VsockReport:
         elif kind == "done":
             r.done = True
     return r
+
+
+@pytest.fixture
+def adopt():
+    """Closes the VMs a test restores or forks (``adopt([vm, ...])``) when it ends."""
+    made: list = []
+    yield made.extend
+    for vm in made:
+        vm.close()

@@ -77,7 +77,17 @@ def test_break_step_and_detach(vm_factory, probe_elf, tmp_path, gdb_bin):
     assert "Detaching from program" in out or "detached" in out.lower(), out
     # Detached: the guest runs on with no breakpoint left.
     vm.expect(r"PROBE: tick 3 ", timeout=60)
-    assert not sock.exists(), "the socket goes once a client attached"
+    # gdb may attach again: it finds the running guest stopped, and detaching lets it go on.
+    again = gdb_batch(gdb_bin, probe_elf, str(sock), "p *(unsigned long *)&tick_count", "detach")
+    stopped_at = int(re.findall(r"^\$1 = (\d+)", again, re.M)[0])
+    assert stopped_at >= 3, again
+    vm.expect(rf"PROBE: tick {stopped_at + 2} ", timeout=60)
+    vm.kill()
+    vm.wait(timeout=30)
+    deadline = time.monotonic() + 5
+    while sock.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not sock.exists(), "the socket goes with the VM"
 
 
 def test_ctrl_c_stops_a_running_guest_and_kill_ends_it(vm_factory, probe_elf, tmp_path, gdb_bin):
@@ -152,3 +162,132 @@ def test_cli_gdb_option(native_cli, probe_elf, tmp_path, gdb_bin):
         if vmm.poll() is None:
             vmm.kill()
     assert vmm.returncode == 0 and "PROBE: done" in stdout, stdout[-2000:]
+
+
+def test_a_restored_vm_is_debugged_from_where_it_was_saved(vm_factory, probe_elf, tmp_path, gdb_bin, adopt):
+    vm: Vm = vm_factory(kernel=probe_elf, cmdline="probe.end=tick", memory_mib=64)
+    vm.start()
+    vm.expect(r"PROBE: tick 2 ", timeout=60)
+    vm.pause()
+    saved = int(re.findall(r"PROBE: tick (\d+) ", vm.console_log)[-1])
+    vm.snapshot(tmp_path / "snap")
+    vm.kill()
+    sock = tmp_path / "restored.gdb"
+    restored = Vm.restore(tmp_path / "snap", gdb=f"unix:{sock}")
+    adopt([restored])
+    restored.resume()  # running, its vCPUs held for gdb
+    assert restored.state == "running"
+    out = gdb_batch(gdb_bin, probe_elf, str(sock),
+                    "p *(unsigned long *)&tick_count", "hbreak put_dec", "continue",
+                    "p *(unsigned long *)&tick_count", "delete", "detach")
+    counts = [int(v) for v in re.findall(r"^\$\d+ = (\d+)", out, re.M)]
+    assert len(counts) == 2, out
+    # Held since the restore: the counter is the saved one (the tick being counted, at most
+    # one past the last line printed), and the breakpoint stops the guest as it prints the
+    # next one (put_dec: the tick loop has puts_ inlined).
+    assert saved <= counts[0] <= saved + 1, (saved, out)
+    assert re.search(r"Breakpoint 1, 0x[0-9a-f]+ in put_dec", out), out
+    assert counts[1] in (counts[0], counts[0] + 1), out
+    restored.expect(rf"PROBE: tick {counts[1] + 2} ", timeout=60)
+    # A fork of a VM with a stub gets none of its own (the parent's socket is the parent's).
+    restored.pause()
+    clone = restored.fork(1)[0]
+    adopt([clone])
+    clone.resume()
+    clone.expect(r"PROBE: tick \d+ ", timeout=60)
+
+
+def _packet(data: bytes) -> bytes:
+    return b"$" + data + b"#" + b"%02x" % (sum(data) % 256)
+
+
+def _unrle(data: bytes) -> bytes:
+    """A reply with its run-length encoding (``X*N``: X, then N - 29 more) spelled out."""
+    out = bytearray()
+    i = 0
+    while i < len(data):
+        if data[i:i + 1] == b"*" and out and i + 1 < len(data):
+            out += out[-1:] * (data[i + 1] - 29)
+            i += 2
+        else:
+            out.append(data[i])
+            i += 1
+    return bytes(out)
+
+
+class _Client:
+    """A gdb remote-protocol client that says what a hostile one would."""
+
+    def __init__(self, path) -> None:
+        self.s = socket.socket(socket.AF_UNIX)
+        self.s.settimeout(30)
+        self.s.connect(str(path))
+        self.buf = b""
+
+    def reply(self) -> bytes:
+        while True:
+            self.buf = self.buf.lstrip(b"+-")
+            start = self.buf.find(b"$")
+            end = self.buf.find(b"#", start + 1) if start >= 0 else -1
+            if start >= 0 and end >= 0 and len(self.buf) >= end + 3:
+                data, self.buf = self.buf[start + 1:end], self.buf[end + 3:]
+                self.s.sendall(b"+")
+                return _unrle(data)
+            chunk = self.s.recv(65536)
+            assert chunk, "the stub hung up"
+            self.buf += chunk
+
+    def ask(self, data: bytes) -> bytes:
+        self.s.sendall(_packet(data))
+        return self.reply()
+
+
+def test_a_hostile_gdb_client_neither_crashes_nor_hangs_the_vmm(vm_factory, probe_elf, tmp_path):
+    sock = tmp_path / "hostile.gdb"
+    vm: Vm = vm_factory(kernel=probe_elf, cmdline="probe.end=tick", memory_mib=64, gdb=f"unix:{sock}")
+    vm.start()
+    c = _Client(sock)
+    assert c.ask(b"?")[:1] in (b"T", b"S")
+    # A read of 4 GiB: answered up to the end of guest RAM (64 MiB), streamed.
+    big = c.ask(b"m200000,ffffffff")
+    assert len(big) == 2 * ((64 << 20) - 0x200000) and b"E" not in big, (len(big), big[-64:])
+    tail = c.ask(b"m3fffff0,100")
+    assert len(tail) == 32 and b"E" not in tail, f"the 16 bytes before the end of RAM: {tail!r}"
+    assert bytes.fromhex(big[:8].decode()) == probe_elf.read_bytes()[0x1000:0x1004], "the kernel's first bytes"
+    assert c.ask(b"mffff800000000000,100").startswith(b"E"), "unmapped memory is an error"
+    assert c.ask(b"Mffff800000000000,4:00000000").startswith(b"E")
+    assert c.ask(b"Z0,ffff800000000000,1") == b"OK", "a breakpoint at an unmapped address costs nothing"
+    assert c.ask(b"Z2,200000,3") != b"OK", "an unaligned watchpoint is refused"
+    assert c.ask(b"z0,ffff800000000000,1") == b"OK"
+    assert c.ask(b"Hg1") == b"OK"
+    stop = c.ask(b"vCont;s:1")
+    assert stop[:3] in (b"S05", b"T05"), stop
+    # Disconnecting in the middle of a step: the stub detaches and the guest runs on.
+    c.s.sendall(_packet(b"vCont;s:1"))
+    c.s.close()
+    vm.expect(r"PROBE: tick 2 ", timeout=60)
+    # What is not the protocol (noise, a bad checksum, a NAK) ends that client's session; the
+    # guest runs on, and the next client finds the stub serving.
+    for noise in (b"garbage\x00\xff", b"$g#00", b"-", b"#zz", b"$" + b"a" * (64 << 20)):
+        c = _Client(sock)
+        assert c.ask(b"?")[:1] in (b"T", b"S")
+        before = _rss_kib()
+        try:
+            c.s.sendall(noise)
+            while len(noise) < 4096 and c.s.recv(65536):
+                pass  # until the stub hangs up (the endless packet: until this client does)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it hung up first
+        c.s.close()
+        assert _rss_kib() - before < 16 << 10, "a 64 MiB packet did not stay in the stub"
+        seen = len(re.findall(r"PROBE: tick ", vm.console_log))
+        vm.expect(rf"PROBE: tick {seen + 1} ", timeout=60)
+    assert vm.state == "running"
+    c = _Client(sock)
+    assert c.ask(b"?")[:1] in (b"T", b"S"), "still serving"
+    c.s.close()
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))

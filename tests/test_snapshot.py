@@ -40,15 +40,6 @@ def tick_vm(vm_factory, probe_elf: Path, vcpus: int = 1, **kwargs) -> Vm:
     return vm
 
 
-@pytest.fixture
-def adopt(request):
-    """Kills the VMs a test restores or forks when it ends."""
-    made: list[Vm] = []
-    yield made.extend
-    for vm in made:
-        vm.close()
-
-
 def test_restore_of_a_paused_vm_goes_on_from_the_next_tick(vm_factory, probe_elf, tmp_path, adopt):
     vm = tick_vm(vm_factory, probe_elf)
     vm.pause()

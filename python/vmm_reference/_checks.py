@@ -67,3 +67,12 @@ def snapshot_dir(name: str, value: object) -> str:
     if not isinstance(path, str):
         raise VmConfigError(f"invalid {name}={value!r}: expected a str path")
     return path
+
+
+def gdb_arg(gdb: object) -> Optional[str]:
+    """``gdb=`` as the native layer takes it (a str), which parses and checks its value."""
+    if gdb is None:
+        return None
+    if isinstance(gdb, bool) or not isinstance(gdb, (str, int)):
+        raise VmConfigError(f'invalid gdb={gdb!r}: expected "unix:PATH" or a TCP port')
+    return str(gdb)

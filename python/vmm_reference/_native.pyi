@@ -129,6 +129,7 @@ class NativeVm:
         seccomp: bool = True,
         disks: Optional[list[tuple[str, bool, Optional[str]]]] = None,
         net: Optional[list[tuple[str, str, Optional[str], list[tuple[int, int]]]]] = None,
+        gdb: Optional[str] = None,
     ) -> NativeVm:
         """Return a paused VM from the snapshot in ``path``; ``disks``/``net`` replace the saved ones."""
     def fork(self, vsock_uds: list[Optional[str]]) -> list[NativeVm]:

@@ -12,7 +12,7 @@ from typing import Any, Optional, TypeVar, Union
 
 from . import _native
 from ._aio import to_thread
-from ._checks import PathArg, check_int, check_path, host_root_args, snapshot_dir
+from ._checks import PathArg, check_int, check_path, gdb_arg, host_root_args, snapshot_dir
 from ._guest import GuestAgentCalls
 from .devices import DeviceInfo, DiskArg, NetArg, Rng, Share, Vsock, disk_tuples, net_tuples, share_tuples
 from .errors import VmConfigError, VmStateError, VmTimeoutError
@@ -162,8 +162,7 @@ class Vm(GuestAgentCalls):
             raise VmConfigError(f"invalid cmdline={cmdline!r}: expected a str")
         if not isinstance(transport, str):
             raise VmConfigError(f'invalid transport={transport!r}: expected "mmio" or "pci"')
-        if gdb is not None and (isinstance(gdb, bool) or not isinstance(gdb, (str, int))):
-            raise VmConfigError(f'invalid gdb={gdb!r}: expected "unix:PATH" or a TCP port')
+        gdb_text = gdb_arg(gdb)
         if not (rng is None or isinstance(rng, (bool, Rng))):
             raise VmConfigError(f"invalid rng={rng!r}: expected True, False, None or an Rng")
         kernel_path = check_path("kernel", kernel)
@@ -198,7 +197,7 @@ class Vm(GuestAgentCalls):
                 rng_rate=rng.rate if isinstance(rng, Rng) else None,
                 shares=share_list,
                 host_root=host_root,
-                gdb=None if gdb is None else str(gdb),
+                gdb=gdb_text,
             )
         except BaseException:
             if endpoint is not None:
@@ -271,6 +270,7 @@ class Vm(GuestAgentCalls):
         seccomp: bool = True,
         disks: Optional[Sequence[DiskArg]] = None,
         net: Optional[Sequence[NetArg]] = None,
+        gdb: Union[str, int, None] = None,
     ) -> Vm:
         """Return a paused VM from the snapshot in the directory ``path``; :meth:`resume` runs it.
 
@@ -286,6 +286,8 @@ class Vm(GuestAgentCalls):
         ``vsock.uds`` if given, else on a new private socket, and the guest sees its vsock
         connections reset (its listeners stay). ``seccomp`` is this call's, never the
         snapshot's: a VM saved with ``seccomp=False`` restores filtered unless you say so.
+        ``gdb`` (as :class:`Vm` takes it) debugs the restored guest: its vCPUs stay where
+        they were saved, after :meth:`resume` too, until gdb attaches and continues.
 
         Raises :class:`VmSnapshotError` for a missing, truncated, damaged or foreign snapshot,
         one from another format version, or one whose guest uses CPU features this host's KVM
@@ -296,11 +298,12 @@ class Vm(GuestAgentCalls):
         limit = None if console_limit is None else check_int("console_limit", console_limit)
         disk_list = None if disks is None else disk_tuples(disks)
         net_list = None if net is None else net_tuples(net)
+        gdb_text = gdb_arg(gdb)
         endpoint = resolve_vsock(vsock if vsock is not None else True)
         try:
             native = _native.NativeVm.restore(
                 directory, console_limit=limit, vsock_uds=None if endpoint is None else endpoint.uds,
-                seccomp=bool(seccomp), disks=disk_list, net=net_list,
+                seccomp=bool(seccomp), disks=disk_list, net=net_list, gdb=gdb_text,
             )
         except BaseException:
             if endpoint is not None:

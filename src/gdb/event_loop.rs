@@ -1,6 +1,7 @@
 //! How the stub waits: on the gdb connection and on the vCPUs' debug exits at once (`poll`
 //! on the socket and the exits' eventfd), waking every 100 ms to see whether the VM ended.
 
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
 use gdbstub::common::Signal;
@@ -11,22 +12,77 @@ use gdbstub::target::Target;
 
 use super::target::VmTarget;
 
-/// A gdb client's connection, over a UNIX socket or TCP.
+/// The bytes a connection holds each way: the stub takes and gives one byte at a time, and
+/// a system call for each would let a client that streams bytes cost two calls a byte.
+const CONN_BUF: usize = 16 * 1024;
+
+/// What a connection's stream is: a UNIX or TCP socket.
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+/// A gdb client's connection, over a UNIX socket or TCP, buffered both ways. Output is sent
+/// whenever the stub is about to wait for input (so an acknowledgement never waits for the
+/// reply to the command it acknowledges) and at each packet's end.
 pub struct Conn {
-    /// The stream.
-    pub stream: Box<dyn ConnectionExt<Error = std::io::Error>>,
+    stream: Box<dyn Stream>,
     /// Its descriptor, to poll.
     pub fd: RawFd,
+    input: Box<[u8; CONN_BUF]>,
+    start: usize,
+    end: usize,
+    output: Vec<u8>,
 }
 
 impl Conn {
     /// `stream` as a connection.
-    pub fn new<S: ConnectionExt<Error = std::io::Error> + AsRawFd + 'static>(stream: S) -> Conn {
+    pub fn new<S: Read + Write + Send + AsRawFd + 'static>(stream: S) -> Conn {
         let fd = stream.as_raw_fd();
         Conn {
             stream: Box::new(stream),
             fd,
+            input: Box::new([0; CONN_BUF]),
+            start: 0,
+            end: 0,
+            output: Vec::with_capacity(CONN_BUF),
         }
+    }
+
+    /// Whether input is waiting in the buffer (the socket then need not be polled).
+    pub fn buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Fills an empty input buffer; `wait`: block for input, else only take what is there.
+    /// Whether a byte is buffered.
+    fn fill(&mut self, wait: bool) -> std::io::Result<bool> {
+        if self.buffered() {
+            return Ok(true);
+        }
+        self.send()?;
+        if !wait && !super::readable(self.fd, 0) {
+            return Ok(false);
+        }
+        let n = loop {
+            match self.stream.read(&mut self.input[..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.start = 0;
+        self.end = n;
+        Ok(true)
+    }
+
+    /// Sends the buffered output.
+    pub fn send(&mut self) -> std::io::Result<()> {
+        if !self.output.is_empty() {
+            self.stream.write_all(&self.output)?;
+            self.output.clear();
+        }
+        Ok(())
     }
 }
 
@@ -34,25 +90,28 @@ impl Connection for Conn {
     type Error = std::io::Error;
 
     fn write(&mut self, byte: u8) -> Result<(), Self::Error> {
-        self.stream.write(byte)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.stream.write_all(buf)
+        self.output.push(byte);
+        if self.output.len() >= CONN_BUF {
+            self.send()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), Self::Error> {
-        self.stream.flush()
+        self.send()
     }
 }
 
 impl ConnectionExt for Conn {
     fn read(&mut self) -> Result<u8, Self::Error> {
-        self.stream.read()
+        self.fill(true)?;
+        let byte = self.input[self.start];
+        self.start += 1;
+        Ok(byte)
     }
 
     fn peek(&mut self) -> Result<Option<u8>, Self::Error> {
-        self.stream.peek()
+        Ok(self.fill(false)?.then(|| self.input[self.start]))
     }
 }
 
@@ -71,6 +130,11 @@ impl BlockingEventLoop for StubLoop {
         conn: &mut Conn,
     ) -> Result<Event<Self::StopReason>, StopError> {
         loop {
+            if conn.buffered() {
+                let byte = conn.read().map_err(WaitForStopReasonError::Connection)?;
+                return Ok(Event::IncomingData(byte));
+            }
+            conn.send().map_err(WaitForStopReasonError::Connection)?;
             if let Some(status) = target.ended() {
                 return Ok(Event::TargetStopped(MultiThreadStopReason::Exited(
                     status.code.unwrap_or(0) as u8,

@@ -9,8 +9,9 @@
 //! itself. Breakpoints (`break` and `hbreak`) and watchpoints live in the debug registers,
 //! four in all: the stub never writes `int3` into guest memory, so nothing of it is ever in
 //! a snapshot, fork or dump, and breakpoints work where KVM does not intercept `int3` (PVM).
-//! Detaching (or gdb going away) removes every breakpoint and lets the VM run; gdb's `kill`
-//! kills the VM. The thread ends when the VM does.
+//! Detaching (or gdb going away, or a client breaking the protocol) removes every breakpoint
+//! and lets the VM run, and the next client may attach (it finds the guest stopped); gdb's
+//! `kill` kills the VM. The socket and the thread last as long as the VM.
 
 pub mod event_loop;
 pub mod regs;
@@ -20,11 +21,12 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use gdbstub::stub::{DisconnectReason, GdbStub};
+use gdbstub::stub::{DisconnectReason, GdbStubBuilder};
 use kvm_bindings::kvm_debug_exit_arch;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
@@ -36,6 +38,10 @@ use crate::sync::Locked;
 use crate::vcpu::{DebugStops, VcpuHandles};
 use event_loop::{Conn, StubLoop};
 use target::VmTarget;
+
+/// The largest packet a client may send (gdb is told so, as its PacketSize): room for a
+/// `G` of every register and a `X`/`M` write of several KiB.
+const PACKET_BUF: usize = 16 * 1024;
 
 /// The socket a client connects to.
 enum Socket {
@@ -124,6 +130,9 @@ pub struct Machine {
     pub exit: Arc<ExitSignal>,
     /// The client's socket while one is attached, for [`hang_up`] to cut it.
     pub client: Arc<Mutex<Option<i32>>>,
+    /// Set while the vCPUs wait for gdb's first resume (the VM's own `resume` leaves
+    /// them); the stub clears it when it resumes or detaches.
+    pub hold: Arc<AtomicBool>,
 }
 
 /// Cuts the attached client's connection (the VM is going away), so that the stub, which may
@@ -144,15 +153,15 @@ impl Drop for Socket {
     }
 }
 
-/// Waits for `poll` on `fd` (input) for up to 100 ms; whether it is readable.
-fn readable(fd: i32) -> bool {
+/// Waits for `poll` on `fd` (input) for up to `ms` milliseconds; whether it is readable.
+fn readable(fd: i32, ms: i32) -> bool {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
         revents: 0,
     };
     // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut p, 1, 100) > 0 }
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
 }
 
 /// Starts the stub's thread: it waits for a client (while the VM lives), serves it, and
@@ -170,35 +179,6 @@ fn serve(pending: Pending, machine: Machine) {
         doorbell,
         ..
     } = pending;
-    let conn = loop {
-        if machine.exit.stop_requested() {
-            break None;
-        }
-        let fd = match &socket {
-            Socket::Unix(l, _) => l.as_raw_fd(),
-            Socket::Tcp(l) => l.as_raw_fd(),
-        };
-        if !readable(fd) {
-            continue;
-        }
-        let accepted = match &socket {
-            Socket::Unix(l, _) => l.accept().map(|(s, _)| Conn::new(s)),
-            Socket::Tcp(l) => l.accept().map(|(s, _)| {
-                let _ = s.set_nodelay(true);
-                Conn::new(s)
-            }),
-        };
-        if let Ok(conn) = accepted {
-            break Some(conn);
-        }
-    };
-    if let Socket::Unix(_, path) = &socket {
-        let _ = std::fs::remove_file(path);
-    }
-    let Some(conn) = conn else {
-        return;
-    };
-    *machine.client.locked() = Some(conn.fd);
     let client = machine.client.clone();
     let exit = machine.exit.clone();
     let mut target = VmTarget::new(
@@ -208,26 +188,74 @@ fn serve(pending: Pending, machine: Machine) {
         machine.exit,
         stops,
         doorbell,
+        machine.hold,
     );
-    let stub = GdbStub::new(conn);
-    let outcome = stub.run_blocking::<StubLoop>(&mut target);
-    // The connection is closed by now (run_blocking took it): no fd for hang_up to cut.
-    *client.locked() = None;
-    match outcome {
-        Ok(DisconnectReason::Kill) => {
-            exit.request(ExitStatus::with_detail(
-                ExitReason::Killed,
-                "killed from gdb",
-            ));
+    let mut first = true;
+    while let Some(conn) = accept(&socket, &exit) {
+        // gdb takes the target as stopped when it attaches: the first client finds the vCPUs
+        // held at their start; a later one stops the running guest.
+        if !first && target.pause_all().is_err() {
+            return;
         }
-        other => {
-            if let Err(e) = &other {
-                eprintln!("vmm-reference: gdb stub: {e}");
+        first = false;
+        target.forget_stops();
+        *client.locked() = Some(conn.fd);
+        // A packet larger than this buffer ends the session: gdbstub's own would grow for as
+        // long as a client sends one packet.
+        let mut packet = vec![0u8; PACKET_BUF];
+        let outcome = match GdbStubBuilder::new(conn)
+            .with_packet_buffer(&mut packet)
+            .build()
+        {
+            Ok(stub) => stub.run_blocking::<StubLoop>(&mut target),
+            Err(_) => return,
+        };
+        // The connection is closed by now (run_blocking took it): no fd for hang_up to cut.
+        *client.locked() = None;
+        match outcome {
+            Ok(DisconnectReason::Kill) => {
+                exit.request(ExitStatus::with_detail(
+                    ExitReason::Killed,
+                    "killed from gdb",
+                ));
+                return;
             }
-            // Detached, gone or broken: the guest runs on without breakpoints.
-            if !exit.stop_requested() {
-                let _ = target.detach();
+            other => {
+                if let Err(e) = &other {
+                    eprintln!("vmm-reference: gdb stub: {e}");
+                }
+                // Detached, gone or broken: the guest runs on without breakpoints, and the
+                // next client may attach.
+                if exit.stop_requested() || target.detach().is_err() {
+                    return;
+                }
             }
+        }
+    }
+}
+
+/// The next client, once one connects while the VM lives (None once it has ended).
+fn accept(socket: &Socket, exit: &ExitSignal) -> Option<Conn> {
+    let fd = match socket {
+        Socket::Unix(l, _) => l.as_raw_fd(),
+        Socket::Tcp(l) => l.as_raw_fd(),
+    };
+    loop {
+        if exit.stop_requested() {
+            return None;
+        }
+        if !readable(fd, 100) {
+            continue;
+        }
+        let accepted = match socket {
+            Socket::Unix(l, _) => l.accept().map(|(s, _)| Conn::new(s)),
+            Socket::Tcp(l) => l.accept().map(|(s, _)| {
+                let _ = s.set_nodelay(true);
+                Conn::new(s)
+            }),
+        };
+        if let Ok(conn) = accepted {
+            return Some(conn);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! registers (four in all), single-step.
 
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
@@ -57,6 +58,14 @@ pub struct VmTarget {
     locked: bool,
     /// vCPUs whose next resume must give the guest its own `int3` back.
     inject_bp: Vec<u8>,
+    /// A long read's next chunk: the stub asks for a long range one buffer at a time and goes
+    /// on to its end whatever the target answers, so once a chunk comes short the rest answer
+    /// nothing at once (not an error in the middle of the reply, nor a translation each).
+    read_next: Option<u64>,
+    /// Whether the read `read_next` continues has come to unmapped memory.
+    read_ended: bool,
+    /// The VM's "held for gdb" flag, cleared at the first resume ([`super::Machine::hold`]).
+    hold: Arc<AtomicBool>,
 }
 
 fn tid(id: u8) -> Tid {
@@ -77,6 +86,7 @@ impl VmTarget {
         exit: Arc<ExitSignal>,
         stops: Receiver<(u8, kvm_debug_exit_arch)>,
         doorbell: Arc<EventFd>,
+        hold: Arc<AtomicBool>,
     ) -> VmTarget {
         VmTarget {
             vcpus,
@@ -90,6 +100,9 @@ impl VmTarget {
             continuing: Vec::new(),
             locked: false,
             inject_bp: Vec::new(),
+            read_next: None,
+            read_ended: false,
+            hold,
         }
     }
 
@@ -115,6 +128,13 @@ impl VmTarget {
             DebugAnswer::Translated(gpa) => Ok(gpa),
             other => Err(format!("vCPU {id} answered {other:?}")),
         }
+    }
+
+    /// Drops debug exits that arrived while no client was attached (a step gdb asked for
+    /// and then hung up): they are not the next client's.
+    pub fn forget_stops(&mut self) {
+        let _ = self.doorbell.read();
+        while self.stops.try_recv().is_ok() {}
     }
 
     /// Pauses every vCPU (those stopped at a debug exit already are).
@@ -144,6 +164,8 @@ impl VmTarget {
             self.ask(id, DebugOp::SetGuestDebug(Box::new(debug)))?;
         }
         self.inject_bp.clear();
+        self.read_next = None; // the guest may map memory anew
+        self.hold.store(false, Ordering::SeqCst);
         if self.locked {
             for id in self.stepping.iter().chain(&self.continuing) {
                 match self.vcpus.request_one(*id, VcpuEvent::Resume) {
@@ -164,9 +186,13 @@ impl VmTarget {
     pub fn detach(&mut self) -> Result<(), Error> {
         self.slots = [None; SLOTS];
         self.stepping.clear();
+        // A client may go in the middle of a step or a continue: stop every vCPU first, as
+        // only a stopped one takes new debug settings.
+        self.pause_all()?;
         for &id in &self.ids {
             self.ask(id, DebugOp::SetGuestDebug(Box::default()))?;
         }
+        self.hold.store(false, Ordering::SeqCst);
         self.vcpus
             .request(|_| VcpuEvent::Resume)
             .map(|_| ())
@@ -296,17 +322,25 @@ impl MultiThreadBase for VmTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
-        let mem = self.mem.clone();
         let len = data.len();
+        let continues = self.read_next.take() == Some(start);
+        let next = start.wrapping_add(len as u64);
+        if continues && self.read_ended {
+            self.read_next = Some(next);
+            return Ok(0);
+        }
+        let mem = self.mem.clone();
         let done = self
             .access(vcpu_of(tid), start, len, |gpa, at, n| {
                 mem.read_slice(&mut data[at..at + n], GuestAddress(gpa))
                     .is_ok()
             })
             .map_err(TargetError::Fatal)?;
-        if done == 0 && len > 0 {
+        if done == 0 && len > 0 && !continues {
             return Err(TargetError::Errno(14)); // EFAULT: nothing mapped there
         }
+        self.read_next = Some(next);
+        self.read_ended = done < len;
         Ok(done)
     }
 

@@ -202,10 +202,7 @@ impl NativeVm {
             }),
             None => None,
         };
-        let gdb = match gdb {
-            Some(g) => Some(crate::config::GdbConfig::parse(&g).map_err(|e| to_py(py, e))?),
-            None => None,
-        };
+        let gdb = gdb_config(py, gdb)?;
         let config = VmConfig {
             memory_mib,
             vcpus,
@@ -274,7 +271,8 @@ impl NativeVm {
     /// A paused VM from the snapshot in `path`; `disks`/`net` (None: the saved ones) are
     /// what the caller gives it, `seccomp` whatever the saved VM had.
     #[staticmethod]
-    #[pyo3(signature = (path, console_limit=None, vsock_uds=None, seccomp=true, disks=None, net=None))]
+    #[pyo3(signature = (path, console_limit=None, vsock_uds=None, seccomp=true, disks=None, net=None, gdb=None))]
+    #[allow(clippy::too_many_arguments)] // the keywords of Python's Vm.restore
     fn restore(
         py: Python<'_>,
         path: PathBuf,
@@ -283,6 +281,7 @@ impl NativeVm {
         seccomp: bool,
         disks: Option<Vec<(PathBuf, bool, Option<String>)>>,
         net: Option<Vec<NetArg>>,
+        gdb: Option<String>,
     ) -> PyResult<NativeVm> {
         let console_limit = console_limit
             .map(|c| int(py, "console_limit", c, crate::config::console_limit_range))
@@ -297,6 +296,7 @@ impl NativeVm {
             seccomp,
             disks: disks.map(disk_configs),
             net,
+            gdb: gdb_config(py, gdb)?,
         };
         detached(py, "restoring", || Vm::restore(&path, options)).map(|vm| NativeVm { vm })
     }
@@ -509,4 +509,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         crate::arch::x86_64::layout::HIMEM_START_MIN,
     )?;
     Ok(())
+}
+
+/// A front end's `gdb` argument, parsed (errors name `gdb`).
+fn gdb_config(py: Python<'_>, gdb: Option<String>) -> PyResult<Option<crate::config::GdbConfig>> {
+    gdb.map(|g| crate::config::GdbConfig::parse(&g).map_err(|e| to_py(py, e)))
+        .transpose()
 }

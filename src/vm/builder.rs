@@ -148,6 +148,7 @@ impl Vm {
             gdb: Mutex::new(gdb),
             gdb_thread: Mutex::new(None),
             gdb_client: Arc::new(Mutex::new(None)),
+            gdb_hold: Arc::new(AtomicBool::new(false)),
             devices: devices.info,
             resources: Some(Resources {
                 vm_fd,

@@ -126,6 +126,9 @@ pub struct Vm {
     gdb_thread: Mutex<Option<JoinHandle<()>>>,
     /// The gdb client's socket while one is attached ([`crate::gdb::hang_up`]).
     gdb_client: Arc<Mutex<Option<i32>>>,
+    /// Whether the vCPUs are held for gdb: set when they start with a stub, cleared by the
+    /// stub's first resume. While set, [`Vm::resume`] leaves them to gdb's `continue`.
+    gdb_hold: Arc<AtomicBool>,
     /// The virtio devices, in the order they were registered.
     devices: Vec<DeviceInfo>,
     /// Every virtio device and its transport, in registration order (snapshots).
@@ -200,6 +203,7 @@ impl Vm {
         let ids: Vec<u8> = parts.vcpus.iter().map(|v| v.id()).collect();
         // With a gdb stub, the vCPUs wait for gdb's `continue` (the VM itself is running).
         let held = paused || gdb.is_some();
+        self.gdb_hold.store(gdb.is_some(), Ordering::SeqCst);
         for vcpu in parts.vcpus {
             match vcpu.start(held, self.config.seccomp) {
                 Ok(handle) => handles.push(handle),
@@ -221,6 +225,7 @@ impl Vm {
                 mem: resources.ram.memory().clone(),
                 exit: self.exit.clone(),
                 client: self.gdb_client.clone(),
+                hold: self.gdb_hold.clone(),
             };
             match crate::gdb::spawn(pending, machine) {
                 Ok(handle) => *self.gdb_thread.locked() = Some(handle),
@@ -297,11 +302,14 @@ impl Vm {
         }
     }
 
-    /// Resumes a paused VM.
+    /// Resumes a paused VM. A VM with a gdb stub whose client has not yet continued it (a
+    /// restored one, say) is running from then on, its vCPUs still waiting for gdb.
     pub fn resume(&self) -> Result<()> {
         self.require_state(VmState::Paused, "resume")?;
         self.paused.store(false, Ordering::SeqCst);
-        self.vcpus.request(|_| VcpuEvent::Resume);
+        if !self.gdb_hold.load(Ordering::SeqCst) {
+            self.vcpus.request(|_| VcpuEvent::Resume);
+        }
         Ok(())
     }
 

@@ -131,6 +131,8 @@ impl Vm {
             });
             let build = |spec: &ForkSpec| {
                 let mut config = self.config.clone();
+                // The parent's stub is the parent's: a clone gets none.
+                config.gdb = None;
                 if let (Some(v), Some(uds)) = (config.vsock.as_mut(), spec.vsock_uds.as_ref()) {
                     v.uds = uds.clone();
                 }
@@ -317,6 +319,8 @@ pub struct RestoreOptions {
     pub disks: Option<Vec<crate::config::DiskConfig>>,
     /// The network backends, one per saved device, in order (the saved ones if None).
     pub net: Option<Vec<crate::config::NetConfig>>,
+    /// A gdb stub for the restored VM (never saved: a snapshot has none of its own).
+    pub gdb: Option<crate::config::GdbConfig>,
 }
 
 impl Default for RestoreOptions {
@@ -327,6 +331,7 @@ impl Default for RestoreOptions {
             seccomp: true,
             disks: None,
             net: None,
+            gdb: None,
         }
     }
 }
@@ -341,6 +346,7 @@ impl RestoreOptions {
             v.uds = uds;
         }
         config.seccomp = self.seccomp;
+        config.gdb = self.gdb;
         replace_devices(&mut config.disks, self.disks, "disks", "disks", "disk")?;
         replace_devices(
             &mut config.net,
