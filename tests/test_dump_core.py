@@ -122,3 +122,54 @@ def test_bad_paths_name_the_argument(vm_factory, probe_elf, tmp_path):
     with pytest.raises(VmConfigError, match="invalid path=None"):
         vm.dump_core(None)  # type: ignore[arg-type]
     assert vm.state == "running"
+
+
+def test_the_cli_writes_a_core_on_sigusr1(native_cli, probe_elf, tmp_path):
+    import os
+    import re
+    import signal
+    import threading
+    import time
+
+    vmm = subprocess.Popen([str(native_cli), "--kernel", f"path={probe_elf},cmdline=probe.end=tick", "--memory",
+                            "mem_size_mib=64"], cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    out = bytearray()
+    err = bytearray()
+
+    def drain(stream, buf: bytearray) -> None:
+        while chunk := stream.read1(65536):
+            buf += chunk
+
+    readers = [threading.Thread(target=drain, args=pair, daemon=True) for pair in ((vmm.stdout, out), (vmm.stderr, err))]
+    for r in readers:
+        r.start()
+
+    def until(what, buf: bytearray, timeout: float = 60) -> re.Match:
+        deadline = time.monotonic() + timeout
+        while not (m := re.search(what, bytes(buf))):
+            assert vmm.poll() is None and time.monotonic() < deadline, (what, bytes(out[-500:]), bytes(err))
+            time.sleep(0.02)
+        return m
+
+    try:
+        until(rb"PROBE: tick 2 ", out)
+        vmm.send_signal(signal.SIGUSR1)
+        m = until(rb"guest core written to (\S+) \((\d+) MiB of RAM\)", err)
+        core = tmp_path / m.group(1).decode()
+        assert core.name == f"vmm-reference-{vmm.pid}-1.core"
+        data = core.read_bytes()
+        loads = [s for s in elf_segments(data) if s[0] == PT_LOAD]
+        assert sum(s[4] for s in loads) == 64 << 20, "all of the guest's RAM"
+        code = probe_elf.read_bytes()[0x1000:0x1100]
+        assert read_phys(data, elf_segments(data), 0x200000, len(code)) == code
+        ticks = len(re.findall(rb"PROBE: tick ", bytes(out)))
+        until(rb"PROBE: tick %d " % (ticks + 2), out)  # it runs on after the dump
+        vmm.send_signal(signal.SIGUSR1)
+        until(rb"vmm-reference-\d+-2\.core", err)
+        vmm.send_signal(signal.SIGTERM)
+        assert vmm.wait(timeout=30) != 0
+    finally:
+        if vmm.poll() is None:
+            vmm.kill()
+    assert os.path.exists(tmp_path / f"vmm-reference-{vmm.pid}-2.core")

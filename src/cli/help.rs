@@ -83,7 +83,7 @@ options:
                         after boot (default 120)
   --version             show program's version number and exit
 
-Press Ctrl-A then x to end the VM from a terminal. Exit status: 0 when the guest reset, shut down or powered off the machine; the guest's code when it wrote one to the exit device (0xd0000000); 1 when the VM failed, panicked or was killed; 2 on a usage error: a malformed option or a value the VMM does not accept (a missing file too).
+Press Ctrl-A then x to end the VM from a terminal; `kill -USR1 PID` writes a core of the guest (for crash, drgn or gdb) to vmm-reference-PID-N.core in the current directory and lets it run on. Exit status: 0 when the guest reset, shut down or powered off the machine; the guest's code when it wrote one to the exit device (0xd0000000); 1 when the VM failed, panicked or was killed; 2 on a usage error: a malformed option or a value the VMM does not accept (a missing file too).
 
 vmm-reference OPTIONS -- COMMAND [ARG...] runs COMMAND in the guest through its agent (vmm-agent, started by the asset initramfs) instead: its output on ours, the console hidden (--console shows it on stderr), the guest powered off after it, and its exit status ours.
 ";

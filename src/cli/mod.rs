@@ -21,7 +21,7 @@ mod help;
 pub mod terminal;
 
 use std::io::Write;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,12 +69,20 @@ pub fn exit_code(status: &ExitStatus) -> (i32, Option<String>) {
 /// The signal that asked us to stop, or 0.
 static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
 
+/// SIGUSR1s received: each asks for a core of the guest ([`dump_on_signal`]).
+static DUMP_SIGNALS: AtomicU32 = AtomicU32::new(0);
+
 extern "C" fn on_stop_signal(signo: libc::c_int) {
-    STOP_SIGNAL.store(signo, Ordering::Relaxed);
+    if signo == libc::SIGUSR1 {
+        DUMP_SIGNALS.fetch_add(1, Ordering::Relaxed);
+    } else {
+        STOP_SIGNAL.store(signo, Ordering::Relaxed);
+    }
 }
 
-/// SIGINT, SIGTERM and SIGHUP caught while the console runs, and the handlers they had put
-/// back when dropped (inside Python, its own SIGINT handler comes back).
+/// SIGINT, SIGTERM and SIGHUP (stop) and SIGUSR1 (write a core) caught while the console
+/// runs, and the handlers they had put back when dropped (inside Python, its own SIGINT
+/// handler comes back).
 struct StopSignals {
     saved: Vec<(libc::c_int, libc::sigaction)>,
 }
@@ -83,7 +91,7 @@ impl StopSignals {
     fn catch() -> StopSignals {
         STOP_SIGNAL.store(0, Ordering::Relaxed);
         let mut saved = Vec::new();
-        for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signo in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGUSR1] {
             // SAFETY: a zeroed sigaction with a handler that only stores to an atomic is valid
             // and async-signal-safe; SA_RESTART is deliberately off so blocking waits return.
             // The previous action is written into a zeroed sigaction we own.
@@ -299,10 +307,16 @@ fn console(vm: &Arc<Vm>) -> Result<Option<ExitStatus>, Error> {
     let mut offset = 0u64;
     let mut stdout = std::io::stdout().lock();
     let mut interrupted = false;
+    let mut dumps = DUMP_SIGNALS.load(Ordering::Relaxed);
     loop {
         if STOP_SIGNAL.load(Ordering::Relaxed) != 0 && !interrupted {
             interrupted = true;
             vm.kill();
+        }
+        let asked = DUMP_SIGNALS.load(Ordering::Relaxed);
+        if asked != dumps {
+            dumps = asked;
+            dump_on_signal(vm);
         }
         let chunk = console.read_wait(offset, 64 * 1024, Duration::from_millis(200));
         offset = chunk.start + chunk.data.len() as u64;
@@ -319,6 +333,23 @@ fn console(vm: &Arc<Vm>) -> Result<Option<ExitStatus>, Error> {
         return Ok(None);
     }
     Ok(status)
+}
+
+/// Writes a core of the guest (`kill -USR1`) to `vmm-reference-PID-N.core` in the current
+/// directory (N counts this process's dumps), and says where on stderr.
+fn dump_on_signal(vm: &Vm) {
+    static WRITTEN: AtomicU32 = AtomicU32::new(0);
+    let n = WRITTEN.fetch_add(1, Ordering::Relaxed) + 1;
+    let path = std::path::PathBuf::from(format!("{PROG}-{}-{n}.core", std::process::id()));
+    // The terminal is raw: a line ends in "\r\n".
+    match vm.dump_core(&path) {
+        Ok(bytes) => eprint!(
+            "\r\n{PROG}: guest core written to {} ({} MiB of RAM)\r\n",
+            path.display(),
+            bytes >> 20
+        ),
+        Err(e) => eprint!("\r\n{PROG}: cannot write a core: {e}\r\n"),
+    }
 }
 
 /// Hands the command line to the Python package's CLI (for `-- COMMAND`); returns only on
