@@ -141,7 +141,8 @@ def test_the_cli_writes_a_core_on_sigusr1(native_cli, probe_elf, tmp_path):
         while chunk := stream.read1(65536):
             buf += chunk
 
-    readers = [threading.Thread(target=drain, args=pair, daemon=True) for pair in ((vmm.stdout, out), (vmm.stderr, err))]
+    readers = [threading.Thread(target=drain, args=pair, daemon=True)
+               for pair in ((vmm.stdout, out), (vmm.stderr, err))]
     for r in readers:
         r.start()
 
