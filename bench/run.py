@@ -30,6 +30,7 @@ from typing import Callable, Optional
 from case_console import case_console
 from case_disks import case_disks
 from case_exits import case_exits
+from case_gdb import case_gdb
 from case_kernel import case_kernel
 from case_lab_agent import case_lab_agent, inner_agent
 from case_lab_disks import case_lab_disks, inner_disks
@@ -46,8 +47,8 @@ from common import EXTRA_SECTIONS, PROBE, RAW_LOOP, REPO, RUN, Row, fmt_ratio, s
 from vmm_reference.host import detect_kvm_kind
 
 # Re-exported for tests/test_bench.py (`import run as bench`).
-__all__ = ["RAW_LOOP", "Row", "case_console", "case_exits", "case_scale", "case_start", "host_cpu", "main", "markdown",
-           "qemu_probe", "tsc_hz"]
+__all__ = ["RAW_LOOP", "Row", "case_console", "case_exits", "case_gdb", "case_scale", "case_start", "host_cpu", "main",
+           "markdown", "qemu_probe", "tsc_hz"]
 from common import qemu_probe  # noqa: E402
 
 # ---- report ---------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="vmm-bench-") as scratch:
         run("disks", lambda: case_disks(reps, hz, Path(scratch)))
         run("fork", lambda: case_fork(reps, Path(scratch)))
+        run("gdb", lambda: case_gdb(reps, Path(scratch)))
     if not args.quick:
         run("userspace", lambda: case_userspace(5, kind, args.firecracker))
         run("disks in the lab", lambda: case_lab_disks(3, args.firecracker))

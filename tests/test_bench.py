@@ -57,6 +57,12 @@ def test_start_latency_and_scale_rows(qemu, probe_elf, native_cli):
     assert all(r.ours[0] > 0 for r in scale)
 
 
+def test_gdb_round_trip_rows(qemu, probe_elf, tmp_path):
+    rows = bench.case_gdb(1, tmp_path)
+    assert [r.peer_name for r in rows] == ["QEMU microvm's gdb stub"] * 2
+    assert all(0 < r.ours[0] < 1e6 and 0 < r.peer[0] < 1e6 for r in rows), rows
+
+
 def test_markdown_and_verdicts():
     rows = [bench.Row("c", "m", "ms", [1.0, 2.0, 3.0], [4.0], "peer", "≤ 0.5×", lambda r: r.ratio <= 0.5)]
     text = bench.markdown(rows, "header")

@@ -228,6 +228,14 @@ __attribute__((used)) static void ap_main(void) {
  *   PROBE: tick N mark=C aps=A,B,...
  * every so often: C is the last byte received on the serial port (`tick_mark`, memory too;
  * '-' until one arrives), A,B,... every AP's own count (probe.smp= starts them counting). */
+/* probe.end=loop: a debugger's breakpoint target (bench case 12's round trip), its calls counted. */
+static volatile uint64_t loop_count;
+__attribute__((noinline, used)) static void loop_target(void) { loop_count++; }
+static void loop_forever(void) {
+    puts_("PROBE: looping\n");
+    for (;;) loop_target();
+}
+
 static volatile uint64_t tick_count;
 static volatile char tick_mark = '-';
 static void tick(uint32_t cpus) {
@@ -2895,6 +2903,7 @@ void pvh_main(const uint8_t *start_info) {
         puts_("PROBE: halting\n");
         for (;;) __asm__ volatile("cli; hlt");
     }
+    if (cmdline && word_is(cmdline_arg(cmdline, "probe.end"), "loop")) loop_forever();
     triple_fault(); /* QEMU started with -no-reboot exits */
 }
 
@@ -3080,6 +3089,7 @@ void probe_main(const uint8_t *zp) {
         }
         hostile(ram_end);
     }
+    if (word_is(end, "loop")) loop_forever(); /* a breakpoint at loop_target is hit at once, again and again */
     if (word_is(end, "flood-raw")) { /* no newline, ever */
         for (;;) puts_("0123456789abcdef");
     }
