@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -322,3 +323,14 @@ def adopt():
     yield made.extend
     for vm in made:
         vm.close()
+
+
+@pytest.fixture
+def gdb_bin(request) -> str:
+    """Debian's gdb, which .ci/run installs."""
+    from vmm_reference.pytest_plugin import skip_or_fail
+
+    path = shutil.which("gdb")
+    if not path:
+        skip_or_fail(request.config, "gdb is missing (Debian's gdb, which .ci/run installs)")
+    return path

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,16 +19,6 @@ import time
 
 import pytest
 from vmm_reference import Vm, VmConfigError
-
-
-@pytest.fixture
-def gdb_bin(request) -> str:
-    from vmm_reference.pytest_plugin import skip_or_fail
-
-    path = shutil.which("gdb")
-    if not path:
-        skip_or_fail(request.config, "gdb is missing (Debian's gdb, which .ci/run installs)")
-    return path
 
 
 def symbol(elf, name: str) -> int:
