@@ -45,7 +45,7 @@ def test_break_step_and_detach(vm_factory, probe_elf, tmp_path, gdb_bin):
     main = symbol(probe_elf, "probe_main")
     out = gdb_batch(gdb_bin, probe_elf, str(sock),
                     "p/x $pc", "break probe_main", "continue", "p/x $pc", "p/x $rsp", "stepi", "p/x $pc",
-                    "x/4xb probe_main", "info threads", "break bench_blk", "break blk_msix", "break fs_probe",
+                    "x/4xb probe_main", "info threads", "monitor sregs", "monitor nope", "break bench_blk", "break blk_msix", "break fs_probe",
                     "break bad_chain", "continue", "delete", "detach")
     values = re.findall(r"^\$\d+ = (\S+)", out, re.M)
     assert len(values) >= 4, out
@@ -60,6 +60,12 @@ def test_break_step_and_detach(vm_factory, probe_elf, tmp_path, gdb_bin):
     m = re.search(r"<probe_main>:\s+((?:0x[0-9a-f]{2}\s*){4})", out)
     assert m and bytes(int(b, 16) for b in m.group(1).split()) == code, out
     assert re.search(r"\* 1\s+Thread 1", out), out
+    # `monitor sregs`: the probe runs in long mode with paging (CR0.PG, CR4.PAE, EFER.LMA).
+    m = re.search(r"vCPU 0: cr0=(0x[0-9a-f]+) .*cr4=(0x[0-9a-f]+) .*efer=(0x[0-9a-f]+)", out)
+    assert m, out
+    cr0, cr4, efer = (int(v, 16) for v in m.groups())
+    assert cr0 & (1 << 31) and cr4 & (1 << 5) and efer & (1 << 10), out
+    assert 'unknown monitor command "nope"' in out, out
     # Four debug registers: with probe_main's breakpoint gone and four more asked for, the
     # fifth cannot be inserted, and nothing was written into guest memory for it.
     assert "Cannot insert breakpoint" in out, out

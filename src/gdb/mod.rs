@@ -14,6 +14,7 @@
 //! `kill` kills the VM. The socket and the thread last as long as the VM.
 
 pub mod event_loop;
+pub mod monitor;
 pub mod regs;
 pub mod target;
 

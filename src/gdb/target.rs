@@ -19,6 +19,7 @@ use gdbstub::target::ext::breakpoints::{
     Breakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint, HwWatchpointOps,
     SwBreakpoint, SwBreakpointOps, WatchKind,
 };
+use gdbstub::target::ext::monitor_cmd::MonitorCmdOps;
 use gdbstub::target::{Target, TargetError, TargetResult};
 use gdbstub_arch::x86::reg::X86_64CoreRegs;
 use gdbstub_arch::x86::X86_64_SSE;
@@ -115,7 +116,7 @@ impl VmTarget {
         }
     }
 
-    fn regs(&self, id: u8) -> Result<(kvm_regs, kvm_sregs), Error> {
+    pub(super) fn regs(&self, id: u8) -> Result<(kvm_regs, kvm_sregs), Error> {
         match self.ask(id, DebugOp::GetRegs)? {
             DebugAnswer::Regs(r) => Ok(*r),
             other => Err(format!("vCPU {id} answered {other:?}")),
@@ -301,6 +302,10 @@ impl Target for VmTarget {
     }
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
         Some(self)
     }
 }
