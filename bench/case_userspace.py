@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import statistics
 import tempfile
 import time
@@ -25,22 +24,15 @@ from common import (
 from vmm_reference import Vm
 from vmm_reference.assets import GUEST_READY_MARKER, fetch_guest
 from vmm_reference.lab import host_python_command, lab_available
+from vmm_reference.timeline import BEFORE_KERNEL_CLOCK, BOOT_PHASES, kernel_phases
 
 BOOT_CMDLINE = "reboot=k panic=-1 quiet vmm.init=shell"
 
-
-# Phases of a boot, each ending at the first kernel log line matching its pattern (guest
-# timestamps, read back with dmesg once the shell runs); the first phase starts at the kernel's
-# clock's zero, the last ends at the line the initramfs logs just before its ready line.
-BOOT_PHASES = [
-    ("CPU, memory and timers up", r"smpboot: Total of"),
-    ("ACPI and core initcalls", r"clocksource: Switched to clocksource"),
-    ("device initcalls (serial, i8042, ...) to /init", r"Run /init as init process"),
-    ("/init to the ready line (modules, agent)", r"vmm-reference: /init ready"),
-]
-
-
-BEFORE_KERNEL = "before the kernel's clock, and the ready line reaching the host"
+# The phases of a boot are the package's (vm.timeline() draws them): each ends at the first
+# kernel log line matching its pattern (guest timestamps, read back here with dmesg once the
+# shell runs, the boot being `quiet`). The host's time to the ready line less the kernel's is
+# the time before the kernel's clock started, plus the ready line's way to the host.
+BEFORE_KERNEL = f"{BEFORE_KERNEL_CLOCK}, and the ready line reaching the host"
 
 
 def boot_phases(console: Any, t0: float) -> dict[str, float]:
@@ -52,15 +44,13 @@ def boot_phases(console: Any, t0: float) -> dict[str, float]:
     console.write(f"dmesg | grep -E '{wanted}'; echo DMESG-E''ND\n".encode())
     log = console.expect(r"(?s)(\[\s*\d+\.\d+\].*?)DMESG-END", 120).group(1)
     log = log.decode(errors="replace") if isinstance(log, bytes) else log
+    spans = kernel_phases(log)
+    if len(spans) < len(BOOT_PHASES):
+        raise RuntimeError(f"no kernel log line matches {BOOT_PHASES[len(spans)][1]!r}: {log[-800:]!r}")
     phases = {"total": total}
-    prev = 0.0
-    for name, pattern in BOOT_PHASES:
-        found = re.search(r"\[\s*([\d.]+)\] [^\n]*" + pattern, log)
-        if not found:
-            raise RuntimeError(f"no kernel log line matches {pattern!r}: {log[-800:]!r}")
-        phases[name] = float(found.group(1)) - prev
-        prev = float(found.group(1))
-    phases[BEFORE_KERNEL] = total - prev
+    for name, start, end in spans:
+        phases[name] = end - start
+    phases[BEFORE_KERNEL] = total - spans[-1][2]
     return phases
 
 

@@ -6,6 +6,12 @@
 //! beyond that the oldest are dropped, so a guest flooding its console costs the host a
 //! fixed amount of memory, and a reader that fell behind sees the gap in
 //! [`ConsoleChunk::start`].
+//!
+//! The console also notes when output arrived ([`ConsoleTimes`]): the first byte, and the
+//! end of each of the first [`MAX_LINE_TIMES`] lines. That is the host's own clock for a
+//! boot's console lines (what a boot timeline puts the kernel's log on), taken where the
+//! guest's bytes land rather than where a reader happens to read them: a reader may come
+//! late, or never. Bounded, as the buffer is: a guest that prints for ever costs 64 KiB.
 
 use crate::sync::Locked;
 use std::collections::VecDeque;
@@ -17,6 +23,19 @@ use std::time::{Duration, Instant};
 pub const READ_LINGER: Duration = Duration::from_millis(1);
 /// A first chunk this large is returned by [`Console::read_batched`] at once.
 pub const READ_BATCH: usize = 4096;
+
+/// How many line ends [`Console`] timestamps: the first lines a guest prints (its boot's).
+pub const MAX_LINE_TIMES: usize = 4096;
+
+/// When console output arrived (see the module's documentation).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleTimes {
+    /// When the first byte arrived.
+    pub first_byte: Option<Instant>,
+    /// `(offset one past the line's newline, when that newline arrived)` for each of the
+    /// first [`MAX_LINE_TIMES`] lines.
+    pub line_ends: Vec<(u64, Instant)>,
+}
 
 /// The console buffer. Shared between the serial device and readers.
 #[derive(Debug)]
@@ -36,6 +55,8 @@ struct Inner {
     /// Readers blocked in [`Console::read_wait`]. The guest writes its console a byte per
     /// exit, so waking nobody must cost nothing: `push` signals only when someone waits.
     waiters: usize,
+    /// When output arrived; the clock is read only for a first byte or a newline.
+    times: ConsoleTimes,
 }
 
 /// Bytes read from the console.
@@ -75,6 +96,17 @@ impl Console {
             return;
         }
         let mut inner = self.lock();
+        let timed = inner.times.line_ends.len() < MAX_LINE_TIMES && data.contains(&b'\n');
+        if inner.times.first_byte.is_none() || timed {
+            let now = Instant::now();
+            let base = inner.end;
+            let times = &mut inner.times;
+            times.first_byte.get_or_insert(now);
+            let ends = data.iter().enumerate().filter(|&(_, &b)| b == b'\n');
+            for (i, _) in ends.take(MAX_LINE_TIMES - times.line_ends.len()) {
+                times.line_ends.push((base + i as u64 + 1, now));
+            }
+        }
         inner.end += data.len() as u64;
         let keep = &data[data.len().saturating_sub(self.limit)..];
         let overflow = (inner.buf.len() + keep.len()).saturating_sub(self.limit);
@@ -155,6 +187,11 @@ impl Console {
         self.read(offset, max)
     }
 
+    /// When output arrived: the first byte, and the first lines' ends.
+    pub fn times(&self) -> ConsoleTimes {
+        self.lock().times.clone()
+    }
+
     /// Everything retained: the offset of its first byte, and the bytes.
     pub fn snapshot(&self) -> (u64, Vec<u8>) {
         let inner = self.lock();
@@ -213,6 +250,30 @@ mod tests {
         assert_eq!(c.read(0, 100).start, 10_000 - 8);
         c.push(&[b'x'; 100]);
         assert_eq!(c.snapshot().1, vec![b'x'; 8]);
+    }
+
+    #[test]
+    fn line_ends_are_timestamped_and_bounded() {
+        let c = Console::new(16);
+        assert_eq!(c.times(), ConsoleTimes::default());
+        let before = Instant::now();
+        c.push(b"ab");
+        let first = c.times().first_byte.unwrap();
+        assert!(first >= before && c.times().line_ends.is_empty());
+        c.push(b"c\nd\n\n");
+        let t = c.times();
+        assert_eq!(t.first_byte, Some(first));
+        let offsets: Vec<u64> = t.line_ends.iter().map(|&(o, _)| o).collect();
+        assert_eq!(offsets, [4, 6, 7]); // one past each newline, counting every byte
+        assert!(t.line_ends.iter().all(|&(_, at)| at >= first));
+        for _ in 0..2 * MAX_LINE_TIMES {
+            c.push(b"x\n");
+        }
+        let t = c.times();
+        assert_eq!(t.line_ends.len(), MAX_LINE_TIMES); // the first lines, however many follow
+        assert_eq!(t.line_ends[3].0, 9);
+        c.push(b"many\nlines\n"); // a chunk past the bound takes no time at all
+        assert_eq!(c.times().line_ends.len(), MAX_LINE_TIMES);
     }
 
     #[test]

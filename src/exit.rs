@@ -8,6 +8,7 @@
 use crate::sync::Locked;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -82,7 +83,8 @@ impl ExitStatus {
 /// Shared by everything that can end the VM.
 #[derive(Debug)]
 pub struct ExitSignal {
-    status: Mutex<Option<ExitStatus>>,
+    /// The status and when it was decided.
+    status: Mutex<Option<(ExitStatus, Instant)>>,
     stop: AtomicBool,
     event: EventFd,
 }
@@ -103,7 +105,7 @@ impl ExitSignal {
         let mut slot = self.status.locked();
         let first = slot.is_none();
         if first {
-            *slot = Some(status);
+            *slot = Some((status, Instant::now()));
         }
         drop(slot);
         self.stop.store(true, Ordering::SeqCst);
@@ -119,7 +121,13 @@ impl ExitSignal {
 
     /// The status, once decided.
     pub fn status(&self) -> Option<ExitStatus> {
-        self.status.locked().clone()
+        self.status.locked().as_ref().map(|(s, _)| s.clone())
+    }
+
+    /// When the status was decided: the guest's reset, power-off or panic line, a vCPU's
+    /// failure, or the host's kill (what a boot timeline calls the exit).
+    pub fn decided_at(&self) -> Option<Instant> {
+        self.status.locked().as_ref().map(|&(_, at)| at)
     }
 
     /// The eventfd the event loop waits on.
@@ -135,9 +143,11 @@ mod tests {
     #[test]
     fn first_request_wins() {
         let s = ExitSignal::new().unwrap();
-        assert!(!s.stop_requested());
+        assert!(!s.stop_requested() && s.decided_at().is_none());
         assert!(s.request(ExitStatus::new(ExitReason::Reset)));
+        let at = s.decided_at().unwrap();
         assert!(!s.request(ExitStatus::new(ExitReason::Killed)));
+        assert_eq!(s.decided_at(), Some(at));
         assert!(s.stop_requested());
         assert_eq!(s.status().unwrap().reason, ExitReason::Reset);
         assert_eq!(s.event().read().unwrap(), 2);

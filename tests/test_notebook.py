@@ -24,7 +24,7 @@ def kernel_env(monkeypatch, probe_elf, kvm_kind, request):
     if kvm_kind == "none":
         skip_or_fail(request.config, "/dev/kvm is not available")
     monkeypatch.setenv("VMM_NOTEBOOK_KERNEL", str(probe_elf))
-    monkeypatch.setenv("VMM_NOTEBOOK_CMDLINE", "probe.smp=madt")
+    monkeypatch.setenv("VMM_NOTEBOOK_CMDLINE", "probe.smp=madt probe.marker=7")  # markers for the timeline
     # The notebook's kernel is this interpreter, whatever Jupyter's default kernel would be.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
 
@@ -44,6 +44,10 @@ def test_example_notebook_runs_headless_on_the_probe(kernel_env):
     assert "application/vnd.jupyter.widget-view+json" in mimes  # vm.show()'s live view
     assert "image/png" in mimes  # the exits plot
     assert "text/html" in mimes  # the VM's HTML repr
+    timeline = [o["data"] for cell in outputs.values() for o in cell if "vmm-timeline" in o.get("data", {}).get(
+        "text/html", "")]
+    assert len(timeline) == 1 and "image/png" in timeline[0], "the timeline cell: drawn"
+    assert "marker 7" in timeline[0]["text/plain"] and "exit: reset" in timeline[0]["text/plain"]
     assert all(f"mark={name}" in text for name in "xyz"), "the fork cell: each clone answers on its own"
     assert not [o for cell in outputs.values() for o in cell if o.get("output_type") == "error"]
 

@@ -141,7 +141,7 @@ def lab_env(request, probe_elf, kvm_kind) -> dict[str, str]:
         skip_or_fail(request.config, "/dev/kvm is not available")
     return {**os.environ, "VMM_NOTEBOOK_KERNEL": str(probe_elf),
             # The example's VM honours the power button, so that Stop ends it with poweroff.
-            "VMM_NOTEBOOK_CMDLINE": "probe.smp=madt probe.end=power",
+            "VMM_NOTEBOOK_CMDLINE": "probe.smp=madt probe.end=power probe.marker=7",  # and boot markers
             # The notebook's kernel is this interpreter, whatever Jupyter's default kernel would be.
             "PYTHONPATH": os.pathsep.join(sys.path)}
 
@@ -327,6 +327,13 @@ def test_the_example_notebook_live_in_chromium(start_lab, page, tmp_path):
     _run_menu(page, "Run Selected Cell and All Below")
     expect(waiting.locator(".jp-OutputArea-output")).to_contain_text("ExitStatus(reason='poweroff'")
     _wait_idle(page, timeout_ms=120_000)
+
+    # The boot timeline, drawn: a picture the page has loaded, its table folded under it.
+    timeline = page.locator(".jp-OutputArea-output .vmm-timeline").first
+    expect(timeline.locator("img")).to_be_visible()
+    assert timeline.locator("img").evaluate("img => img.complete && img.naturalWidth") > 0
+    assert "exit: poweroff" in timeline.locator("details").text_content()
+    shot("timeline", timeline)
 
     # The VM's HTML view (the bare `vm` cell): state, configuration, console tail.
     summary = page.locator('.jp-OutputArea-output[data-mime-type="text/html"]', has_text="vmm-reference VM").first

@@ -25,6 +25,13 @@ class GuestAgentCalls:
 
     _vsock: Optional[VsockEndpoint]
     _serial: Serial
+    _agent_ready: Optional[float] = None
+    """Seconds since ``start()`` when :meth:`wait_ready` first heard the agent answer (the
+    timeline's ``agent`` event: the host learns of the agent only by asking)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Return the VM's counters (``Vm.stats``)."""
+        raise NotImplementedError
 
     @property
     def state(self) -> str:
@@ -94,6 +101,8 @@ class GuestAgentCalls:
                 sock = self._vsock.connect(AGENT_PORT, timeout=min(remaining, 1.0))
                 with Client(sock, check=self._agent_check) as client:
                     client.ping(timeout=min(remaining, 5.0))
+                if self._agent_ready is None:
+                    self._agent_ready = float(self.stats()["uptime"])
                 return
             except (OSError, VmAgentError) as e:  # refused, reset, timed out: not listening yet
                 last = e

@@ -171,3 +171,8 @@ class NativeVm:
         """Activity counters."""
     def boot_markers(self) -> list[tuple[int, float]]:
         """Boot-time markers: (value, seconds since start)."""
+    def console_times(self) -> tuple[Optional[float], list[tuple[int, float]]]:
+        """When console output arrived: the first byte, and (offset past a newline, time) per early line."""
+    @property
+    def exit_time(self) -> Optional[float]:
+        """Seconds from start to when the exit status was decided."""

@@ -8,7 +8,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
 from . import _native
 from ._aio import to_thread
@@ -21,6 +21,9 @@ from .serial import Serial
 from .status import BootInfo, ExitStatus
 from .vsock import VsockEndpoint
 from .vsock import resolve as resolve_vsock
+
+if TYPE_CHECKING:
+    from .timeline import Timeline
 
 
 class _Default:
@@ -531,6 +534,24 @@ class Vm(GuestAgentCalls):
     def events(self) -> list[tuple[int, float]]:
         """Boot-time markers: ``(value, seconds since start())`` per byte written to port 0x440 or MMIO 0xd0001000."""
         return self._native.boot_markers()
+
+    def timeline(self, title: str = "boot timeline") -> Timeline:
+        """Return the boot so far as a :class:`~vmm_reference.timeline.Timeline`, seconds since :meth:`start`.
+
+        Events: the first console byte, boot markers (:attr:`events`), the kernel's log lines
+        with their own timestamps placed on the host's clock, the initramfs's ready line, the
+        guest agent's first answer to :meth:`wait_ready` and the exit; phases as in bench case
+        7 (see :mod:`vmm_reference.timeline`). A notebook draws it; ``.plot()`` draws it on
+        matplotlib axes.
+        """
+        from .timeline import build
+
+        start, data = self._native.console_snapshot()
+        first_byte, line_times = self._native.console_times()
+        status, exit_time = self.exit_status, self._native.exit_time
+        return build(data, start, first_byte=first_byte, line_times=line_times, markers=self.events,
+                     agent_ready=self._agent_ready, title=title,
+                     exit=None if status is None or exit_time is None else (exit_time, status))
 
     def __enter__(self) -> Vm:
         """Return the VM itself."""

@@ -463,6 +463,20 @@ impl NativeVm {
             .collect()
     }
 
+    /// When console output arrived: (the first byte's seconds since start, or None;
+    /// [(offset one past a line's newline, seconds since start)] for the first lines).
+    fn console_times(&self) -> (Option<f64>, Vec<(u64, f64)>) {
+        let (first, lines) = self.vm.console_times();
+        let lines = lines.into_iter().map(|(o, t)| (o, t.as_secs_f64()));
+        (first.map(|t| t.as_secs_f64()), lines.collect())
+    }
+
+    /// Seconds from start to when the exit status was decided, or None.
+    #[getter]
+    fn exit_time(&self) -> Option<f64> {
+        self.vm.exit_time().map(|t| t.as_secs_f64())
+    }
+
     #[getter]
     fn console_limit(&self) -> usize {
         self.vm.console().limit()

@@ -432,6 +432,26 @@ impl Vm {
             .collect()
     }
 
+    /// When console output arrived, as time since [`Vm::start`]: the first byte, and
+    /// `(offset one past the newline, time)` for each of the first
+    /// [`crate::console::MAX_LINE_TIMES`] lines. Empty before the start.
+    pub fn console_times(&self) -> (Option<Duration>, Vec<(u64, Duration)>) {
+        let Some(start) = *self.started_at.locked() else {
+            return (None, Vec::new());
+        };
+        let times = self.console.times();
+        let since = |at: Instant| at.saturating_duration_since(start);
+        let lines = times.line_ends.into_iter().map(|(o, at)| (o, since(at)));
+        (times.first_byte.map(since), lines.collect())
+    }
+
+    /// When the VM's exit status was decided, as time since [`Vm::start`] (None while it
+    /// runs, and for a VM killed before it started).
+    pub fn exit_time(&self) -> Option<Duration> {
+        let start = (*self.started_at.locked())?;
+        Some(self.exit.decided_at()?.saturating_duration_since(start))
+    }
+
     /// Boot-time markers the guest wrote to the marker port: `(value, time since start)`.
     pub fn boot_markers(&self) -> Vec<(u8, Duration)> {
         self.markers.events()
