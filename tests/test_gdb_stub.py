@@ -45,7 +45,8 @@ def test_break_step_and_detach(vm_factory, probe_elf, tmp_path, gdb_bin):
     main = symbol(probe_elf, "probe_main")
     out = gdb_batch(gdb_bin, probe_elf, str(sock),
                     "p/x $pc", "break probe_main", "continue", "p/x $pc", "p/x $rsp", "stepi", "p/x $pc",
-                    "x/4xb probe_main", "info threads", "monitor sregs", "monitor nope", "break bench_blk", "break blk_msix", "break fs_probe",
+                    "x/4xb probe_main", "info threads", "monitor sregs", "monitor nope",
+                    "break bench_blk", "break blk_msix", "break fs_probe",
                     "break bad_chain", "continue", "delete", "detach")
     values = re.findall(r"^\$\d+ = (\S+)", out, re.M)
     assert len(values) >= 4, out
