@@ -91,6 +91,26 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def test_the_live_view_shows_exits_per_second(vm_factory, probe_elf, request):
+    """The view's rate line: the flooding probe's port writes (the UART) appear as io exits."""
+    import re
+
+    pytest.importorskip("ipywidgets")
+    from vmm_reference import Vm
+
+    vm: Vm = vm_factory(memory_mib=64, kernel=probe_elf, cmdline="probe.end=flood")
+    vm.start()
+    view = vm.show()
+    deadline = time.monotonic() + 30
+    while not re.search(r"exits/s: .*\bio [\d,]+", view.rates.value):
+        assert time.monotonic() < deadline, view.rates.value
+        time.sleep(0.05)
+    vm.kill()
+    vm.wait(timeout=30)
+    view.wait(timeout=10)
+    assert view.rates.value.startswith("exits/s: "), view.rates.value
+
+
 def test_the_live_view_follows_a_flood_at_a_bounded_rate(kernel_env, probe_elf):
     """A guest printing as fast as it can: the kernel sends the page a bounded console, a bounded
     number of times a second, and its memory stays flat."""

@@ -272,7 +272,8 @@ def _wait_console(view: Any, pattern: str, above: int, timeout: float = STEP_MS 
 
 
 def _state_line(view: Any) -> Any:
-    return view.locator("div.widget-label")  # the Label widget (not the HTML widget's own label)
+    # The state Label (not the HTML widget's own label, nor the exit-rate Label under the console).
+    return view.locator("div.widget-label", has_text="state: ")
 
 
 def _code_cell(page: Any, source: str) -> Any:
@@ -302,6 +303,8 @@ def test_the_example_notebook_live_in_chromium(start_lab, page, tmp_path):
     expect(waiting.locator(".jp-InputPrompt")).to_contain_text("*")  # blocked in wait()
     second, n2 = _wait_console(view, r"PROBE: power waiting (\d+)\n", max(n1, 12))  # lines keep arriving
     assert second != first and n2 > n1
+    # Under the console, the VM's exits per second: the guest's UART writes are port I/O.
+    expect(view.locator("div.widget-label", has_text="exits/s: ")).to_contain_text(re.compile(r"\bio [\d,]+"))
     shot("live-view", view)
 
     # The toolbar's interrupt button stops the blocking wait(); the VM runs on, the view follows it.

@@ -57,6 +57,9 @@ class Viewable(Protocol):
     def kill(self) -> None:
         """End the VM."""
 
+    def stats(self) -> dict[str, Any]:
+        """Counters: exits by kind and more."""
+
 TAIL_LINES = 40
 """Console lines shown by the static repr."""
 LIVE_BYTES = 64 * 1024
@@ -101,7 +104,9 @@ def vm_html(vm: Viewable, tail_lines: int = TAIL_LINES) -> str:
 
 
 class ConsoleView:
-    """A live view of a VM's console (an ipywidgets box): console text, state line, Stop and Kill.
+    """A live view of a VM's console (an ipywidgets box): console, state, Stop, Kill, exit rates.
+
+    Under the console, the VM's exits per second by kind (from :meth:`~vmm_reference.Vm.stats`).
 
     A daemon thread reads the console as the guest prints and refreshes the widget; it ends
     when the console does. The widget shows the last ``LIVE_BYTES`` of the console and is
@@ -114,11 +119,13 @@ class ConsoleView:
         self._w = widgets
         self.text = widgets.HTML()
         self.status = widgets.Label()
+        self.rates = widgets.Label()
+        self._last_exits: Optional[tuple[float, dict[str, int]]] = None
         stop = widgets.Button(description="Stop", tooltip="ACPI power button, then kill after 30 s")
         kill = widgets.Button(description="Kill", button_style="danger")
         stop.on_click(lambda _: threading.Thread(target=vm.stop, daemon=True).start())
         kill.on_click(lambda _: vm.kill())
-        self.widget = widgets.VBox([widgets.HBox([stop, kill, self.status]), self.text])
+        self.widget = widgets.VBox([widgets.HBox([stop, kill, self.status]), self.text, self.rates])
         data, self._reader = vm.console_follow()
         self._buffer = bytearray(data[-LIVE_BYTES:])
         self._refresh()
@@ -131,6 +138,21 @@ class ConsoleView:
                            f"background:#111;color:#ddd;padding:0.5em'><div>{html.escape(text)}</div></pre>")
         status = self.vm.exit_status
         self.status.value = f"state: {self.vm.state}" + (f" ({status.reason})" if status else "")
+        rates = self._exit_rates()
+        if rates is not None:
+            self.rates.value = rates
+
+    def _exit_rates(self) -> Optional[str]:
+        """Return the VM's exits per second by kind since the last refresh (None at the first)."""
+        now = time.monotonic()
+        exits = {k: int(v) for k, v in self.vm.stats()["exits"].items()}
+        last, self._last_exits = self._last_exits, (now, exits)
+        if last is None or now <= last[0]:
+            return None
+        seconds = now - last[0]
+        rates = [(k, (v - last[1].get(k, 0)) / seconds) for k, v in exits.items()]
+        shown = ", ".join(f"{k} {r:,.0f}" for k, r in sorted(rates, key=lambda kr: -kr[1]) if r > 0)
+        return f"exits/s: {shown or 'none'}"
 
     def _append(self, data: bytes) -> None:
         self._buffer += data
