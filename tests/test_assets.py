@@ -85,14 +85,24 @@ def test_guest_assets_are_bootable_files(guest_assets):
 
 def test_initramfs_loads_the_virtio_modules_after_their_dependencies(guest_assets):
     entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
-    loaded = [name.split("-", 1)[1] for name in sorted(entries) if name.startswith("lib/vmm/") and name.endswith(".ko")]
-    for module in ("evdev.ko", "button.ko", "virtio_mmio.ko", "virtio_blk.ko"):
-        assert module in loaded, loaded  # all four are modules in Debian's cloud kernel
-    for first, then in (("virtio.ko", "virtio_mmio.ko"), ("virtio_ring.ko", "virtio_mmio.ko"),
-                        ("virtio.ko", "virtio_blk.ko"), ("virtio_ring.ko", "virtio_blk.ko")):
-        assert loaded.index(first) < loaded.index(then), loaded
-    for name in loaded:
-        assert entries[f"lib/vmm/{loaded.index(name):02d}-{name}"][1][:4] == b"\x7fELF"
+
+    def loaded(where: str) -> list[str]:
+        return [name[len(where) + 1:].split("-", 1)[1] for name in sorted(entries)
+                if name.startswith(f"{where}/") and name.endswith(".ko") and "/" not in name[len(where) + 1:]]
+
+    base, blk, vsock = loaded("lib/vmm"), loaded("lib/vmm/virtio-2"), loaded("lib/vmm/virtio-19")
+    for module in ("evdev.ko", "button.ko", "virtio_mmio.ko", "virtio_pci.ko"):
+        assert module in base, base  # modules in Debian's cloud kernel, which every guest loads
+    for first, then in (("virtio.ko", "virtio_mmio.ko"), ("virtio_ring.ko", "virtio_mmio.ko")):
+        assert base.index(first) < base.index(then), base
+    # A device's drivers are loaded only for a device of its kind, after what every guest loads.
+    assert blk == ["virtio_blk.ko"], blk  # virtio and virtio_ring are in the base already
+    assert "virtio_blk.ko" not in base and "vmw_vsock_virtio_transport.ko" not in base
+    assert vsock.index("vsock.ko") < vsock.index("vmw_vsock_virtio_transport.ko"), vsock
+    assert "virtio_net.ko" in loaded("lib/vmm/virtio-1") and "virtiofs.ko" in loaded("lib/vmm/virtio-26")
+    for where, names in (("lib/vmm", base), ("lib/vmm/virtio-2", blk)):
+        for name in names:
+            assert entries[f"{where}/{names.index(name):02d}-{name}"][1][:4] == b"\x7fELF"
 
 
 def test_rootfs_is_an_ext4_image_with_busybox_and_an_init(guest_assets, request):
@@ -205,9 +215,11 @@ def test_cache_list_verify_and_clear(tmp_path):
 def test_initramfs_and_rootfs_carry_and_start_the_guest_agent(guest_assets, request):
     entries = parse_newc(gzip.decompress(guest_assets.initrd.read_bytes()))
     assert entries["sbin/vmm-agent"] == (0o100755, guest_assets.agent.read_bytes())
-    loaded = [name.split("-", 1)[1] for name in sorted(entries) if name.startswith("lib/vmm/") and name.endswith(".ko")]
-    order = ["virtio_mmio.ko", "vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"]
-    assert [loaded.index(m) for m in order] == sorted(loaded.index(m) for m in order), loaded
+    # The vsock drivers, loaded when the transports found a vsock device (virtio ID 19), in order.
+    vsock = [name.rsplit("/", 1)[1].split("-", 1)[1] for name in sorted(entries)
+             if name.startswith("lib/vmm/virtio-19/") and name.endswith(".ko")]
+    assert vsock == ["vsock.ko", "vmw_vsock_virtio_transport_common.ko", "vmw_vsock_virtio_transport.ko"], vsock
+    assert "virtio-$id/*.ko" in entries["init"][1].decode()
     for init in (entries["init"][1].decode(), assets._ROOTFS_INIT):
         assert init.index("/sbin/vmm-agent") < init.index("READY")
     try:

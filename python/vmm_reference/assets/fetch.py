@@ -13,7 +13,7 @@ from .agent import _agent_path, _build_agent
 from .cache import MANIFEST, _cache_lock, record_manifests
 from .common import AssetError, GuestAssets, LabAssets, _offline, _safe, _say, cache_dir
 from .debian import _busybox, _kernel_files, _kernel_package
-from .modules import _GUEST_MODULES, _module_bytes, _module_name, module_load_order
+from .modules import _module_bytes, _module_name, guest_modules
 from .rootfs import _rootfs
 from .scripts import _HOST_INIT_SCRIPT, _INIT_SCRIPT, _POWER_BUTTON_SCRIPT
 
@@ -53,7 +53,8 @@ def _initramfs(busybox: Path, agent: Path, modules: Path) -> Path:
     It holds busybox, the init scripts, the agent and that kernel's ``lib/modules/<release>``
     modules the guests need.
     """
-    modules_used = module_load_order(modules, _GUEST_MODULES)
+    groups = guest_modules(modules)
+    modules_used = [m for group in groups.values() for m in group]
     recipe = hashlib.sha256(_INIT_SCRIPT.encode() + _POWER_BUTTON_SCRIPT.encode() + _HOST_INIT_SCRIPT.encode()
                             + agent.parent.name.encode()
                             + "".join(str(m) for m in modules_used).encode()).hexdigest()[:12]
@@ -65,9 +66,14 @@ def _initramfs(busybox: Path, agent: Path, modules: Path) -> Path:
                  CpioEntry("etc/acpi/PWRF/00000080", stat.S_IFREG | 0o755, _POWER_BUTTON_SCRIPT.encode()),
                  CpioEntry("sbin", d), CpioEntry("sbin/vmm-agent", stat.S_IFREG | 0o755, agent.read_bytes()),
                  CpioEntry("lib/vmm/host-init.sh", stat.S_IFREG | 0o755, _HOST_INIT_SCRIPT.encode())]
-        # Numbered so that the init's glob (/lib/vmm/*.ko) loads them in this order.
-        extra += [CpioEntry(f"lib/vmm/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
-                  for i, m in enumerate(modules_used)]
+        # Numbered so that the init's globs (/lib/vmm/*.ko, then /lib/vmm/virtio-ID/*.ko for each
+        # kind of virtio device the VM has) load them in this order.
+        for device, group in groups.items():
+            where = "lib/vmm" if device is None else f"lib/vmm/virtio-{device}"
+            if device is not None:
+                extra.append(CpioEntry(where, d))
+            extra += [CpioEntry(f"{where}/{i:02d}-{_module_name(m)}.ko", stat.S_IFREG | 0o644, _module_bytes(m))
+                      for i, m in enumerate(group)]
         _say(f"building {initrd.name}")
         build_initramfs(busybox, _INIT_SCRIPT, initrd, extra)
     return initrd

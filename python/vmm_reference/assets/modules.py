@@ -13,18 +13,42 @@ from typing import Optional
 
 from .common import AssetError
 
-# Kernel modules the initramfs loads, each after the modules it depends on (read from the
-# modules themselves: the package has no modules.dep): the ACPI power button and the input
+# Kernel modules every guest's initramfs loads, each after the modules it depends on (read from
+# the modules themselves: the package has no modules.dep): the ACPI power button and the input
 # device acpid reads; both virtio transports (virtio-mmio finds the VMM's devices through the
 # DSDT, virtio-pci on the PCI bus of a ``transport="pci"`` VM; each finds nothing on the other
-# kind of VM), virtio-blk, virtio-net, virtio-rng, virtio-fs (``virtiofs``, over ``fuse``) and
-# virtio-9p (``9pnet_virtio`` and ``9p``, which Debian's cloud kernel does not have),
-# ``overlay`` (for the host's root); ext4 and its dependencies where they are not built in
-# (Debian's cloud kernel has ext4 built in, virtio as modules); vsock and its virtio transport,
-# for the guest agent. Names missing from a kernel are left out.
-_GUEST_MODULES = ["evdev", "button", "virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "virtio_rng",
-                  "fuse", "virtiofs", "9pnet_virtio", "9p", "overlay", "ext4", "vsock",
-                  "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]
+# kind of VM); ``overlay`` (for the host's root). Names missing from a kernel are left out.
+_BASE_MODULES = ["evdev", "button", "virtio_mmio", "virtio_pci", "overlay"]
+
+# The drivers of each kind of virtio device, by virtio device ID, which the init loads only for
+# the devices the transports found (a module costs the guest its load and init time; a VM has
+# a few of these kinds, not all): net; blk with ext4 where it is not built in (the cloud kernel
+# has it built in, the generic one as modules); rng; 9p (``9pnet_virtio`` and ``9p``, which
+# Debian's cloud kernel does not have); vsock and its virtio transport, for the guest agent;
+# virtio-fs (``virtiofs``, over ``fuse``).
+_DEVICE_MODULES: dict[int, list[str]] = {
+    1: ["virtio_net"],
+    2: ["virtio_blk", "ext4"],
+    4: ["virtio_rng"],
+    9: ["9pnet_virtio", "9p"],
+    19: ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"],
+    26: ["fuse", "virtiofs"],
+}
+
+
+def guest_modules(modules: Path) -> dict[Optional[int], list[Path]]:
+    """Return the module files a guest's initramfs holds, by when the init loads them.
+
+    Under ``None`` what every guest loads; under each virtio device ID that kind's drivers
+    (without what every guest loads already). Each list is in load order.
+    """
+    base = module_load_order(modules, _BASE_MODULES)
+    groups: dict[Optional[int], list[Path]] = {None: base}
+    for device, names in _DEVICE_MODULES.items():
+        found = [m for m in module_load_order(modules, names) if m not in base]
+        if found:
+            groups[device] = found
+    return groups
 
 
 def _module_name(path: Path) -> str:

@@ -4,6 +4,15 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 for m in /lib/vmm/*.ko; do insmod "$m" 2>/dev/null; done
+# The drivers of the kinds of virtio device the transports just found, each kind once.
+kinds=" "
+for d in /sys/bus/virtio/devices/*; do
+  [ -r "$d/device" ] || continue
+  id=$(($(cat "$d/device")))
+  case "$kinds" in *" $id "*) continue ;; esac
+  kinds="$kinds$id "
+  for m in /lib/vmm/virtio-$id/*.ko; do [ -e "$m" ] && insmod "$m" 2>/dev/null; done
+done
 {HOST_ROOT}
 root= fstype= flags=rw init=/sbin/init
 set -f
